@@ -1,0 +1,15 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/synthetic.py
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory, monkeypatch):
+    """No test writes into the user's real cache."""
+    if "XRIMPUTE_DATA_DIR" not in os.environ:
+        monkeypatch.setenv("XRIMPUTE_DATA_DIR", str(tmp_path_factory.getbasetemp() / "xrimpute-cache"))

@@ -1,0 +1,11 @@
+"""xrimpute: learn complete dynamics from incomplete geophysical cubes and fill their gaps.
+
+Importing xrimpute registers the ``.ctxdiff`` accessor on xarray objects.
+"""
+from . import accessor as _accessor  # noqa: F401  (registers .ctxdiff)
+from . import datasets, masks
+from .model import CtxDiffModel, fit, load
+from .observe import observe
+
+__version__ = "0.1.0"
+__all__ = ["CtxDiffModel", "datasets", "fit", "load", "masks", "observe", "__version__"]

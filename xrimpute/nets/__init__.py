@@ -1,0 +1,44 @@
+"""Networks: the denoiser wrapper and the U-Net behind it."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet import PRESETS, UNet
+
+
+class Denoiser(nn.Module):
+    """Predicts the clean window ``x0`` from context values and the context mask.
+
+    Takes ``(B, C, T, H, W)`` values and mask and the diffusion time ``(B,)``;
+    the time steps of the window are stacked as channels of a 2-D U-Net, the
+    mask is an input channel, and static fields ``(S, H, W)`` (e.g. position)
+    are appended. The grid is padded to the U-Net's multiple with cells that
+    are never observed, and cropped back.
+    """
+
+    def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
+                 preset: str = "tiny", periodic: bool = False, **overrides):
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
+        self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic, **overrides)
+        static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
+        self.register_buffer("static", static)
+        cw = n_channels * window
+        self.unet = UNet(2 * cw + static.shape[0], cw, periodic=periodic, **{**PRESETS[preset], **overrides})
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, c, w, h, wd = values.shape
+        m = self.unet.multiple
+        pad = (0, -wd % m, 0, -h % m)
+        inputs = [values.reshape(b, c * w, h, wd), mask.to(values.dtype).reshape(b, c * w, h, wd)]
+        if self.static.shape[0]:
+            inputs.append(self.static.to(values.dtype).expand(b, -1, h, wd))
+        x = F.pad(torch.cat(inputs, dim=1), pad)
+        out = self.unet(x, t)[..., :h, :wd]
+        return out.reshape(b, c, w, h, wd)
+
+
+__all__ = ["Denoiser", "UNet", "PRESETS"]

@@ -1,0 +1,162 @@
+"""A compact 2-D U-Net over space; the time steps of a window are channels.
+
+Built from a few small blocks in the spirit of EDM2's network file: a
+residual block with noise-level modulation, self-attention at coarse levels,
+and constructor arguments that read like a table of hyperparameters.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRESETS = {
+    # channels, per-level multipliers, residual blocks per level, levels with attention
+    "tiny": dict(channels=32, mults=(1, 2, 2), blocks=1, attention=()),
+    "small": dict(channels=64, mults=(1, 2, 2), blocks=2, attention=(2,)),
+    "base": dict(channels=128, mults=(1, 2, 2, 2), blocks=2, attention=(2, 3)),
+}
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(32, channels // 4) or 1
+
+
+class Conv3x3(nn.Module):
+    """3x3 convolution; ``periodic`` wraps the last (x / longitude) axis instead of zero padding."""
+
+    def __init__(self, cin: int, cout: int, periodic: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=(1, 0) if periodic else 1)
+        self.periodic = periodic
+
+    def forward(self, x):
+        if self.periodic:
+            x = F.pad(x, (1, 1, 0, 0), mode="circular")
+        return self.conv(x)
+
+
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal features of the diffusion time followed by a small MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("freqs", torch.exp(-math.log(10_000) * torch.arange(dim // 2) / (dim // 2)))
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t):
+        angles = 1000 * t.float()[:, None] * self.freqs[None]
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1))
+
+
+class ResBlock(nn.Module):
+    """Norm -> SiLU -> conv, modulated by the noise embedding, twice, with a skip."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, periodic: bool = False):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = Conv3x3(cin, cout, periodic)
+        self.modulation = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = Conv3x3(cout, cout, periodic)
+        nn.init.zeros_(self.conv2.conv.weight)
+        nn.init.zeros_(self.conv2.conv.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.modulation(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.skip(x) + self.conv2(self.dropout(h))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all grid points of a (coarse) level."""
+
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.heads = heads
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """U-Net mapping ``(B, in_channels, H, W)`` and a noise time ``(B,)`` to ``(B, out_channels, H, W)``.
+
+    ``H`` and ``W`` must be multiples of ``2 ** (len(mults) - 1)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: int = 64,
+        mults: tuple[int, ...] = (1, 2, 2),
+        blocks: int = 2,
+        attention: tuple[int, ...] = (),
+        dropout: float = 0.0,
+        periodic: bool = False,
+    ):
+        super().__init__()
+        emb_dim = 4 * channels
+        self.embed = NoiseEmbedding(emb_dim)
+        self.stem = Conv3x3(in_channels, channels, periodic)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        widths, width = [channels], channels
+        for level, mult in enumerate(mults):
+            for _ in range(blocks):
+                self.down.append(self._stage(width, channels * mult, emb_dim, level in attention, dropout, periodic))
+                width = channels * mult
+                widths.append(width)
+            if level < len(mults) - 1:
+                self.down.append(nn.AvgPool2d(2))
+                widths.append(width)
+        self.middle = self._stage(width, width, emb_dim, True, dropout, periodic)
+        for level, mult in reversed(list(enumerate(mults))):
+            for _ in range(blocks + 1):
+                self.up.append(self._stage(width + widths.pop(), channels * mult, emb_dim, level in attention, dropout, periodic))
+                width = channels * mult
+            if level > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.head = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.SiLU(), Conv3x3(width, out_channels, periodic))
+        self.multiple = 2 ** (len(mults) - 1)
+
+    @staticmethod
+    def _stage(cin, cout, emb_dim, attend, dropout, periodic):
+        layers = [ResBlock(cin, cout, emb_dim, dropout, periodic)]
+        if attend:
+            layers.append(Attention(cout))
+        return nn.ModuleList(layers)
+
+    @staticmethod
+    def _run(stage, x, emb):
+        for layer in stage:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+    def forward(self, x, t):
+        emb = self.embed(t)
+        x = self.stem(x)
+        skips = [x]
+        for stage in self.down:
+            x = stage(x) if isinstance(stage, nn.AvgPool2d) else self._run(stage, x, emb)
+            skips.append(x)
+        x = self._run(self.middle, x, emb)
+        for stage in self.up:
+            if isinstance(stage, nn.Upsample):
+                x = stage(x)
+            else:
+                x = self._run(stage, torch.cat([x, skips.pop()], dim=1), emb)
+        return self.head(x)
