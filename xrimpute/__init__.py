@@ -3,9 +3,11 @@
 Importing xrimpute registers the ``.ctxdiff`` accessor on xarray objects.
 """
 from . import accessor as _accessor  # noqa: F401  (registers .ctxdiff)
-from . import datasets, masks
+from . import datasets, masks, plot
 from .model import CtxDiffModel, fit, load
 from .observe import observe
+from .options import set_options, show_versions
 
 __version__ = "0.1.0"
-__all__ = ["CtxDiffModel", "datasets", "fit", "load", "masks", "observe", "__version__"]
+__all__ = ["CtxDiffModel", "datasets", "fit", "load", "masks", "observe", "plot", "set_options", "show_versions",
+           "__version__"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import xarray as xr
 
+from .check import check as _check
 from .model import CtxDiffModel
 
 
@@ -35,3 +36,11 @@ class CtxDiffAccessor:
     def impute(self, K: int = 10, model: CtxDiffModel | None = None, **options):
         """This cube with its gaps filled; see :meth:`xrimpute.CtxDiffModel.impute`."""
         return self._resolve(model).impute(self._obj, K=K, **options)
+
+    def check(self, mask="infer", **options):
+        """Query coverage map of a mask spec on this cube; see :func:`xrimpute.check.check`."""
+        return _check(self._obj, mask=mask, **options)
+
+    def sample(self, n: int = 16, model: CtxDiffModel | None = None, **options):
+        """``n`` imputations along a new ``member`` dim; see :meth:`xrimpute.CtxDiffModel.sample`."""
+        return self._resolve(model).sample(self._obj, n=n, **options)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import dask.array as da
 import numpy as np
 import xarray as xr
+from dask import is_dask_collection
 
 TIME_NAMES = ("time", "t", "valid_time", "date", "datetime")
 LAT_NAMES = ("lat", "latitude", "nav_lat", "rlat", "y", "yc", "south_north", "j")
@@ -180,11 +182,12 @@ def _variable_channels(var: xr.DataArray, axes: Axes) -> xr.DataArray:
     return var.transpose(*lead, CHANNEL, *axes.core)
 
 
-def to_array(obj, axes: Axes | None = None, layout: Layout | None = None) -> tuple[np.ndarray, Layout]:
+def to_array(obj, axes: Axes | None = None, layout: Layout | None = None, lazy: bool = False):
     """Read a cube into a float32 array ``(N, C, T, H, W)`` with NaN where unobserved.
 
-    ``N`` is the size of the sample dim (1 without one). Loads the data (use
-    :mod:`xrimpute.distributed` for archives larger than memory).
+    ``N`` is the size of the sample dim (1 without one). Loads the data, unless
+    ``lazy`` and some variable is dask-backed: then the result is a dask array
+    that reads nothing until computed (for archives larger than memory).
     """
     ds, _ = _as_dataset(obj)
     layout = layout or layout_of(obj, axes)
@@ -200,8 +203,11 @@ def to_array(obj, axes: Axes | None = None, layout: Layout | None = None) -> tup
                 )
             else:
                 raise CubeError(f"variable {name!r} has dtype {var.dtype}; xrimpute needs numbers")
-        block = np.asarray(_variable_channels(var, layout.axes).values, dtype=np.float32)
+        data = _variable_channels(var, layout.axes).data
+        block = data.astype(np.float32) if lazy and is_dask_collection(data) else np.asarray(data, dtype=np.float32)
         blocks.append(block if layout.axes.sample else block[None])
+    if any(is_dask_collection(b) for b in blocks):
+        return da.concatenate([da.asarray(b) for b in blocks], axis=1), layout
     return np.concatenate(blocks, axis=1), layout
 
 
@@ -255,11 +261,14 @@ def coordinates(obj, layout: Layout) -> dict[str, np.ndarray]:
 
 def check_observed(values: np.ndarray, layout: Layout) -> None:
     """Clear errors for cubes that carry no information to learn from."""
-    observed = np.isfinite(values)
-    if not observed.any():
+    check_counts(np.isfinite(values).sum(axis=(0, 2, 3, 4)), layout)
+
+
+def check_counts(counts: np.ndarray, layout: Layout) -> None:
+    """:func:`check_observed` from the number of observed cells per channel (e.g. of a sample of chunks)."""
+    if not np.any(counts):
         raise CubeError("the input is all NaN: there are no observed values to learn from")
-    per_channel = observed.swapaxes(0, 1).reshape(values.shape[1], -1).any(axis=1)
-    empty = [layout.channels[i] for i in np.flatnonzero(~per_channel)]
+    empty = [layout.channels[i] for i in np.flatnonzero(np.asarray(counts) == 0)]
     if empty:
         raise CubeError(
             f"channel(s) {empty} have no observed value; drop them before fitting "

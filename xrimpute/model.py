@@ -5,6 +5,7 @@ diffusion, networks, training), which knows no xarray.
 """
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
@@ -15,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
+from tqdm.auto import tqdm
 
-from . import cube, masks
-from .diffusion import VPSchedule, impute_ensemble
+from . import cube, loader, masks
+from .diffusion import VPSchedule, impute_ensemble, sample_multistep
 from .nets import Denoiser
+from .options import OPTIONS, mixed_precision
 from .training import History, TrainConfig, atomic_save, resolve_device, train
-from .windows import ArrayWindows, impute_series, window_starts
+from .windows import ArrayWindows, Piece, Tiling, impute_series, window_starts
 
 FORMAT = "xrimpute-model"
 FORMAT_VERSION = 1
@@ -111,11 +115,13 @@ class CtxDiffModel:
         max_time: float | None = None,
         val_fraction: float = 0.05,
         seed: int = 0,
-        device: str = "auto",
+        device: str | None = None,
         checkpoint: str | os.PathLike | None = None,
         periodic: bool | None = None,
-        progress: bool = True,
+        tile: tuple[int, int] | None = None,
+        progress: bool | None = None,
         verbose: bool = True,
+        init: CtxDiffModel | None = None,
         **train_options,
     ) -> CtxDiffModel:
         """Train on an incomplete cube (NaN = unobserved); no complete sample is needed.
@@ -134,49 +140,94 @@ class CtxDiffModel:
         checkpoint : file to write the training state to (atomically); an existing
             one is resumed.
         periodic : wrap the longitude axis in convolutions (default: when it spans 360 deg).
+        tile : ``(rows, cols)``: train on random spatial tiles of a large grid (e.g.
+            ``(128, 128)``), with the cells' position as an input so that one model
+            serves the whole grid; imputation then blends overlapping tiles.
+        init : a model of the same variables, window and network to start from (warm
+            start): its weights and normalisation are the starting point.
+        device, progress : where to train and whether to show a progress bar (default:
+            :func:`xrimpute.set_options`, ``"auto"`` and True); under
+            ``set_options(dtype="float32")`` a GPU trains in full precision.
+
+        Dask-backed input (e.g. a zarr archive opened lazily) is never loaded
+        whole: normalisation comes from a sample of its time chunks
+        (:func:`xrimpute.loader.statistics`), windows are read piece by piece in
+        the background (:class:`xrimpute.loader.ChunkedWindows`), and validation
+        uses a few windows spread over the archive that training never sees.
         """
-        values, layout = cube.to_array(obj)
-        cube.check_observed(values, layout)
+        values, layout = cube.to_array(obj, lazy=True)
+        lazy = not isinstance(values, np.ndarray)
         n, c, t, h, w = values.shape
         if t < window:
             raise cube.CubeError(f"only {t} time steps along {layout.axes.time!r}, fewer than window={window}; "
                                  "pass a smaller window or more time steps")
-        observed = np.isfinite(values)
-        spec = masks.resolve(mask, observed, verbose=verbose)
-        device = resolve_device(device)
+        stats = loader.statistics(values, seed=seed)  # all of an in-memory cube, a sample of a dask one's chunks
+        cube.check_counts(stats.counts, layout)
+        spec = masks.resolve(mask, stats.observed, verbose=verbose)
+        masks.warn_if_unlearnable(spec, stats.observed, window)  # UserWarning if gaps get zero query probability
+        device = resolve_device(OPTIONS["device"] if device is None else device)
         preset = ("base" if device.type == "cuda" else "tiny") if preset == "auto" else preset
 
-        mean = np.array([np.nanmean(values[:, i]) for i in range(c)], np.float32)
-        std = np.array([np.nanstd(values[:, i]) for i in range(c)], np.float32)
-        std = np.where(std > 0, std, 1.0).astype(np.float32)
-        x = np.nan_to_num((values - mean[None, :, None, None, None]) / std[None, :, None, None, None])
-        valid = observed.any(axis=(0, 2))  # (C, H, W): cells observed at least once
-
-        generator = torch.Generator().manual_seed(seed)
-        observed_t = torch.as_tensor(observed)
-        heldout = (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
-        train_observed = observed & ~heldout
+        mean, std, valid = stats.mean, stats.std, stats.valid  # valid (C, H, W): cells observed at least once
+        if init is not None:
+            init._check(layout, obj)
+            mean, std = init.mean, init.std
 
         coords = cube.coordinates(obj, layout)
         degrees = layout.axes.lat in obj.coords and _is_degrees(obj[layout.axes.lat].attrs)
         periodic = _is_global(coords["lon"], degrees) if periodic is None else periodic
+        tile = None if tile is None else (min(int(tile[0]), h), min(int(tile[1]), w))
         static = position_fields(coords["lat"].astype(float), coords["lon"].astype(float), degrees)
-        denoiser = Denoiser(c, window, torch.as_tensor(static), preset=preset, periodic=periodic)
+        # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
+        denoiser = Denoiser(c, window, torch.as_tensor(static), preset=preset,
+                            periodic=periodic and (tile is None or tile[1] == w))
+        if init is not None:
+            if init.denoiser.config != denoiser.config:
+                raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds "
+                                    f"{denoiser.config}; pass the same window, preset and periodic")
+            denoiser.load_state_dict(init.denoiser.state_dict())
 
         info = dict(
             channels=layout.channels, variables=layout.variables, channel_of=layout.channel_of,
             axes=asdict(layout.axes), grid=dict(lat=coords["lat"].astype(float).tolist(),
                                                 lon=coords["lon"].astype(float).tolist()),
-            window=window, degrees=degrees,
-            train_rate=float(observed[:, :, :, valid.any(0)].mean()),
+            window=window, degrees=degrees, tile=None if tile is None else list(tile), periodic=periodic,
+            train_rate=stats.rate, statistics_chunks=list(stats.chunks),
             versions=_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         fingerprint = dict(channels=layout.channels, window=window, net=denoiser.config, spec=spec.to_dict())
-        config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed, **train_options)
-        windows = ArrayWindows(x, train_observed, window)
-        validate = _validator(x, train_observed, heldout, spec, window, device, seed) if heldout.any() else None
-        ema, history = train(denoiser, windows, spec, config, device=device, validate=validate,
-                             checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
+        if tile is not None:
+            fingerprint["tile"] = list(tile)
+        config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
+                             **{"bf16": OPTIONS["dtype"] == "bfloat16", **train_options})
+        validation = None
+        if lazy:  # read piece by piece; a few windows spread over the archive are kept out to validate on
+            reserved = loader.reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
+            windows = loader.ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved,
+                                            seed=seed, pin_memory=device.type == "cuda")
+        else:
+            observed = np.isfinite(values)
+            x = np.nan_to_num((values - mean[None, :, None, None, None]) / std[None, :, None, None, None])
+            generator = torch.Generator().manual_seed(seed)
+            observed_t = torch.as_tensor(observed)
+            heldout = (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
+            train_observed = observed & ~heldout
+            windows = ArrayWindows(x, train_observed, window, tile=tile, static=static)
+            if heldout.any():
+                validation = _validation_windows(x, train_observed, heldout, window, tile, static, seed)
+        try:
+            if lazy and reserved:
+                xs, ms, tiles = windows.read(reserved)
+                keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
+                heldout = ms & ~keep
+                validation = (xs, ms & keep, heldout, tiles)
+            validate = None if validation is None else _validator(*validation, spec, device, seed)
+            ema, history = train(denoiser, windows, spec, config, device=device, validate=validate,
+                                 checkpoint=checkpoint, fingerprint=fingerprint,
+                                 progress=OPTIONS["progress"] if progress is None else progress)
+        finally:
+            if lazy:
+                windows.close()
         if history.val:
             final = history.val[-1]
             rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i]) for i, name in enumerate(layout.channels)}
@@ -203,9 +254,30 @@ class CtxDiffModel:
     def _normalise(self, values: np.ndarray) -> np.ndarray:
         return np.nan_to_num((values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None])
 
+    def tiling(self, overlap: int | None = None) -> Tiling:
+        """Tiles of imputation: the training tile, neighbours sharing ``overlap`` cells (default a quarter
+        of the tile), wrapping round a global grid; one tile of the whole grid for an untiled model."""
+        grid = (len(self.info["grid"]["lat"]), len(self.info["grid"]["lon"]))
+        tile = tuple(self.info.get("tile") or grid)
+        if tile == grid:
+            return Tiling(grid)
+        shared = (tile[0] // 4, tile[1] // 4) if overlap is None else (min(overlap, tile[0] - 1), min(overlap, tile[1] - 1))
+        return Tiling(tile, shared, periodic=self.info.get("periodic", False))
+
+    def observed_rate(self, values):
+        """Share of observed cells of ``values`` ``(N, C, T, H, W)`` in the grid columns the model knows.
+
+        A float for a numpy array, a lazy dask scalar for a dask array.
+        """
+        columns = self.valid.any(0)
+        seen = (np.isfinite(values) & columns).sum()
+        rate = seen / (values.shape[0] * values.shape[1] * values.shape[2] * int(columns.sum()))
+        return float(rate) if isinstance(values, np.ndarray) else rate
+
     def impute(self, obj, K: int = 10, *, seed: int = 0, return_std: bool = False, stride: int = 1,
-               batch_size: int = 8, device: str = "auto", adapt: bool = True,
-               fill_never_observed: bool = False, progress: bool = True):
+               batch_size: int = 8, device: str | None = None, adapt: bool = True,
+               fill_never_observed: bool = False, progress: bool | None = None,
+               spec: masks.MaskSpec | None = None, overlap: int | None = None, observed_rate: float | None = None):
         """Fill the gaps of ``obj``: same type, dims, coords and attrs, observed values kept.
 
         Parameters
@@ -218,34 +290,153 @@ class CtxDiffModel:
             observed at another rate (paper G.3).
         fill_never_observed : also fill cells never observed in the training data
             (land, outside the domain); by default they stay NaN.
+        spec : the context sampler at inference (default: the one of training).
+        overlap : cells shared by neighbouring tiles of a model fitted with ``tile``
+            (default: a quarter of the tile).
+        observed_rate : share of observed cells, for ``adapt`` (default: measured on
+            ``obj``; for dask-backed input that is a lazy pass over all of it, so
+            pass it when imputing a long archive).
+        device, progress : where the network runs and whether to show a progress bar
+            (default: :func:`xrimpute.set_options`, ``"auto"`` and True).
+
+        Dask-backed input gives a lazy, dask-backed result that reads nothing until
+        computed (:func:`xrimpute.distributed.impute_lazy`); its values equal the
+        in-memory imputation's, as every window draws its randomness from its own
+        seed (:func:`xrimpute.windows.window_seed`).
         """
-        values, layout = cube.to_array(obj)
+        values, layout = cube.to_array(obj, lazy=True)
         self._check(layout, obj)
-        observed = np.isfinite(values)
-        spec = self.spec
+        device = OPTIONS["device"] if device is None else device
+        progress = OPTIONS["progress"] if progress is None else progress
+        spec = self.spec if spec is None else spec
+        options = dict(K=K, seed=seed, stride=stride, batch_size=batch_size, overlap=overlap,
+                       fill_never_observed=fill_never_observed)
+        if not isinstance(values, np.ndarray):
+            from .distributed import impute_lazy  # the dask machinery, only for dask input
+
+            return impute_lazy(self, obj, values, layout, spec, adapt=adapt, observed_rate=observed_rate,
+                               return_std=return_std, device=device, **options)
         if adapt:
-            test_rate = float(observed[:, :, :, self.valid.any(0)].mean())
-            spec = spec.adapted(self.info["train_rate"], test_rate)
+            spec = spec.adapted(self.info["train_rate"], self.observed_rate(values) if observed_rate is None
+                                else observed_rate)
         device = resolve_device(device)
         self.denoiser.to(device)
-        mean, std = impute_series(self.denoiser, self._normalise(values), observed, spec, self.schedule,
-                                  self.window, K=K, stride=stride, batch_size=batch_size, device=device,
-                                  seed=seed, autocast=device.type == "cuda", progress=progress)
+        filled, spread = self.fill(values, spec, device=device, progress=progress, **options)
         self.denoiser.cpu()
+        return self.as_cube(filled, spread, obj, layout, return_std)
+
+    def fill(self, values: np.ndarray, spec: masks.MaskSpec, *, K: int = 10, seed: int = 0, stride: int = 1,
+             batch_size: int = 8, device: str | torch.device = "cpu", overlap: int | None = None,
+             fill_never_observed: bool = False, piece: Piece | None = None, net=None, progress: bool = False):
+        """The imputation engine on arrays: ``values`` ``(N, C, T, H, W)`` (NaN = gap) in data units.
+
+        ``values`` is the whole series, or with ``piece`` a cut of it
+        (:class:`xrimpute.windows.Piece`); ``net`` is the denoiser to run (default
+        the model's, on the device it is on). Returns ``(filled, spread)`` of the
+        piece's box; :meth:`impute`, lazy imputation and
+        :func:`xrimpute.reconstruct` all come here.
+        """
+        piece = piece or Piece.whole(values.shape)
+        device = torch.device(device)
+        observed = np.isfinite(values)
+        tiling = self.tiling(overlap)
+        tiled = tiling.size != tuple(piece.full[1:]) and self.denoiser.static.shape[0] > 0
+        static = self.denoiser.static.cpu().numpy() if tiled else None  # cut per tile
+        mean, std = impute_series(net or self.denoiser, self._normalise(values), observed, spec, self.schedule,
+                                  self.window, K=K, stride=stride, batch_size=batch_size, device=device, seed=seed,
+                                  autocast=mixed_precision(device), progress=progress, tiling=tiling, static=static,
+                                  piece=piece)
+        seen = piece.inside(observed)
         scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]
-        filled = np.where(observed, values, mean * scale + offset)
+        filled = np.where(seen, piece.inside(values), mean * scale + offset)
         spread = std * scale
         if not fill_never_observed:
-            never = ~self.valid[None, :, None]
-            filled = np.where(never & ~observed, np.nan, filled)
+            (ya, yb), (xa, xb) = piece.box[1:]
+            never = ~self.valid[None, :, None, ya:yb, xa:xb]
+            filled = np.where(never & ~seen, np.nan, filled)
             spread = np.where(never, np.nan, spread)
-        result = cube.from_array(filled, obj, layout)
+        return filled, spread
+
+    def as_cube(self, filled, spread, obj, layout: cube.Layout, return_std: bool = False):
+        """Arrays ``(N, C, T, H, W)`` (numpy or dask) back into the shape of ``obj``, observed values kept bit for bit."""
+        result = obj.fillna(cube.from_array(filled, obj, layout))
         if not return_std:
             return result
         spread = cube.from_array(spread, obj, layout, suffix="_std")
         if layout.is_dataarray:
             return result, spread
         return result.merge(spread)
+
+    def sample(self, obj, n: int = 16, steps: int = 50, *, K: int = 10, eta: float = 0.0,
+               handover: float | None = -1.0, seed: int = 0, batch_size: int = 16, device: str | None = None,
+               adapt: bool = True, dim: str = "member", fill_never_observed: bool = False,
+               progress: bool | None = None):
+        """``n`` imputations of ``obj`` by multi-step sampling, stacked along a new dim ``dim``.
+
+        Every member keeps the observations exactly; the members differ in the gaps,
+        and their spread shows what the data leave undetermined. The ensemble dim is
+        called ``member`` because ``sample`` names independent trajectories in a cube.
+        Windows tile the time axis (the last one overlaps the one before it, whose
+        values are kept there) and are sampled independently.
+
+        Parameters
+        ----------
+        n : members to draw.
+        steps : denoising steps from pure noise (:func:`xrimpute.diffusion.sample_multistep`).
+        K : contexts of the single-step ensemble that steers the start of each trajectory.
+        eta : fresh noise per step (0 deterministic given the start, 1 ancestral).
+        handover : log-SNR at which the diffusion expectation takes over from the
+            single-step ensemble (:func:`xrimpute.diffusion.blend_weight`); None: never blend.
+        batch_size : most (window, member) pairs through the network at once.
+        adapt, fill_never_observed, device, progress : as for :meth:`impute`.
+        dim : name of the new dim.
+
+        Returns
+        -------
+        Same type as ``obj`` with the dim ``dim`` (coordinates ``0 .. n-1``) in front.
+        """
+        values, layout = cube.to_array(obj)
+        self._check(layout, obj)
+        if dim in obj.dims:
+            raise ValueError(f"the data already has a dim {dim!r}; name the ensemble dim otherwise with dim=")
+        observed = np.isfinite(values)
+        spec = self.spec
+        if adapt:
+            test_rate = float(observed[:, :, :, self.valid.any(0)].mean())
+            spec = spec.adapted(self.info["train_rate"], test_rate)
+        # the sampler's state is complete: contexts keep the input fraction seen in training
+        diffusion_spec = self.spec.adapted(self.info["train_rate"], 1.0)
+        device = resolve_device(OPTIONS["device"] if device is None else device)
+        progress = OPTIONS["progress"] if progress is None else progress
+        self.denoiser.to(device)
+        x = self._normalise(values)
+        window, total_steps = self.window, values.shape[2]
+        starts = window_starts(total_steps, window, window)
+        new_from = {s: max(0, (starts[k - 1] + window if k else 0) - s) for k, s in enumerate(starts)}
+        jobs = [(i, s) for i in range(values.shape[0]) for s in starts]
+        per_call = max(1, batch_size // n)
+        domain = torch.as_tensor(self.valid)[None, :, None].to(device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        draws = np.zeros((n, *values.shape), np.float32)
+        for first in tqdm(range(0, len(jobs), per_call), desc="sampling", disable=not progress, leave=False):
+            batch = jobs[first : first + per_call]
+            xb = torch.as_tensor(np.stack([x[i, :, s : s + window] for i, s in batch])).to(device)
+            mb = torch.as_tensor(np.stack([observed[i, :, s : s + window] for i, s in batch])).to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision(device)):
+                out = sample_multistep(self.denoiser, xb, mb, self.schedule, diffusion_spec, imputation_spec=spec,
+                                       K=K, members=n, steps=steps, eta=eta, handover=handover, domain=domain,
+                                       generator=generator, max_batch=batch_size)
+            out = out.float().cpu().numpy()
+            for j, (i, s) in enumerate(batch):
+                draws[:, i, :, s + new_from[s] : s + window] = out[:, j, :, new_from[s] :]
+        self.denoiser.cpu()
+        draws = draws * self.std[None, None, :, None, None, None] + self.mean[None, None, :, None, None, None]
+        if not fill_never_observed:
+            draws = np.where(~self.valid[None, None, :, None] & ~observed, np.nan, draws)
+        members = [obj.fillna(cube.from_array(member, obj, layout)) for member in draws]
+        stacked = xr.concat(members, dim=dim, data_vars=layout.variables if not layout.is_dataarray else "all",
+                            coords="minimal", compat="override", combine_attrs="override")
+        return stacked.assign_coords({dim: np.arange(n)})
 
     # -- persistence -----------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -304,19 +495,30 @@ class CtxDiffModel:
         return f"<b>CtxDiffModel</b><table>{rows}</table>"
 
 
-def _validator(x, train_observed, heldout, spec, window, device, seed, max_windows: int = 16, K: int = 4):
-    """Score the EMA network on held-back observed cells of a fixed set of windows."""
-    n, c, t = x.shape[:3]
+def _validation_windows(x, train_observed, heldout, window, tile, static, seed, max_windows: int = 16):
+    """Up to ``max_windows`` windows (random tiles when tiled) holding back cells: ``(x, observed, heldout, static)``."""
+    n, c, t, h, w = x.shape
+    (th, tw) = tile or (h, w)
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
     jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
     jobs = [jobs[k] for k in np.linspace(0, len(jobs) - 1, min(max_windows, len(jobs))).astype(int)]
-    xs = torch.as_tensor(np.stack([x[i, :, s : s + window] for i, s in jobs]))
-    ms = torch.as_tensor(np.stack([train_observed[i, :, s : s + window] for i, s in jobs]))
-    hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window] for i, s in jobs]))
+    rng = np.random.default_rng(seed)
+    cuts = [(i, slice(s, s + window), slice(r, r + th), slice(q, q + tw))
+            for i, s in jobs for r, q in [(rng.integers(h - th + 1), rng.integers(w - tw + 1))]]
+    xs, ms, hs = (torch.as_tensor(np.stack([a[i, :, ts, ys, zs] for i, ts, ys, zs in cuts]))
+                  for a in (x, train_observed, heldout))
+    tiles = None if tile is None else torch.as_tensor(np.stack([static[:, ys, zs] for _, _, ys, zs in cuts]))
+    return xs, ms, hs, tiles
+
+
+def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
+    """Score the EMA network on held-back observed cells ``hs`` of fixed windows, seeing ``ms``."""
 
     def validate(net) -> dict:
         generator = torch.Generator(device=device).manual_seed(seed)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        if tiles is not None:  # the ensemble's K x B batch repeats the windows k-major
+            net = functools.partial(net, static=tiles.repeat(K, 1, 1, 1).to(device))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision(device)):
             mean, _ = impute_ensemble(net, xs.to(device), ms.to(device), spec, VPSchedule(), K=K, generator=generator)
         err = ((mean.float().cpu() - xs) ** 2 * hs).sum(dim=(0, 2, 3, 4))
         cells = hs.sum(dim=(0, 2, 3, 4)).clamp(min=1)

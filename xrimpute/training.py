@@ -1,13 +1,21 @@
-"""The training loop: AdamW, EMA, clipping, bf16 on CUDA, validation, atomic checkpoints, resume."""
+"""The training loop: AdamW, EMA, clipping, bf16 on CUDA, validation, atomic checkpoints, resume, DDP.
+
+Under ``torchrun`` (``torch.distributed`` initialised before :func:`train`)
+the network is wrapped in DistributedDataParallel: every rank draws its own
+windows, gradients are averaged, so weights and EMA stay identical on all
+ranks, and rank 0 alone writes checkpoints, validates and shows progress.
+"""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .diffusion import VPSchedule, context_query_loss
@@ -47,9 +55,19 @@ class History:
         return asdict(self)
 
 
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world size)`` when ``torch.distributed`` is initialised, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: the GPU if there is one (under torchrun the one of ``$LOCAL_RANK``), else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if distributed_rank()[1] > 1 else torch.device("cuda")
     return torch.device(device)
 
 
@@ -77,22 +95,35 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     fingerprint: dict | None = None,
     progress: bool = True,
+    loss_fn=context_query_loss,
 ) -> tuple[torch.nn.Module, History]:
     """Train ``denoiser`` with the context-query loss on windows drawn from ``windows``.
 
-    ``windows.sample(batch, generator) -> (x, observed)``. ``validate(ema_net)``
+    ``windows.sample(batch, generator) -> (x, observed)``, or ``(x, observed,
+    static)`` with per-sample static fields for tiles. Another objective goes in
+    ``loss_fn(denoiser, x, observed, spec, schedule, generator) -> scalar loss``
+    (default: :func:`~xrimpute.diffusion.context_query_loss`). ``validate(ema_net)``
     returns a dict of metrics, run every ``config.val_every`` steps and at the
     end. With ``checkpoint``, the state is written atomically every
     ``config.checkpoint_every`` steps and training resumes from it if it exists
-    (``fingerprint`` must match). Returns the EMA network and the history.
+    (``fingerprint`` must match). Returns the EMA network and the history
+    (under DDP, rank 0's history is the one with validation scores).
     """
+    rank, world = distributed_rank()
     denoiser = denoiser.to(device)
+    model = denoiser
+    if world > 1:  # wrapping broadcasts rank 0's weights, so the EMA copy below is the same everywhere
+        model = torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     torch.manual_seed(config.seed)
-    picks = torch.Generator().manual_seed(config.seed)
-    noise = torch.Generator(device=device).manual_seed(config.seed + 1)
+
+    def streams(seed):  # random windows and noise, different on every rank
+        return (torch.Generator().manual_seed(seed + 7919 * rank),
+                torch.Generator(device=device).manual_seed(seed + 1 + 7919 * rank))
+
+    picks, noise = streams(config.seed)
     history, start = History(), 0
 
     if checkpoint is not None and Path(checkpoint).exists():
@@ -105,32 +136,45 @@ def train(
         denoiser.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        picks.set_state(state["picks"])
-        noise.set_state(state["noise"].to(noise.get_state().device))
         history = History(**state["history"])
         start = int(state["step"])
+        saved = state["picks"], state["noise"]
+        if world > 1 and isinstance(saved[0], list) and len(saved[0]) == world:
+            saved = saved[0][rank], saved[1][rank]
+        if isinstance(saved[0], torch.Tensor):
+            picks.set_state(saved[0])
+            noise.set_state(saved[1].to(noise.get_state().device))
+        else:  # written by another number of processes: fresh streams for this step
+            picks, noise = streams(config.seed + start)
 
     def save(step):
-        atomic_save(
-            dict(net=denoiser.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
-                 picks=picks.get_state(), noise=noise.get_state(), history=history.to_dict(),
-                 step=step, fingerprint=fingerprint or {}),
-            checkpoint,
-        )
+        picks_state, noise_state = picks.get_state(), noise.get_state()
+        if world > 1:  # every rank's random streams, so that each resumes its own
+            states = [None] * world
+            dist.all_gather_object(states, (picks_state, noise_state.cpu()))
+            picks_state, noise_state = [p for p, _ in states], [n for _, n in states]
+        if rank == 0:
+            atomic_save(
+                dict(net=denoiser.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                     picks=picks_state, noise=noise_state, history=history.to_dict(),
+                     step=step, fingerprint=fingerprint or {}),
+                checkpoint,
+            )
 
     autocast = config.bf16 and device.type == "cuda"
     t0 = time.perf_counter() - history.seconds
     running = torch.zeros((), device=device)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training",
-               disable=not progress, leave=False)
+               disable=not progress or rank > 0, leave=False)
     step = start
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
-        x, observed = windows.sample(config.batch_size, picks)
-        x, observed = x.to(device, non_blocking=True), observed.to(device, non_blocking=True)
+        batch = [v.to(device, non_blocking=True) for v in windows.sample(config.batch_size, picks)]
+        x, observed = batch[:2]
+        net = model if len(batch) == 2 else functools.partial(model, static=batch[2])  # tiles bring their static fields
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = context_query_loss(denoiser, x, observed, spec, schedule, noise)
+            loss = loss_fn(net, x, observed, spec, schedule, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
@@ -144,13 +188,20 @@ def train(
         running += loss.detach()
         done = step + 1
         stopping = config.max_time is not None and time.perf_counter() - t0 > config.max_time
+        if world > 1 and config.max_time is not None:  # all ranks stop at the same step
+            flag = torch.tensor(float(stopping), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stopping = bool(flag)
         if done % config.log_every == 0 or done == config.steps or stopping:  # one host sync per interval
+            if world > 1:
+                dist.all_reduce(running)
+                running /= world
             since = done - (history.step[-1] if history.step else start)
             history.step.append(done)
             history.loss.append(float(running) / max(1, since))
             running.zero_()
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
-        if validate is not None and done % config.val_every == 0 and done < config.steps:
+        if validate is not None and rank == 0 and done % config.val_every == 0 and done < config.steps:
             history.val_step.append(done)
             history.val.append(validate(ema))
         if checkpoint is not None and done % config.checkpoint_every == 0:
@@ -160,7 +211,7 @@ def train(
             break
     bar.close()
     history.seconds = time.perf_counter() - t0
-    if validate is not None:
+    if validate is not None and rank == 0:
         history.val_step.append(step + 1)
         history.val.append(validate(ema))
     if checkpoint is not None:

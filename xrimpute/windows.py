@@ -5,11 +5,13 @@ time steps. A window is ``window`` consecutive steps of one sample.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import VPSchedule, impute_ensemble
+from .diffusion import VPSchedule
 from .masks import MaskSpec
 
 
@@ -27,26 +29,185 @@ class ArrayWindows:
     """Random training windows from an in-memory array.
 
     ``values`` are normalised with 0 at unobserved cells; ``observed`` is boolean.
+    With ``tile`` = (rows, cols) every window is cut to a random spatial tile,
+    and with ``static`` (full-grid fields ``(S, H, W)``, e.g. position) each
+    batch also carries the tile's cut of them: ``(x, observed, static)``.
     """
 
-    def __init__(self, values: np.ndarray, observed: np.ndarray, window: int):
+    def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
+                 tile: tuple[int, int] | None = None, static: np.ndarray | None = None):
         self.values = torch.as_tensor(values)
         self.observed = torch.as_tensor(observed)
         self.window = window
+        self.tile = tile
+        self.static = None if static is None or tile is None else torch.as_tensor(static)
         n, _, t = values.shape[:3]
         self.index = [(i, s) for i in range(n) for s in window_starts(t, window)]
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def get(self, picks) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, picks, origins=None):
+        """Windows ``picks`` (indices into ``self.index``), cut to tiles at ``origins`` ``[(row, col), ...]``."""
         rows = [self.index[int(p)] for p in picks]
-        x = torch.stack([self.values[i, :, s : s + self.window] for i, s in rows])
-        m = torch.stack([self.observed[i, :, s : s + self.window] for i, s in rows])
-        return x, m
+        if origins is None:
+            x = torch.stack([self.values[i, :, s : s + self.window] for i, s in rows])
+            m = torch.stack([self.observed[i, :, s : s + self.window] for i, s in rows])
+            return x, m
+        (th, tw) = self.tile
+        cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)) for (i, s), (r, c) in zip(rows, origins)]
+        x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
+        m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
+        if self.static is None:
+            return x, m
+        return x, m, torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.get(torch.randint(0, len(self.index), (batch_size,), generator=generator))
+    def sample(self, batch_size: int, generator: torch.Generator):
+        picks = torch.randint(0, len(self.index), (batch_size,), generator=generator)
+        if self.tile is None:
+            return self.get(picks)
+        h, w = self.values.shape[-2:]
+        rows = torch.randint(0, h - self.tile[0] + 1, (batch_size,), generator=generator).tolist()
+        cols = torch.randint(0, w - self.tile[1] + 1, (batch_size,), generator=generator).tolist()
+        return self.get(picks, list(zip(rows, cols)))
+
+
+def window_seed(seed: int, sample: int, start: int, row: int = 0, col: int = 0) -> int:
+    """Random seed of one window (sample, first time step, tile origin) of a series.
+
+    A window draws its noise and contexts from its own seed, so its imputation
+    is the same whatever it is batched with and however the series is cut
+    into chunks or regions.
+    """
+    high, low = np.random.SeedSequence([seed, sample, start, row, col]).generate_state(2, np.uint32)
+    return (int(high) << 31) ^ int(low)  # < 2**63: fits torch's manual_seed
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Spatial tiles of ``size`` (rows, cols) cells overlapping by ``overlap``; columns wrap when ``periodic``.
+
+    Tile origins form one lattice over the whole grid, so every part of the
+    grid is imputed with the same tiles (and seeds) wherever it is computed.
+    Overlaps are blended with weights that fall linearly towards tile edges
+    (:meth:`weight`), so tiles leave no seams. A single tile of the grid's
+    size is the untiled case.
+    """
+
+    size: tuple[int, int]
+    overlap: tuple[int, int] = (0, 0)
+    periodic: bool = False
+
+    def __post_init__(self):
+        if any(s < 1 or not 0 <= o < s for s, o in zip(self.size, self.overlap)):
+            raise ValueError(f"tiles need positive sizes and overlaps smaller than the tile, got size={self.size}, "
+                             f"overlap={self.overlap}")
+
+    def origins(self, height: int, width: int) -> tuple[list[int], list[int]]:
+        """First row and first column of every tile on a ``height x width`` grid."""
+        (th, tw), (oy, ox) = self.size, self.overlap
+        if th > height or tw > width:
+            raise ValueError(f"tiles of {th} x {tw} cells do not fit a {height} x {width} grid; use smaller tiles")
+        rows = window_starts(height, th, th - oy)
+        if self.periodic and tw < width:  # evenly spaced around the circle, the last one wrapping over the seam
+            n = -(-width // (tw - ox))
+            return rows, sorted({round(k * width / n) for k in range(n)})
+        return rows, window_starts(width, tw, tw - ox)
+
+    def weight(self) -> np.ndarray:
+        """Blending weight ``(rows, cols)`` of a tile: 1 inside, falling linearly over the overlap."""
+        ramps = []
+        for size, overlap in zip(self.size, self.overlap):
+            edge = np.minimum(np.arange(size), np.arange(size)[::-1])
+            ramps.append(np.minimum(1.0, (edge + 1) / (overlap + 1)))
+        return np.outer(*ramps)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A cut of a larger series and the box of the series to impute from it.
+
+    ``full`` is ``(T, H, W)`` of the whole series; the cut's first cell sits
+    at ``origin`` = (sample, time step, row, column) of the series, and its
+    columns continue modulo ``W`` (a cut may wrap over the seam of a global
+    grid). ``box`` = ``((t0, t1), (y0, y1), (x0, x1))`` is the part of the
+    series to return; the cut must hold every window and tile that touches it
+    (:func:`plan` says which cut that is).
+    """
+
+    full: tuple[int, int, int]
+    origin: tuple[int, int, int, int]
+    box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+    @classmethod
+    def whole(cls, shape: tuple[int, ...]) -> Piece:
+        """The whole series ``(N, C, T, H, W)`` as one piece."""
+        t, h, w = shape[2:]
+        return cls((t, h, w), (0, 0, 0, 0), ((0, t), (0, h), (0, w)))
+
+    def inside(self, cut: np.ndarray) -> np.ndarray:
+        """The box's part of an array ``(N, C, ...)`` shaped like the cut."""
+        (ta, tb), (ya, yb), (xa, xb) = self.box
+        _, t0, y0, x0 = self.origin
+        return cut[:, :, ta - t0 : tb - t0, ya - y0 : yb - y0][..., (np.arange(xa, xb) - x0) % self.full[2]]
+
+
+def _circular_cover(needed: np.ndarray) -> tuple[int, int]:
+    """``(first, length)`` of the shortest run of columns, modulo their count, that covers every needed one."""
+    if needed.all():
+        return 0, needed.size
+    index = np.flatnonzero(needed)
+    gaps = np.diff(np.append(index, index[0] + needed.size))
+    widest = int(np.argmax(gaps))
+    return int(index[(widest + 1) % index.size]), int(needed.size - gaps[widest] + 1)
+
+
+def plan(full: tuple[int, int, int], box, window: int, stride: int, tiling: Tiling):
+    """Windows and tiles touching ``box`` of a series, and the cut they read.
+
+    Returns ``(jobs, cut)``: ``jobs`` lists ``(start, row, col)`` in a fixed
+    order; ``cut`` = ``((t0, t1), (y0, y1), (x0, width))`` where the columns
+    are ``x0, x0 + 1, ...`` modulo ``W``, ``width`` of them.
+    """
+    t, h, w = full
+    (ta, tb), (ya, yb), (xa, xb) = box
+    (th, tw) = tiling.size
+    all_rows, all_cols = tiling.origins(h, w)
+    starts = [s for s in window_starts(t, window, stride) if s < tb and s + window > ta]
+    rows = [r for r in all_rows if r < yb and r + th > ya]
+    cols = [c for c in all_cols if np.any(((c + np.arange(tw)) % w >= xa) & ((c + np.arange(tw)) % w < xb))]
+    needed = np.zeros(w, bool)
+    for c in cols:
+        needed[(c + np.arange(tw)) % w] = True
+    jobs = [(s, r, c) for s in starts for r in rows for c in cols]
+    return jobs, ((starts[0], starts[-1] + window), (rows[0], rows[-1] + th), _circular_cover(needed))
+
+
+@torch.no_grad()
+def seeded_ensemble(denoiser, x: torch.Tensor, observed: torch.Tensor, spec: MaskSpec, schedule: VPSchedule,
+                    K: int, seeds: list[int], static: torch.Tensor | None = None,
+                    delta: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~xrimpute.diffusion.impute_ensemble` with every window's randomness drawn from its own seed.
+
+    The noise at ``t = delta`` and the ``K`` contexts of window ``b`` come from
+    a generator seeded with ``seeds[b]``, so a window's result does not depend
+    on the windows batched with it; the ``K x B`` contexts still go through
+    the denoiser as one batch. ``static`` holds per-window static fields
+    ``(B, S, H, W)`` (for tiles).
+    """
+    b = x.shape[0]
+    generators = [torch.Generator(device=x.device).manual_seed(s) for s in seeds]
+    t = torch.full((b,), delta, device=x.device)
+    alpha, sigma = schedule.alpha_sigma(t)
+    eps = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generators])
+    x_delta = alpha.view(-1, 1, 1, 1, 1) * x + sigma.view(-1, 1, 1, 1, 1) * eps
+    contexts = torch.stack([spec.context(observed[j : j + 1].expand(K, *x.shape[1:]), g)
+                            for j, g in enumerate(generators)], dim=1).flatten(0, 1)  # (K * B, ...), k major
+    extra = {} if static is None else {"static": static.repeat(K, 1, 1, 1)}
+    preds = denoiser(x_delta.repeat(K, 1, 1, 1, 1) * contexts, contexts, t.repeat(K), **extra).float().reshape(K, *x.shape)
+    mean = torch.where(observed, x, preds.mean(0))
+    std = torch.where(observed, 0.0, preds.std(0, unbiased=False) if K > 1 else torch.zeros_like(x))
+    return mean, std
 
 
 @torch.no_grad()
@@ -64,34 +225,83 @@ def impute_series(
     seed: int = 0,
     autocast: bool = False,
     progress: bool = True,
+    *,
+    tiling: Tiling | None = None,
+    static: np.ndarray | None = None,
+    piece: Piece | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Impute every window of every sample and blend overlapping windows.
+    """Impute every window (and tile) of every sample and blend the overlaps.
 
-    Each step's estimate is the mean over the windows that contain it; the
+    Each cell's estimate is the weighted mean over the windows and tiles that
+    contain it (windows weigh equally, tiles by :meth:`Tiling.weight`); the
     spread combines the ensemble spread within windows and the disagreement
-    between windows (law of total variance). Returns ``(mean, std)`` arrays
-    shaped like ``values``; observed cells keep their values exactly.
+    between them (law of total variance). Window randomness comes from
+    :func:`window_seed`, so a cell gets the same value whether the series is
+    imputed whole or piece by piece.
+
+    Parameters
+    ----------
+    values, observed : ``(N, C, T, H, W)`` normalised values (0 where unobserved)
+        and observation mask: the whole series, or with ``piece`` a cut of it.
+    tiling : spatial tiles (default: one tile of the whole grid).
+    static : full-grid static fields ``(S, H, W)`` cut out for every tile
+        (default: the denoiser uses its own, for the untiled case).
+    piece : where ``values`` sits in the series and which box to return.
+
+    Returns
+    -------
+    ``(mean, std)`` float32 arrays of the box (the whole series by default);
+    observed cells keep their values exactly and have zero spread.
     """
-    n, c, t, h, w = values.shape
-    starts = window_starts(t, window, stride)
-    jobs = [(i, s) for i in range(n) for s in starts]
-    total = np.zeros((n, c, t, h, w), np.float64)
+    n, c = values.shape[:2]
+    piece = piece or Piece.whole(values.shape)
+    (_, h, w), (sample0, t0, y0, x0) = piece.full, piece.origin
+    (ta, tb), (ya, yb), (xa, xb) = piece.box
+    tiling = tiling or Tiling((h, w))
+    (th, tw), tile_weight = tiling.size, tiling.weight()
+    jobs, _ = plan(piece.full, piece.box, window, stride, tiling)
+    column = np.full(w, -1)  # position in the cut of every column of the grid
+    column[(x0 + np.arange(values.shape[-1])) % w] = np.arange(values.shape[-1])
+
+    places = {}  # (start, row, col) -> where the job reads in the cut, writes in the box, and its own part
+    weight = np.zeros((tb - ta, yb - ya, xb - xa))
+    for s, r, col in jobs:
+        cols = (col + np.arange(tw)) % w
+        inside = (cols >= xa) & (cols < xb)
+        t_lo, t_hi, r_lo, r_hi = max(s, ta), min(s + window, tb), max(r, ya), min(r + th, yb)
+        read = (slice(s - t0, s - t0 + window), slice(r - y0, r - y0 + th), column[cols])
+        if min(s - t0, r - y0, *column[cols]) < 0 or s - t0 + window > values.shape[2] or r - y0 + th > values.shape[3]:
+            raise ValueError(f"the cut at {piece.origin} of shape {values.shape} lacks the window at step {s}, "
+                             f"tile ({r}, {col}) of the box {piece.box}; cut it as windows.plan says")
+        write = (slice(t_lo - ta, t_hi - ta), slice(r_lo - ya, r_hi - ya), cols[inside] - xa)
+        own = (slice(t_lo - s, t_hi - s), slice(r_lo - r, r_hi - r), np.flatnonzero(inside))
+        places[s, r, col] = read, write, own, tile_weight[own[1]][:, own[2]]
+        weight[write] += places[s, r, col][3]
+
+    total = np.zeros((n, c, *weight.shape))
     total_sq = np.zeros_like(total)
-    count = np.zeros((1, 1, t, 1, 1), np.float64)
-    for s in starts:
-        count[0, 0, s : s + window] += 1
-    generator = torch.Generator(device=device).manual_seed(seed)
-    for first in tqdm(range(0, len(jobs), batch_size), desc="imputing", disable=not progress, leave=False):
-        batch = jobs[first : first + batch_size]
-        x = torch.stack([torch.as_tensor(values[i, :, s : s + window]) for i, s in batch]).to(device)
-        m = torch.stack([torch.as_tensor(observed[i, :, s : s + window]) for i, s in batch]).to(device)
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
-            mean, std = impute_ensemble(denoiser, x, m, spec, schedule, K=K, generator=generator)
+    items = [(i, job) for i in range(n) for job in jobs]
+    generator_device = torch.device(device)
+    for first in tqdm(range(0, len(items), batch_size), desc="imputing", disable=not progress, leave=False):
+        batch = items[first : first + batch_size]
+        cuts = [places[job][0] for _, job in batch]
+        x = torch.as_tensor(np.stack([values[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
+        m = torch.as_tensor(np.stack([observed[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
+        tiles = None
+        if static is not None:
+            tiles = torch.as_tensor(np.stack([static[:, r : r + th][..., (col + np.arange(tw)) % w]
+                                              for _, (_, r, col) in batch])).to(generator_device)
+        seeds = [window_seed(seed, sample0 + i, s, r, col) for i, (s, r, col) in batch]
+        with torch.autocast(device_type=generator_device.type, dtype=torch.bfloat16, enabled=autocast):
+            mean, std = seeded_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, schedule,
+                                        K, seeds, static=tiles)
         mean, std = mean.float().cpu().numpy(), std.float().cpu().numpy()
-        for (i, s), mu, sd in zip(batch, mean, std):
-            total[i, :, s : s + window] += mu
-            total_sq[i, :, s : s + window] += sd**2 + mu**2
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    mean = np.where(observed, values, mean)
-    return mean.astype(np.float32), np.where(observed, 0.0, std).astype(np.float32)
+        for (i, job), mu, sd in zip(batch, mean, std):
+            _, write, own, wt = places[job]
+            mu, sd = mu[:, own[0], own[1]][..., own[2]], sd[:, own[0], own[1]][..., own[2]]
+            total[i][(slice(None), *write)] += wt * mu  # total[i] first: one fancy index, kept in place
+            total_sq[i][(slice(None), *write)] += wt * (sd**2 + mu**2)
+    mean = total / weight
+    std = np.sqrt(np.maximum(total_sq / weight - mean**2, 0.0))
+    seen = piece.inside(observed)
+    return np.where(seen, piece.inside(values), mean).astype(np.float32), np.where(seen, 0.0, std).astype(np.float32)

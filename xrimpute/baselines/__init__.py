@@ -24,6 +24,8 @@ from xrimpute.baselines.classical import (
     telea_array,
     temporal_array,
 )
+from xrimpute.baselines.learned import CORES as LEARNED_CORES
+from xrimpute.baselines.learned import Learned, ambient, ctxdiff, diffputer, missdiff
 
 __all__ = [
     "METHODS",
@@ -39,6 +41,11 @@ __all__ = [
     "ns_inpaint_array",
     "temporal_array",
     "dineof_array",
+    "ctxdiff",
+    "missdiff",
+    "ambient",
+    "diffputer",
+    "Learned",
 ]
 
 
@@ -52,6 +59,7 @@ METHODS = {
     "ns_inpaint": ns_inpaint_array,
     "temporal": temporal_array,
     "dineof": _dineof_filled,
+    **LEARNED_CORES,  # ctxdiff, missdiff, ambient, diffputer (xrimpute.baselines.learned)
 }
 
 
@@ -63,6 +71,12 @@ def _time_positions(obj, layout: cube.Layout) -> np.ndarray | None:
     if np.issubdtype(times.dtype, np.number):
         return times.astype(np.float64)
     return None  # e.g. cftime dates
+
+
+def _fill_gaps(obj, filled: np.ndarray, layout: cube.Layout):
+    """``obj`` with its gaps taken from ``filled``: the observed values stay those of ``obj``
+    bit for bit, also where the cube's float32 array rounded them."""
+    return obj.fillna(cube.from_array(filled, obj, layout))
 
 
 def fill(obj: xr.DataArray | xr.Dataset, method: str = "interpolate", axes: cube.Axes | None = None, **options):
@@ -93,8 +107,7 @@ def fill(obj: xr.DataArray | xr.Dataset, method: str = "interpolate", axes: cube
     values, layout = cube.to_array(obj, axes)
     if "times" in inspect.signature(core).parameters and "times" not in options:
         options["times"] = _time_positions(obj, layout)
-    filled = core(values, **options)
-    return cube.from_array(np.where(np.isfinite(values), values, filled), obj, layout)
+    return _fill_gaps(obj, core(values, **options), layout)
 
 
 def interpolate(obj, *, axes: cube.Axes | None = None):
@@ -152,7 +165,7 @@ def dineof(obj, *, return_info: bool = False, axes: cube.Axes | None = None, **o
     """
     values, layout = cube.to_array(obj, axes)
     result = dineof_array(values, **options)
-    filled = cube.from_array(result.filled, obj, layout)
+    filled = _fill_gaps(obj, result.filled, layout)
     if not return_info:
         return filled
     sample = layout.axes.sample

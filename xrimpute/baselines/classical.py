@@ -107,12 +107,12 @@ def _fill_space(field: np.ndarray, known: np.ndarray, linear: bool) -> np.ndarra
     return field
 
 
-def _interpolate_field(field, times=None):
-    n_steps, height, width = field.shape
-    times = _time_positions(times, n_steps)
-    series = _fill_time(field.reshape(n_steps, -1).astype(np.float64), times, linear=True)
-    filled = _fill_space(series.reshape(field.shape), np.isfinite(series).all(axis=0).reshape(height, width), True)
-    return _keep_observed(field, filled)
+def _time_then_space(field, times, linear):
+    """Fill along time at each cell, then the cells never observed from the others in space."""
+    n_steps = field.shape[0]
+    series = _fill_time(field.reshape(n_steps, -1).astype(np.float64), _time_positions(times, n_steps), linear)
+    known = np.isfinite(series).all(axis=0).reshape(field.shape[1:])
+    return _keep_observed(field, _fill_space(series.reshape(field.shape), known, linear))
 
 
 def interpolate_array(values: np.ndarray, times=None) -> np.ndarray:
@@ -136,15 +136,7 @@ def interpolate_array(values: np.ndarray, times=None) -> np.ndarray:
     ndarray
         Same shape and dtype, gaps filled.
     """
-    return _per_field(_interpolate_field, values, times=times)
-
-
-def _temporal_field(field, times=None):
-    n_steps, height, width = field.shape
-    times = _time_positions(times, n_steps)
-    series = _fill_time(field.reshape(n_steps, -1).astype(np.float64), times, linear=False)
-    filled = _fill_space(series.reshape(field.shape), np.isfinite(series).all(axis=0).reshape(height, width), False)
-    return _keep_observed(field, filled)
+    return _per_field(_time_then_space, values, times=times, linear=True)
 
 
 def temporal_array(values: np.ndarray, times=None) -> np.ndarray:
@@ -163,7 +155,7 @@ def temporal_array(values: np.ndarray, times=None) -> np.ndarray:
     ndarray
         Same shape and dtype, gaps filled.
     """
-    return _per_field(_temporal_field, values, times=times)
+    return _per_field(_time_then_space, values, times=times, linear=False)
 
 
 def _cv2():
@@ -186,9 +178,9 @@ def _inpaint_field(field, flag, radius):
         if observed.all():
             filled[t] = frame
             continue
-        # OpenCV's inpainting thresholds assume 8-bit intensities even on float images
-        # (Telea fails on a [0, 1] range), so map each frame affinely onto [0, 255]
-        # in float32: the scale is right and nothing is quantised.
+        # OpenCV's Telea is not scale invariant on float images and goes wrong on small
+        # ranges such as [0, 1]; it works as designed on the 8-bit range, so map each
+        # frame affinely onto [0, 255] in float32: nothing is quantised.
         low, high = frame[observed].min(), frame[observed].max()
         scale = (high - low) / 255.0 if high > low else 1.0
         image = np.where(observed, (frame - low) / scale, 0.0).astype(np.float32)

@@ -14,8 +14,10 @@ class Denoiser(nn.Module):
     Takes ``(B, C, T, H, W)`` values and mask and the diffusion time ``(B,)``;
     the time steps of the window are stacked as channels of a 2-D U-Net, the
     mask is an input channel, and static fields ``(S, H, W)`` (e.g. position)
-    are appended. The grid is padded to the U-Net's multiple with cells that
-    are never observed, and cropped back.
+    are appended: the full-grid fields kept as a buffer, or per-sample fields
+    cut for tiles of the grid and passed to :meth:`forward`. The grid is
+    padded to the U-Net's multiple with cells that are never observed, and
+    cropped back.
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
@@ -29,13 +31,21 @@ class Denoiser(nn.Module):
         cw = n_channels * window
         self.unet = UNet(2 * cw + static.shape[0], cw, periodic=periodic, **{**PRESETS[preset], **overrides})
 
-    def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
+                static: torch.Tensor | None = None) -> torch.Tensor:
+        """``static`` ``(B, S, H, W)``: per-sample static fields (for tiles of a larger grid);
+        by default the full-grid fields given at construction, which must match the grid."""
         b, c, w, h, wd = values.shape
         m = self.unet.multiple
         pad = (0, -wd % m, 0, -h % m)
         inputs = [values.reshape(b, c * w, h, wd), mask.to(values.dtype).reshape(b, c * w, h, wd)]
         if self.static.shape[0]:
-            inputs.append(self.static.to(values.dtype).expand(b, -1, h, wd))
+            if static is None:
+                if any(n not in (1, size) for n, size in zip(self.static.shape[1:], (h, wd))):
+                    raise ValueError(f"the network's static fields cover a {tuple(self.static.shape[1:])} grid, not "
+                                     f"{(h, wd)}; pass static= with per-sample fields (B, S, H, W) for tiles")
+                static = self.static.expand(b, -1, h, wd)
+            inputs.append(static.to(values.dtype))
         x = F.pad(torch.cat(inputs, dim=1), pad)
         out = self.unet(x, t)[..., :h, :wd]
         return out.reshape(b, c, w, h, wd)

@@ -40,7 +40,7 @@ def batches(n_samples: int, batch_size: int | None) -> list[slice]:
 
 
 def progress_bar(total: int, enabled: bool, desc: str):
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="frame")
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="snapshot")
 
 
 def as_tensor(array) -> tuple[torch.Tensor, bool]:

@@ -66,6 +66,8 @@ def advection_exact(u0, velocity, t, dx: float = 1.0):
     ky, kx = spectral_coords(size, size * dx, u0.device, u0.dtype)
     u_hat = torch.fft.rfft2(u0)
     times = np.asarray(t, dtype=float)
+    if times.ndim > 1:
+        raise ValueError(f"t must be a number or a 1-D array of times, got shape {times.shape}")
     if times.ndim == 0:
         return like_input(_translate(u_hat, cx, cy, ky, kx, float(times), size), was_numpy)
     frames = [_translate(u_hat, cx, cy, ky, kx, float(time), size) for time in times]
@@ -171,7 +173,7 @@ def advection(
     max_speed: float = 1.0,
     modes: int = 4,
     dtype: str = "float32",
-    batch_size: int | None = None,
+    batch_size: int | None = 128,
     progress: bool = True,
     device=None,
 ) -> xr.Dataset:
@@ -197,8 +199,9 @@ def advection(
         Largest wavenumber (in cycles per domain) in the initial fields; must be below ``size / 2``.
     dtype : {"float32", "float64"}
         Precision of the computation and of the returned values.
-    batch_size : int, optional
-        Trajectories computed at once (all by default); lower it to bound memory.
+    batch_size : int or None
+        Trajectories computed at once (None: all); small batches are faster on CPU caches
+        and bound memory. Results do not depend on it.
     progress : bool
         Show a progress bar over frames.
     device : str or torch.device, optional

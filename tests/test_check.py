@@ -1,0 +1,99 @@
+"""The learnability check: coverage maps on the cube's grid, their summary and plot, and the fit warning."""
+import warnings
+
+import matplotlib
+import pytest
+import xarray as xr
+
+from synthetic import latlon_cube
+from xrimpute import observe
+from xrimpute.check import check, permanent_mask, plot_coverage, summary
+from xrimpute.cube import CubeError
+from xrimpute.masks import Block, Pixel
+
+matplotlib.use("Agg")
+
+FIT = dict(steps=1, batch_size=2, progress=False, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    """Two variables on a lat/lon grid seen in 3x3 blocks (5 of 9 per step), with two columns of land."""
+    ds = latlon_cube(t=12, nlat=12, nlon=12)
+    seen = observe(ds, "block", grid=(3, 3), observed=5, seed=0)
+    land = ds.lon <= ds.lon[1]
+    return seen.where(~land).assign(lsm=ds["lsm"])
+
+
+def test_check_maps_coverage_on_the_cubes_grid(blocks):
+    coverage = check(blocks, mask="pixel")
+    assert coverage.dims == ("lat", "lon") and coverage.name == "query_coverage"
+    xr.testing.assert_identical(coverage.lat, blocks.lat)
+    xr.testing.assert_identical(coverage.lon, blocks.lon)
+    assert bool(coverage.isel(lon=[0, 1]).isnull().all())  # land: never observed, left out
+    assert float(coverage.isel(lon=slice(2, None)).max()) < 1e-3  # pixel contexts never reach missing blocks
+    attrs = coverage.attrs
+    assert attrs["zero_coverage_share"] == 1.0 and attrs["never_observed_share"] == pytest.approx(2 / 12, abs=1e-3)
+    assert attrs["observing"].startswith("Block(") and "grid=(3, 3)" in attrs["observing"]
+    assert attrs["worst_regions"].startswith("lat 40..60, lon -6..12: 120 cells")
+
+
+def test_check_of_the_inferred_spec_covers_every_observed_cell(blocks):
+    coverage = blocks.ctxdiff.check()
+    assert coverage.attrs["spec"] == coverage.attrs["observing"] and coverage.attrs["zero_coverage_share"] == 0
+    assert float(coverage.isel(lon=slice(2, None)).min()) > 0.1
+    text = summary(coverage)
+    assert "zero coverage (never learned):   0.0%" in text and "positive probability" in text
+    assert "(inferred: block)" in text
+    xr.testing.assert_identical(coverage, check(blocks, mask=Block(grid=(3, 3))))
+
+
+def test_summary_names_the_fix_and_plot_draws_the_map(blocks, tmp_path):
+    coverage = check(blocks, mask=Pixel(context_ratio=0.6), n_draws=64)
+    print(summary(coverage))
+    assert "never learned" in summary(coverage) and "inferred: Block(" in summary(coverage)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    artist = plot_coverage(coverage, ax=ax)
+    share = coverage.attrs["zero_coverage_share"]
+    assert artist.axes is ax and 0.8 < share < 1 and f"zero coverage: {share:.0%}" in ax.get_title()
+    fig.savefig(tmp_path / "coverage.png")
+    plt.close(fig)
+    assert (tmp_path / "coverage.png").stat().st_size > 1000
+
+
+def test_fit_warns_for_pixel_contexts_on_block_data_and_not_for_block_contexts(blocks):
+    with pytest.warns(UserWarning, match=r"100% of the observed grid cells zero probability.*mask=Block\(") as record:
+        blocks.ctxdiff.fit(mask="pixel", **FIT)
+    assert "looks like block observations" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model = blocks.ctxdiff.fit(mask="block", **FIT)
+    assert model.spec.grid == (3, 3)
+
+
+def test_fit_prints_why_it_chose_the_inferred_mask(blocks, capsys):
+    blocks.ctxdiff.fit(mask="infer", **{**FIT, "verbose": True})
+    out = capsys.readouterr().out
+    assert "mask='infer' chose Block(" in out and "whole blocks of a 3x3 grid" in out
+    assert "17% of the cells are never observed" in out
+
+
+def test_permanent_mask_from_a_land_sea_variable():
+    ds = latlon_cube(t=6)
+    masked = permanent_mask(ds, "lsm")
+    land = ds["lsm"] > 0.5
+    assert "lsm" not in masked and set(masked.data_vars) == {"t2m", "sp"}
+    assert bool(masked["t2m"].where(land).isnull().all()) and int(masked["sp"].isnull().sum()) == 6 * int(land.sum())
+    assert masked["t2m"].attrs == ds["t2m"].attrs
+    sea = permanent_mask(ds, "lsm", masked="below")
+    assert bool(sea["t2m"].where(~land).isnull().all())
+    with pytest.raises(CubeError, match="no variable 'land'"):
+        permanent_mask(ds, "land")
+    with pytest.raises(CubeError, match="static"):
+        permanent_mask(ds, "t2m")
+    coverage = check(masked)  # the land is never observed: NaN on the map, not a learnability problem
+    assert bool(coverage.where(land).isnull().all()) and coverage.attrs["zero_coverage_share"] == 0
+    assert coverage.attrs["never_observed_share"] == pytest.approx(float(land.mean()), abs=1e-3)
+

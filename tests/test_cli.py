@@ -1,0 +1,151 @@
+"""The xrimpute command: help for newcomers, one-line errors with exit status 2, fit + impute end to end."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xrimpute
+from synthetic import blobs
+from xrimpute.cli import build_parser, main
+
+COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+def run(*args, cwd=None):
+    """``python -m xrimpute ARGS`` in a fresh process (one torch thread: fast on a busy 2-core machine too)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "xrimpute", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def observed_file(tmp_path_factory):
+    truth = blobs(n=2, t=8, size=12, seed=0)
+    observed = truth.where(np.random.default_rng(0).random(truth.shape) < 0.5)
+    assert observed.notnull().any(["sample", "time"]).all()  # impute leaves cells never observed NaN
+    path = tmp_path_factory.mktemp("cli") / "observed.nc"
+    observed.to_dataset().to_netcdf(path)
+    return path
+
+
+def test_help_lists_every_command():
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    for name in ("fit", "impute", "reconstruct", "check", "datasets", "quickstart", "versions"):
+        assert f"\n    {name}" in result.stdout, name
+    assert "example:" in result.stdout
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "quickstart"])
+def test_each_command_explains_itself_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    description = text.split("\n\n")[1]
+    assert len(description.split()) >= 15, description  # a paragraph, not a label
+    assert f"example:\n  xrimpute {command}" in text
+
+
+def test_quickstart_help_comes_from_the_quickstart_itself(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["quickstart", "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: xrimpute quickstart")
+
+
+def test_a_missing_file_is_one_line_on_stderr_and_exit_status_2(tmp_path):
+    result = run("fit", "no-such-file.nc", "--out", "model.xri", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xrimpute fit: error: 'no-such-file.nc' does not exist")
+    assert not (tmp_path / "model.xri").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["impute", "{data}", "--model", "missing.xri", "--out", "{tmp}/f.nc"], "no model file"),
+        (["impute", "{data}", "--model", "m.xri", "--out", "{tmp}/filled.csv"], "name it *.nc"),
+        (["fit", "{data}", "--out", "{tmp}/model.pt"], "name the model file *.xri"),
+        (["fit", "{data}", "--out", "{tmp}/m.xri", "--variables", "v"], "unknown variable(s) ['v']"),
+        (["fit", "{data}", "--out", "{data}.xri"], "exists; choose another name or pass --overwrite"),
+        (["datasets", "fetch"], "name the dataset to fetch"),
+        (["reconstruct", "{data}", "{tmp}/m.xri", "{tmp}/out.nc"], "name the zarr store *.zarr"),
+        (["reconstruct", "{data}", "{tmp}/m.xri", "{tmp}/out.zarr"], "no model file"),
+    ],
+)
+def test_bad_input_gives_a_one_line_error_and_exit_status_2(argv, message, observed_file, tmp_path, capsys):
+    observed_file.with_suffix(".nc.xri").touch()
+    argv = [a.format(data=observed_file, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_bad_options_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "data.nc", "--out", "m.xri", "--mask", "hexagons"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'hexagons'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "data.nc", "--out", "m.xri", "--tile", "12x"])
+    assert exit_.value.code == 2
+
+
+def test_fit_then_impute_through_the_command_line(observed_file, tmp_path):
+    model_path, out = tmp_path / "m.xri", tmp_path / "filled.nc"
+    fit = run("fit", str(observed_file), "--out", str(model_path), "--mask", "pixel", "--steps", "5",
+              "--batch-size", "4", "--preset", "tiny", "--device", "cpu", "-q")
+    assert fit.returncode == 0, fit.stderr
+    assert "saved to" in fit.stdout and "tiny U-Net" in fit.stdout
+    assert xrimpute.load(model_path).history.step[-1] == 5  # steps taken
+
+    impute = run("impute", str(observed_file), "--model", str(model_path), "--out", str(out), "--K", "2", "--std",
+                 "-q")
+    assert impute.returncode == 0, impute.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["filled.nc", "m.xri"]  # no temporary left over
+    with xr.open_dataset(observed_file) as seen, xr.open_dataset(out) as filled:
+        assert set(filled.data_vars) == {"u", "u_std"} and filled["u"].dims == seen["u"].dims
+        assert int(filled["u"].isnull().sum()) == 0
+        xr.testing.assert_identical(filled["u"].where(seen["u"].notnull()), seen["u"])
+        assert float(filled["u_std"].where(seen["u"].isnull()).min()) > 0  # gaps have a spread
+
+    assert main(["impute", str(observed_file), "--model", str(model_path), "--out", str(out), "-q"]) == 2
+    assert main(["impute", str(observed_file), "--model", str(model_path), "--out", str(tmp_path / "f.zarr"),
+                 "--K", "1", "-q"]) == 0
+    with xr.open_zarr(tmp_path / "f.zarr") as filled:
+        assert int(filled["u"].isnull().sum()) == 0
+
+
+def test_check_says_when_a_mask_leaves_gaps_unlearned(tmp_path, capsys):
+    truth = blobs(n=2, t=6, size=12, seed=1)
+    blocks = xrimpute.observe(truth, "block", grid=(3, 3), observed=6, seed=0)
+    path = tmp_path / "blocks.nc"
+    blocks.to_dataset().to_netcdf(path)
+    assert main(["check", str(path), "--mask", "pixel"]) == 1
+    out = capsys.readouterr().out
+    assert "looks like block observations" in out and "never learned" in out
+    assert main(["check", str(path)]) == 0
+    assert "every observed cell has a positive probability" in capsys.readouterr().out
+
+
+def test_datasets_list_and_versions(capsys):
+    assert main(["datasets", "list"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("era5", "advection", "shallow_water", "navier_stokes"):
+        assert f"\n{name} " in f"\n{listing}"
+    assert main(["versions"]) == 0
+    assert "torch:" in capsys.readouterr().out
+
+
+def test_datasets_fetch_generates_a_pde_sample_and_prints_its_path(tmp_path, capsys):
+    assert main(["datasets", "fetch", "advection", "--out", str(tmp_path / "adv.nc"), "-q"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("advection: variables") and out[-1] == str(tmp_path / "adv.nc")
+    with xr.open_dataset(tmp_path / "adv.nc") as ds:
+        assert ds.sizes["sample"] == 8

@@ -1,0 +1,186 @@
+"""Dask-backed cubes: lazy imputation equal to in-memory, halos and tiles, chunk-wise training that never loads all."""
+import tracemalloc
+from contextlib import contextmanager
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from dask.callbacks import Callback
+
+import xrimpute
+from xrimpute import loader
+from xrimpute.masks import Pixel
+from xrimpute.windows import Piece, Tiling, impute_series, plan
+
+FIT = dict(mask="pixel", steps=30, batch_size=4, progress=False, verbose=False, seed=0)
+
+
+def archive(t: int = 24, n: int = 24, seed: int = 0, missing: float = 0.6) -> xr.Dataset:
+    """Hourly global cube of two variables on an ``n x n`` lat/lon grid, ``missing`` of the cells NaN."""
+    rng = np.random.default_rng(seed)
+    lat, lon = np.linspace(-86.25, 86.25, n), np.arange(n) * 360.0 / n
+    steps = np.arange(t)[:, None, None]
+    la, lo = np.deg2rad(lat)[None, :, None], np.deg2rad(lon)[None, None, :]
+    fields = {"t2m": 280 + 10 * np.cos(la) + 3 * np.sin(lo + 0.3 * steps),
+              "u10": 5 * np.sin(2 * lo - 0.2 * steps) * np.cos(la)}
+    data = {name: (("time", "latitude", "longitude"),
+                   np.where(rng.random((t, n, n)) < missing, np.nan, f + rng.normal(0, 0.3, (t, n, n))).astype("f4"),
+                   {"units": "1"}) for name, f in fields.items()}
+    coords = {"time": np.datetime64("2020-01-01") + np.arange(t) * np.timedelta64(1, "h"),
+              "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude"}),
+              "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude"})}
+    return xr.Dataset(data, coords=coords, attrs={"title": "test archive"})
+
+
+@contextmanager
+def raise_if_dask_computes():
+    """Fail if anything is computed with dask inside the block."""
+
+    def scheduler(dsk, keys, **kwargs):
+        raise AssertionError("dask computed something that should have stayed lazy")
+
+    with dask.config.set(scheduler=scheduler):
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: dask runs blocks side by side, and spinning thread pools slow a shared CPU badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return archive()
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return xrimpute.fit(data, **FIT)
+
+
+@pytest.fixture(scope="module")
+def tiled(data):
+    return xrimpute.fit(data, tile=(16, 16), **FIT)
+
+
+def test_impute_on_dask_input_stays_lazy_until_computed(data, model):
+    chunked = data.chunk(time=8)
+    with raise_if_dask_computes():
+        filled = model.impute(chunked, K=2, progress=False)
+        both = model.impute(chunked, K=2, return_std=True, observed_rate=0.4, progress=False)
+    assert all(isinstance(v.data, da.Array) for v in (filled["t2m"], both["u10"], both["u10_std"]))
+    assert filled.chunks == chunked.chunks
+    assert int(filled.to_array().isnull().sum()) == 0
+
+
+def test_lazy_imputation_equals_in_memory_with_halos_across_time_chunks(data, model):
+    reference = model.impute(data, K=3, seed=5, progress=False)
+    for chunks in ({"time": 8}, {"time": 5}, {"time": 5, "latitude": 10, "longitude": 7}):
+        lazy = model.impute(data.chunk(chunks), K=3, seed=5, progress=False).compute()
+        xr.testing.assert_allclose(lazy, reference, rtol=1e-6, atol=1e-5)
+    other_seed = model.impute(data, K=3, seed=6, progress=False)
+    assert float(abs(other_seed - reference).to_array().max()) > 1e-2  # the tolerance above is not loose
+
+
+def test_tiled_model_imputes_spatial_chunks_equal_to_in_memory(data, tiled):
+    assert tiled.info["tile"] == [16, 16] and tiled.tiling().periodic  # global grid: tiles wrap round the seam
+    reference = tiled.impute(data, K=3, progress=False)
+    lazy = tiled.impute(data.chunk(time=8, latitude=12, longitude=12), K=3, progress=False).compute()
+    xr.testing.assert_allclose(lazy, reference, rtol=1e-6, atol=1e-5)
+    assert int(reference.to_array().isnull().sum()) == 0
+    xr.testing.assert_identical(reference.where(data.notnull()), data)
+
+
+def test_plan_halo_is_window_minus_one_steps_and_tiles_wrap_over_the_seam():
+    tiling = Tiling((16, 16), (4, 4), periodic=True)
+    rows, cols = tiling.origins(24, 24)
+    assert rows == [0, 8] and cols == [0, 12]  # the tile at column 12 covers 12..27, i.e. 12..23 and 0..3
+    jobs, cut = plan((24, 24, 24), ((8, 16), (0, 24), (20, 24)), window=3, stride=1, tiling=tiling)
+    assert cut[0] == (6, 18)  # windows starting at 6..15 touch steps 8..15
+    assert cut[2] == (12, 16)  # columns 12..23 then 0..3: one run across the seam
+    assert {c for _, _, c in jobs} == {12}
+    assert plan((24, 24, 24), ((0, 24), (0, 24), (0, 4)), 3, 1, tiling)[1][2] == (0, 24)  # both tiles: all columns
+
+
+def test_overlapping_tiles_blend_without_seams():
+    """A network that answers a different constant on every tile: blending must ramp, not jump, between tiles."""
+
+    def per_tile_constant(values, mask, t, static):  # the tile's mean of the first static field
+        return static[:, :1, None].mean(dim=(-2, -1), keepdim=True).expand_as(values)
+
+    h = w = 32
+    rows = np.linspace(0, 1, h, dtype=np.float32)[:, None] * np.ones((1, w), np.float32)
+    cols = np.linspace(0, 1, w, dtype=np.float32)[None, :] * np.ones((h, 1), np.float32)
+    static = np.stack([rows + cols, rows])
+    values = np.zeros((1, 1, 3, h, w), np.float32)
+    observed = np.zeros_like(values, dtype=bool)
+
+    def jumps(overlap):
+        mean, _ = impute_series(per_tile_constant, values, observed, Pixel(), xrimpute.diffusion.VPSchedule(), 3,
+                                K=1, progress=False, tiling=Tiling((16, 16), (overlap, overlap)), static=static)
+        return np.abs(np.diff(mean[0, 0, 0], axis=1)).max()
+
+    hard, blended = jumps(0), jumps(6)
+    assert hard > 0.2  # side by side, neighbouring tiles differ by about half a tile's mean
+    assert blended < hard / 4
+
+
+def test_piece_of_a_series_returns_its_box_only():
+    piece = Piece((10, 4, 6), (0, 2, 1, 4), ((3, 5), (1, 3), (0, 2)))
+    cut = np.arange(1 * 1 * 6 * 3 * 4).reshape(1, 1, 6, 3, 4)  # steps 2..7, rows 1..3, columns 4, 5, 0, 1
+    assert piece.inside(cut).shape == (1, 1, 2, 2, 2)
+    np.testing.assert_array_equal(piece.inside(cut)[0, 0, 0], cut[0, 0, 1, :2, 2:4])
+
+
+class Largest(Callback):
+    """Records the largest result (in bytes) of any dask task."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.most = max(self.most, getattr(result, "nbytes", 0))
+
+
+def test_fit_on_dask_input_reads_chunks_never_the_whole_archive(tmp_path):
+    archive(t=96, seed=1).chunk(time=4).to_zarr(tmp_path / "big.zarr")
+    big = xr.open_zarr(tmp_path / "big.zarr")
+    whole = sum(v.nbytes for v in big.data_vars.values())
+    with Largest() as largest:
+        model = xrimpute.fit(big, tile=(16, 16), **dict(FIT, steps=12))
+    assert 0 < largest.most <= whole / 8  # a time chunk (plus the window's steps after it), not the archive
+    assert model.info["statistics_chunks"] == [8, 24]  # normalisation from 8 of the 24 chunks
+    assert model.validation["cells"] > 0  # validated on windows kept out of training
+    assert np.allclose(model.mean, [big["t2m"].mean().compute(), big["u10"].mean().compute()], atol=0.5)
+
+
+def test_chunked_sampler_memory_does_not_grow_with_the_archive():
+    def peak_while_sampling(steps):
+        values = (da.zeros((1, 2, steps, 24, 24), chunks=(1, 2, 8, 24, 24), dtype=np.float32)  # nothing exists yet
+                  + da.arange(steps, chunks=8, dtype=np.float32)[None, None, :, None, None])
+        tracemalloc.start()
+        sampler = loader.ChunkedWindows(values, 3, np.zeros(2), np.ones(2), tile=(8, 8),
+                                        static=np.zeros((3, 24, 24)), pool=3, prefetch=2, reuse=1, seed=0)
+        try:
+            generator = torch.Generator().manual_seed(0)
+            batches = [sampler.sample(4, generator) for _ in range(12)]
+        finally:
+            sampler.close()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak, batches
+
+    small, _ = peak_while_sampling(10**4)
+    large, batches = peak_while_sampling(10**5)  # 460 MB if it were loaded
+    x, observed, static = batches[-1]
+    assert x.shape == (4, 2, 3, 8, 8) and static.shape == (4, 3, 8, 8) and bool(observed.all())
+    assert large < 1.5 * small and large < 40e6, (small, large)
+    assert len({float(b[0][:, 0, 0, 0, 0].max()) for b in batches}) > 3  # windows from many places in time

@@ -1,0 +1,98 @@
+"""Package-wide options (set_options) reach fit and impute; show_versions reports the environment."""
+import io
+
+import numpy as np
+import pytest
+
+import xrimpute
+from synthetic import blobs
+from xrimpute import model as model_module
+from xrimpute.options import OPTIONS, get_options
+
+
+@pytest.fixture(autouse=True)
+def _restore_options():
+    saved = dict(OPTIONS)
+    yield
+    OPTIONS.clear()
+    OPTIONS.update(saved)
+
+
+@pytest.fixture(scope="module")
+def observed():
+    truth = blobs(n=2, t=8, size=12, seed=0)
+    return truth.where(np.random.default_rng(0).random(truth.shape) < 0.5)
+
+
+TINY = dict(mask="pixel", steps=3, batch_size=2, preset="tiny", verbose=False, val_fraction=0.0)
+
+
+def test_context_manager_sets_and_restores_while_a_plain_call_sets_for_good():
+    assert get_options() == {"device": "auto", "progress": True, "dtype": "bfloat16"}
+    with xrimpute.set_options(progress=False, dtype="float32") as options:
+        assert isinstance(options, xrimpute.set_options)
+        assert OPTIONS["progress"] is False and OPTIONS["dtype"] == "float32"
+    assert OPTIONS["progress"] is True and OPTIONS["dtype"] == "bfloat16"
+    xrimpute.set_options(device="cpu")
+    assert OPTIONS["device"] == "cpu"
+
+
+def test_options_are_restored_when_the_block_raises():
+    with pytest.raises(RuntimeError, match="boom"), xrimpute.set_options(device="cpu"):
+        raise RuntimeError("boom")
+    assert OPTIONS["device"] == "auto"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"colour": "red"}, "unknown option"), ({"device": "gpu-ish"}, "not a device"),
+     ({"progress": "yes"}, "True or False"), ({"dtype": "float16"}, "dtype must be one of")],
+)
+def test_bad_options_are_refused_and_change_nothing(options, message):
+    before = get_options()
+    with pytest.raises(ValueError, match=message):
+        xrimpute.set_options(**options)
+    assert get_options() == before
+
+
+def test_fit_and_impute_read_device_and_progress_from_the_options(observed, monkeypatch, capsys):
+    devices = []
+    real = model_module.resolve_device
+    monkeypatch.setattr(model_module, "resolve_device", lambda d: devices.append(d) or real(d))
+
+    with xrimpute.set_options(device="cpu", progress=False):
+        model = xrimpute.fit(observed, **TINY)
+        filled = model.impute(observed, K=2)
+    assert devices == ["cpu", "cpu"]  # fit, impute: the option, not the built-in "auto"
+    assert "training" not in capsys.readouterr().err  # no progress bar
+
+    model.impute(observed, K=2, device="cpu")
+    assert "imputing" in capsys.readouterr().err  # progress is back on after the block
+    never_observed = observed.isnull().all("time")  # left NaN by design
+    assert filled.isnull().equals(never_observed.broadcast_like(filled).transpose(*filled.dims))
+
+
+def test_an_explicit_argument_wins_over_the_option(observed, monkeypatch, capsys):
+    devices = []
+    real = model_module.resolve_device
+    monkeypatch.setattr(model_module, "resolve_device", lambda d: devices.append(d) or real(d))
+    with xrimpute.set_options(device="cuda", progress=False):
+        xrimpute.fit(observed, device="cpu", progress=True, **TINY)
+    assert devices == ["cpu"]
+    assert "training" in capsys.readouterr().err
+
+
+def test_float32_option_turns_bf16_training_off(observed):
+    with xrimpute.set_options(dtype="float32", progress=False):
+        model = xrimpute.fit(observed, **TINY)
+    assert model.info["train"]["bf16"] is False
+    assert xrimpute.fit(observed, progress=False, **TINY).info["train"]["bf16"] is True
+
+
+def test_show_versions_lists_the_stack():
+    out = io.StringIO()
+    xrimpute.show_versions(file=out)
+    text = out.getvalue()
+    for name in ("xrimpute", "python", "torch", "CUDA available", "xarray", "dask", "zarr", "numpy", "cfgrib"):
+        assert f"\n{name}:" in f"\n{text}", name
+    assert f"xrimpute: {xrimpute.__version__}".replace(" ", "") in text.replace(" ", "")

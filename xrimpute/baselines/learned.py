@@ -1,0 +1,193 @@
+"""Learned gap fillers on the network and trainer of ctxdiff: only the method differs.
+
+Every method trains :class:`xrimpute.CtxDiffModel` (same U-Net, optimiser, EMA,
+schedule and budget options) and changes only what the paper's baselines change:
+
+* ``ctxdiff``: the method of the package (contexts shaped like the observations,
+  single-step ensemble over ``K`` contexts); here for comparisons on equal terms.
+* ``missdiff``: context = query = the whole observed mask in training, and the
+  whole observed mask at inference (one pass, ``K = 1``, no adaptation).
+* ``ambient`` (AmbientDiff): the context is the observed mask further corrupted
+  once (each observed pixel dropped with probability ``corruption``), the query
+  every observed cell; at inference the whole observed mask, one pass.
+* ``diffputer`` (DiffPuter): expectation-maximisation. The M-step trains the
+  denoiser on the current completion as if it were complete (every cell in the
+  context and in the query); the E-step re-imputes by conditional sampling
+  (:func:`xrimpute.diffusion.sample_multistep` with the observations re-noised
+  at every step) and averages a few members. The first completion puts the
+  observed mean of each channel in the gaps.
+
+``fit_<method>(train, ...)`` returns a :class:`Learned` whose ``impute(obj)``
+fills any cube on the same grid; ``<method>(obj, train=None, ...)`` fits on
+``train`` (default ``obj`` itself) and fills ``obj``. :data:`CORES` holds the
+array versions for :data:`xrimpute.baselines.METHODS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from xrimpute import cube, masks
+from xrimpute.model import CtxDiffModel
+
+__all__ = ["CORES", "Learned", "ambient", "ctxdiff", "diffputer", "fit_ambient", "fit_ctxdiff",
+           "fit_diffputer", "fit_missdiff", "missdiff"]
+
+
+@dataclass
+class Learned:
+    """A trained learned method: the model and how the method imputes with it.
+
+    ``impute_options`` go to :meth:`CtxDiffModel.impute` (single-step methods);
+    ``sampler_options`` (DiffPuter) make :meth:`impute` an E-step instead: the mean
+    of ``members`` conditional samples. ``completion`` is DiffPuter's last
+    completion of its training data.
+    """
+
+    method: str
+    model: CtxDiffModel
+    impute_options: dict = field(default_factory=dict)
+    sampler_options: dict | None = None
+    completion: xr.DataArray | xr.Dataset | None = None
+
+    def impute(self, obj, *, seed: int = 0, progress: bool | None = False, fill_never_observed: bool = False):
+        """``obj`` with its gaps filled by this method (same type, dims, coords; observed values kept).
+
+        Cells never observed in the training data stay NaN unless ``fill_never_observed``.
+        """
+        options = dict(seed=seed, progress=progress, fill_never_observed=fill_never_observed)
+        if self.sampler_options is None:
+            return self.model.impute(obj, **options, **self.impute_options)
+        return _e_step(self.model, obj, **options, **self.sampler_options)
+
+
+def _observed(obj) -> np.ndarray:
+    values, _ = cube.to_array(obj)
+    return np.isfinite(values)
+
+
+def fit_ctxdiff(train, mask="auto", *, K: int = 10, **fit_options) -> Learned:
+    """The package's method: contexts with the structure of the observations, ``K``-context ensemble."""
+    return Learned("ctxdiff", CtxDiffModel.fit(train, mask=mask, **fit_options), dict(K=K))
+
+
+def fit_missdiff(train, mask="auto", *, verbose: bool = True, **fit_options) -> Learned:
+    """MissDiff: the loss on observed cells with the whole observed mask as input.
+
+    ``mask`` only shapes the held-back validation cells; the context is always
+    every observed cell (context ratio 1).
+    """
+    spec = replace(masks.resolve(mask, _observed(train), verbose=verbose), context_ratio=1.0)
+    model = CtxDiffModel.fit(train, mask=spec, verbose=verbose, **fit_options)
+    return Learned("missdiff", model, dict(K=1, adapt=False))
+
+
+def fit_ambient(train, corruption: float = 0.2, **fit_options) -> Learned:
+    """AmbientDiff: one further pixel-wise corruption of the observed mask as context.
+
+    Each observed cell leaves the context with probability ``corruption``; the
+    loss covers every observed cell. Inference feeds the whole observed mask.
+    """
+    if not 0 < corruption < 1:
+        raise ValueError(f"corruption must be in (0, 1), the share of observed cells dropped; got {corruption}")
+    model = CtxDiffModel.fit(train, mask=masks.Pixel(context_ratio=1.0 - corruption), **fit_options)
+    return Learned("ambient", model, dict(K=1, adapt=False, spec=masks.Pixel(context_ratio=1.0)))
+
+
+def _e_step(model: CtxDiffModel, obj, *, members: int, steps: int, eta: float, seed: int, progress,
+            fill_never_observed: bool = False):
+    """The mean of ``members`` conditional samples in the gaps of ``obj``; observed values kept."""
+    draws = model.sample(obj, n=members, steps=steps, eta=eta, handover=None, seed=seed, progress=progress,
+                         dim="__member__", fill_never_observed=fill_never_observed)
+    return obj.fillna(draws.mean("__member__"))
+
+
+def fit_diffputer(train, *, rounds: int = 3, steps: int = 2000, steps_per_round: int | None = None,
+                  warm_start: bool = True, members: int = 4, sample_steps: int = 20, eta: float = 1.0,
+                  seed: int = 0, progress: bool | None = None, **fit_options) -> Learned:
+    """DiffPuter: EM rounds of training on the completion (M) and conditional re-imputation (E).
+
+    Parameters
+    ----------
+    train : the incomplete cube; its completion is what the rounds improve.
+    rounds : M-step / E-step pairs.
+    steps, steps_per_round : training budget: ``steps`` in all, split evenly over the
+        rounds unless ``steps_per_round`` is given.
+    warm_start : continue from the previous round's network (else a fresh network each round).
+    members, sample_steps, eta : E-step: conditional samples averaged per cell, denoising
+        steps per sample and fresh noise per step.
+    **fit_options : the rest of :meth:`CtxDiffModel.fit` (window, preset, batch_size, ...).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    per_round = steps_per_round or max(1, steps // rounds)
+    fit_options = {"val_fraction": 0.0, "verbose": False, **fit_options}
+    values, layout = cube.to_array(train)
+    observed = np.isfinite(values)
+    valid = observed.any(axis=(0, 2), keepdims=True)  # cells ever observed: the rest stays NaN
+    start = np.array([np.nanmean(values[:, i]) for i in range(values.shape[1])], np.float32)
+    first = np.where(observed | ~valid, values, start[None, :, None, None, None])
+    completion = train.fillna(cube.from_array(first, train, layout))
+    sampler = dict(members=members, steps=sample_steps, eta=eta)
+    model = None
+    for k in tqdm(range(rounds), desc="DiffPuter rounds", disable=progress is False, leave=False):
+        model = CtxDiffModel.fit(completion, mask=masks.Pixel(context_ratio=1.0), steps=per_round,
+                                 seed=seed + k, progress=progress, init=model if warm_start else None,
+                                 **fit_options)
+        completion = _e_step(model, train, seed=seed + k, progress=progress, **sampler)
+    return Learned("diffputer", model, sampler_options=sampler, completion=completion)
+
+
+def _fill(fit, obj, train, seed: int, **options):
+    learned = fit(obj if train is None else train, seed=seed, **options)
+    if learned.completion is not None and train is None:
+        return learned.completion
+    return learned.impute(obj, seed=seed)
+
+
+def ctxdiff(obj, *, train=None, mask="auto", K: int = 10, seed: int = 0, **fit_options):
+    """Fit the package's method on ``train`` (default ``obj``) and fill ``obj``; see :func:`fit_ctxdiff`."""
+    return _fill(fit_ctxdiff, obj, train, seed, mask=mask, K=K, **fit_options)
+
+
+def missdiff(obj, *, train=None, mask="auto", seed: int = 0, **fit_options):
+    """Fit MissDiff on ``train`` (default ``obj``) and fill ``obj``; see :func:`fit_missdiff`."""
+    return _fill(fit_missdiff, obj, train, seed, mask=mask, **fit_options)
+
+
+def ambient(obj, *, train=None, corruption: float = 0.2, seed: int = 0, **fit_options):
+    """Fit AmbientDiff on ``train`` (default ``obj``) and fill ``obj``; see :func:`fit_ambient`."""
+    return _fill(fit_ambient, obj, train, seed, corruption=corruption, **fit_options)
+
+
+def diffputer(obj, *, train=None, seed: int = 0, **options):
+    """Run DiffPuter on ``train`` (default ``obj``: its last completion is the answer) and fill ``obj``;
+    see :func:`fit_diffputer`."""
+    return _fill(fit_diffputer, obj, train, seed, **options)
+
+
+def _as_cube(values: np.ndarray) -> xr.DataArray:
+    """An ``(N, C, T, H, W)`` array as a plain cube (grid-index coordinates, not periodic)."""
+    n, c, t, h, w = values.shape
+    return xr.DataArray(values, dims=("sample", "channel", "time", "y", "x"),
+                        coords={"time": np.arange(t), "y": np.arange(h, dtype=float), "x": np.arange(w, dtype=float)})
+
+
+def _core(method):
+    def core(values: np.ndarray, **options) -> np.ndarray:
+        values = np.asarray(values)
+        if values.ndim != 5:
+            raise ValueError(f"expected an (N, C, T, H, W) array, got shape {values.shape}")
+        options = {"progress": False, "verbose": False, **options}
+        return method(_as_cube(values), **options).values
+
+    core.__name__ = core.__qualname__ = f"{method.__name__}_array"
+    core.__doc__ = f"``{method.__name__}`` on an ``(N, C, T, H, W)`` array (NaN = gap); options as for it."
+    return core
+
+
+CORES = {name: _core(method) for name, method in
+         (("ctxdiff", ctxdiff), ("missdiff", missdiff), ("ambient", ambient), ("diffputer", diffputer))}

@@ -1,0 +1,156 @@
+"""Learnability check on a cube: where would a mask specification leave gaps unlearned?
+
+A gap cell is learned only if, given a context, it has a positive probability
+of being queried (Theorem 1 of the method). :func:`check` maps that
+probability over the grid for a mask specification; :func:`plot_coverage`
+draws the map; :func:`permanent_mask` turns a static land-sea mask into
+never-observed cells. The computation lives in :mod:`xrimpute.masks`
+(:func:`~xrimpute.masks.learnability`); this module only adds coordinates.
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from . import cube, masks
+
+
+def _span(values: np.ndarray, first: int, last: int) -> str:
+    a, b = values[first], values[last]
+    return f"{a:g}..{b:g}" if np.issubdtype(np.asarray(values).dtype, np.number) else f"{a}..{b}"
+
+
+def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.05, max_windows: int = 256,
+          n_draws: int = 256, seed: int = 0) -> xr.DataArray:
+    """Query coverage of a mask specification over the grid of an incomplete cube.
+
+    Parameters
+    ----------
+    obj : xarray.DataArray or xarray.Dataset
+        The cube, NaN where unobserved (variables merged).
+    mask : str, dict or MaskSpec
+        The context sampler to check, as for ``fit`` (default ``"infer"``).
+    window : int
+        Time steps per training window.
+    observing : MaskSpec, optional
+        How the observations arise; default: what :func:`xrimpute.masks.infer` reads.
+    low : float
+        Coverage under which a cell counts as poorly covered.
+    max_windows, n_draws, seed
+        Windows looked at and contexts drawn (see :func:`xrimpute.masks.learnability`).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``query_coverage`` over (lat, lon) with the cube's coordinates: the
+        probability that a gap cell is queried given a context, averaged over
+        the window's time steps; 0 means never learned, NaN never observed. Its
+        attrs give the specs, the shares of cells at zero coverage, below
+        ``low`` and never observed, the worst regions, and a ``summary`` to print.
+    """
+    values, layout = cube.to_array(obj)
+    observed = np.isfinite(values)
+    spec = masks.resolve(mask, observed, verbose=False)
+    found = masks.infer(observed) if observing is None else None
+    observing = observing if observing is not None else found.spec
+    report = masks.learnability(spec, observed, window, observing=observing, low=low, max_windows=max_windows,
+                                n_draws=n_draws, seed=seed)
+    dims = (layout.axes.lat, layout.axes.lon)
+    coords = {dim: obj[dim] for dim in dims if dim in obj.coords}
+    lat, lon = (np.asarray(obj[d].values) if d in obj.coords else np.arange(obj.sizes[d]) for d in dims)
+    regions = [f"{layout.axes.lat} {_span(lat, *r['rows'])}, {layout.axes.lon} {_span(lon, *r['cols'])}: "
+               f"{r['cells']} cells, mean coverage {r['coverage']:.2g}" for r in report.worst_regions()]
+    gaps = np.nan_to_num(report.coverage, nan=1.0) < 1
+    attrs = dict(
+        long_name="probability that a gap cell is queried given a context",
+        units="1",
+        spec=repr(spec),
+        observing=repr(observing),
+        window=window,
+        zero_coverage_share=round(report.zero_share, 4),
+        low_coverage_share=round(report.low_share, 4),
+        low_coverage_threshold=low,
+        never_observed_share=round(report.never_share, 4),
+        mean_gap_coverage=round(float(report.coverage[gaps].mean()), 4) if gaps.any() else 1.0,
+        worst_regions="; ".join(regions) or "none",
+    )
+    attrs["summary"] = _summary(attrs, found)
+    return xr.DataArray(report.coverage, dims=dims, coords=coords, name="query_coverage", attrs=attrs)
+
+
+def _summary(attrs: dict, found) -> str:
+    lines = [
+        f"Query coverage of {attrs['spec']} (window {attrs['window']})",
+        f"  observing system: {attrs['observing']}" + (f" (inferred: {found.kind})" if found is not None else ""),
+        f"  never observed (permanent mask): {attrs['never_observed_share']:.1%} of the grid",
+        f"  zero coverage (never learned):   {attrs['zero_coverage_share']:.1%} of the observed cells",
+        f"  coverage below {attrs['low_coverage_threshold']:g} (learned slowly): "
+        f"{attrs['low_coverage_share']:.1%} of the observed cells",
+        f"  mean coverage of cells with gaps: {attrs['mean_gap_coverage']:.3f}",
+        f"  worst regions: {attrs['worst_regions']}",
+    ]
+    if attrs["zero_coverage_share"] > 0.01:
+        advice = "these gaps are never learned: use a spec that copies the observations' structure"
+        if found is not None and repr(found.spec) != attrs["spec"]:
+            advice += f" (inferred: {found.spec!r})"
+        lines.append(f"  -> {advice}")
+    else:
+        lines.append("  -> every observed cell has a positive probability of being queried")
+    return "\n".join(lines)
+
+
+def summary(coverage: xr.DataArray) -> str:
+    """The readable summary of a :func:`check` result (also in ``coverage.attrs["summary"]``)."""
+    return coverage.attrs["summary"]
+
+
+def plot_coverage(coverage: xr.DataArray, ax=None, **kwargs):
+    """Draw a :func:`check` map with xarray's plotting (0 = never learned; blank = never observed).
+
+    ``kwargs`` go to ``DataArray.plot`` (default colour map ``viridis``, range 0..1).
+    Returns the matplotlib artist.
+    """
+    import matplotlib.pyplot as plt  # plotting is optional
+
+    ax = ax if ax is not None else plt.gca()
+    options = dict(cmap="viridis", vmin=0.0, vmax=1.0, cbar_kwargs={"label": "query coverage"}, **kwargs)
+    artist = coverage.plot(ax=ax, **options)
+    attrs = coverage.attrs
+    ax.set_title(f"{attrs.get('spec', '')}\nzero coverage: {attrs.get('zero_coverage_share', 0):.0%} of observed "
+                 f"cells, mean {attrs.get('mean_gap_coverage', float('nan')):.2f}", fontsize=9)
+    return artist
+
+
+def permanent_mask(ds: xr.Dataset, var: str = "lsm", *, threshold: float = 0.5, masked: str = "above") -> xr.Dataset:
+    """Mark the cells of a static mask variable (e.g. land in a land-sea mask) as never observed.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A cube with a static variable ``var`` over (lat, lon), without time.
+    var : str
+        The mask variable (ERA5's land-sea mask ``lsm`` is 1 on land).
+    threshold : float
+        Cells with ``var`` above (``masked="above"``) or below (``"below"``)
+        the threshold are masked.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` without ``var``, its cube variables NaN on masked cells: fit
+        then never queries them and impute leaves them NaN.
+    """
+    if var not in ds.data_vars:
+        raise cube.CubeError(f"no variable {var!r} in the dataset; its variables are {list(ds.data_vars)}")
+    if masked not in ("above", "below"):
+        raise ValueError(f"masked must be 'above' or 'below', got {masked!r}")
+    axes = cube.find_axes(ds)
+    static = ds[var]
+    if axes.time in static.dims or not set(static.dims) <= {axes.lat, axes.lon}:
+        raise cube.CubeError(f"{var!r} has dims {static.dims}: a permanent mask needs a static (lat, lon) variable "
+                             "without time")
+    keep = ~(static > threshold) if masked == "above" else ~(static < threshold)
+    out = ds.drop_vars(var)
+    for name in cube.cube_variables(out, axes):
+        out[name] = out[name].where(keep).assign_attrs(ds[name].attrs)
+    return out

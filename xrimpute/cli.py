@@ -1,0 +1,383 @@
+"""The ``xrimpute`` command: a thin layer over the Python API, one sub-command per task.
+
+Every sub-command parses its arguments, calls one public function and prints
+what a user needs next. Mistakes (a missing file, a bad option, data that does
+not fit the model) end with exit status 2 and a one-line message.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+USAGE_ERROR = 2
+PRESETS = ("auto", "tiny", "small", "base")
+DATASETS = {
+    "era5": "ERA5 2 m temperature over the UK, hourly, March 2019 (5 MB download, then cached)",
+    "advection": "tracers advected by random uniform winds on a periodic square (generated, cached)",
+    "shallow_water": "rotating shallow water on a periodic square (generated, cached)",
+    "navier_stokes": "2-D decaying turbulence, vorticity (generated, cached)",
+}
+
+
+def _parser(sub, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command with a one-line summary (in ``xrimpute --help``), a paragraph and an example."""
+    epilog = "example:\n" + textwrap.indent(textwrap.dedent(example).strip(), "  ")
+    parser = sub.add_parser(name, help=summary, description=textwrap.fill(textwrap.dedent(description).strip(), 79),
+                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+    return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``"128"`` or ``"128x256"`` as ``(rows, cols)``."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tile size such as 128 or 128x256") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tile size such as 128 or 128x256")
+    return (parts[0], parts[-1])
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers such as 0,1,2") from None
+
+
+def _add_device(parser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="where the network runs: auto (GPU if any), cpu, cuda, cuda:1 (default: auto)")
+
+
+# --- sub-commands --------------------------------------------------------------------------------
+
+
+def _open(source: str, variables=None):
+    from .io import open_cube
+
+    # a zarr store stays lazy (dask, stored chunks) so that large archives are read piece by piece
+    chunks = {} if "://" in source or source.rstrip("/").endswith(".zarr") else None
+    return open_cube(source, variables=variables, chunks=chunks)
+
+
+def _check_model_target(path: str, overwrite: bool) -> None:
+    """Fail before training, not after, when the model file cannot be written."""
+    target = Path(path)
+    if target.suffix != ".xri":
+        raise ValueError(f"--out {path!r}: name the model file *.xri")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{path!r} exists; choose another name or pass --overwrite")
+    folder = next(p for p in target.absolute().parents if p.exists())  # the nearest folder that exists
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"cannot write {path!r}: {str(folder)!r} is not writable")
+
+
+def _fit(args) -> None:
+    from .model import CtxDiffModel
+
+    _check_model_target(args.out, args.overwrite)
+    ds = _open(args.source, args.variables)
+    model = CtxDiffModel.fit(ds, mask=args.mask, window=args.window, preset=args.preset, steps=args.steps,
+                             batch_size=args.batch_size, max_time=args.max_time, seed=args.seed, device=args.device,
+                             checkpoint=args.checkpoint, tile=args.tile, verbose=not args.quiet)
+    model.save(args.out)
+    print(model)
+    print(f"saved to {args.out}; fill gaps with: xrimpute impute {args.source} --model {args.out} --out filled.nc")
+
+
+def _impute(args) -> None:
+    from .io import check_target, write_cube
+    from .model import load
+
+    check_target(args.out, args.overwrite)
+    model = load(args.model)
+    ds = _open(args.source, model.info["variables"])
+    filled = model.impute(ds, K=args.K, return_std=args.std, seed=args.seed, device=args.device)
+    write_cube(filled, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}")
+
+
+def _reconstruct(args) -> None:
+    from distributed import Client, LocalCluster
+
+    from .distributed import reconstruct
+
+    if not args.target.rstrip("/").endswith(".zarr"):
+        raise ValueError(f"TARGET {args.target!r}: name the zarr store *.zarr")
+    if not Path(args.model).exists():
+        raise FileNotFoundError(f"no model file at {args.model!r}")
+    if args.scheduler_address is not None:
+        client = Client(args.scheduler_address)
+    else:
+        client = Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None))
+    with client:
+        reconstruct(args.source, args.model, args.target, client=client, K=args.K, seed=args.seed,
+                    return_std=args.std, device=args.device or "auto", overwrite=args.overwrite,
+                    progress=not args.quiet)
+    print(f"wrote {args.target}")
+
+
+def _bench(args) -> None:
+    from .bench import run
+
+    report = run(args.table, settings=args.settings, seeds=args.seeds, methods=args.methods, datasets=args.datasets,
+                 out=args.out, device=args.device, threads=args.threads, progress=not args.quiet)
+    print(f"{args.table} ({args.settings} settings) on {report.device}\n")
+    print(report.markdown())
+    for path in report.files:
+        print(f"wrote {path}")
+
+
+def _check(args) -> int:
+    from .check import check
+    from .masks import infer
+
+    ds = _open(args.source, args.variables)
+    print(infer(ds).explanation)
+    coverage = check(ds, mask=args.mask, window=args.window, seed=args.seed)
+    print(coverage.attrs["summary"])
+    if args.plot is not None:
+        from .plot import coverage as coverage_figure
+
+        coverage_figure(coverage).savefig(args.plot, dpi=120)
+        print(f"coverage map: {args.plot}")
+    return 1 if coverage.attrs["zero_coverage_share"] > 0.01 else 0
+
+
+def _quickstart(args) -> None:
+    from .quickstart import main as quickstart
+
+    quickstart(args.quickstart_args)
+
+
+def _datasets(args) -> None:
+    if args.action == "list":
+        from .pde import PRESETS as PDE_PRESETS
+
+        for name, about in DATASETS.items():
+            presets = f" [presets: {', '.join(PDE_PRESETS[name])}]" if name in PDE_PRESETS else ""
+            print(f"{name:<14} {about}{presets}")
+        return
+    if args.name is None:
+        raise ValueError(f"name the dataset to fetch, one of {', '.join(DATASETS)}")
+    if args.out is not None:
+        from .io import check_target
+
+        check_target(args.out, args.overwrite)
+    if args.name == "era5":
+        from .datasets import cache_dir, era5_sample
+        from .datasets.era5 import SAMPLE_FILE
+
+        ds = era5_sample(progressbar=not args.quiet)
+        path = cache_dir() / Path(SAMPLE_FILE).with_suffix(".nc").name  # era5_sample's netCDF copy
+    else:
+        from .datasets import generated
+
+        ds = generated.cached(args.name, args.preset, args.seed)
+        path = generated.cache_path(args.name, args.preset, args.seed)
+    sizes = ", ".join(f"{dim} {size}" for dim, size in ds.sizes.items())
+    print(f"{args.name}: variables {', '.join(map(str, ds.data_vars))}; {sizes}")
+    if args.out is not None:
+        from .io import write_cube
+
+        path = write_cube(ds, args.out, overwrite=args.overwrite)
+    print(path)
+
+
+def _versions(args) -> None:
+    from .options import show_versions
+
+    show_versions()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``xrimpute`` command (also rendered in the documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="xrimpute",
+        description=textwrap.fill("Learn complete dynamics from incomplete geophysical cubes (time x latitude x "
+                                  "longitude, NaN = unobserved) and fill their gaps. Run 'xrimpute COMMAND --help' "
+                                  "for each command.", 79),
+        epilog="example:\n  xrimpute datasets fetch era5\n  xrimpute fit sample.nc --out t2m.xri --max-time 600\n"
+               "  xrimpute impute sample.nc --model t2m.xri --out filled.nc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+    from .masks import ALIASES, SPECS
+
+    mask_names = ("auto", "infer", *sorted(set(SPECS) - {"combined"} | set(ALIASES) - {"auto"}))
+    parser.add_argument("--version", action="version", version=f"xrimpute {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _parser(sub, "fit", "train a model on an incomplete cube and save it", """
+        Train a context-query diffusion model on SOURCE, a netCDF/GRIB file, a glob of files or a zarr store with
+        time, latitude and longitude dims (any order) where NaN marks unobserved cells. No complete sample is
+        needed. --mask says how the observations are structured (auto reads it from the NaN pattern); training
+        contexts copy that structure, so that every gap gets learned. The model (weights, normalisation, mask
+        and validation skill on held-back observations) goes to one .xri file.""", """
+        xrimpute fit era5-2019.nc --out t2m.xri --mask auto --variables t2m --max-time 600
+        xrimpute fit "archive/*.nc" --out model.xri --preset small --steps 20000 --device cuda""")
+    p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob ('data/*.nc') or zarr store")
+    p.add_argument("--out", required=True, metavar="MODEL.xri", help="model file to write")
+    p.add_argument("--mask", default="auto", choices=mask_names,
+                   help="structure of the observations (default: auto, read from the NaN pattern)")
+    p.add_argument("--window", type=int, default=3, help="time steps the network sees at once (default: 3)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS", help="stop training after this long")
+    p.add_argument("--preset", default="auto", choices=PRESETS,
+                   help="network size (default: auto, base on a GPU and tiny on the CPU)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per training step (default: 16)")
+    p.add_argument("--variables", type=_names, default=None, metavar="A,B",
+                   help="comma-separated variables to model (default: all with time/lat/lon dims)")
+    p.add_argument("--tile", type=_size, default=None, metavar="ROWSxCOLS",
+                   help="train on random spatial tiles of a large grid, e.g. 128x128")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="training state file, written as training goes and resumed if it exists")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace MODEL.xri if it exists")
+    _add_device(p)
+    p.set_defaults(run=_fit)
+
+    p = _parser(sub, "impute", "fill the gaps of a cube with a trained model", """
+        Fill the NaN gaps of SOURCE with the model in MODEL.xri and write the result to OUT (.nc or .zarr). Each
+        gap is the average of K predictions from different random contexts; observed values are kept exactly.
+        --std also writes the spread of those predictions as <variable>_std. SOURCE needs the model's variables
+        on the model's grid. The output is written to a temporary name and renamed when complete.""", """
+        xrimpute impute era5-2019.nc --model t2m.xri --out filled.nc --K 16 --std""")
+    p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob or zarr store with gaps (NaN)")
+    p.add_argument("--model", required=True, metavar="MODEL.xri", help="model file written by 'xrimpute fit'")
+    p.add_argument("--out", required=True, metavar="OUT.nc|OUT.zarr", help="where to write the filled cube")
+    p.add_argument("--K", type=int, default=10, help="contexts averaged per gap (default: 10)")
+    p.add_argument("--std", action="store_true", help="also write the ensemble spread as <variable>_std")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _add_device(p)
+    p.set_defaults(run=_impute)
+
+    p = _parser(sub, "reconstruct", "fill the gaps of a whole archive into a zarr store on a dask cluster", """
+        Fill the gaps of SOURCE (a zarr store or netCDF file, possibly larger than memory) with MODEL and write
+        TARGET, a zarr store, region by region on a dask cluster: a local one of --workers processes, or the
+        running cluster whose scheduler is at --scheduler-address. Every finished region is recorded in TARGET, so
+        running the same command again after an interruption resumes where it stopped; --overwrite starts
+        afresh.""", """
+        xrimpute reconstruct era5-2020.zarr t2m.xri era5-2020-filled.zarr --K 10 --workers 4
+        xrimpute reconstruct gs://bucket/era5.zarr t2m.xri /shared/filled.zarr --scheduler-address tcp://10.0.0.5:8786""")
+    p.add_argument("source", metavar="SOURCE", help="zarr store (path or URL) or netCDF file with gaps (NaN)")
+    p.add_argument("model", metavar="MODEL", help="model file written by 'xrimpute fit' (readable by every worker)")
+    p.add_argument("target", metavar="TARGET.zarr", help="zarr store to write (on storage every worker shares)")
+    p.add_argument("--K", type=int, default=10, help="contexts averaged per gap (default: 10)")
+    p.add_argument("--std", action="store_true", help="also write the ensemble spread as <variable>_std")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
+    p.add_argument("--scheduler-address", default=None, metavar="ADDR",
+                   help="use a running dask cluster instead, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if TARGET exists")
+    _add_device(p)
+    p.set_defaults(run=_reconstruct)
+
+    from .bench import LEARNED, SETTINGS, TABLES
+
+    p = _parser(sub, "bench", "run the benchmark tables: every method, same data, same budget", """
+        Run one of the paper's tables: table1 (pixel observations: Navier-Stokes and the ERA5 sample) or table2
+        (block observations: shallow water, advection and Navier-Stokes, with pixel-shaped contexts as an
+        ablation). Learned methods (ctxdiff and the baselines MissDiff, AmbientDiff, DiffPuter) train on the
+        observed training cube only, with the same network, steps and seed; classical gap fillers fill the test
+        cube directly. Prints one markdown table per metric (mean and spread over seeds) and writes the rows as
+        JSON and a figure to --out. Settings 'small' take minutes per condition on a laptop CPU; 'paper' needs a
+        GPU.""", """
+        xrimpute bench table2 --settings small --seeds 0,1,2
+        xrimpute bench table1 --datasets navier_stokes --methods ctxdiff,missdiff,interpolate""")
+    p.add_argument("table", nargs="?", default="table1", choices=tuple(TABLES), help="which table (default: table1)")
+    p.add_argument("--settings", default="small", choices=tuple(SETTINGS),
+                   help="sizes and budgets (default: small)")
+    p.add_argument("--seeds", type=_integers, default=[0], metavar="0,1,2",
+                   help="comma-separated seeds, one run each (default: 0)")
+    p.add_argument("--methods", type=_names, default=None, metavar="A,B",
+                   help=f"subset of the methods, e.g. {','.join(LEARNED[:2])},interpolate (default: all)")
+    p.add_argument("--datasets", type=_names, default=None, metavar="A,B",
+                   help="subset of the table's data sets, e.g. navier_stokes (default: all)")
+    p.add_argument("--out", default="benchmarks/results", metavar="DIR",
+                   help="folder for the JSON rows and the figure (default: benchmarks/results)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads during the run")
+    _add_device(p)
+    p.set_defaults(run=_bench)
+
+    p = _parser(sub, "check", "read the structure of the gaps and check that all of them can be learned", """
+        Read the observing system from the NaN pattern of SOURCE (pixels, blocks, swaths, stations, whole time
+        steps, clouds) and say which mask specification copies it. Then map, for the mask given by --mask, the
+        probability that each gap cell is queried in training: a cell at zero is never learned and its imputation
+        is arbitrary. Exit status 1 when more than 1% of the observed cells are at zero, so that scripts can stop
+        before a long fit.""", """
+        xrimpute check observations.nc
+        xrimpute check observations.nc --mask pixel --plot coverage.png""")
+    p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob or zarr store with gaps (NaN)")
+    p.add_argument("--mask", default="infer", choices=mask_names,
+                   help="the mask specification to check (default: infer, the one read from the NaN pattern)")
+    p.add_argument("--window", type=int, default=3, help="time steps per training window (default: 3)")
+    p.add_argument("--variables", type=_names, default=None, metavar="A,B",
+                   help="comma-separated variables to look at (default: all with time/lat/lon dims)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="save the coverage map (needs matplotlib)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(run=_check)
+
+    # the quickstart parses its own options: everything after the command word goes to it
+    p = sub.add_parser("quickstart", add_help=False, help="a few minutes' tour: fit, impute, score, reconstruct")
+    p.set_defaults(run=_quickstart, quiet=False)
+
+    p = _parser(sub, "datasets", "list or fetch the sample data sets", """
+        'list' shows the sample data sets; 'fetch NAME' downloads (era5) or generates (the PDE samples) one into
+        the xrimpute cache ($XRIMPUTE_DATA_DIR, else the OS cache folder) and prints the path of a netCDF file that
+        the other commands can read. --out writes a copy elsewhere. The PDE samples come in presets: tiny (tests),
+        small (benchmarks) and paper (paper-sized, slow to generate on a CPU).""", """
+        xrimpute datasets list
+        xrimpute datasets fetch era5
+        xrimpute datasets fetch shallow_water --preset small --out sw.nc""")
+    p.add_argument("action", choices=("list", "fetch"), help="list the data sets, or fetch one")
+    p.add_argument("name", nargs="?", choices=tuple(DATASETS), help="data set to fetch")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "small", "paper"),
+                   help="size of a PDE sample (default: tiny)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a PDE sample (default: 0)")
+    p.add_argument("--out", default=None, metavar="FILE.nc|FILE.zarr", help="also write a copy here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_datasets)
+
+    p = _parser(sub, "versions", "print versions of xrimpute and its dependencies", """
+        Print the versions of xrimpute, Python, torch (and whether CUDA is available), xarray, dask, zarr, numpy
+        and the optional libraries: paste this into bug reports.""", """
+        xrimpute versions""")
+    p.set_defaults(run=_versions)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``xrimpute`` command with ``argv`` (default: the process arguments); returns the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "quickstart":
+        args.quickstart_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from .options import set_options
+
+    try:
+        with set_options(progress=not args.quiet):
+            status = args.run(args)
+    except (OSError, ValueError, ImportError) as err:  # the user's input: say what is wrong, no traceback
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"xrimpute {args.command}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"xrimpute {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return status or 0
+
+
+__all__ = ["build_parser", "main"]

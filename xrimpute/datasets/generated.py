@@ -1,0 +1,122 @@
+"""PDE sample data, generated once and cached as netCDF.
+
+Files live in ``cache_dir() / "generated"``, named after the equation, preset, seed and
+a short hash of all parameters that change the values. Each file is written
+atomically (temporary file in the same folder, then ``os.replace``) and has a
+sidecar ``<file>.sha256``; every load checks the hash, and a corrupted or truncated
+file is regenerated with a warning. Loads read the whole file into memory and close
+it, so a returned dataset never depends on the file staying in place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import pooch
+import xarray as xr
+
+from ..pde import PRESETS, generate
+from ._cache import cache_dir
+
+# Bump when a solver changes its output, so old cache files are not reused.
+FORMAT_VERSION = 1
+# Arguments that change how a run is carried out but not its values.
+RUN_ONLY = {"progress", "device", "batch_size"}
+
+
+def advection(preset: str = "tiny", seed: int = 0, **overrides) -> xr.Dataset:
+    """Advected random tracers (see :func:`xrimpute.pde.advection`), cached.
+
+    Parameters
+    ----------
+    preset : {"tiny", "small", "paper"}
+        Size, from :data:`xrimpute.pde.PRESETS`.
+    seed : int
+        Seed of the random initial fields and velocities.
+    **overrides
+        Generator arguments that replace the preset's; they are part of the cache key.
+    """
+    return cached("advection", preset, seed, **overrides)
+
+
+def shallow_water(preset: str = "tiny", seed: int = 0, **overrides) -> xr.Dataset:
+    """Rotating shallow water (see :func:`xrimpute.pde.shallow_water`), cached.
+
+    Parameters are as for :func:`advection`.
+    """
+    return cached("shallow_water", preset, seed, **overrides)
+
+
+def navier_stokes(preset: str = "tiny", seed: int = 0, **overrides) -> xr.Dataset:
+    """2-D turbulence (see :func:`xrimpute.pde.navier_stokes`), cached.
+
+    Parameters are as for :func:`advection`.
+    """
+    return cached("navier_stokes", preset, seed, **overrides)
+
+
+def cache_path(name: str, preset: str, seed: int, **overrides) -> Path:
+    """Where the cached file for these arguments lives (whether or not it exists yet)."""
+    if name not in PRESETS or preset not in PRESETS[name]:
+        raise ValueError(f"unknown dataset/preset {name!r}/{preset!r}; choose from "
+                         f"{ {n: sorted(p) for n, p in PRESETS.items()} }")
+    params = {**PRESETS[name][preset], **overrides}
+    key = {k: v for k, v in params.items() if k not in RUN_ONLY}
+    key |= {"name": name, "seed": seed, "format_version": FORMAT_VERSION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=repr).encode()).hexdigest()[:10]
+    return cache_dir() / "generated" / f"{name}-{preset}-seed{seed}-{digest}.nc"
+
+
+def cached(name: str, preset: str = "tiny", seed: int = 0, **overrides) -> xr.Dataset:
+    """Read the sample data from the cache, generating and caching it first if needed."""
+    path = cache_path(name, preset, seed, **overrides)
+    if path.exists():
+        if _intact(path):
+            return _load(path)
+        warnings.warn(f"cached sample data {path} does not match its checksum (corrupted or "
+                      "truncated); generating it again", RuntimeWarning, stacklevel=3)
+    _write(generate(name, preset, seed, **overrides), path)
+    return _load(path)
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _intact(path: Path) -> bool:
+    checksum = _checksum_path(path)
+    return checksum.exists() and checksum.read_text().strip() == pooch.file_hash(str(path))
+
+
+def _load(path: Path) -> xr.Dataset:
+    with xr.open_dataset(path) as ds:
+        return ds.load()
+
+
+@contextmanager
+def _temporary_next_to(path: Path):
+    """A temporary file in the folder of ``path`` (so ``os.replace`` onto ``path`` is atomic), removed if left over."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write(ds: xr.Dataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary_next_to(path) as tmp:
+        ds.to_netcdf(tmp)
+        digest = pooch.file_hash(tmp)
+        os.replace(tmp, path)
+    checksum = _checksum_path(path)
+    with _temporary_next_to(checksum) as tmp:
+        Path(tmp).write_text(digest + "\n")
+        os.replace(tmp, checksum)

@@ -1,0 +1,225 @@
+"""Training data from archives larger than memory: statistics from a sample of chunks, a prefetching sampler.
+
+Everything here takes ``(N, C, T, H, W)`` arrays with NaN where unobserved
+that slice like numpy. A dask array (a zarr archive opened lazily) is read a
+piece at a time, so memory stays bounded however long the archive is; an
+in-memory array works too. No xarray here.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from dask import is_dask_collection
+
+from .training import distributed_rank
+from .windows import window_starts
+
+
+@dataclass
+class Statistics:
+    """Normalisation and coverage of a cube, from all or a sample of its time chunks."""
+
+    mean: np.ndarray  # (C,) float32
+    std: np.ndarray  # (C,) float32, 1 for a constant channel
+    valid: np.ndarray  # (C, H, W): cells observed at least once
+    counts: np.ndarray  # (C,): observed cells per channel
+    rate: float  # observed fraction of the cells in columns valid for some channel
+    observed: np.ndarray  # (N, C, t, H, W): observation mask of one chunk, to infer the mask structure from
+    chunks: tuple[int, int]  # chunks read, chunks in all
+
+
+def time_chunks(values) -> np.ndarray:
+    """``(start, stop)`` rows of the time chunks of a dask array (one chunk for an in-memory array)."""
+    sizes = np.asarray(values.chunks[2] if is_dask_collection(values) else (values.shape[2],), np.int64)
+    ends = np.cumsum(sizes)
+    return np.stack([ends - sizes, ends], axis=1)
+
+
+def statistics(values, max_chunks: int = 8, seed: int = 0) -> Statistics:
+    """Per-channel mean and spread, and coverage, from at most ``max_chunks`` time chunks drawn at random.
+
+    An in-memory array is one chunk and is read whole. On a long archive a
+    handful of chunks spread over it gives each variable's mean and spread to
+    within a few percent, which is all normalisation needs, without a pass
+    over the whole archive; chunks are read one at a time (memory: one time
+    chunk). Cells never observed in the chunks read count as never observed.
+    """
+    spans = time_chunks(values)
+    picked = sorted(np.random.default_rng(seed).choice(len(spans), min(max_chunks, len(spans)), replace=False))
+    n, c, _, h, w = values.shape
+    count, mean, m2 = np.zeros(c, np.int64), np.zeros(c), np.zeros(c)
+    per_cell, steps, first = np.zeros((c, h, w), np.int64), 0, None
+    for k in picked:
+        a, b = (int(v) for v in spans[k])
+        block = np.asarray(values[:, :, a:b], dtype=np.float32)
+        observed = np.isfinite(block)
+        first = observed if first is None else first
+        per_cell += observed.sum(axis=(0, 2))
+        steps += n * (b - a)
+        for ch in range(c):  # merge the chunk's mean and sum of squares into the running ones (Chan et al.)
+            v = block[:, ch][observed[:, ch]].astype(np.float64)
+            if v.size:
+                total, delta = count[ch] + v.size, v.mean() - mean[ch]
+                m2[ch] += ((v - v.mean()) ** 2).sum() + delta**2 * count[ch] * v.size / total
+                mean[ch] += delta * v.size / total
+                count[ch] = total
+    std = np.sqrt(m2 / np.maximum(count, 1))
+    valid = per_cell > 0
+    columns = valid.any(axis=0)
+    rate = float(per_cell[:, columns].sum() / max(1, steps * c * int(columns.sum())))
+    return Statistics(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32), valid,
+                      count, rate, first, (len(picked), len(spans)))
+
+
+def reserved_windows(n: int, length: int, window: int, fraction: float, grid: tuple[int, int],
+                     tile: tuple[int, int] | None = None, seed: int = 0, most: int = 16) -> list[tuple]:
+    """``(sample, start, row, col)`` of windows kept out of training to validate on, spread over the archive.
+
+    About ``fraction`` of the non-overlapping windows, at most ``most``, none
+    when ``fraction`` is 0 or the archive has fewer than 4 windows; a random
+    tile of each when tiled (row and col 0 otherwise).
+    """
+    lattice = [(i, s) for i in range(n) for s in range(0, length - window + 1, window)]
+    count = min(most, max(1, round(fraction * len(lattice)))) if fraction > 0 and len(lattice) >= 4 else 0
+    rng = np.random.default_rng(seed)
+    (th, tw) = tile or grid
+    picks = np.unique(np.linspace(0, len(lattice) - 1, count).round().astype(int)) if count else []
+    return [(*lattice[k], int(rng.integers(grid[0] - th + 1)), int(rng.integers(grid[1] - tw + 1))) for k in picks]
+
+
+@dataclass
+class _Piece:
+    x: torch.Tensor  # (C, t, h, w) normalised, 0 where unobserved
+    observed: torch.Tensor  # (C, t, h, w) bool
+    static: torch.Tensor | None  # (S, h, w)
+    starts: list[int]  # window starts allowed for training, relative to the piece
+
+
+class ChunkedWindows:
+    """Random training windows (and tiles) read piece by piece from an archive larger than memory.
+
+    A background thread reads *pieces*: one time chunk of one sample, plus
+    the ``window - 1`` steps after it so that windows may cross chunk edges,
+    over the whole grid, or with ``tile`` over a random box of twice the tile
+    size. It normalises them with ``mean`` and ``std`` (per channel) while
+    training runs. Batches are cut from a pool of ``pool`` pieces; every
+    ``reuse`` batches the oldest piece makes way for the next one read, so
+    memory holds at most ``pool + prefetch + 1`` pieces whatever the length
+    of the archive. With ``pin_memory`` (for CUDA) batches come in pinned
+    memory, so the copy to the GPU runs asynchronously. The order of pieces
+    follows ``seed`` and the rank under torch.distributed (each rank reads its
+    own), so runs are reproducible.
+
+    ``sample`` returns ``(x, observed)``, or ``(x, observed, static)`` with the
+    tiles' cuts of the full-grid ``static`` fields ``(S, H, W)``. Windows
+    overlapping the ``reserved`` ones (``(sample, start, ...)``, kept for
+    validation) are never drawn.
+    """
+
+    def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
+                 tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
+                 reserved=(), pool: int = 4, prefetch: int = 2, reuse: int = 4, seed: int = 0,
+                 pin_memory: bool = False):
+        self.values, self.window, self.tile = values, window, tile
+        self.mean = np.asarray(mean, np.float32)[:, None, None, None]
+        self.std = np.asarray(std, np.float32)[:, None, None, None]
+        self.static = None if static is None or tile is None else np.asarray(static, np.float32)
+        self.pool_size, self.reuse, self.pin_memory = pool, reuse, pin_memory
+        n, _, t, h, w = values.shape
+        self.box = (h, w) if tile is None else (min(h, 2 * tile[0]), min(w, 2 * tile[1]))
+        self.blocked = {}  # sample -> starts of windows that would overlap a reserved one
+        for i, s, *_ in reserved:
+            self.blocked.setdefault(i, set()).update(range(s - window + 1, s + window))
+        spans = time_chunks(values)
+        spans = spans[spans[:, 0] <= t - window]  # chunks where a window can start
+        pieces = np.concatenate([np.column_stack([np.full(len(spans), i), spans]) for i in range(n)])
+        self.pieces = pieces[[bool(self._starts(*p)) for p in pieces]] if reserved else pieces  # (sample, a, b)
+        if not len(self.pieces):
+            raise ValueError(f"no window of {window} steps is left to train on ({t} steps, {len(reserved)} "
+                             "windows kept for validation); use a smaller window or val_fraction=0")
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._rng = np.random.default_rng([seed, distributed_rank()[0]])
+        self._thread = threading.Thread(target=self._read_ahead, name="xrimpute-prefetch", daemon=True)
+        self._pool: list[_Piece] = []
+        self._batches = 0
+        self._thread.start()
+
+    # -- background reading ----------------------------------------------------
+    def _starts(self, i: int, a: int, b: int) -> list[int]:
+        """Window starts in a time chunk allowed for training, relative to the chunk."""
+        last, blocked = self.values.shape[2] - self.window, self.blocked.get(i, ())
+        return [s - a for s in range(a, min(b, last + 1)) if s not in blocked]
+
+    def _read(self, i: int, a: int, b: int, row: int, col: int, size: tuple[int, int], starts: list[int]) -> _Piece:
+        (bh, bw) = size
+        raw = np.asarray(self.values[i, :, a:b, row : row + bh, col : col + bw], dtype=np.float32)
+        observed = np.isfinite(raw)
+        x = np.where(observed, (raw - self.mean) / self.std, 0.0).astype(np.float32)
+        static = None if self.static is None else torch.as_tensor(self.static[:, row : row + bh, col : col + bw])
+        return _Piece(torch.as_tensor(x), torch.as_tensor(observed), static, starts)
+
+    def _read_ahead(self) -> None:
+        h, w = self.values.shape[-2:]
+        while not self._stop.is_set():
+            try:
+                i, a, b = (int(v) for v in self.pieces[self._rng.integers(len(self.pieces))])
+                row, col = (int(self._rng.integers(size - box + 1)) for size, box in zip((h, w), self.box))
+                stop = min(b + self.window - 1, self.values.shape[2])  # windows may run into the next chunk
+                item = self._read(i, a, stop, row, col, self.box, self._starts(i, a, b))
+            except BaseException as err:  # handed to the training loop, which raises it
+                item = err
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def _next_piece(self) -> _Piece:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError("reading a piece of the archive for training failed") from item
+        return item
+
+    # -- sampling ----------------------------------------------------------------
+    def sample(self, batch_size: int, generator: torch.Generator):
+        """A batch of random windows (tiles) from the pool: ``(x, observed[, static])``."""
+        while len(self._pool) < self.pool_size:
+            self._pool.append(self._next_piece())
+        if self._batches and self._batches % self.reuse == 0:
+            self._pool = self._pool[1:] + [self._next_piece()]
+        self._batches += 1
+        (bh, bw), (th, tw) = self.box, self.tile or self.box
+        slots = torch.randint(0, len(self._pool), (batch_size,), generator=generator).tolist()
+        draws = torch.rand(batch_size, 3, generator=generator).numpy()
+        xs, ms, statics = [], [], []
+        for slot, (u, v, z) in zip(slots, draws):
+            piece = self._pool[slot]
+            s = piece.starts[int(u * len(piece.starts))]
+            r, c = int(v * (bh - th + 1)), int(z * (bw - tw + 1))
+            cut = (slice(None), slice(s, s + self.window), slice(r, r + th), slice(c, c + tw))
+            xs.append(piece.x[cut])
+            ms.append(piece.observed[cut])
+            if piece.static is not None:
+                statics.append(piece.static[:, r : r + th, c : c + tw])
+        batch = [torch.stack(xs), torch.stack(ms)] + ([torch.stack(statics)] if statics else [])
+        return tuple(b.pin_memory() for b in batch) if self.pin_memory else tuple(batch)
+
+    def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, static)``."""
+        size = self.tile or self.values.shape[-2:]
+        pieces = [self._read(i, s, s + self.window, r, c, size, [0]) for i, s, r, c in jobs]
+        static = None if self.static is None else torch.stack([p.static for p in pieces])
+        return torch.stack([p.x for p in pieces]), torch.stack([p.observed for p in pieces]), static
+
+    def close(self) -> None:
+        """Stop the background reader."""
+        self._stop.set()
+        self._thread.join()
