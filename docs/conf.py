@@ -26,7 +26,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx_autosummary_accessors",
 ]
-templates_path = ["_templates", sphinx_autosummary_accessors.templates_path]
+templates_path = [sphinx_autosummary_accessors.templates_path]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 

@@ -1,7 +1,9 @@
 """The xrimpute command: help for newcomers, one-line errors with exit status 2, fit + impute end to end."""
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +151,18 @@ def test_datasets_fetch_generates_a_pde_sample_and_prints_its_path(tmp_path, cap
     assert out[0].startswith("advection: variables") and out[-1] == str(tmp_path / "adv.nc")
     with xr.open_dataset(tmp_path / "adv.nc") as ds:
         assert ds.sizes["sample"] == 8
+
+
+SHARED_SAMPLE = Path(__file__).parents[1] / ".." / "shared" / "data" / "era5-2mt-2019-03-uk.grib"
+
+
+@pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="ERA5 sample not found at ../shared/data")
+def test_datasets_fetch_era5_prints_a_netcdf_path_the_other_commands_read(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XRIMPUTE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("XRIMPUTE_DATA_URL", "http://127.0.0.1:9/")  # the cache has it: never the network
+    shutil.copy(SHARED_SAMPLE, tmp_path / SHARED_SAMPLE.name)
+    assert main(["datasets", "fetch", "era5", "-q"]) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path.parent == tmp_path and path.suffix == ".nc"
+    with xr.open_dataset(path) as ds:
+        assert ds["t2m"].shape == (744, 33, 49)

@@ -31,7 +31,8 @@ def era5_cache(tmp_path_factory):
 def test_the_committed_notebooks_are_what_the_generator_writes():
     for name, cells in NOTEBOOKS.items():
         notebook = nbformat.read(EXAMPLES / f"{name}.ipynb", as_version=4)
-        assert [c.source for c in notebook.cells] == [c.source for c in cells], f"rerun examples/make_notebooks.py ({name})"
+        stale = [c.source for c in notebook.cells] != [c.source for c in cells]
+        assert not stale, f"{name}.ipynb differs from examples/make_notebooks.py: rerun it"
         assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{name} has outputs"
 
 

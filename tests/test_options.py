@@ -68,7 +68,7 @@ def test_fit_and_impute_read_device_and_progress_from_the_options(observed, monk
 
     model.impute(observed, K=2, device="cpu")
     assert "imputing" in capsys.readouterr().err  # progress is back on after the block
-    never_observed = observed.isnull().all("time")  # left NaN by design
+    never_observed = observed.isnull().all(["sample", "time"])  # left NaN by design
     assert filled.isnull().equals(never_observed.broadcast_like(filled).transpose(*filled.dims))
 
 

@@ -199,24 +199,61 @@ def _versions(args) -> None:
     show_versions()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``xrimpute`` command (also rendered in the documentation)."""
-    parser = argparse.ArgumentParser(
-        prog="xrimpute",
-        description=textwrap.fill("Learn complete dynamics from incomplete geophysical cubes (time x latitude x "
-                                  "longitude, NaN = unobserved) and fill their gaps. Run 'xrimpute COMMAND --help' "
-                                  "for each command.", 79),
-        epilog="example:\n  xrimpute datasets fetch era5\n  xrimpute fit sample.nc --out t2m.xri --max-time 600\n"
-               "  xrimpute impute sample.nc --model t2m.xri --out filled.nc",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    from . import __version__
+def _mask_names() -> tuple[str, ...]:
     from .masks import ALIASES, SPECS
 
-    mask_names = ("auto", "infer", *sorted(set(SPECS) - {"combined"} | set(ALIASES) - {"auto"}))
-    parser.add_argument("--version", action="version", version=f"xrimpute {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    return ("auto", "infer", *sorted(set(SPECS) - {"combined"} | set(ALIASES) - {"auto"}))
 
+
+# --- parsers, in the order of 'xrimpute --help' ---------------------------------------------------
+
+
+def _quickstart_parser(sub) -> None:
+    # no options of its own: main() hands everything after the command word to the quickstart, --help included
+    p = sub.add_parser("quickstart", add_help=False, help="a few minutes' tour: fit, impute, score, reconstruct")
+    p.set_defaults(run=_quickstart, quiet=False)
+
+
+def _datasets_parser(sub) -> None:
+    p = _parser(sub, "datasets", "list or fetch the sample data sets", """
+        'list' shows the sample data sets; 'fetch NAME' downloads (era5) or generates (the PDE samples) one into
+        the xrimpute cache ($XRIMPUTE_DATA_DIR, else the OS cache folder) and prints the path of a netCDF file that
+        the other commands can read. --out writes a copy elsewhere. The PDE samples come in presets: tiny (tests),
+        small (benchmarks) and paper (paper-sized, slow to generate on a CPU).""", """
+        xrimpute datasets list
+        xrimpute datasets fetch era5
+        xrimpute datasets fetch shallow_water --preset small --out sw.nc""")
+    p.add_argument("action", choices=("list", "fetch"), help="list the data sets, or fetch one")
+    p.add_argument("name", nargs="?", choices=tuple(DATASETS), help="data set to fetch")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "small", "paper"),
+                   help="size of a PDE sample (default: tiny)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a PDE sample (default: 0)")
+    p.add_argument("--out", default=None, metavar="FILE.nc|FILE.zarr", help="also write a copy here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_datasets)
+
+
+def _check_parser(sub) -> None:
+    p = _parser(sub, "check", "how the gaps are structured, and can every gap be learned?", """
+        Read the observing system from the NaN pattern of SOURCE (pixels, blocks, swaths, stations, whole time
+        steps, clouds) and say which mask specification copies it. Then map, for the mask given by --mask, the
+        probability that each gap cell is queried in training: a cell at zero is never learned and its imputation
+        is arbitrary. Exit status 1 when more than 1% of the observed cells are at zero, so that scripts can stop
+        before a long fit.""", """
+        xrimpute check observations.nc
+        xrimpute check observations.nc --mask pixel --plot coverage.png""")
+    p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob or zarr store with gaps (NaN)")
+    p.add_argument("--mask", default="infer", choices=_mask_names(),
+                   help="the mask specification to check (default: infer, the one read from the NaN pattern)")
+    p.add_argument("--window", type=int, default=3, help="time steps per training window (default: 3)")
+    p.add_argument("--variables", type=_names, default=None, metavar="A,B",
+                   help="comma-separated variables to look at (default: all with time/lat/lon dims)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="save the coverage map (needs matplotlib)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(run=_check)
+
+
+def _fit_parser(sub) -> None:
     p = _parser(sub, "fit", "train a model on an incomplete cube and save it", """
         Train a context-query diffusion model on SOURCE, a netCDF/GRIB file, a glob of files or a zarr store with
         time, latitude and longitude dims (any order) where NaN marks unobserved cells. No complete sample is
@@ -227,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         xrimpute fit "archive/*.nc" --out model.xri --preset small --steps 20000 --device cuda""")
     p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob ('data/*.nc') or zarr store")
     p.add_argument("--out", required=True, metavar="MODEL.xri", help="model file to write")
-    p.add_argument("--mask", default="auto", choices=mask_names,
+    p.add_argument("--mask", default="auto", choices=_mask_names(),
                    help="structure of the observations (default: auto, read from the NaN pattern)")
     p.add_argument("--window", type=int, default=3, help="time steps the network sees at once (default: 3)")
     p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
@@ -246,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(run=_fit)
 
+
+def _impute_parser(sub) -> None:
     p = _parser(sub, "impute", "fill the gaps of a cube with a trained model", """
         Fill the NaN gaps of SOURCE with the model in MODEL.xri and write the result to OUT (.nc or .zarr). Each
         gap is the average of K predictions from different random contexts; observed values are kept exactly.
@@ -262,14 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(run=_impute)
 
-    p = _parser(sub, "reconstruct", "fill the gaps of a whole archive into a zarr store on a dask cluster", """
+
+def _reconstruct_parser(sub) -> None:
+    p = _parser(sub, "reconstruct", "fill a whole archive into a zarr store on a dask cluster", """
         Fill the gaps of SOURCE (a zarr store or netCDF file, possibly larger than memory) with MODEL and write
         TARGET, a zarr store, region by region on a dask cluster: a local one of --workers processes, or the
         running cluster whose scheduler is at --scheduler-address. Every finished region is recorded in TARGET, so
         running the same command again after an interruption resumes where it stopped; --overwrite starts
         afresh.""", """
         xrimpute reconstruct era5-2020.zarr t2m.xri era5-2020-filled.zarr --K 10 --workers 4
-        xrimpute reconstruct gs://bucket/era5.zarr t2m.xri /shared/filled.zarr --scheduler-address tcp://10.0.0.5:8786""")
+        xrimpute reconstruct gs://bucket/era5.zarr t2m.xri /shared/out.zarr --scheduler-address tcp://10.0.0.5:8786""")
     p.add_argument("source", metavar="SOURCE", help="zarr store (path or URL) or netCDF file with gaps (NaN)")
     p.add_argument("model", metavar="MODEL", help="model file written by 'xrimpute fit' (readable by every worker)")
     p.add_argument("target", metavar="TARGET.zarr", help="zarr store to write (on storage every worker shares)")
@@ -283,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(run=_reconstruct)
 
+
+def _bench_parser(sub) -> None:
     from .bench import LEARNED, SETTINGS, TABLES
 
     p = _parser(sub, "bench", "run the benchmark tables: every method, same data, same budget", """
@@ -310,50 +353,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(run=_bench)
 
-    p = _parser(sub, "check", "read the structure of the gaps and check that all of them can be learned", """
-        Read the observing system from the NaN pattern of SOURCE (pixels, blocks, swaths, stations, whole time
-        steps, clouds) and say which mask specification copies it. Then map, for the mask given by --mask, the
-        probability that each gap cell is queried in training: a cell at zero is never learned and its imputation
-        is arbitrary. Exit status 1 when more than 1% of the observed cells are at zero, so that scripts can stop
-        before a long fit.""", """
-        xrimpute check observations.nc
-        xrimpute check observations.nc --mask pixel --plot coverage.png""")
-    p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob or zarr store with gaps (NaN)")
-    p.add_argument("--mask", default="infer", choices=mask_names,
-                   help="the mask specification to check (default: infer, the one read from the NaN pattern)")
-    p.add_argument("--window", type=int, default=3, help="time steps per training window (default: 3)")
-    p.add_argument("--variables", type=_names, default=None, metavar="A,B",
-                   help="comma-separated variables to look at (default: all with time/lat/lon dims)")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="save the coverage map (needs matplotlib)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.set_defaults(run=_check)
 
-    # the quickstart parses its own options: everything after the command word goes to it
-    p = sub.add_parser("quickstart", add_help=False, help="a few minutes' tour: fit, impute, score, reconstruct")
-    p.set_defaults(run=_quickstart, quiet=False)
-
-    p = _parser(sub, "datasets", "list or fetch the sample data sets", """
-        'list' shows the sample data sets; 'fetch NAME' downloads (era5) or generates (the PDE samples) one into
-        the xrimpute cache ($XRIMPUTE_DATA_DIR, else the OS cache folder) and prints the path of a netCDF file that
-        the other commands can read. --out writes a copy elsewhere. The PDE samples come in presets: tiny (tests),
-        small (benchmarks) and paper (paper-sized, slow to generate on a CPU).""", """
-        xrimpute datasets list
-        xrimpute datasets fetch era5
-        xrimpute datasets fetch shallow_water --preset small --out sw.nc""")
-    p.add_argument("action", choices=("list", "fetch"), help="list the data sets, or fetch one")
-    p.add_argument("name", nargs="?", choices=tuple(DATASETS), help="data set to fetch")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "small", "paper"),
-                   help="size of a PDE sample (default: tiny)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a PDE sample (default: 0)")
-    p.add_argument("--out", default=None, metavar="FILE.nc|FILE.zarr", help="also write a copy here")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(run=_datasets)
-
+def _versions_parser(sub) -> None:
     p = _parser(sub, "versions", "print versions of xrimpute and its dependencies", """
         Print the versions of xrimpute, Python, torch (and whether CUDA is available), xarray, dask, zarr, numpy
         and the optional libraries: paste this into bug reports.""", """
         xrimpute versions""")
     p.set_defaults(run=_versions)
+
+
+COMMANDS = (_quickstart_parser, _datasets_parser, _check_parser, _fit_parser, _impute_parser, _reconstruct_parser,
+            _bench_parser, _versions_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``xrimpute`` command (also rendered in the documentation)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="xrimpute",
+        description=textwrap.fill("Learn complete dynamics from incomplete geophysical cubes (time x latitude x "
+                                  "longitude, NaN = unobserved) and fill their gaps. Run 'xrimpute COMMAND --help' "
+                                  "for each command.", 79),
+        epilog="example:\n  xrimpute quickstart\n  xrimpute check observations.nc\n"
+               "  xrimpute fit observations.nc --out t2m.xri --max-time 600\n"
+               "  xrimpute impute observations.nc --model t2m.xri --out filled.nc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"xrimpute {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

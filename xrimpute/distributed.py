@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import cube
 from .loader import time_chunks
 from .masks import MaskSpec
-from .model import CtxDiffModel
+from .model import CtxDiffModel, ModelMismatch
 from .training import resolve_device
 from .windows import Piece, plan
 
@@ -52,8 +52,8 @@ _sources: dict[str, xr.Dataset] = {}  # path -> lazily opened source, one per wo
 # -- shared pieces -----------------------------------------------------------------
 def model_digest(model: CtxDiffModel) -> str:
     """SHA-256 of a model's configuration, weights and normalisation (the same for a saved and loaded copy)."""
-    digest = hashlib.sha256(json.dumps(dict(info=model.info, spec=model.spec.to_dict(), schedule=asdict(model.schedule)),
-                                       sort_keys=True, default=str).encode())
+    config = dict(info=model.info, spec=model.spec.to_dict(), schedule=asdict(model.schedule))
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for key, tensor in sorted(model.denoiser.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -86,11 +86,13 @@ def _spans(sizes) -> list[tuple[int, int]]:
 
 
 # -- lazy imputation -----------------------------------------------------------------
-def _fill_block(model, data, spec, rate, piece, device, options):
+def _fill_block(model, data, spec, rate, piece, device, options) -> np.ndarray:
     if rate is not None:
         spec = spec.adapted(model.info["train_rate"], float(rate))
     device = resolve_device(device)
-    return model.fill(np.asarray(data), spec, piece=piece, net=_network(model, device), device=device, **options)
+    filled, spread = model.fill(np.asarray(data), spec, piece=piece, net=_network(model, device), device=device,
+                                **options)
+    return np.stack([filled, spread])
 
 
 def impute_lazy(model: CtxDiffModel, obj, values, layout: cube.Layout, spec: MaskSpec, *, adapt: bool = True,
@@ -110,36 +112,24 @@ def impute_lazy(model: CtxDiffModel, obj, values, layout: cube.Layout, spec: Mas
     n, c, t, h, w = values.shape
     tiled = model.tiling(options.get("overlap")).size != (h, w)
     rate = (model.observed_rate(values) if observed_rate is None else observed_rate) if adapt else None
-    shared = dask.delayed(model, name=f"xrimpute-model-{model_digest(model)[:16]}")
+    shared = dask.delayed(model, name=f"xrimpute-model-{model_digest(model)[:16]}")  # one copy in the graph
+
+    def block(n0, n1, box):  # (filled, spread) of one block, stacked
+        times, lats, lons, piece = _cut((t, h, w), box, model, options["stride"], options.get("overlap"))
+        data = values[n0:n1, :, times, lats]
+        x0 = int(lons[0])
+        data = (data[..., x0 : x0 + lons.size] if x0 + lons.size <= w  # one slice, or two across the seam
+                else da.concatenate([data[..., x0:], data[..., : x0 + lons.size - w]], axis=-1))
+        piece = Piece(piece.full, (n0, *piece.origin[1:]), piece.box)  # seeds know the sample
+        task = dask.delayed(_fill_block, pure=True)(shared, data, spec, rate, piece, device, options)
+        return da.from_delayed(task, (2, n1 - n0, c, *(b - a for a, b in box)), dtype=np.float32)
+
     rows = _spans(values.chunks[3]) if tiled else [(0, h)]
     cols = _spans(values.chunks[4]) if tiled else [(0, w)]
-    means, spreads = [], []
-    for n0, n1 in _spans(values.chunks[0]):
-        mean_t, spread_t = [], []
-        for box_t in map(tuple, time_chunks(values).tolist()):
-            mean_y, spread_y = [], []
-            for box_y in rows:
-                mean_x, spread_x = [], []
-                for box_x in cols:
-                    times, lats, lons, piece = _cut((t, h, w), (box_t, box_y, box_x), model, options["stride"],
-                                                    options.get("overlap"))
-                    piece = Piece(piece.full, (n0, *piece.origin[1:]), piece.box)
-                    data = values[n0:n1, :, times, lats]
-                    x0 = int(lons[0])
-                    data = (data[..., x0 : x0 + lons.size] if x0 + lons.size <= w  # one slice, or two across the seam
-                            else da.concatenate([data[..., x0:], data[..., : x0 + lons.size - w]], axis=-1))
-                    filled, spread = dask.delayed(_fill_block, nout=2, pure=True)(
-                        shared, data, spec, rate, piece, device, options)
-                    shape = (n1 - n0, c, box_t[1] - box_t[0], box_y[1] - box_y[0], box_x[1] - box_x[0])
-                    mean_x.append(da.from_delayed(filled, shape, dtype=np.float32))
-                    spread_x.append(da.from_delayed(spread, shape, dtype=np.float32))
-                mean_y.append(mean_x)
-                spread_y.append(spread_x)
-            mean_t.append(mean_y)
-            spread_t.append(spread_y)
-        means.append([mean_t])
-        spreads.append([spread_t])
-    filled, spread = da.block(means).rechunk(values.chunks), da.block(spreads).rechunk(values.chunks)
+    steps = list(map(tuple, time_chunks(values).tolist()))
+    both = da.block([[[[[[block(n0, n1, (bt, by, bx)) for bx in cols] for by in rows] for bt in steps]]
+                      for n0, n1 in _spans(values.chunks[0])]])
+    filled, spread = both[0].rechunk(values.chunks), both[1].rechunk(values.chunks)
     return model.as_cube(filled, spread, obj, layout, return_std)
 
 
@@ -153,11 +143,19 @@ def open_source(source) -> xr.Dataset:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if "://" in path or path.rstrip("/").endswith(".zarr") or Path(path).is_dir():
-            return xr.open_zarr(path)
+            return _open_zarr(path)
         if not Path(path).exists():
             raise FileNotFoundError(f"no archive at {path!r}; pass a zarr store, a netCDF file or an xarray Dataset")
         return xr.open_dataset(path, chunks={})
-    return xr.open_zarr(source)
+    return _open_zarr(source)
+
+
+def _open_zarr(store) -> xr.Dataset:
+    """With consolidated metadata if the store has it (one read), else from the arrays' own, quietly."""
+    try:
+        return xr.open_zarr(store, consolidated=True)
+    except (ValueError, KeyError, FileNotFoundError):
+        return xr.open_zarr(store, consolidated=False)
 
 
 @dataclass(frozen=True)
@@ -226,12 +224,14 @@ def _cached_source(source) -> xr.Dataset:
         return _sources[source]
 
 
-def _share_threads() -> None:
-    """Torch uses the threads dask gives the worker, not every core of the machine."""
+def _share_threads() -> str | None:
+    """Torch uses the threads dask gives the worker, not every core of the machine; the worker's address."""
     try:
-        torch.set_num_threads(get_worker().state.nthreads)
+        worker = get_worker()
     except ValueError:  # not on a worker
-        pass
+        return None
+    torch.set_num_threads(worker.state.nthreads)
+    return worker.address
 
 
 def _fill_region(job: _Job, index: int, box, source) -> dict:
@@ -242,7 +242,7 @@ def _fill_region(job: _Job, index: int, box, source) -> dict:
     if job.before_region is not None:
         job.before_region(index)
     started = time.perf_counter()
-    _share_threads()
+    worker = _share_threads()
     model, ds = _cached_model(job.model_path), _cached_source(source)
     axes = job.layout.axes
     times, lats, lons, piece = _cut(job.full, box, model, job.options["stride"], job.options["overlap"])
@@ -253,7 +253,8 @@ def _fill_region(job: _Job, index: int, box, source) -> dict:
     device = resolve_device(job.device)
     filled, spread = model.fill(values, spec, piece=piece, net=_network(model, device), device=device, **job.options)
     (ta, tb), (ya, yb), (xa, xb) = box
-    like = cut.isel({axes.time: slice(ta - times.start, tb - times.start), axes.lat: slice(ya - lats.start, yb - lats.start),
+    like = cut.isel({axes.time: slice(ta - times.start, tb - times.start),  # the box's part of the cut
+                     axes.lat: slice(ya - lats.start, yb - lats.start),
                      axes.lon: (np.arange(xa, xb) - piece.origin[3]) % job.full[2]})
     result = model.as_cube(filled, spread, like, job.layout, job.return_std)
     result = result.drop_vars(list(result.coords))
@@ -262,7 +263,7 @@ def _fill_region(job: _Job, index: int, box, source) -> dict:
     region = {axes.time: slice(ta, tb), axes.lat: slice(ya, yb), axes.lon: slice(xa, xb)}
     result.to_zarr(job.target, region=region, mode="r+", consolidated=False)
     content = dict(region=index, box=[list(b) for b in box], seconds=round(time.perf_counter() - started, 3),
-                   host=socket.gethostname(), pid=os.getpid(), run=job.run,
+                   worker=worker, host=socket.gethostname(), pid=os.getpid(), run=job.run,
                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     _record(record, content)
     return content
@@ -375,8 +376,15 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
     ds = open_source(source)
     path = None if isinstance(model, CtxDiffModel) else os.fspath(model)
     model = model if path is None else CtxDiffModel.load(path)
+    wanted = model.info["variables"]
+    if missing := [name for name in wanted if name not in ds.data_vars]:
+        raise ModelMismatch(f"the model imputes {wanted}; the archive lacks {missing}")
+    ds = ds[wanted + [name for name in ds.data_vars if name not in wanted]]  # the model's order, whatever the store's
     layout = cube.layout_of(ds)
     model._check(layout, ds)
+    if ds.sizes[layout.axes.time] < model.window:
+        raise cube.CubeError(f"the archive has {ds.sizes[layout.axes.time]} time steps, fewer than the model's "
+                             f"window of {model.window}")
     sizes, boxes = _regions(ds, layout, model, chunks)
     target = Path(target)
     book = target / RECORDS

@@ -16,7 +16,6 @@ import torch
 from dask import is_dask_collection
 
 from .training import distributed_rank
-from .windows import window_starts
 
 
 @dataclass
@@ -112,7 +111,7 @@ class ChunkedWindows:
     of the archive. With ``pin_memory`` (for CUDA) batches come in pinned
     memory, so the copy to the GPU runs asynchronously. The order of pieces
     follows ``seed`` and the rank under torch.distributed (each rank reads its
-    own), so runs are reproducible.
+    own), so runs are reproducible; a resumed run starts the order anew.
 
     ``sample`` returns ``(x, observed)``, or ``(x, observed, static)`` with the
     tiles' cuts of the full-grid ``static`` fields ``(S, H, W)``. Windows

@@ -129,8 +129,10 @@ class CtxDiffModel:
         Parameters
         ----------
         obj : DataArray or Dataset with time, latitude and longitude dims (any order).
-        mask : ``"auto"``, ``"pixel"``, ``"block"`` or a :class:`xrimpute.masks.MaskSpec`:
-            how the observations are structured; contexts copy that structure.
+        mask : ``"auto"`` (= ``"infer"``: read the structure off the NaN pattern), a kind
+            (``"pixel"``, ``"block"``, ``"swath"``, ``"station"``, ``"timegap"``, ``"patches"``)
+            or a :class:`xrimpute.masks.MaskSpec`: how the observations are structured;
+            contexts copy that structure.
         window : time steps per sample (default 3).
         preset : network size, ``"tiny"``, ``"small"``, ``"base"`` or ``"auto"``
             (``"base"`` on a GPU, ``"tiny"`` on the CPU).
@@ -261,8 +263,8 @@ class CtxDiffModel:
         tile = tuple(self.info.get("tile") or grid)
         if tile == grid:
             return Tiling(grid)
-        shared = (tile[0] // 4, tile[1] // 4) if overlap is None else (min(overlap, tile[0] - 1), min(overlap, tile[1] - 1))
-        return Tiling(tile, shared, periodic=self.info.get("periodic", False))
+        shared = [size // 4 if overlap is None else min(overlap, size - 1) for size in tile]
+        return Tiling(tile, tuple(shared), periodic=self.info.get("periodic", False))
 
     def observed_rate(self, values):
         """Share of observed cells of ``values`` ``(N, C, T, H, W)`` in the grid columns the model knows.
@@ -358,7 +360,7 @@ class CtxDiffModel:
         return filled, spread
 
     def as_cube(self, filled, spread, obj, layout: cube.Layout, return_std: bool = False):
-        """Arrays ``(N, C, T, H, W)`` (numpy or dask) back into the shape of ``obj``, observed values kept bit for bit."""
+        """Arrays ``(N, C, T, H, W)`` (numpy or dask) in the shape of ``obj``, observed values kept bit for bit."""
         result = obj.fillna(cube.from_array(filled, obj, layout))
         if not return_std:
             return result
@@ -496,7 +498,7 @@ class CtxDiffModel:
 
 
 def _validation_windows(x, train_observed, heldout, window, tile, static, seed, max_windows: int = 16):
-    """Up to ``max_windows`` windows (random tiles when tiled) holding back cells: ``(x, observed, heldout, static)``."""
+    """Up to ``max_windows`` windows (tiles) with held-back cells: ``(x, observed, heldout, static)`` tensors."""
     n, c, t, h, w = x.shape
     (th, tw) = tile or (h, w)
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]

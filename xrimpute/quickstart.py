@@ -19,7 +19,8 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="xrimpute quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="example: xrimpute quickstart --steps 1500 --out ./quickstart")
     parser.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
     parser.add_argument("--max-time", type=float, default=120, help="training time budget in seconds (default 120)")
     parser.add_argument("--observed", type=float, default=0.2, help="fraction of cells observed (default 0.2)")
@@ -52,11 +53,12 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model_path = model.save(out / "tracer.xri")
     observed.to_zarr(out / "observed.zarr", mode="w")
-    result = xrimpute.reconstruct(out / "observed.zarr", model_path, out / "filled.zarr", K=10,
-                                  n_workers=args.workers)
-    import xarray as xr
+    from distributed import Client, LocalCluster
 
-    rebuilt = xr.open_zarr(result)["tracer"].load()
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        rebuilt = xrimpute.reconstruct(out / "observed.zarr", model_path, out / "filled.zarr", client=client,
+                                       K=10, overwrite=True)["tracer"].load()
     rebuilt_mse = float(((rebuilt - truth.tracer) ** 2).where(observed.tracer.isnull()).mean())
     print(f"4. reconstructed {out / 'filled.zarr'} on a local dask cluster of {args.workers} workers: "
           f"MSE on the hidden cells {rebuilt_mse:.4g}")

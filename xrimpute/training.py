@@ -67,7 +67,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if distributed_rank()[1] > 1 else torch.device("cuda")
+        if distributed_rank()[1] > 1:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda")
     return torch.device(device)
 
 
@@ -113,7 +115,8 @@ def train(
     denoiser = denoiser.to(device)
     model = denoiser
     if world > 1:  # wrapping broadcasts rank 0's weights, so the EMA copy below is the same everywhere
-        model = torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=ids)
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)

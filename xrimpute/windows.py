@@ -55,7 +55,8 @@ class ArrayWindows:
             m = torch.stack([self.observed[i, :, s : s + self.window] for i, s in rows])
             return x, m
         (th, tw) = self.tile
-        cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)) for (i, s), (r, c) in zip(rows, origins)]
+        cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw))
+                for (i, s), (r, c) in zip(rows, origins)]
         x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
         m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
         if self.static is None:
@@ -204,7 +205,8 @@ def seeded_ensemble(denoiser, x: torch.Tensor, observed: torch.Tensor, spec: Mas
     contexts = torch.stack([spec.context(observed[j : j + 1].expand(K, *x.shape[1:]), g)
                             for j, g in enumerate(generators)], dim=1).flatten(0, 1)  # (K * B, ...), k major
     extra = {} if static is None else {"static": static.repeat(K, 1, 1, 1)}
-    preds = denoiser(x_delta.repeat(K, 1, 1, 1, 1) * contexts, contexts, t.repeat(K), **extra).float().reshape(K, *x.shape)
+    preds = denoiser(x_delta.repeat(K, 1, 1, 1, 1) * contexts, contexts, t.repeat(K), **extra)
+    preds = preds.float().reshape(K, *x.shape)
     mean = torch.where(observed, x, preds.mean(0))
     std = torch.where(observed, 0.0, preds.std(0, unbiased=False) if K > 1 else torch.zeros_like(x))
     return mean, std

@@ -26,6 +26,7 @@ from xrimpute.baselines.classical import (
 )
 from xrimpute.baselines.learned import CORES as LEARNED_CORES
 from xrimpute.baselines.learned import Learned, ambient, ctxdiff, diffputer, missdiff
+from xrimpute.baselines.em_consistency import em_consistency_array
 
 __all__ = [
     "METHODS",
@@ -60,6 +61,7 @@ METHODS = {
     "temporal": temporal_array,
     "dineof": _dineof_filled,
     **LEARNED_CORES,  # ctxdiff, missdiff, ambient, diffputer (xrimpute.baselines.learned)
+    "em_consistency": em_consistency_array,  # categorical or continuous (xrimpute.baselines.em_consistency)
 }
 
 

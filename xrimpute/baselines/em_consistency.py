@@ -16,9 +16,10 @@ discrete *absorbing-state* diffusion:
   is discretised by **argmax** (a one-hot target, so the KL is the
   cross-entropy to the teacher's most likely class);
 - EM rounds: the first fit uses the observed cells only; each round then
-  imputes the gaps by iterative unmasking (E-step) and continues training, warm
-  started, on the completed cube (M-step); observed cells always keep their
-  observed values.
+  imputes the gaps by iterative unmasking (E-step; by default the most
+  confident cells first, each set to its most likely class) and continues
+  training, warm started, on the completed cube (M-step); observed cells
+  always keep their observed values.
 
 The final output is the network's per-cell class distribution given all
 observed cells (averaged over the overlapping windows that contain a step) and
@@ -29,9 +30,11 @@ For continuous fields the same idea is a loss option of the Gaussian model:
 :func:`xrimpute.training.train`, and :func:`em_consistency_continuous` wraps a
 :class:`~xrimpute.model.CtxDiffModel` in EM rounds.
 
-The maths (``CategoricalDenoiser`` to ``fit_categorical``) is torch and numpy
-only; :func:`em_consistency`, :func:`em_consistency_continuous` and the
-registry core :func:`em_consistency_array` are the thin entries.
+The maths (``CategoricalDenoiser`` to ``categorical_probabilities``) is torch
+and numpy only; :func:`em_consistency`, :func:`fit_em_consistency`,
+:func:`em_consistency_continuous` and the registry core
+:func:`em_consistency_array` (``fill(obj, method="em_consistency")``) are the
+thin entries.
 """
 from __future__ import annotations
 
@@ -46,8 +49,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xrimpute import cube, training
-from xrimpute.diffusion import noised
 from xrimpute.baselines.learned import Learned
+from xrimpute.diffusion import noised
 from xrimpute.model import CtxDiffModel, position_fields
 from xrimpute.nets import Denoiser
 from xrimpute.options import OPTIONS
@@ -221,7 +224,7 @@ def unmask(net, codes: torch.Tensor, observed: torch.Tensor, steps: int = 8, ord
 @torch.no_grad()
 def over_windows(fn, codes: np.ndarray, observed: np.ndarray, window: int, k: int, stride: int = 1,
                  batch_size: int = 8, device="cpu", progress: bool = True, desc: str = "imputing") -> np.ndarray:
-    """Apply ``fn(codes, observed) -> (B, C, W, H, W, K)`` to every window of a series, averaging overlaps.
+    """Apply ``fn(codes, observed) -> (B, C, window, H, W, K)`` to every window of a series, averaging overlaps.
 
     ``codes`` ``(N, C, T, H, W)`` integers, ``observed`` boolean. Returns ``(N, C, T, H, W, K)`` float32.
     """
@@ -241,8 +244,8 @@ def over_windows(fn, codes: np.ndarray, observed: np.ndarray, window: int, k: in
 
 
 def fit_categorical(codes: np.ndarray, observed: np.ndarray, n_classes, *, window: int = 3, rounds: int = 2,
-                    steps: int = 400, consistency_weight: float = 0.5, dt: float = 0.1, unmask_steps: int = 8,
-                    order: str = "confidence", sample: bool = True, static=None, preset: str = "tiny",
+                    steps: int = 1200, consistency_weight: float = 0.5, dt: float = 0.1, unmask_steps: int = 4,
+                    order: str = "confidence", sample: bool = False, static=None, preset: str = "tiny",
                     periodic: bool = False, batch_size: int = 16, lr: float = 2e-3, seed: int = 0,
                     device: str = "auto", progress: bool = True, **train_options) -> CategoricalDenoiser:
     """Train a :class:`CategoricalDenoiser` by EM with consistency regularisation.
@@ -256,7 +259,8 @@ def fit_categorical(codes: np.ndarray, observed: np.ndarray, n_classes, *, windo
     steps : training steps in all, split evenly over the first fit and the M-steps.
     consistency_weight, dt : weight of the consistency term (0: plain masked
         diffusion) and the gap between the teacher's and the student's noise level.
-    unmask_steps, order, sample : the E-step's iterative unmasking (see :func:`unmask`).
+    unmask_steps, order, sample : the E-step's iterative unmasking (see :func:`unmask`); a
+        cell is completed with the class that most windows containing it gave it.
     static : ``(S, H, W)`` fields appended to the network's input (e.g. position).
     **train_options : further :class:`~xrimpute.training.TrainConfig` fields.
 
@@ -280,14 +284,28 @@ def fit_categorical(codes: np.ndarray, observed: np.ndarray, n_classes, *, windo
         return _onehot(unmask(ema, x, m, unmask_steps, order, sample, generator)[0], net.n_classes_max)
 
     for r in tqdm(range(rounds + 1), desc="EM rounds", disable=not progress or rounds == 0, leave=False):
-        ema, _ = training.train(net, data, None, replace(config, seed=seed + r), device=device, loss_fn=loss_fn,
-                       progress=progress)
-        if r < rounds:  # E-step on tiled windows; the completed cube counts as observed everywhere
-            votes = over_windows(e_step, codes, observed, window, net.n_classes_max, stride=window,
+        warm = replace(config, seed=seed + r, warmup=min(config.warmup, config.steps // 10))  # a trained start
+        ema, _ = training.train(net, data, None, warm if r else config, device=device, loss_fn=loss_fn,
+                                progress=progress)
+        if r < rounds:  # E-step: a cell takes the class most windows that contain it gave it
+            votes = over_windows(e_step, codes, observed, window, net.n_classes_max, batch_size=batch_size,
                                  device=device, progress=progress, desc="E-step")
             completed = np.where(observed, codes, votes.argmax(-1))
             data = ArrayWindows(completed, np.ones_like(observed), window)
     return ema.cpu().eval()
+
+
+def categorical_probabilities(codes: np.ndarray, observed: np.ndarray, n_classes, *, window: int = 3,
+                              batch_size: int = 16, device: str | None = None, progress: bool | None = None,
+                              **options) -> np.ndarray:
+    """Fit by :func:`fit_categorical`, then each cell's class probabilities ``(N, C, T, H, W, K)``
+    given all observed cells, averaged over the overlapping windows that contain it."""
+    device = resolve_device(OPTIONS["device"] if device is None else device)
+    progress = OPTIONS["progress"] if progress is None else progress
+    net = fit_categorical(codes, observed, n_classes, window=window, batch_size=batch_size, device=device,
+                          progress=progress, **options).to(device)
+    return over_windows(lambda x, m: predict(net, x, m), np.where(observed, codes, 0), observed, window,
+                        net.n_classes_max, batch_size=batch_size, device=device, progress=progress)
 
 
 # -- the continuous (Gaussian) variant ----------------------------------------------------
@@ -456,10 +474,7 @@ def _positions(obj, layout: cube.Layout) -> np.ndarray:
     return position_fields(coords["lat"].astype(float), coords["lon"].astype(float), degrees)
 
 
-def em_consistency(obj, *, rounds: int = 2, steps: int = 400, consistency_weight: float = 0.5, dt: float = 0.1,
-                   window: int = 3, unmask_steps: int = 8, order: str = "confidence", sample: bool = True,
-                   max_categories: int = 16, batch_size: int = 16, seed: int = 0, device: str = "auto",
-                   progress: bool = True, **options):
+def em_consistency(obj, *, max_categories: int = 16, **options):
     """Fill the gaps of a categorical cube by EM with consistency regularisation.
 
     Parameters
@@ -469,10 +484,10 @@ def em_consistency(obj, *, rounds: int = 2, steps: int = 400, consistency_weight
         codes or booleans (gaps as NaN, or an integer ``_FillValue``), or floats that
         take at most ``max_categories`` integer values. Continuous fields go to
         :func:`em_consistency_continuous`.
-    rounds, steps, consistency_weight, dt, window, unmask_steps, order, sample :
-        see :func:`fit_categorical` (``rounds=0, consistency_weight=0`` is plain
-        masked diffusion).
-    **options : more :func:`fit_categorical` options (``preset``, ``lr``, ``periodic``, ...).
+    **options : ``rounds``, ``steps``, ``consistency_weight``, ``dt``, ``window``,
+        ``unmask_steps``, ``order``, ``sample``, ``preset``, ``batch_size``, ``lr``,
+        ``seed``, ``device``, ``progress``: see :func:`fit_categorical`
+        (``rounds=0, consistency_weight=0`` is plain masked diffusion).
 
     Returns
     -------
@@ -502,14 +517,8 @@ def em_consistency(obj, *, rounds: int = 2, steps: int = 400, consistency_weight
     cube.check_observed(values, layout)
     observed = np.isfinite(values)
     codes = np.stack([encode(values[:, i], cats[v][0], v) for i, v in enumerate(layout.channel_of)], axis=1)
-
-    device = resolve_device(device)
-    net = fit_categorical(codes, observed, [cats[v][0].size for v in layout.channel_of], window=window,
-                          rounds=rounds, steps=steps, consistency_weight=consistency_weight, dt=dt,
-                          unmask_steps=unmask_steps, order=order, sample=sample, static=_positions(ds, layout),
-                          batch_size=batch_size, seed=seed, device=device, progress=progress, **options).to(device)
-    probs = over_windows(lambda x, m: predict(net, x, m), np.where(observed, codes, 0), observed, window,
-                         net.n_classes_max, batch_size=batch_size, device=device, progress=progress)
+    probs = categorical_probabilities(codes, observed, [cats[v][0].size for v in layout.channel_of],
+                                      static=_positions(ds, layout), **options)
     best = probs.argmax(-1)
     labels = np.stack([cats[v][0].astype(np.float64)[best[:, i]] for i, v in enumerate(layout.channel_of)], axis=1)
     filled = cube.from_array(np.where(observed, values, labels), ds, layout)
@@ -562,18 +571,14 @@ def em_consistency_array(values: np.ndarray, kind: str = "auto", max_categories:
         channels = [values[:, c][observed[:, c]] for c in range(values.shape[1])]
         kind = "categorical" if all(_is_integral(v) and np.unique(v).size <= max_categories
                                     for v in channels) else "continuous"
-    dims = ("sample", "channel", "time", "y", "x")
+    options = {"progress": False, **options}
     if kind == "continuous":
+        dims = ("sample", "channel", "time", "y", "x")
         da = xr.DataArray(values, dims=dims, coords={"channel": np.arange(values.shape[1])}, name="data")
         return em_consistency_continuous(da, **options).values
-    progress = options.pop("progress", True)
-    window = options.setdefault("window", 3)
     cats = [np.unique(values[:, c][observed[:, c]]) for c in range(values.shape[1])]
     codes = np.stack([encode(values[:, c], cats[c]) for c in range(values.shape[1])], axis=1)
-    device = resolve_device(options.get("device", "auto"))
-    net = fit_categorical(codes, observed, [c.size for c in cats], progress=progress, **options).to(device)
-    probs = over_windows(lambda x, m: predict(net, x, m), np.where(observed, codes, 0), observed,
-                         window, net.n_classes_max, device=device, progress=progress)
+    probs = categorical_probabilities(codes, observed, [c.size for c in cats], **options)
     labels = np.stack([cats[c][probs[:, c].argmax(-1)] for c in range(values.shape[1])], axis=1)
     return np.where(observed, values, labels).astype(np.float32)
 
@@ -581,6 +586,6 @@ def em_consistency_array(values: np.ndarray, kind: str = "auto", max_categories:
 __all__ = [
     "CategoricalDenoiser", "absorb", "absorb_further", "masked_fraction", "consistency_term",
     "masked_diffusion_loss", "categorical_loss", "predict", "unmask", "over_windows", "fit_categorical",
-    "consistency_loss", "em_consistency_continuous", "is_categorical", "categories_of", "encode",
-    "em_consistency", "em_consistency_array",
+    "categorical_probabilities", "consistency_loss", "fit_em_consistency", "em_consistency_continuous",
+    "is_categorical", "categories_of", "encode", "em_consistency", "em_consistency_array",
 ]
