@@ -157,7 +157,7 @@ def test_categories_come_from_cf_flag_attributes():
 
 
 def test_dataarray_gives_labels_and_probabilities_with_observed_cells_kept():
-    da = flags()
+    da = xr.concat([flags(seed=0), flags(seed=1)], "sample").transpose("time", "sample", "y", "x")
     labels, prob = em_consistency(da, window=2, **TINY)
     observed = da.notnull()
     assert labels.dims == da.dims and labels.name == "cover" and labels.attrs == da.attrs

@@ -541,7 +541,7 @@ def _probabilities(probs, ds, layout, name, categories, meanings, dim) -> xr.Dat
     slices = []
     for k in range(categories.size):
         block = np.full(probs.shape[:-1], np.nan, np.float32)
-        block[:, channels] = probs[:, channels, ..., k]
+        block[:, channels] = probs[..., k][:, channels]
         slices.append(cube.from_array(block, ds, layout)[name].astype(np.float32))
     attrs = {"long_name": f"probability of each category of {name}", "units": "1", "flag_values": categories}
     if meanings is not None:
