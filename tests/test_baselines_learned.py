@@ -118,10 +118,10 @@ def test_benchmark_table_runs_every_kind_of_method_and_writes_its_files(tmp_path
     from xrimpute import bench
 
     settings = replace(bench.SETTINGS["small"], size=12, frames=6, n_train=2, n_test=1, steps=4, batch_size=2, K=2)
-    report = bench.run("table2", settings, methods=["ctxdiff", "ctxdiff-pixel", "temporal"], datasets=["advection"],
-                       out=tmp_path, progress=False)
+    report = bench.run("table2", settings, methods=["ctxdiff", "ctxdiff-pixel", "em_consistency", "temporal"],
+                       datasets=["advection"], out=tmp_path, progress=False)
     assert {(r["condition"], r["method"], r["metric"]) for r in report.rows} == {
-        (c, m, k) for c in ("Adv 8/9", "Adv 5/9") for m in ("ctxdiff", "ctxdiff-pixel", "temporal")
+        (c, m, k) for c in ("Adv 8/9", "Adv 5/9") for m in ("ctxdiff", "ctxdiff-pixel", "em_consistency", "temporal")
         for k in ("gap_mse", "forecast_mse")}
     assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in report.rows)
     text = report.markdown()

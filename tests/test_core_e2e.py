@@ -1,6 +1,7 @@
 """End to end on CPU: fit on incomplete data only, impute, beat simple fillers, save and load."""
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import xrimpute
@@ -77,6 +78,24 @@ def test_save_load_gives_identical_imputations(case, tmp_path):
     b = one.ctxdiff.impute(model=loaded, K=4, seed=3)
     xr.testing.assert_identical(a, b)
     assert loaded.spec == model.spec and loaded.channels == model.channels
+
+
+def test_the_seed_fixes_the_fit_and_leaves_the_global_stream_alone(case):
+    _, observed, _ = case
+    small = observed.isel(sample=[0, 1])
+    options = dict(FIT, steps=3, batch_size=4, val_fraction=0)
+
+    def weights(seed):
+        torch.manual_seed(123)
+        model = small.ctxdiff.fit(mask="pixel", **{**options, "seed": seed})
+        return torch.cat([p.flatten() for p in model.denoiser.parameters()]), torch.rand(1)
+
+    first, after_first = weights(0)
+    again, after_again = weights(0)
+    other, _ = weights(1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    torch.manual_seed(123)
+    assert torch.equal(after_first, torch.rand(1)) and torch.equal(after_again, after_first)
 
 
 def test_model_refuses_other_variables_and_grids(case):

@@ -47,10 +47,11 @@ from tqdm.auto import tqdm
 
 from . import cube, metrics
 from .baselines import fill
+from .baselines.em_consistency import fit_em_consistency
 from .baselines.learned import fit_ambient, fit_ctxdiff, fit_diffputer, fit_missdiff
 from .observe import observe
 
-LEARNED = ("ctxdiff", "missdiff", "ambient", "diffputer")
+LEARNED = ("ctxdiff", "missdiff", "ambient", "diffputer", "em_consistency")
 CLASSICAL = ("interpolate", "telea", "ns_inpaint", "temporal", "dineof")
 ABLATION = "ctxdiff-pixel"  # table 2: pixel contexts on block data
 TABLES = {
@@ -72,12 +73,12 @@ class Settings:
     n_test: int  # trajectories to fill and score
     era5_train_days: int
     era5_test_hours: int
-    steps: int  # training steps of every learned method (DiffPuter: over all rounds)
+    steps: int  # training steps of every learned method (EM methods: over all rounds)
     batch_size: int
     preset: str  # network size
     window: int
     K: int  # contexts of the single-step ensemble (ctxdiff)
-    rounds: int  # DiffPuter EM rounds
+    rounds: int  # EM rounds of DiffPuter and EM + consistency
     members: int  # DiffPuter conditional samples averaged per E-step
     sample_steps: int  # DiffPuter denoising steps per sample
 
@@ -190,6 +191,8 @@ def _fit(method: str, train: xr.Dataset, kind: str, settings: Settings, seed: in
     if method == "diffputer":
         return fit_diffputer(train, rounds=settings.rounds, members=settings.members,
                              sample_steps=settings.sample_steps, **options)
+    if method == "em_consistency":  # continuous form: EM rounds around ctxdiff, consistency loss in the M-steps
+        return fit_em_consistency(train, mask=kind, rounds=settings.rounds, K=settings.K, **options)
     raise ValueError(f"unknown method {method!r}; known: {LEARNED + (ABLATION,) + CLASSICAL}")
 
 

@@ -181,8 +181,10 @@ class CtxDiffModel:
         tile = None if tile is None else (min(int(tile[0]), h), min(int(tile[1]), w))
         static = position_fields(coords["lat"].astype(float), coords["lon"].astype(float), degrees)
         # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
-        denoiser = Denoiser(c, window, torch.as_tensor(static), preset=preset,
-                            periodic=periodic and (tile is None or tile[1] == w))
+        with torch.random.fork_rng(devices=[]):  # the seed fixes the initial weights; the caller's stream is untouched
+            torch.manual_seed(seed)
+            denoiser = Denoiser(c, window, torch.as_tensor(static), preset=preset,
+                                periodic=periodic and (tile is None or tile[1] == w))
         if init is not None:
             if init.denoiser.config != denoiser.config:
                 raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds "

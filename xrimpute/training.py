@@ -111,6 +111,14 @@ def train(
     (``fingerprint`` must match). Returns the EMA network and the history
     (under DDP, rank 0's history is the one with validation scores).
     """
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # dropout draws from the global stream; the caller's comes back afterwards
+        return _train(denoiser, windows, spec, config, schedule, device, validate, checkpoint, fingerprint, progress,
+                      loss_fn)
+
+
+def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoint, fingerprint, progress, loss_fn):
     rank, world = distributed_rank()
     denoiser = denoiser.to(device)
     model = denoiser
@@ -120,7 +128,6 @@ def train(
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
-    torch.manual_seed(config.seed)
 
     def streams(seed):  # random windows and noise, different on every rank
         return (torch.Generator().manual_seed(seed + 7919 * rank),
