@@ -115,8 +115,8 @@ def test_fit_then_impute_through_the_command_line(observed_file, tmp_path):
         assert set(filled.data_vars) == {"u", "u_std"} and filled["u"].dims == seen["u"].dims
         assert int(filled["u"].isnull().sum()) == 0
         xr.testing.assert_identical(filled["u"].where(seen["u"].notnull()), seen["u"])
-        # gaps have a spread (5 training steps give a nearly constant network, so not at every cell), observed none
-        assert float(filled["u_std"].where(seen["u"].isnull()).mean()) > 0
+        # every gap has a spread, also one far below its value (float64 sums), and observed cells none
+        assert float(filled["u_std"].where(seen["u"].isnull()).min()) > 0
         assert float(filled["u_std"].where(seen["u"].notnull()).max()) == 0
 
     assert main(["impute", str(observed_file), "--model", str(model_path), "--out", str(out), "-q"]) == 2

@@ -132,6 +132,26 @@ def test_overlapping_tiles_blend_without_seams():
     assert blended < hard / 4
 
 
+def test_a_spread_far_below_the_value_survives_the_blending():
+    """A network whose answer shifts slightly with its context: the spread (1e-4 on values near 1) must
+    come out as the standard deviation of its K answers, not be rounded away."""
+    answers = []
+
+    def shifted_by_context(values, mask, t):
+        share = mask.float().mean(dim=(1, 2, 3, 4), keepdim=True)
+        answers.append((1 + 1e-2 * share).flatten())
+        return (1 + 1e-2 * share).expand_as(values)
+
+    observed = np.random.default_rng(0).random((1, 1, 3, 8, 8)) < 0.5
+    values = np.zeros(observed.shape, np.float32)
+    _, std = impute_series(shifted_by_context, values, observed, Pixel(), xrimpute.diffusion.VPSchedule(), 3,
+                           K=2, progress=False)  # one window: the spread is that of its K answers
+    expected = np.std(answers[0].numpy().astype(np.float64))
+    assert expected > 1e-5
+    np.testing.assert_allclose(std[~observed], expected, rtol=1e-3)
+    assert np.all(std[observed] == 0)
+
+
 def test_piece_of_a_series_returns_its_box_only():
     piece = Piece((10, 4, 6), (0, 2, 1, 4), ((3, 5), (1, 3), (0, 2)))
     cut = np.arange(1 * 1 * 6 * 3 * 4).reshape(1, 1, 6, 3, 4)  # steps 2..7, rows 1..3, columns 4, 5, 0, 1

@@ -77,33 +77,42 @@ def impute_ensemble(
     K: int = 10,
     delta: float = 1e-3,
     max_batch: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    static: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Single-step ensemble imputation: mean and spread over ``K`` context masks.
 
     The observations are noised once to ``t = delta``; ``K`` contexts drawn
     inside ``observed`` go through the denoiser as one batch of ``K * B``
     (split into pieces of at most ``max_batch`` only when memory demands);
-    observed cells are put back exactly and get zero spread.
+    observed cells are put back exactly and get zero spread. ``generator`` may
+    be a list with one generator per window: then window ``b``'s noise and
+    contexts come from ``generator[b]`` alone, so its result does not depend on
+    the windows batched with it. ``static`` holds per-window static fields
+    ``(B, S, H, W)`` (for tiles).
     """
     b = x.shape[0]
     t = torch.full((b,), delta, device=x.device)
-    x_delta = noised(x, t, schedule, generator)
-    xs = x_delta.repeat(K, 1, 1, 1, 1)
-    observed_k = observed.repeat(K, 1, 1, 1, 1)
-    contexts = spec.context(observed_k, generator)
-    t_k = t.repeat(K)
+    if isinstance(generator, (list, tuple)):
+        x_delta = torch.cat([noised(x[j : j + 1], t[j : j + 1], schedule, g) for j, g in enumerate(generator)])
+        contexts = torch.stack([spec.context(observed[j : j + 1].expand(K, *x.shape[1:]), g)
+                                for j, g in enumerate(generator)], dim=1).flatten(0, 1)  # (K * B, ...), k major
+    else:
+        x_delta = noised(x, t, schedule, generator)
+        contexts = spec.context(observed.repeat(K, 1, 1, 1, 1), generator)
+    xs, t_k = x_delta.repeat(K, 1, 1, 1, 1), t.repeat(K)
+    static_k = None if static is None else static.repeat(K, 1, 1, 1)
     step = max_batch or xs.shape[0]
     preds = torch.cat(
         [
-            denoiser(xs[i : i + step] * contexts[i : i + step], contexts[i : i + step], t_k[i : i + step]).float()
+            denoiser(xs[i : i + step] * contexts[i : i + step], contexts[i : i + step], t_k[i : i + step],
+                     **({} if static_k is None else {"static": static_k[i : i + step]})).float()
             for i in range(0, xs.shape[0], step)
         ]
     ).view(K, *x.shape)
     mean = torch.where(observed, x, preds.mean(0))
     std = torch.where(observed, 0.0, preds.std(0, unbiased=False) if K > 1 else torch.zeros_like(x))
     return mean, std
-
 
 
 # -- multi-step sampling (paper Appendix E) -------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import VPSchedule
+from .diffusion import VPSchedule, impute_ensemble
 from .masks import MaskSpec
 
 
@@ -185,34 +185,6 @@ def plan(full: tuple[int, int, int], box, window: int, stride: int, tiling: Tili
 
 
 @torch.no_grad()
-def seeded_ensemble(denoiser, x: torch.Tensor, observed: torch.Tensor, spec: MaskSpec, schedule: VPSchedule,
-                    K: int, seeds: list[int], static: torch.Tensor | None = None,
-                    delta: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~xrimpute.diffusion.impute_ensemble` with every window's randomness drawn from its own seed.
-
-    The noise at ``t = delta`` and the ``K`` contexts of window ``b`` come from
-    a generator seeded with ``seeds[b]``, so a window's result does not depend
-    on the windows batched with it; the ``K x B`` contexts still go through
-    the denoiser as one batch. ``static`` holds per-window static fields
-    ``(B, S, H, W)`` (for tiles).
-    """
-    b = x.shape[0]
-    generators = [torch.Generator(device=x.device).manual_seed(s) for s in seeds]
-    t = torch.full((b,), delta, device=x.device)
-    alpha, sigma = schedule.alpha_sigma(t)
-    eps = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generators])
-    x_delta = alpha.view(-1, 1, 1, 1, 1) * x + sigma.view(-1, 1, 1, 1, 1) * eps
-    contexts = torch.stack([spec.context(observed[j : j + 1].expand(K, *x.shape[1:]), g)
-                            for j, g in enumerate(generators)], dim=1).flatten(0, 1)  # (K * B, ...), k major
-    extra = {} if static is None else {"static": static.repeat(K, 1, 1, 1)}
-    preds = denoiser(x_delta.repeat(K, 1, 1, 1, 1) * contexts, contexts, t.repeat(K), **extra)
-    preds = preds.float().reshape(K, *x.shape)
-    mean = torch.where(observed, x, preds.mean(0))
-    std = torch.where(observed, 0.0, preds.std(0, unbiased=False) if K > 1 else torch.zeros_like(x))
-    return mean, std
-
-
-@torch.no_grad()
 def impute_series(
     denoiser,
     values: np.ndarray,
@@ -293,11 +265,13 @@ def impute_series(
         if static is not None:
             tiles = torch.as_tensor(np.stack([static[:, r : r + th][..., (col + np.arange(tw)) % w]
                                               for _, (_, r, col) in batch])).to(generator_device)
-        seeds = [window_seed(seed, sample0 + i, s, r, col) for i, (s, r, col) in batch]
+        generators = [torch.Generator(device=generator_device).manual_seed(window_seed(seed, sample0 + i, s, r, col))
+                      for i, (s, r, col) in batch]
         with torch.autocast(device_type=generator_device.type, dtype=torch.bfloat16, enabled=autocast):
-            mean, std = seeded_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, schedule,
-                                        K, seeds, static=tiles)
-        mean, std = mean.float().cpu().numpy(), std.float().cpu().numpy()
+            mean, std = impute_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, schedule,
+                                        K, generator=generators, static=tiles)
+        # float64 before the total-variance sums: in float32, sd**2 + mu**2 loses a spread far below the mean
+        mean, std = mean.double().cpu().numpy(), std.double().cpu().numpy()
         for (i, job), mu, sd in zip(batch, mean, std):
             _, write, own, wt = places[job]
             mu, sd = mu[:, own[0], own[1]][..., own[2]], sd[:, own[0], own[1]][..., own[2]]
