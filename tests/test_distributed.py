@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -85,6 +86,9 @@ def test_reconstruct_on_the_default_local_cluster_equals_in_memory_imputation(ca
     assert sorted(records(target)) == list(range(REGIONS))
     again = reconstruct(root / "source.zarr", root / "model.xri", target, progress=False, **IMPUTE)  # all done
     xr.testing.assert_identical(again.load(), result.load())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the finished store has consolidated metadata: a plain open is quiet
+        xr.testing.assert_identical(xr.open_zarr(target).load(), result.load())
     with pytest.raises(ValueError, match="other settings"):
         reconstruct(root / "source.zarr", root / "model.xri", target, progress=False, K=5, seed=2)
 

@@ -18,7 +18,7 @@ DATASETS = {
     "era5": "ERA5 2 m temperature over the UK, hourly, March 2019 (5 MB download, then cached)",
     "advection": "tracers advected by random uniform winds on a periodic square (generated, cached)",
     "shallow_water": "rotating shallow water on a periodic square (generated, cached)",
-    "navier_stokes": "2-D decaying turbulence, vorticity (generated, cached)",
+    "navier_stokes": "2-D Kolmogorov-forced turbulence, vorticity (generated, cached)",
 }
 
 

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 from distributed import Client, LocalCluster, as_completed, get_worker
 from tqdm.auto import tqdm
 
@@ -395,7 +397,7 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
 
     pending = [i for i in range(len(boxes)) if earlier is None or not _record_path(target, i).exists()]
     if not pending:
-        return xr.open_zarr(target, consolidated=False)
+        return _finish(target)
     own = client is None
     if own:
         client = Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None))
@@ -425,7 +427,16 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
         index, error = failed[0]
         raise RuntimeError(f"{len(failed)} of {len(boxes)} regions failed (region {index}: {error!r}); the others are "
                            f"recorded in {str(book)!r}: rerun reconstruct with the same arguments to finish") from error
-    return xr.open_zarr(target, consolidated=False)
+    return _finish(target)
+
+
+def _finish(target: Path) -> xr.Dataset:
+    """Consolidate the complete store's metadata, so that a plain ``xr.open_zarr(target)`` reads it in one go
+    and quietly, and open it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")  # zarr v3 stores
+        zarr.consolidate_metadata(os.fspath(target))
+    return xr.open_zarr(target, consolidated=True)
 
 
 def _estimate_rate(model: CtxDiffModel, ds: xr.Dataset, layout: cube.Layout, client, most: int = 8) -> float:

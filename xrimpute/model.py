@@ -303,6 +303,8 @@ class CtxDiffModel:
         device, progress : where the network runs and whether to show a progress bar
             (default: :func:`xrimpute.set_options`, ``"auto"`` and True).
 
+        Notes
+        -----
         Dask-backed input gives a lazy, dask-backed result that reads nothing until
         computed (:func:`xrimpute.distributed.impute_lazy`); its values equal the
         in-memory imputation's, as every window draws its randomness from its own
