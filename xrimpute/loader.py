@@ -27,7 +27,7 @@ class Statistics:
     valid: np.ndarray  # (C, H, W): cells observed at least once
     counts: np.ndarray  # (C,): observed cells per channel
     rate: float  # observed fraction of the cells in columns valid for some channel
-    observed: np.ndarray  # (N, C, t, H, W): observation mask of one chunk, to infer the mask structure from
+    observed: np.ndarray  # (N, C, t, H, W): mask of the longest chunk read, to infer the mask structure from
     chunks: tuple[int, int]  # chunks read, chunks in all
 
 
@@ -51,12 +51,13 @@ def statistics(values, max_chunks: int = 8, seed: int = 0) -> Statistics:
     picked = sorted(np.random.default_rng(seed).choice(len(spans), min(max_chunks, len(spans)), replace=False))
     n, c, _, h, w = values.shape
     count, mean, m2 = np.zeros(c, np.int64), np.zeros(c), np.zeros(c)
-    per_cell, steps, first = np.zeros((c, h, w), np.int64), 0, None
+    per_cell, steps, structure = np.zeros((c, h, w), np.int64), 0, None
     for k in picked:
         a, b = (int(v) for v in spans[k])
         block = np.asarray(values[:, :, a:b], dtype=np.float32)
         observed = np.isfinite(block)
-        first = observed if first is None else first
+        if structure is None or observed.shape[2] > structure.shape[2]:  # most windows to judge the structure on
+            structure = observed
         per_cell += observed.sum(axis=(0, 2))
         steps += n * (b - a)
         for ch in range(c):  # merge the chunk's mean and sum of squares into the running ones (Chan et al.)
@@ -71,7 +72,7 @@ def statistics(values, max_chunks: int = 8, seed: int = 0) -> Statistics:
     columns = valid.any(axis=0)
     rate = float(per_cell[:, columns].sum() / max(1, steps * c * int(columns.sum())))
     return Statistics(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32), valid,
-                      count, rate, first, (len(picked), len(spans)))
+                      count, rate, structure, (len(picked), len(spans)))
 
 
 def reserved_windows(n: int, length: int, window: int, fraction: float, grid: tuple[int, int],
