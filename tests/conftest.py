@@ -16,3 +16,13 @@ def _data_dir(tmp_path_factory, monkeypatch):
     """No test writes into the user's real cache."""
     if "XRIMPUTE_DATA_DIR" not in os.environ:
         monkeypatch.setenv("XRIMPUTE_DATA_DIR", str(tmp_path_factory.getbasetemp() / "xrimpute-cache"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny networks: faster, and far faster on a busy machine or beside
+    dask workers running blocks side by side (spinning thread pools slow a shared CPU badly)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

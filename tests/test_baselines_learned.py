@@ -3,7 +3,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from synthetic import blobs
@@ -15,13 +14,7 @@ TINY = dict(steps=16, batch_size=4, window=3, progress=False, verbose=False, val
 E_STEP = dict(members=2, sample_steps=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks and tensors: one thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
