@@ -58,6 +58,12 @@ def _add_device(parser) -> None:
                         help="where the network runs: auto (GPU if any), cpu, cuda, cuda:1 (default: auto)")
 
 
+def _add_ensemble(parser) -> None:
+    parser.add_argument("--K", type=int, default=10, help="contexts averaged per gap (default: 10)")
+    parser.add_argument("--std", action="store_true", help="also write the ensemble spread as <variable>_std")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
 # --- sub-commands --------------------------------------------------------------------------------
 
 
@@ -294,9 +300,7 @@ def _impute_parser(sub) -> None:
     p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob or zarr store with gaps (NaN)")
     p.add_argument("--model", required=True, metavar="MODEL.xri", help="model file written by 'xrimpute fit'")
     p.add_argument("--out", required=True, metavar="OUT.nc|OUT.zarr", help="where to write the filled cube")
-    p.add_argument("--K", type=int, default=10, help="contexts averaged per gap (default: 10)")
-    p.add_argument("--std", action="store_true", help="also write the ensemble spread as <variable>_std")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_ensemble(p)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _add_device(p)
     p.set_defaults(run=_impute)
@@ -314,12 +318,10 @@ def _reconstruct_parser(sub) -> None:
     p.add_argument("source", metavar="SOURCE", help="zarr store (path or URL) or netCDF file with gaps (NaN)")
     p.add_argument("model", metavar="MODEL", help="model file written by 'xrimpute fit' (readable by every worker)")
     p.add_argument("target", metavar="TARGET.zarr", help="zarr store to write (on storage every worker shares)")
-    p.add_argument("--K", type=int, default=10, help="contexts averaged per gap (default: 10)")
-    p.add_argument("--std", action="store_true", help="also write the ensemble spread as <variable>_std")
+    _add_ensemble(p)
     p.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
     p.add_argument("--scheduler-address", default=None, metavar="ADDR",
                    help="use a running dask cluster instead, e.g. tcp://10.0.0.5:8786")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if TARGET exists")
     _add_device(p)
     p.set_defaults(run=_reconstruct)

@@ -23,7 +23,7 @@ from . import cube, loader, masks
 from .diffusion import VPSchedule, impute_ensemble, sample_multistep
 from .nets import Denoiser
 from .options import OPTIONS, mixed_precision
-from .training import History, TrainConfig, atomic_save, resolve_device, train
+from .training import History, TrainConfig, atomic_save, resolve_device, seeded, train
 from .windows import ArrayWindows, Piece, Tiling, impute_series, window_starts
 
 FORMAT = "xrimpute-model"
@@ -181,8 +181,7 @@ class CtxDiffModel:
         tile = None if tile is None else (min(int(tile[0]), h), min(int(tile[1]), w))
         static = position_fields(coords["lat"].astype(float), coords["lon"].astype(float), degrees)
         # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
-        with torch.random.fork_rng(devices=[]):  # the seed fixes the initial weights; the caller's stream is untouched
-            torch.manual_seed(seed)
+        with seeded(seed):  # the initial weights
             denoiser = Denoiser(c, window, torch.as_tensor(static), preset=preset,
                                 periodic=periodic and (tile is None or tile[1] == w))
         if init is not None:

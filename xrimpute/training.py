@@ -7,6 +7,7 @@ ranks, and rank 0 alone writes checkpoints, validates and shows progress.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -86,6 +87,15 @@ class CheckpointMismatch(ValueError):
     """A checkpoint belongs to another model (variables, window, network)."""
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device = torch.device("cpu")):
+    """Inside: the global torch stream (initial weights, dropout) seeded with ``seed``. Afterwards: the caller's
+    own stream, untouched."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def train(
     denoiser: torch.nn.Module,
     windows,
@@ -112,8 +122,7 @@ def train(
     (under DDP, rank 0's history is the one with validation scores).
     """
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)  # dropout draws from the global stream; the caller's comes back afterwards
+    with seeded(config.seed, device):  # dropout draws from the global stream
         return _train(denoiser, windows, spec, config, schedule, device, validate, checkpoint, fingerprint, progress,
                       loss_fn)
 

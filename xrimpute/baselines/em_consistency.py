@@ -272,8 +272,7 @@ def fit_categorical(codes: np.ndarray, observed: np.ndarray, n_classes, *, windo
         raise ValueError("no cell is observed: there is nothing to learn from")
     device = resolve_device(device)
     codes = np.where(observed, codes, 0).astype(np.int64)
-    with torch.random.fork_rng(devices=[]):  # the seed fixes the initial weights; the caller's stream is untouched
-        torch.manual_seed(seed)
+    with training.seeded(seed):  # the initial weights
         net = CategoricalDenoiser(n_classes, window, None if static is None else torch.as_tensor(static),
                                   preset=preset, periodic=periodic)
     config = TrainConfig(steps=max(1, steps // (rounds + 1)), batch_size=batch_size, lr=lr, seed=seed,
