@@ -128,34 +128,74 @@ class CtxDiffModel:
 
         Parameters
         ----------
-        obj : DataArray or Dataset with time, latitude and longitude dims (any order).
-        mask : ``"auto"`` (= ``"infer"``: read the structure off the NaN pattern), a kind
-            (``"pixel"``, ``"block"``, ``"swath"``, ``"station"``, ``"timegap"``, ``"patches"``)
-            or a :class:`xrimpute.masks.MaskSpec`: how the observations are structured;
-            contexts copy that structure.
-        window : time steps per sample (default 3).
-        preset : network size, ``"tiny"``, ``"small"``, ``"base"`` or ``"auto"``
-            (``"base"`` on a GPU, ``"tiny"`` on the CPU).
-        steps, batch_size, lr, max_time : optimisation budget (``max_time`` in seconds).
-        val_fraction : share of observed cells held back (with the mask's structure)
-            to score the model; they never enter training.
-        checkpoint : file to write the training state to (atomically); an existing
-            one is resumed.
-        periodic : wrap the longitude axis in convolutions (default: when it spans 360 deg).
-        tile : ``(rows, cols)``: train on random spatial tiles of a large grid (e.g.
-            ``(128, 128)``), with the cells' position as an input so that one model
-            serves the whole grid; imputation then blends overlapping tiles.
-        init : a model of the same variables, window and network to start from (warm
+        obj : xarray.DataArray or xarray.Dataset
+            The cube, with time, latitude and longitude dims in any order; NaN
+            marks unobserved cells.
+        mask : str, dict or xrimpute.masks.MaskSpec, default "auto"
+            How the observations are structured; training contexts copy that
+            structure. ``"auto"`` (the same as ``"infer"``) reads it off the NaN
+            pattern and logs what it chose; a kind (``"pixel"``, ``"block"``,
+            ``"swath"``, ``"station"``, ``"timegap"``, ``"patches"``) or a
+            :class:`~xrimpute.masks.MaskSpec` sets it.
+        window : int, default 3
+            Time steps the network sees at once.
+        preset : {"auto", "tiny", "small", "base"}, default "auto"
+            Network size; ``"auto"`` is ``"base"`` on a GPU and ``"tiny"`` on the CPU.
+        steps : int, default 2000
+            Training steps (optimiser updates).
+        batch_size : int, default 16
+            Windows per training step.
+        lr : float, default 2e-3
+            Peak learning rate of the optimiser.
+        max_time : float, optional
+            Stop training after this many seconds, whatever ``steps`` says.
+        val_fraction : float, default 0.05
+            Share of observed cells held back, with the mask's structure, to score
+            the model; they never enter training.
+        seed : int, default 0
+            Seed of the initial weights, the held-back cells and the training
+            contexts: the same seed on the same machine gives the same model.
+        device : str, optional
+            Where to train: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; default
+            the ``device`` of :func:`xrimpute.set_options` (``"auto"``: the GPU if
+            there is one). Under ``set_options(dtype="float32")`` a GPU trains in
+            full precision.
+        checkpoint : str or path-like, optional
+            File to write the training state to (atomically) as training goes; an
+            existing one is resumed.
+        periodic : bool, optional
+            Wrap the longitude axis in the convolutions; default: when the grid
+            spans 360 degrees.
+        tile : tuple of int, optional
+            ``(rows, cols)``: train on random spatial tiles of a large grid (e.g.
+            ``(128, 128)``), with the cells' position as an input so that one
+            model serves the whole grid; imputation then blends overlapping tiles.
+        progress : bool, optional
+            Show a progress bar; default the ``progress`` of
+            :func:`xrimpute.set_options` (True).
+        verbose : bool, default True
+            Report the mask that ``mask="auto"`` chose, and why (through
+            :mod:`logging`, logger ``xrimpute``).
+        init : CtxDiffModel, optional
+            A model of the same variables, window and network to start from (warm
             start): its weights and normalisation are the starting point.
-        device, progress : where to train and whether to show a progress bar (default:
-            :func:`xrimpute.set_options`, ``"auto"`` and True); under
-            ``set_options(dtype="float32")`` a GPU trains in full precision.
+        **train_options
+            Further optimisation settings of :class:`xrimpute.training.TrainConfig`
+            (``warmup``, ``weight_decay``, ``ema_decay``, ``grad_clip``,
+            ``val_every``, ``checkpoint_every``, ...).
 
+        Returns
+        -------
+        CtxDiffModel
+            The trained model; ``model.validation`` holds its skill on the
+            held-back cells.
+
+        Notes
+        -----
         Dask-backed input (e.g. a zarr archive opened lazily) is never loaded
-        whole: normalisation comes from a sample of its time chunks
-        (:func:`xrimpute.loader.statistics`), windows are read piece by piece in
-        the background (:class:`xrimpute.loader.ChunkedWindows`), and validation
-        uses a few windows spread over the archive that training never sees.
+        whole: normalisation comes from a sample of its time chunks, windows are
+        read piece by piece in the background, and validation uses a few windows
+        spread over the archive that training never sees.
         """
         values, layout = cube.to_array(obj, lazy=True)
         lazy = not isinstance(values, np.ndarray)
@@ -285,22 +325,49 @@ class CtxDiffModel:
 
         Parameters
         ----------
-        K : context masks averaged per window (the single-step ensemble).
-        return_std : also return the ensemble spread (as ``<var>_std`` variables of a
-            Dataset, or a second DataArray).
-        stride : step between overlapping windows (1 = every window position).
-        adapt : keep the effective context fraction of training when the data is
+        obj : xarray.DataArray or xarray.Dataset
+            Data with the model's variables on the model's grid, NaN in the gaps;
+            dask-backed data gives a lazy result.
+        K : int, default 10
+            Context masks averaged per window (the single-step ensemble).
+        seed : int, default 0
+            Seed of the contexts; every window draws from its own seed, so the
+            result does not depend on batching or chunking.
+        return_std : bool, default False
+            Also return the ensemble spread, as ``<variable>_std`` variables of a
+            Dataset or as a second DataArray.
+        stride : int, default 1
+            Step between overlapping windows (1: every window position).
+        batch_size : int, default 8
+            Windows through the network at once.
+        device : str, optional
+            Where the network runs; default the ``device`` of
+            :func:`xrimpute.set_options` (``"auto"``: the GPU if there is one).
+        adapt : bool, default True
+            Keep the effective context fraction of training when the data is
             observed at another rate (paper G.3).
-        fill_never_observed : also fill cells never observed in the training data
-            (land, outside the domain); by default they stay NaN.
-        spec : the context sampler at inference (default: the one of training).
-        overlap : cells shared by neighbouring tiles of a model fitted with ``tile``
-            (default: a quarter of the tile).
-        observed_rate : share of observed cells, for ``adapt`` (default: measured on
-            ``obj``; for dask-backed input that is a lazy pass over all of it, so
-            pass it when imputing a long archive).
-        device, progress : where the network runs and whether to show a progress bar
-            (default: :func:`xrimpute.set_options`, ``"auto"`` and True).
+        fill_never_observed : bool, default False
+            Also fill cells never observed in the training data (land, outside the
+            domain); by default they stay NaN.
+        progress : bool, optional
+            Show a progress bar; default the ``progress`` of
+            :func:`xrimpute.set_options` (True).
+        spec : xrimpute.masks.MaskSpec, optional
+            The context sampler at inference; default the one of training.
+        overlap : int, optional
+            Cells shared by neighbouring tiles of a model fitted with ``tile``;
+            default a quarter of the tile.
+        observed_rate : float, optional
+            Share of observed cells, for ``adapt``; default measured on ``obj``.
+            For dask-backed input that is a lazy pass over all of it, so pass it
+            when imputing a long archive.
+
+        Returns
+        -------
+        xarray.DataArray or xarray.Dataset
+            ``obj`` with its gaps filled. With ``return_std=True``, a Dataset also
+            holds the ``<variable>_std`` spreads, and a DataArray comes back as a
+            ``(filled, spread)`` pair.
 
         Notes
         -----
@@ -386,19 +453,41 @@ class CtxDiffModel:
 
         Parameters
         ----------
-        n : members to draw.
-        steps : denoising steps from pure noise (:func:`xrimpute.diffusion.sample_multistep`).
-        K : contexts of the single-step ensemble that steers the start of each trajectory.
-        eta : fresh noise per step (0 deterministic given the start, 1 ancestral).
-        handover : log-SNR at which the diffusion expectation takes over from the
-            single-step ensemble (:func:`xrimpute.diffusion.blend_weight`); None: never blend.
-        batch_size : most (window, member) pairs through the network at once.
-        adapt, fill_never_observed, device, progress : as for :meth:`impute`.
-        dim : name of the new dim.
+        obj : xarray.DataArray or xarray.Dataset
+            Data with the model's variables on the model's grid, NaN in the gaps.
+        n : int, default 16
+            Members to draw.
+        steps : int, default 50
+            Denoising steps from pure noise (:func:`xrimpute.diffusion.sample_multistep`).
+        K : int, default 10
+            Contexts of the single-step ensemble that steers the start of each
+            trajectory.
+        eta : float, default 0.0
+            Fresh noise per step: 0 is deterministic given the start, 1 ancestral.
+        handover : float or None, default -1.0
+            Log-SNR at which the diffusion expectation takes over from the
+            single-step ensemble (:func:`xrimpute.diffusion.blend_weight`); None:
+            never blend.
+        seed : int, default 0
+            Seed of the noise and the contexts.
+        batch_size : int, default 16
+            Most (window, member) pairs through the network at once.
+        device : str, optional
+            Where the network runs, as for :meth:`impute`.
+        adapt : bool, default True
+            As for :meth:`impute`.
+        dim : str, default "member"
+            Name of the new dim.
+        fill_never_observed : bool, default False
+            As for :meth:`impute`.
+        progress : bool, optional
+            As for :meth:`impute`.
 
         Returns
         -------
-        Same type as ``obj`` with the dim ``dim`` (coordinates ``0 .. n-1``) in front.
+        xarray.DataArray or xarray.Dataset
+            Same type as ``obj``, with the dim ``dim`` (coordinates ``0 .. n-1``)
+            in front.
         """
         values, layout = cube.to_array(obj)
         self._check(layout, obj)
@@ -488,7 +577,8 @@ class CtxDiffModel:
         if self.validation:
             v = self.validation
             rmse = ", ".join(f"{k} {x:.3g}" for k, x in v["rmse"].items())
-            rows.append(("validation", f"skill {v['skill']:.3f} on {v['cells']} held-back cells (RMSE {rmse})"))
+            rows.append(("validation", f"skill {v['skill']:.3f} = 1 - MSE / MSE of the mean fill, on {v['cells']} "
+                                       f"held-back cells (RMSE {rmse})"))
         return rows
 
     def __repr__(self) -> str:
