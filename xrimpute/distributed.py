@@ -314,6 +314,54 @@ def _write_run(book: Path, run: dict) -> None:
     _write_json(book / "zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": run})
 
 
+class TargetError(ValueError):
+    """The target of :func:`reconstruct` would destroy data that is not an earlier reconstruction."""
+
+
+def _location(store) -> str | Path | None:
+    """Where a source or target lives, comparable with another: a resolved path, a URL, or None if unknown."""
+    if isinstance(store, xr.DataArray):
+        store = store.to_dataset(name="data")
+    if isinstance(store, xr.Dataset):
+        store = store.encoding.get("source")
+    elif isinstance(store, (str, os.PathLike)):
+        pass
+    elif getattr(store, "root", None) is not None:  # a zarr LocalStore
+        store = store.root
+    elif getattr(store, "fs", None) is not None and getattr(store, "path", None) is not None:  # an fsspec store
+        store = store.fs.unstrip_protocol(store.path)
+    if store is None:
+        return None
+    text = os.fspath(store)
+    return text.rstrip("/") if "://" in text else Path(text).expanduser().resolve()
+
+
+def _check_apart(source, target: Path) -> None:
+    """Refuse a target that is the source, lies inside it, or holds it: writing there would wipe the data read."""
+    where, goal = _location(source), target.resolve()
+    if not isinstance(where, Path):
+        return
+    if where == goal or goal.is_relative_to(where) or where.is_relative_to(goal):
+        relation = "is" if where == goal else "lies inside" if goal.is_relative_to(where) else "holds"
+        raise TargetError(f"the target {str(target)!r} {relation} the source {str(where)!r}: writing it would destroy "
+                          "the observations being read; write to a separate path")
+
+
+def _check_replaceable(target: Path) -> None:
+    """``overwrite=True`` replaces only an empty folder, a zarr store or an earlier reconstruction."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise TargetError(f"overwrite=True would delete {str(target)!r}, a file, not a zarr store; remove it yourself "
+                          "or choose another target")
+    entries = sorted(p.name for p in target.iterdir())
+    if not entries or RECORDS in entries or {"zarr.json", ".zgroup", ".zarray"} & set(entries):
+        return
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    raise TargetError(f"overwrite=True would delete {str(target)!r}, a folder that is neither a zarr store nor an "
+                      f"earlier reconstruction (it holds {shown}); remove it yourself or choose another target")
+
+
 def _check_resume(book: Path, settings: dict, overwrite: bool) -> dict | None:
     """The earlier run's settings if this call resumes it; None to start afresh."""
     run_file = book / "zarr.json"
@@ -366,7 +414,8 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
         spatial chunk for a tiled model (the whole grid otherwise).
     observed_rate : share of observed cells for ``adapt`` (default: estimated
         once from up to 8 time chunks spread over the archive, and kept for resumes).
-    overwrite : start afresh even if ``target`` exists.
+    overwrite : start afresh even if ``target`` exists; only a zarr store, an
+        empty folder or an earlier reconstruction is replaced (else :class:`TargetError`).
     before_region : called on the worker with the region's index before it is
         computed (monitoring, throttling; an exception fails that region).
 
@@ -374,6 +423,12 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
     -------
     xarray.Dataset
         The target store, opened lazily.
+
+    Raises
+    ------
+    TargetError
+        ``target`` is the source, lies inside it or holds it; or ``overwrite``
+        would delete something other than a zarr store or an earlier reconstruction.
     """
     ds = open_source(source)
     path = None if isinstance(model, CtxDiffModel) else os.fspath(model)
@@ -387,8 +442,11 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
     if ds.sizes[layout.axes.time] < model.window:
         raise cube.CubeError(f"the archive has {ds.sizes[layout.axes.time]} time steps, fewer than the model's "
                              f"window of {model.window}")
-    sizes, boxes = _regions(ds, layout, model, chunks)
     target = Path(target)
+    _check_apart(source, target)
+    if overwrite:
+        _check_replaceable(target)
+    sizes, boxes = _regions(ds, layout, model, chunks)
     book = target / RECORDS
     settings = dict(model=model_digest(model), K=K, seed=seed, stride=stride, overlap=overlap, adapt=adapt,
                     fill_never_observed=fill_never_observed, return_std=return_std, variables=layout.variables,
@@ -466,4 +524,4 @@ def _run(client, job: _Job, boxes, pending: list[int], source, ds: xr.Dataset, p
     return sorted(failed, key=lambda f: f[0])
 
 
-__all__ = ["impute_lazy", "model_digest", "open_source", "reconstruct"]
+__all__ = ["TargetError", "impute_lazy", "model_digest", "open_source", "reconstruct"]
