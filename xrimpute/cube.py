@@ -17,15 +17,24 @@ import numpy as np
 import xarray as xr
 from dask import is_dask_collection
 
+from .errors import DataWarning, XrimputeError
+
 TIME_NAMES = ("time", "t", "valid_time", "date", "datetime")
 LAT_NAMES = ("lat", "latitude", "nav_lat", "rlat", "y", "yc", "south_north", "j")
 LON_NAMES = ("lon", "longitude", "nav_lon", "rlon", "x", "xc", "west_east", "i")
 SAMPLE_NAMES = ("sample", "trajectory")
 CF_KEYS = {"time": ("time", "T"), "lat": ("latitude", "Y"), "lon": ("longitude", "X")}
 CHANNEL = "__channel__"
+SPREAD = "_std"  # suffix of the spread outputs
+PACKING = ("scale_factor", "add_offset", "dtype", "_FillValue", "missing_value", "units", "calendar")  # not the spread's
 
 
-class CubeError(ValueError):
+FILL_MAGNITUDE = 1e30  # netCDF's default fill (9.97e36) and most others lie beyond this; no geophysical field does
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FILL_ATTRS = ("_FillValue", "missing_value")  # still in attrs (not encoding) when xarray did not decode them
+
+
+class CubeError(XrimputeError, ValueError):
     """The input is not a cube xrimpute can work with; the message says how to fix it."""
 
 
@@ -108,9 +117,55 @@ def _check_monotonic(obj, axes: Axes) -> None:
             )
 
 
+def _check_time(obj, axes: Axes) -> None:
+    """Warn on duplicated time stamps, and on uneven steps: windows take consecutive steps as equally spaced."""
+    index = obj.indexes.get(axes.time)
+    if index is None or len(index) < 3:
+        return
+    if index.has_duplicates:
+        repeated = index[index.duplicated()]
+        warnings.warn(f"{len(repeated)} time stamp(s) along {axes.time!r} are duplicated (first: {repeated[0]}); "
+                      f"windows treat them as separate steps. Drop them first, e.g. "
+                      f"obj.drop_duplicates({axes.time!r})", DataWarning, stacklevel=4)
+        return
+    try:
+        steps = np.abs(np.diff(np.asarray(index.values)) / np.diff(np.asarray(index.values))[0]).astype(float)
+    except (TypeError, ValueError, ZeroDivisionError):  # labels without arithmetic (strings): nothing to say
+        return
+    typical = np.median(steps)
+    # calendar months (28-31 days) and years (365-366) count as regular; a missing step (twice the typical) does not
+    uneven = (steps > 1.5 * typical) | (steps < 0.6 * typical)
+    if uneven.any():
+        first = int(np.flatnonzero(uneven)[0])
+        warnings.warn(f"the time axis {axes.time!r} is unevenly spaced: {int(uneven.sum())} of {len(steps)} steps "
+                      f"differ from the typical one (first between {index[first]} and {index[first + 1]}); "
+                      "windows take consecutive steps as equally spaced. Resample to a regular axis "
+                      "(e.g. obj.resample(...).mean()) if the gaps matter.", DataWarning, stacklevel=4)
+
+
 def cube_variables(obj: xr.Dataset, axes: Axes) -> list[str]:
     """Data variables that carry all three cube dims (others pass through untouched)."""
     return [name for name, var in obj.data_vars.items() if set(axes.core) <= set(var.dims)]
+
+
+def passed_through(obj: xr.Dataset, axes: Axes) -> dict[str, str]:
+    """Data variables that are not modelled, each with the reason (the cube dims it lacks)."""
+    return {
+        str(name): f"lacks the dim(s) {[d for d in axes.core if d not in var.dims]} (has {tuple(var.dims)})"
+        for name, var in obj.data_vars.items()
+        if not set(axes.core) <= set(var.dims)
+    }
+
+
+def _warn_passed_through(ds: xr.Dataset, axes: Axes, variables: list[str]) -> None:
+    """Say so when a variable that changes in time is left out: it looks like data to fill (e.g. on another grid)."""
+    passed = passed_through(ds, axes)
+    timed = [name for name in passed if axes.time in ds[name].dims or ds[name].ndim >= 3]
+    if timed:
+        reasons = "; ".join(f"{name!r} {passed[name]}" for name in timed)
+        warnings.warn(f"modelling {variables} on the grid {axes.core}; passing through unchanged, with their gaps: "
+                      f"{reasons}. Regrid a variable onto the cube's grid to have it imputed.",
+                      DataWarning, stacklevel=4)
 
 
 @dataclass
@@ -123,6 +178,7 @@ class Layout:
     channel_of: list[str]  # variable behind each channel
     extra_dims: dict[str, list] = field(default_factory=dict)  # stacked dims -> their values
     is_dataarray: bool = False
+    passed: dict[str, str] = field(default_factory=dict)  # data variables not modelled -> why
 
     @property
     def n_channels(self) -> int:
@@ -143,12 +199,14 @@ def layout_of(obj, axes: Axes | None = None) -> Layout:
     ds, is_da = _as_dataset(obj)
     axes = axes or find_axes(ds)
     _check_monotonic(ds, axes)
+    _check_time(ds, axes)
     variables = cube_variables(ds, axes)
     if not variables:
         raise CubeError(
             f"no data variable has all of the dims {axes.core}; variables seen: "
             f"{ {k: v.dims for k, v in ds.data_vars.items()} }"
         )
+    _warn_passed_through(ds, axes, variables)
     channels, channel_of, extra_dims = [], [], {}
     for name in variables:
         var = ds[name]
@@ -166,7 +224,7 @@ def layout_of(obj, axes: Axes | None = None) -> Layout:
             label = ",".join(f"{d}={extra_dims[d][j]}" for d, j in zip(extras, coords))
             channels.append(f"{name}[{label}]")
             channel_of.append(name)
-    return Layout(axes, variables, channels, channel_of, extra_dims, is_da)
+    return Layout(axes, variables, channels, channel_of, extra_dims, is_da, passed_through(ds, axes))
 
 
 def _variable_channels(var: xr.DataArray, axes: Axes) -> xr.DataArray:
@@ -191,24 +249,93 @@ def to_array(obj, axes: Axes | None = None, layout: Layout | None = None, lazy: 
     """
     ds, _ = _as_dataset(obj)
     layout = layout or layout_of(obj, axes)
-    blocks = []
+    blocks, dropped = [], {}
     for name in layout.variables:
         var = ds[name]
+        if not (np.issubdtype(var.dtype, np.floating) or np.issubdtype(var.dtype, np.integer) or var.dtype == bool):
+            raise CubeError(f"variable {name!r} has dtype {var.dtype}; xrimpute needs real numbers (float or int). "
+                            "Drop it or convert it first.")
         if not np.issubdtype(var.dtype, np.floating):
-            if np.issubdtype(var.dtype, np.integer) or var.dtype == bool:
-                warnings.warn(
-                    f"variable {name!r} has dtype {var.dtype}; it is cast to float32 "
-                    "(mark missing values as NaN, or decode them with mask_and_scale).",
-                    stacklevel=3,
-                )
-            else:
-                raise CubeError(f"variable {name!r} has dtype {var.dtype}; xrimpute needs numbers")
+            warnings.warn(
+                f"variable {name!r} has dtype {var.dtype}; it is cast to float32 "
+                "(mark missing values as NaN, or decode them with mask_and_scale).",
+                stacklevel=3,
+            )
         data = _variable_channels(var, layout.axes).data
-        block = data.astype(np.float32) if lazy and is_dask_collection(data) else np.asarray(data, dtype=np.float32)
+        fills = fill_values(var)
+        if lazy and is_dask_collection(data):
+            block = data.map_blocks(_as_observations, fills=fills, dtype=np.float32)
+        else:
+            data = np.asarray(data)
+            counts = unusable_counts(data, fills)
+            if any(counts.values()):
+                dropped[name] = counts
+            block = _as_observations(data, fills)
         blocks.append(block if layout.axes.sample else block[None])
+    if dropped:
+        _warn_unusable(dropped)
     if any(is_dask_collection(b) for b in blocks):
         return da.concatenate([da.asarray(b) for b in blocks], axis=1), layout
     return np.concatenate(blocks, axis=1), layout
+
+
+def fill_values(var: xr.DataArray) -> tuple[float, ...]:
+    """The ``_FillValue`` / ``missing_value`` a variable still carries in its attrs (xarray did not decode them)."""
+    found = []
+    for key in FILL_ATTRS:
+        if key in var.attrs:
+            found.extend(np.atleast_1d(np.asarray(var.attrs[key], dtype=float)).tolist())
+    return tuple(v for v in found if np.isfinite(v))
+
+
+def _kinds(data: np.ndarray, fills: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """Masks of the values that cannot be observations, by kind (NaN aside); they exclude one another."""
+    kinds = {}
+    if np.issubdtype(data.dtype, np.floating):
+        magnitude = np.abs(data)
+        kinds["infinite"] = np.isinf(data)
+        kinds["beyond the float32 range"] = np.isfinite(data) & (magnitude > FLOAT32_MAX)
+        kinds[f"at fill-value magnitude (|x| >= {FILL_MAGNITUDE:g})"] = (magnitude >= FILL_MAGNITUDE) & (
+            magnitude <= FLOAT32_MAX)
+    fills = [f for f in fills if abs(f) < FILL_MAGNITUDE]  # larger ones are caught by their magnitude
+    if np.issubdtype(data.dtype, np.integer):
+        limits = np.iinfo(data.dtype)
+        fills = [f for f in fills if limits.min <= f <= limits.max]
+    if fills:
+        kinds["equal to the _FillValue / missing_value attribute"] = np.isin(data, np.asarray(fills).astype(data.dtype))
+    return kinds
+
+
+def unusable_counts(data: np.ndarray, fills: tuple[float, ...] = ()) -> dict[str, int]:
+    """How many values of ``data`` are not observations (NaN aside), by kind."""
+    return {kind: int(mask.sum()) for kind, mask in _kinds(data, fills).items()}
+
+
+def _as_observations(data: np.ndarray, fills: tuple[float, ...] = ()) -> np.ndarray:
+    """``data`` as a float32 copy with NaN wherever a value is not an observation (infinite, fill value, ...)."""
+    data = np.asarray(data)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf here, then NaN below
+        out = np.array(data, dtype=np.float32)
+    for mask in _kinds(data, fills).values():
+        out[mask] = np.nan
+    return out
+
+
+def usable(var: xr.DataArray) -> xr.DataArray:
+    """Where ``var`` holds an observation: finite, below fill-value magnitude, not its undecoded fill value."""
+    fills = fill_values(var)
+    if is_dask_collection(var.data):
+        return var.copy(data=var.data.map_blocks(lambda block: np.isfinite(_as_observations(block, fills)),
+                                                 dtype=bool))
+    return var.copy(data=np.isfinite(_as_observations(np.asarray(var.data), fills)))
+
+
+def _warn_unusable(dropped: dict[str, dict[str, int]]) -> None:
+    total = sum(sum(counts.values()) for counts in dropped.values())
+    detail = "; ".join(f"{name!r}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+                       for name, counts in dropped.items())
+    warnings.warn(f"{total} value(s) are not observations and are treated as gaps ({detail}). Mask them as NaN "
+                  "(or open the file with mask_and_scale=True) to silence this.", DataWarning, stacklevel=3)
 
 
 def from_array(values: np.ndarray, like, layout: Layout, suffix: str = "") -> xr.DataArray | xr.Dataset:
@@ -235,8 +362,8 @@ def from_array(values: np.ndarray, like, layout: Layout, suffix: str = "") -> xr
         else:
             filled = filled.unstack(CHANNEL)
         filled = filled.transpose(*var.dims)
-        filled.attrs = dict(var.attrs)
-        filled.encoding = dict(var.encoding)
+        filled.attrs = spread_attrs(var.attrs, name) if suffix == SPREAD else dict(var.attrs)
+        filled.encoding = {k: v for k, v in var.encoding.items() if suffix != SPREAD or k not in PACKING}
         out[name] = filled
     if is_da:
         da = out[layout.variables[0]]
@@ -248,6 +375,58 @@ def from_array(values: np.ndarray, like, layout: Layout, suffix: str = "") -> xr
     if suffix:
         result = result[[n for n in layout.variables]].rename({n: f"{n}{suffix}" for n in layout.variables})
     return result
+
+
+def spread_attrs(attrs: dict, name: str) -> dict:
+    """CF attributes of the spread of variable ``name``: its units, no standard_name (it is not that quantity)."""
+    kept = {k: attrs[k] for k in ("units", "grid_mapping", "coordinates") if k in attrs}
+    what = attrs.get("long_name") or attrs.get("standard_name") or name
+    methods = f"{attrs['cell_methods']} " if "cell_methods" in attrs else ""
+    return {**kept, "long_name": f"ensemble spread of {what}",
+            "cell_methods": f"{methods}realization: standard_deviation",
+            "comment": "standard deviation over the imputation ensemble (xrimpute); 0 at observed cells"}
+
+
+def check_spread_names(obj, layout: Layout) -> None:
+    """Refuse, before any computing, a Dataset that already has a variable named like a spread output."""
+    ds, _ = _as_dataset(obj)
+    taken = [f"{name}{SPREAD}" for name in layout.variables if f"{name}{SPREAD}" in ds.variables]
+    if taken and not layout.is_dataarray:
+        raise CubeError(f"the data already has {taken}, the names return_std=True gives the spread; rename or drop "
+                        f"them first (e.g. ds.drop_vars({taken}))")
+
+
+def with_spread(result, spread, layout: Layout):
+    """The filled cube and its spread: a Dataset with ``<var>_std`` variables linked from their parents by
+    ``ancillary_variables``, or a ``(result, spread)`` pair of DataArrays."""
+    if layout.is_dataarray:
+        return result, spread
+    result = result.copy()
+    for name in layout.variables:
+        linked = f"{result[name].attrs.get('ancillary_variables', '')} {name}{SPREAD}".strip()
+        result[name].attrs = {**result[name].attrs, "ancillary_variables": linked}
+    return result.merge(spread)
+
+
+def merge_filled(obj, filled, layout: Layout):
+    """``obj`` with the gaps of its modelled variables (NaN, non-finite and fill values) taken from ``filled``.
+
+    ``filled`` is the cube :func:`from_array` builds in the shape of ``obj``.
+    Every observation is kept bit for bit; attrs, encoding and other
+    variables are those of ``obj``; dask-backed input stays lazy.
+    """
+    ds, is_da = _as_dataset(obj)
+    fills, _ = _as_dataset(filled)
+    out = ds.copy()
+    for name in layout.variables:
+        var = ds[name]
+        merged = xr.where(usable(var), var, fills[name]).transpose(*var.dims)
+        out[name] = var.copy(data=merged.data)
+    if is_da:
+        result = out[layout.variables[0]]
+        result.name = obj.name
+        return result
+    return out
 
 
 def coordinates(obj, layout: Layout) -> dict[str, np.ndarray]:

@@ -1,7 +1,9 @@
-"""Where sample data lives on disk: one cache for downloads and generated samples."""
+"""Where sample data lives on disk: one cache for downloads and generated samples, written atomically."""
 from __future__ import annotations
 
 import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pooch
@@ -12,3 +14,39 @@ DATA_DIR_ENV = "XRIMPUTE_DATA_DIR"
 def cache_dir() -> Path:
     """The sample-data cache: ``$XRIMPUTE_DATA_DIR`` if set, else the OS cache for xrimpute."""
     return Path(os.environ.get(DATA_DIR_ENV) or pooch.os_cache("xrimpute"))
+
+
+def _partner(path: Path, suffix: str) -> Path:
+    """A fresh hidden name beside ``path`` (same folder, so ``os.replace`` onto ``path`` is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
+
+
+@contextmanager
+def written_atomically(path: Path):
+    """Yield a temporary path to write ``path``'s content to; it replaces ``path`` on success, and is
+    removed on failure. The writer creates the file itself, so it gets the umask's default permissions
+    (a shared cache stays readable), not ``tempfile.mkstemp``'s 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partner(path, ".part")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def with_default_permissions(path: Path) -> Path:
+    """Give ``path`` the permissions a new file gets in its folder (pooch downloads through mkstemp: 0600).
+
+    Left as it is where this process cannot change it (another user's file in a shared, read-only cache).
+    """
+    probe = _partner(path, ".probe")
+    try:
+        probe.touch()
+        mode = probe.stat().st_mode & 0o777
+        probe.unlink()
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except PermissionError:
+        probe.unlink(missing_ok=True)
+    return path

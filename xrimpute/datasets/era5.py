@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import requests
 import xarray as xr
 
 from xrimpute.cube import find_axes
-from xrimpute.datasets._cache import DATA_DIR_ENV, cache_dir
+from xrimpute.datasets._cache import DATA_DIR_ENV, cache_dir, with_default_permissions, written_atomically
 
 BASE_URL = "https://github.com/pydata/xarray-data/raw/master/"
 DATA_URL_ENV = "XRIMPUTE_DATA_URL"
@@ -77,14 +76,8 @@ def _latitude_ascending(ds: xr.Dataset) -> xr.Dataset:
 
 def _write_atomic(ds: xr.Dataset, target: Path) -> None:
     """Write netCDF so that a crash or a concurrent reader never sees a half-written file."""
-    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
-    os.close(fd)
-    try:
+    with written_atomically(target) as partial:
         ds.to_netcdf(partial, engine="netcdf4", encoding={name: {"zlib": True} for name in ds.data_vars})
-        os.replace(partial, target)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
 
 
 def _grib_sample_to_netcdf(grib: Path, target: Path) -> None:
@@ -122,8 +115,10 @@ def era5_sample(progressbar: bool = True) -> xr.Dataset:
     fetcher = _sample_pooch()
     url = fetcher.get_url(SAMPLE_FILE)
     try:
-        grib = Path(fetcher.fetch(SAMPLE_FILE, progressbar=progressbar))
+        grib = with_default_permissions(Path(fetcher.fetch(SAMPLE_FILE, progressbar=progressbar)))
     except ValueError as err:  # pooch: the hash did not match after all retries
+        # a cached copy that failed its check (pooch tried to replace it) is no use either
+        (Path(fetcher.abspath) / SAMPLE_FILE).unlink(missing_ok=True)
         raise ValueError(
             f"{err} Source: {url}. If {DATA_URL_ENV} points to a mirror, check that it serves "
             "the original file; nothing was kept in the cache."

@@ -2,7 +2,8 @@
 
 Files live in ``cache_dir() / "generated"``, named after the equation, preset, seed and
 a short hash of all parameters that change the values. Each file is written
-atomically (temporary file in the same folder, then ``os.replace``) and has a
+atomically (temporary file in the same folder, then ``os.replace``), with the
+umask's default permissions so that a shared cache works, and has a
 sidecar ``<file>.sha256``; every load checks the hash, and a corrupted or truncated
 file is regenerated with a warning. Loads read the whole file into memory and close
 it, so a returned dataset never depends on the file staying in place.
@@ -12,16 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import pooch
 import xarray as xr
 
 from ..pde import PRESETS, generate
-from ._cache import cache_dir
+from ._cache import cache_dir, written_atomically
 
 # Bump when a solver changes its output, so old cache files are not reused.
 FORMAT_VERSION = 1
@@ -98,25 +97,9 @@ def _load(path: Path) -> xr.Dataset:
         return ds.load()
 
 
-@contextmanager
-def _temporary_next_to(path: Path):
-    """A temporary file in the folder of ``path`` (so ``os.replace`` onto ``path`` is atomic), removed if left over."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _write(ds: xr.Dataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _temporary_next_to(path) as tmp:
-        ds.to_netcdf(tmp)
-        digest = pooch.file_hash(tmp)
-        os.replace(tmp, path)
-    checksum = _checksum_path(path)
-    with _temporary_next_to(checksum) as tmp:
-        Path(tmp).write_text(digest + "\n")
-        os.replace(tmp, checksum)
+    with written_atomically(path) as partial:
+        ds.to_netcdf(partial)
+        digest = pooch.file_hash(str(partial))
+    with written_atomically(_checksum_path(path)) as partial:
+        partial.write_text(digest + "\n")
