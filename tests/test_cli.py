@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import xrimpute
+from samples import ERA5_SAMPLE, needs_era5
 from synthetic import blobs
 from xrimpute.cli import build_parser, main
 
@@ -39,6 +41,14 @@ def test_help_lists_every_command():
     for name in ("fit", "impute", "reconstruct", "check", "datasets", "quickstart", "versions"):
         assert f"\n    {name}" in result.stdout, name
     assert "example:" in result.stdout
+
+
+def test_help_imports_neither_torch_nor_distributed():
+    code = ("import sys\nfrom xrimpute.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'distributed') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c != "quickstart"])
@@ -87,6 +97,44 @@ def test_bad_input_gives_a_one_line_error_and_exit_status_2(argv, message, obser
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "{data}", "--out", "{tmp}/m.xri", "--window", "0"], "argument --window: 0 is too small"),
+        (["check", "{data}", "--window", "0"], "argument --window: 0 is too small"),
+        (["impute", "{data}", "--model", "{tmp}/m.xri", "--out", "{tmp}/f.nc", "--K", "0"], "argument --K: 0 is"),
+        (["impute", "{data}", "--model", "{tmp}/m.xri", "--out", "{tmp}/f.nc", "--K", "-1"], "argument --K: -1 is"),
+        (["fit", "{data}", "--out", "{tmp}/m.xri", "--batch-size", "0"], "argument --batch-size: 0 is too small"),
+        (["reconstruct", "{data}", "{tmp}/m.xri", "{tmp}/o.zarr", "--workers", "0"], "argument --workers: 0 is"),
+        (["fit", "{data}", "--out", "{tmp}/m.xri", "--variables", ""], "argument --variables: '' names nothing"),
+        (["fit", "{data}", "--out", "{tmp}/m.xri", "--device", "tpu"], "--device 'tpu' is not a device"),
+        (["fit", "{data}", "--out", "{tmp}/m.xri", "--checkpoint", "{data}"], "--checkpoint '{data}' is not a "
+                                                                             "training state file"),
+        (["impute", "{data}", "--model", "{data}", "--out", "{tmp}/f.nc"], "is not an xrimpute model file"),
+        (["reconstruct", "{data}", "{data}", "{tmp}/o.zarr"], "is not an xrimpute model file"),
+    ],
+)
+def test_impossible_options_end_in_one_line_and_exit_status_2_before_any_work(argv, message, observed_file, tmp_path,
+                                                                               capsys):
+    argv = [a.format(data=observed_file, tmp=tmp_path) for a in argv]
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # refused by the parser
+        status = exit_.code
+    assert status == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert message.format(data=observed_file) in captured.err and "Traceback" not in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
+def test_device_cuda_without_cuda_says_so_before_reading_the_data(observed_file, tmp_path, capsys):
+    assert main(["fit", str(observed_file), "--out", str(tmp_path / "m.xri"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sees no CUDA GPU; use cpu or auto" in err, err
 
 
 def test_bad_options_are_refused_by_the_parser(capsys):
@@ -138,11 +186,13 @@ def test_check_says_when_a_mask_leaves_gaps_unlearned(tmp_path, capsys):
     assert "every observed cell has a positive probability" in capsys.readouterr().out
 
 
-def test_datasets_list_and_versions(capsys):
+def test_datasets_lists_by_default_and_versions(capsys):
     assert main(["datasets", "list"]) == 0
     listing = capsys.readouterr().out
     for name in ("era5", "advection", "shallow_water", "navier_stokes"):
         assert f"\n{name} " in f"\n{listing}"
+    assert main(["datasets"]) == 0
+    assert capsys.readouterr().out == listing
     assert main(["versions"]) == 0
     assert "torch:" in capsys.readouterr().out
 
@@ -155,14 +205,11 @@ def test_datasets_fetch_generates_a_pde_sample_and_prints_its_path(tmp_path, cap
         assert ds.sizes["sample"] == 8
 
 
-SHARED_SAMPLE = Path(__file__).parents[1] / ".." / "shared" / "data" / "era5-2mt-2019-03-uk.grib"
-
-
-@pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="ERA5 sample not found at ../shared/data")
+@needs_era5
 def test_datasets_fetch_era5_prints_a_netcdf_path_the_other_commands_read(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XRIMPUTE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("XRIMPUTE_DATA_URL", "http://127.0.0.1:9/")  # the cache has it: never the network
-    shutil.copy(SHARED_SAMPLE, tmp_path / SHARED_SAMPLE.name)
+    shutil.copy(ERA5_SAMPLE, tmp_path / ERA5_SAMPLE.name)
     assert main(["datasets", "fetch", "era5", "-q"]) == 0
     path = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert path.parent == tmp_path and path.suffix == ".nc"

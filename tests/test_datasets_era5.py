@@ -5,7 +5,6 @@ import http.server
 import shutil
 import sys
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import dask.array as da
@@ -14,14 +13,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from samples import ERA5_SAMPLE, needs_era5
 from xrimpute.datasets.era5 import SAMPLE_FILE, era5_sample, open_era5
-
-SHARED_SAMPLE = Path(__file__).parents[1] / ".." / "shared" / "data" / SAMPLE_FILE
-needs_sample = pytest.mark.skipif(
-    not SHARED_SAMPLE.exists(),
-    reason="ERA5 sample not found at ../shared/data (the shared data folder beside the repo); "
-    f"put {SAMPLE_FILE} there to run the download tests offline",
-)
 
 
 @pytest.fixture
@@ -57,9 +50,9 @@ def block_cfgrib(monkeypatch):
     monkeypatch.setitem(sys.modules, "cfgrib", None)  # makes `import cfgrib` raise ImportError
 
 
-@needs_sample
+@needs_era5
 def test_sample_downloads_checks_hash_and_reads(server):
-    shutil.copy(SHARED_SAMPLE, server.root / SAMPLE_FILE)
+    shutil.copy(ERA5_SAMPLE, server.root / SAMPLE_FILE)
     ds = era5_sample(progressbar=False)
     assert server.requests == [f"/{SAMPLE_FILE}"]
     assert (server.cache / SAMPLE_FILE).exists()
@@ -75,13 +68,13 @@ def test_sample_downloads_checks_hash_and_reads(server):
     assert ds["time"].values[0] == np.datetime64("2019-03-01T00:00")
     assert (np.diff(ds["time"].values) == np.timedelta64(1, "h")).all()
     # the same field as the raw GRIB, only flipped to south-to-north
-    with xr.open_dataset(SHARED_SAMPLE, engine="cfgrib", backend_kwargs={"indexpath": ""}) as raw:
+    with xr.open_dataset(ERA5_SAMPLE, engine="cfgrib", backend_kwargs={"indexpath": ""}) as raw:
         np.testing.assert_array_equal(t2m.values[5], raw["t2m"].values[5, ::-1])
 
 
-@needs_sample
+@needs_era5
 def test_second_call_hits_cache_and_reads_netcdf_without_cfgrib(server, monkeypatch):
-    shutil.copy(SHARED_SAMPLE, server.root / SAMPLE_FILE)
+    shutil.copy(ERA5_SAMPLE, server.root / SAMPLE_FILE)
     first = era5_sample(progressbar=False)
     assert (server.cache / SAMPLE_FILE).with_suffix(".nc").exists()
     assert not list(server.cache.glob("*.part"))
@@ -91,10 +84,10 @@ def test_second_call_hits_cache_and_reads_netcdf_without_cfgrib(server, monkeypa
     xr.testing.assert_identical(first, second)
 
 
-@needs_sample
+@needs_era5
 def test_missing_cfgrib_gives_install_hint(server, monkeypatch):
     server.cache.mkdir()
-    shutil.copy(SHARED_SAMPLE, server.cache / SAMPLE_FILE)  # a cache filled earlier: no download needed
+    shutil.copy(ERA5_SAMPLE, server.cache / SAMPLE_FILE)  # a cache filled earlier: no download needed
     block_cfgrib(monkeypatch)
     with pytest.raises(ImportError, match=r'pip install "xrimpute\[grib\]"'):
         era5_sample(progressbar=False)
@@ -102,9 +95,9 @@ def test_missing_cfgrib_gives_install_hint(server, monkeypatch):
     assert not (server.cache / SAMPLE_FILE).with_suffix(".nc").exists()
 
 
-@needs_sample
+@needs_era5
 def test_hash_mismatch_is_reported_and_nothing_corrupt_is_kept(server):
-    corrupted = bytearray(SHARED_SAMPLE.read_bytes())
+    corrupted = bytearray(ERA5_SAMPLE.read_bytes())
     corrupted[1000:1010] = b"\x00" * 10
     (server.root / SAMPLE_FILE).write_bytes(bytes(corrupted))
     with pytest.raises(ValueError, match="(?i)hash.*XRIMPUTE_DATA_URL"):
@@ -196,9 +189,9 @@ def test_open_zarr_with_weatherbench_layout_and_cf_only_names(tmp_path):
     )
 
 
-@needs_sample
+@needs_era5
 def test_open_grib_archive():
-    ds = open_era5(SHARED_SAMPLE, time="2019-03-31")
+    ds = open_era5(ERA5_SAMPLE, time="2019-03-31")
     assert ds["t2m"].dims == ("time", "latitude", "longitude")
     assert ds["t2m"].shape == (24, 33, 49)
     assert isinstance(ds["t2m"].data, da.Array)

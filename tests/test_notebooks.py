@@ -11,20 +11,20 @@ pytest.importorskip("ipykernel", reason="running notebooks needs nbformat, nbcli
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 from make_notebooks import NOTEBOOKS  # noqa: E402
+from samples import ERA5_MISSING, ERA5_SAMPLE  # noqa: E402
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 SAMPLE = "era5-2mt-2019-03-uk.grib"
-SHARED_SAMPLE = Path(__file__).parents[1] / ".." / "shared" / "data" / SAMPLE
 NEEDS_ERA5 = {"quickstart", "satellite_swath", "station_network", "distributed_reconstruction"}
 
 
 @pytest.fixture(scope="module")
 def era5_cache(tmp_path_factory):
     """A data cache holding the ERA5 sample, so that era5_sample() finds it (hash-checked) without downloading."""
-    if not SHARED_SAMPLE.exists():
-        pytest.skip(f"ERA5 sample not found at ../shared/data; put {SAMPLE} there to run the ERA5 notebooks offline")
+    if ERA5_SAMPLE is None:
+        pytest.skip(ERA5_MISSING)
     cache = tmp_path_factory.mktemp("notebook-cache")
-    shutil.copy(SHARED_SAMPLE, cache / SAMPLE)
+    shutil.copy(ERA5_SAMPLE, cache / SAMPLE)
     return cache
 
 

@@ -10,16 +10,44 @@ import argparse
 import os
 import sys
 import textwrap
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 USAGE_ERROR = 2
 PRESETS = ("auto", "tiny", "small", "base")
 DATASETS = {
-    "era5": "ERA5 2 m temperature over the UK, hourly, March 2019 (5 MB download, then cached)",
+    "era5": "ERA5 2 m temperature over the UK, hourly, March 2019 (2.5 MB download, then cached)",
     "advection": "tracers advected by random uniform winds on a periodic square (generated, cached)",
     "shallow_water": "rotating shallow water on a periodic square (generated, cached)",
     "navier_stokes": "2-D Kolmogorov-forced turbulence, vorticity (generated, cached)",
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line on stderr, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Deferred(Sequence):
+    """Choices read from a module on first use: the modules that know them import torch, which
+    'xrimpute --help' does without."""
+
+    def __init__(self, read):
+        self._read, self._items = read, None
+
+    def _all(self) -> tuple:
+        if self._items is None:
+            self._items = tuple(self._read())
+        return self._items
+
+    def __getitem__(self, index):
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 def _parser(sub, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
@@ -43,7 +71,29 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing; give comma-separated names such as t2m,msl")
+    return names
+
+
+def _at_least(low: int):
+    """An argparse type: a whole number of at least ``low``."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small; give a whole number of at least {low}")
+        return value
+
+    whole.__name__ = f"whole number >= {low}"
+    return whole
+
+
+POSITIVE = _at_least(1)
 
 
 def _integers(text: str) -> list[int]:
@@ -59,7 +109,7 @@ def _add_device(parser) -> None:
 
 
 def _add_ensemble(parser) -> None:
-    parser.add_argument("--K", type=int, default=10, help="contexts averaged per gap (default: 10)")
+    parser.add_argument("--K", type=POSITIVE, default=10, help="contexts averaged per gap (default: 10)")
     parser.add_argument("--std", action="store_true", help="also write the ensemble spread as <variable>_std")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
@@ -73,6 +123,22 @@ def _open(source: str, variables=None):
     # a zarr store stays lazy (dask, stored chunks) so that large archives are read piece by piece
     chunks = {} if "://" in source or source.rstrip("/").endswith(".zarr") else None
     return open_cube(source, variables=variables, chunks=chunks)
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None:
+        from .options import check_device_available
+
+        check_device_available(device, what="--device")
+
+
+def _check_torch_file(path: str, option: str, kind: str, advice: str) -> None:
+    """A file that exists but is not a torch file (a zip archive) fails here, in one line, not deep in torch."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise ValueError(f"{option} {path!r} is not {kind}; {advice}")
+
+
+MODEL_FILE = ("an xrimpute model file (written by 'xrimpute fit')", "pass the .xri file that 'xrimpute fit' wrote")
 
 
 def _check_model_target(path: str, overwrite: bool) -> None:
@@ -91,6 +157,10 @@ def _fit(args) -> None:
     from .model import CtxDiffModel
 
     _check_model_target(args.out, args.overwrite)
+    _check_device(args.device)
+    if args.checkpoint is not None:
+        _check_torch_file(args.checkpoint, "--checkpoint", "a training state file (written by 'xrimpute fit --checkpoint')",
+                          "pass another path, or delete it to start afresh")
     ds = _open(args.source, args.variables)
     model = CtxDiffModel.fit(ds, mask=args.mask, window=args.window, preset=args.preset, steps=args.steps,
                              batch_size=args.batch_size, max_time=args.max_time, seed=args.seed, device=args.device,
@@ -105,6 +175,8 @@ def _impute(args) -> None:
     from .model import load
 
     check_target(args.out, args.overwrite)
+    _check_device(args.device)
+    _check_torch_file(args.model, "--model", *MODEL_FILE)
     model = load(args.model)
     ds = _open(args.source, model.info["variables"])
     filled = model.impute(ds, K=args.K, return_std=args.std, seed=args.seed, device=args.device)
@@ -113,14 +185,16 @@ def _impute(args) -> None:
 
 
 def _reconstruct(args) -> None:
-    from distributed import Client, LocalCluster
-
-    from .distributed import reconstruct
-
     if not args.target.rstrip("/").endswith(".zarr"):
         raise ValueError(f"TARGET {args.target!r}: name the zarr store *.zarr")
     if not Path(args.model).exists():
         raise FileNotFoundError(f"no model file at {args.model!r}")
+    _check_torch_file(args.model, "MODEL", *MODEL_FILE)
+    _check_device(args.device)
+    from distributed import Client, LocalCluster
+
+    from .distributed import reconstruct
+
     if args.scheduler_address is not None:
         client = Client(args.scheduler_address)
     else:
@@ -144,8 +218,7 @@ def _bench(args) -> None:
 
 
 def _check(args) -> int:
-    from .check import check
-    from .masks import infer
+    from .check import check, infer
 
     ds = _open(args.source, args.variables)
     print(infer(ds).explanation)
@@ -166,15 +239,15 @@ def _quickstart(args) -> None:
 
 
 def _datasets(args) -> None:
-    if args.action == "list":
+    if args.action == "fetch" and args.name is None:
+        raise ValueError(f"name the dataset to fetch, one of {', '.join(DATASETS)}")
+    if args.action == "list" or args.name is None:
         from .pde import PRESETS as PDE_PRESETS
 
         for name, about in DATASETS.items():
             presets = f" [presets: {', '.join(PDE_PRESETS[name])}]" if name in PDE_PRESETS else ""
             print(f"{name:<14} {about}{presets}")
         return
-    if args.name is None:
-        raise ValueError(f"name the dataset to fetch, one of {', '.join(DATASETS)}")
     if args.out is not None:
         from .io import check_target
 
@@ -211,6 +284,9 @@ def _mask_names() -> tuple[str, ...]:
     return ("auto", "infer", *sorted(set(SPECS) - {"combined"} | set(ALIASES) - {"auto"}))
 
 
+MASK_NAMES = _Deferred(_mask_names)
+
+
 # --- parsers, in the order of 'xrimpute --help' ---------------------------------------------------
 
 
@@ -222,14 +298,15 @@ def _quickstart_parser(sub) -> None:
 
 def _datasets_parser(sub) -> None:
     p = _parser(sub, "datasets", "list or fetch the sample data sets", """
-        'list' shows the sample data sets; 'fetch NAME' downloads (era5) or generates (the PDE samples) one into
+        'list' (the default) shows the sample data sets; 'fetch NAME' downloads (era5) or generates (the PDE samples) one into
         the xrimpute cache ($XRIMPUTE_DATA_DIR, else the OS cache folder) and prints the path of a netCDF file that
         the other commands can read. --out writes a copy elsewhere. The PDE samples come in presets: tiny (tests),
         small (benchmarks) and paper (paper-sized, slow to generate on a CPU).""", """
-        xrimpute datasets list
+        xrimpute datasets
         xrimpute datasets fetch era5
         xrimpute datasets fetch shallow_water --preset small --out sw.nc""")
-    p.add_argument("action", choices=("list", "fetch"), help="list the data sets, or fetch one")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "fetch"),
+                   help="list the data sets (default), or fetch one")
     p.add_argument("name", nargs="?", choices=tuple(DATASETS), help="data set to fetch")
     p.add_argument("--preset", default="tiny", choices=("tiny", "small", "paper"),
                    help="size of a PDE sample (default: tiny)")
@@ -249,9 +326,10 @@ def _check_parser(sub) -> None:
         xrimpute check observations.nc
         xrimpute check observations.nc --mask pixel --plot coverage.png""")
     p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob or zarr store with gaps (NaN)")
-    p.add_argument("--mask", default="infer", choices=_mask_names(),
-                   help="the mask specification to check (default: infer, the one read from the NaN pattern)")
-    p.add_argument("--window", type=int, default=3, help="time steps per training window (default: 3)")
+    p.add_argument("--mask", default="infer", choices=MASK_NAMES, metavar="MASK",
+                   help="the mask specification to check, one of %(choices)s (default: infer, the one read from the "
+                        "NaN pattern)")
+    p.add_argument("--window", type=POSITIVE, default=3, help="time steps per training window (default: 3)")
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to look at (default: all with time/lat/lon dims)")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="save the coverage map (needs matplotlib)")
@@ -270,14 +348,14 @@ def _fit_parser(sub) -> None:
         xrimpute fit "archive/*.nc" --out model.xri --preset small --steps 20000 --device cuda""")
     p.add_argument("source", metavar="SOURCE", help="netCDF/GRIB file, glob ('data/*.nc') or zarr store")
     p.add_argument("--out", required=True, metavar="MODEL.xri", help="model file to write")
-    p.add_argument("--mask", default="auto", choices=_mask_names(),
-                   help="structure of the observations (default: auto, read from the NaN pattern)")
-    p.add_argument("--window", type=int, default=3, help="time steps the network sees at once (default: 3)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps (default: 2000)")
+    p.add_argument("--mask", default="auto", choices=MASK_NAMES, metavar="MASK",
+                   help="structure of the observations, one of %(choices)s (default: auto, read from the NaN pattern)")
+    p.add_argument("--window", type=POSITIVE, default=3, help="time steps the network sees at once (default: 3)")
+    p.add_argument("--steps", type=POSITIVE, default=2000, help="training steps (default: 2000)")
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS", help="stop training after this long")
     p.add_argument("--preset", default="auto", choices=PRESETS,
                    help="network size (default: auto, base on a GPU and tiny on the CPU)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per training step (default: 16)")
+    p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per training step (default: 16)")
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to model (default: all with time/lat/lon dims)")
     p.add_argument("--tile", type=_size, default=None, metavar="ROWSxCOLS",
@@ -319,7 +397,7 @@ def _reconstruct_parser(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="model file written by 'xrimpute fit' (readable by every worker)")
     p.add_argument("target", metavar="TARGET.zarr", help="zarr store to write (on storage every worker shares)")
     _add_ensemble(p)
-    p.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default: 2)")
+    p.add_argument("--workers", type=POSITIVE, default=2, help="worker processes of the local cluster (default: 2)")
     p.add_argument("--scheduler-address", default=None, metavar="ADDR",
                    help="use a running dask cluster instead, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if TARGET exists")
@@ -327,9 +405,16 @@ def _reconstruct_parser(sub) -> None:
     p.set_defaults(run=_reconstruct)
 
 
-def _bench_parser(sub) -> None:
-    from .bench import LEARNED, SETTINGS, TABLES
+def _bench_names(name: str) -> _Deferred:
+    def read():
+        from . import bench
 
+        return getattr(bench, name)
+
+    return _Deferred(read)
+
+
+def _bench_parser(sub) -> None:
     p = _parser(sub, "bench", "run the benchmark tables: every method, same data, same budget", """
         Run one of the paper's tables: table1 (pixel observations: Navier-Stokes and the ERA5 sample) or table2
         (block observations: shallow water, advection and Navier-Stokes, with pixel-shaped contexts as an
@@ -340,18 +425,19 @@ def _bench_parser(sub) -> None:
         GPU.""", """
         xrimpute bench table2 --settings small --seeds 0,1,2
         xrimpute bench table1 --datasets navier_stokes --methods ctxdiff,missdiff,interpolate""")
-    p.add_argument("table", nargs="?", default="table1", choices=tuple(TABLES), help="which table (default: table1)")
-    p.add_argument("--settings", default="small", choices=tuple(SETTINGS),
-                   help="sizes and budgets (default: small)")
+    p.add_argument("table", nargs="?", default="table1", choices=_bench_names("TABLES"),
+                   metavar="TABLE", help="which table: table1 or table2 (default: table1)")
+    p.add_argument("--settings", default="small", choices=_bench_names("SETTINGS"), metavar="SETTINGS",
+                   help="sizes and budgets: small or paper (default: small)")
     p.add_argument("--seeds", type=_integers, default=[0], metavar="0,1,2",
                    help="comma-separated seeds, one run each (default: 0)")
     p.add_argument("--methods", type=_names, default=None, metavar="A,B",
-                   help=f"subset of the methods, e.g. {','.join(LEARNED[:2])},interpolate (default: all)")
+                   help="subset of the methods, e.g. ctxdiff,missdiff,interpolate (default: all)")
     p.add_argument("--datasets", type=_names, default=None, metavar="A,B",
                    help="subset of the table's data sets, e.g. navier_stokes (default: all)")
     p.add_argument("--out", default="benchmarks/results", metavar="DIR",
                    help="folder for the JSON rows and the figure (default: benchmarks/results)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads during the run")
+    p.add_argument("--threads", type=POSITIVE, default=None, help="torch CPU threads during the run")
     _add_device(p)
     p.set_defaults(run=_bench)
 
@@ -372,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``xrimpute`` command (also rendered in the documentation)."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xrimpute",
         description=textwrap.fill("Learn complete dynamics from incomplete geophysical cubes (time x latitude x "
                                   "longitude, NaN = unobserved) and fill their gaps. Run 'xrimpute COMMAND --help' "

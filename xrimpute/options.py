@@ -1,4 +1,4 @@
-"""Package-wide defaults (:func:`set_options`) and the environment report (:func:`show_versions`).
+"""Package-wide defaults (:func:`set_options`), CPU threads, and the environment report (:func:`show_versions`).
 
 Functions that take ``device=`` or ``progress=`` fall back to these options when
 the argument is left at ``None``, so a notebook can set them once::
@@ -6,16 +6,38 @@ the argument is left at ``None``, so a notebook can set them once::
     xrimpute.set_options(progress=False)          # from now on
     with xrimpute.set_options(device="cpu"):      # only inside the block
         model = ds.ctxdiff.fit(mask="pixel")
+
+CPU threads
+-----------
+A network on the CPU runs under :func:`torch_threads`, with :func:`cpu_threads`
+threads: the ``threads`` option when it is a number, else (``"auto"``)
+
+1. ``$OMP_NUM_THREADS`` when it is set (dask's nanny sets it to 1 in every worker
+   process it starts);
+2. inside a dask worker, the worker's share of the cores: the usable cores divided
+   by the threads of all dask workers in that process;
+3. in a process that runs dask workers on this machine (a ``LocalCluster`` beside a
+   notebook fit), the cores those workers leave free, at least one;
+4. otherwise torch's own setting (``torch.get_num_threads()``, all cores unless
+   changed).
+
+Too many threads cost far more than too few: a thread pool that spins while another
+process holds its cores can slow a fit several times over. When other heavy
+processes share the machine, set ``threads=1`` (or ``OMP_NUM_THREADS=1``).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-OPTIONS = {"device": "auto", "progress": True, "dtype": "bfloat16"}
+OPTIONS = {"device": "auto", "progress": True, "dtype": "bfloat16", "threads": "auto"}
 DTYPES = ("bfloat16", "float32")
+log = logging.getLogger("xrimpute")
 
 
 def _check_device(value) -> None:
@@ -39,7 +61,12 @@ def _check_dtype(value) -> None:
         raise ValueError(f"dtype must be one of {DTYPES}, got {value!r}")
 
 
-_CHECKS = {"device": _check_device, "progress": _check_progress, "dtype": _check_dtype}
+def _check_threads(value) -> None:
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"threads must be 'auto' or a whole number of at least 1, got {value!r}")
+
+
+_CHECKS = {"device": _check_device, "progress": _check_progress, "dtype": _check_dtype, "threads": _check_threads}
 
 
 class set_options:  # noqa: N801  (lower case: it is used like a function, as in xarray)
@@ -58,6 +85,10 @@ class set_options:  # noqa: N801  (lower case: it is used like a function, as in
         Precision of the network on a GPU: ``"bfloat16"`` (default) runs it
         under bfloat16 autocast, ``"float32"`` in full precision. On the CPU
         networks always run in float32.
+    threads : int or "auto", optional
+        torch CPU threads while a network trains or imputes on the CPU.
+        ``"auto"`` (default) avoids oversubscribing cores that dask workers
+        use; see :func:`cpu_threads` for the rule.
 
     Examples
     --------
@@ -88,6 +119,98 @@ class set_options:  # noqa: N801  (lower case: it is used like a function, as in
 def get_options() -> dict:
     """A copy of the current package-wide options."""
     return dict(OPTIONS)
+
+
+def or_option(name: str, value):
+    """``value``, or the package-wide option ``name`` when ``value`` is None (an argument left at its default)."""
+    return OPTIONS[name] if value is None else value
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _local_dask_threads() -> tuple[int, bool]:
+    """Threads of the dask workers this process runs or started on this machine, and whether it is a worker."""
+    if "distributed" not in sys.modules:  # no dask cluster without it; never import it just to look
+        return 0, False
+    from distributed import Nanny, Worker
+    from distributed.worker import get_worker
+
+    try:
+        get_worker()
+        inside = True
+    except ValueError:
+        inside = False
+    in_process = sum(w.state.nthreads for w in list(Worker._instances) if w.status.name == "running")
+    spawned = sum(n.nthreads or 0 for n in list(Nanny._instances) if n.status.name == "running")
+    return in_process + spawned, inside
+
+
+def cpu_threads() -> int:
+    """The torch CPU threads for a network now: the ``threads`` option, or by the rule of ``"auto"``.
+
+    See the module docstring of :mod:`xrimpute.options` for the rule.
+    """
+    if OPTIONS["threads"] != "auto":
+        return OPTIONS["threads"]
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    import torch
+
+    workers, inside = _local_dask_threads()
+    cores = _usable_cores()
+    if inside:
+        return max(1, cores // max(1, workers))
+    if workers:
+        return max(1, min(torch.get_num_threads(), cores - workers))
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None = None):
+    """Run the block with ``threads`` torch CPU threads (default :func:`cpu_threads`), then restore the setting."""
+    import torch
+
+    threads = cpu_threads() if threads is None else threads
+    before = torch.get_num_threads()
+    if threads != before:
+        log.debug("torch CPU threads: %d (was %d)", threads, before)
+        torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
+def check_device_available(value: str, what: str = "device") -> None:
+    """Raise ValueError, before any long work, when ``value`` is not a device or this torch cannot use it."""
+    if value == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{what} {value!r} is not a device; use auto, cpu, cuda or cuda:1") from None
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index is not None and device.index < count or device.index is None and count:
+            return
+        found = f"{count} CUDA GPU(s)" if count else "no CUDA GPU"
+        raise ValueError(f"{what} {value!r}: this torch ({torch.__version__}) sees {found}; use cpu or auto, "
+                         "or install the torch build for your CUDA")
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if backend is None or not backend.is_available():
+        raise ValueError(f"{what} {value!r}: this torch ({torch.__version__}) cannot use {device.type} devices; "
+                         "use cpu or auto")
 
 
 def mixed_precision(device) -> bool:
@@ -143,4 +266,6 @@ def show_versions(file=None) -> None:
     print("\n".join(f"{name + ':':<{width}} {value}" for name, value in lines), file=file or sys.stdout)
 
 
-__all__ = ["OPTIONS", "get_options", "mixed_precision", "set_options", "show_versions"]
+__all__ = ["OPTIONS", "check_device_available", "cpu_threads", "get_options", "mixed_precision", "or_option",
+           "set_options",
+           "show_versions", "torch_threads"]
