@@ -112,9 +112,9 @@ xrimpute.plot.compare(ds, obs, time=int(obs["t2m"].notnull().sum(["latitude", "l
     new_markdown_cell("""\
 ## What structure do the gaps have?
 
-`xrimpute.masks.infer` reads the observing system from the NaN pattern."""),
+`xrimpute.check.infer` reads the observing system from the NaN pattern."""),
     new_code_cell('''\
-found = xrimpute.masks.infer(obs)
+found = xrimpute.check.infer(obs)
 print(found.explanation)
 found.spec'''),
     new_markdown_cell("""\
@@ -195,15 +195,14 @@ reports'''),
 ## On the grid
 
 `grid_stations` puts each report in its grid cell and time step (stations that
-share a cell are averaged); `Station.from_cf` is the mask specification of the
+share a cell are averaged); `station_spec` is the mask specification of the
 network: training contexts keep a random subset of the stations."""),
     new_code_cell('''\
-from xrimpute.masks import Station
-from xrimpute.stations import grid_stations
+from xrimpute.stations import grid_stations, station_spec
 
 gridded = grid_stations(reports, ds)
-spec = Station.from_cf(reports)
-print(xrimpute.masks.infer(gridded).explanation)'''),
+spec = station_spec(reports)
+print(xrimpute.check.infer(gridded).explanation)'''),
     new_code_cell('''\
 model = gridded.ctxdiff.fit(mask=spec, steps=60, batch_size=8, seed=0)
 filled = gridded.ctxdiff.impute(K=4)

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from synthetic import latlon_cube
 from xrimpute import masks, observe
-from xrimpute.check import permanent_mask
+from xrimpute.check import infer, permanent_mask
 from xrimpute.cube import CubeError
 from xrimpute.masks import (Block, Clouds, Combined, MaskSpec, MaskSpecError, Patches, Pixel, Station, Swath,
-                            TimeGap, infer, learnability)
+                            TimeGap, learnability)
 from xrimpute.observe import ground_track, swath_mask
-from xrimpute.stations import grid_stations
+from xrimpute.stations import grid_stations, station_spec
 
 
 def cube(steps=16, samples=None, lat=np.linspace(30.0, 60.0, 24), lon=np.linspace(0.0, 30.0, 24), freq="h"):
@@ -138,7 +138,7 @@ def test_swath_context_keeps_or_drops_whole_segments():
     context = spec.context(mask, torch.Generator().manual_seed(0))
     assert not (context & ~mask).any() and 0 < context.sum() < mask.sum()
     assert torch.isfinite(spec.cell_log_likelihood(context, mask)[mask]).all()  # whole segments only
-    labels, count = masks._segments(context[:, 0].numpy())
+    labels, count = masks.spatial.label_segments(context[:, 0].numpy())
     largest = np.bincount(labels.ravel(), minlength=count + 1)[1:].argmax() + 1
     cut = context.clone()
     n, t, row, col = np.argwhere(labels == largest)[0]
@@ -154,8 +154,8 @@ def test_timegap_context_keeps_whole_steps_and_patches_keep_coherent_patches():
     for length in (2.0, 5.0):
         keep = Patches(length=length, context_ratio=0.6).context(ones, torch.Generator().manual_seed(1)).float()
         assert abs(float(keep.mean()) - 0.6) < 0.01
-        stats = masks._spatial_statistics(keep[:, 0].reshape(-1, 40, 40).numpy().astype(bool),
-                                          np.ones((40, 40), bool))
+        stats = masks.spatial.spatial_statistics(keep[:, 0].reshape(-1, 40, 40).numpy().astype(bool),
+                                                 np.ones((40, 40), bool))
         measured = np.sqrt(stats["major"] * stats["minor"])  # the half-lag infer reads from data
         assert 0.75 * length < measured < 1.25 * length
 
@@ -238,7 +238,7 @@ def cf_stations(steps=8, outage=None, positions=STATIONS):
 
 def test_station_spec_from_cf_reproduces_the_observe_mask():
     ds, stations = latlon_cube(t=8), cf_stations()
-    spec = Station.from_cf(stations, context_ratio=0.5)
+    spec = station_spec(stations, context_ratio=0.5)
     assert spec.positions == tuple(STATIONS) and spec.context_ratio == 0.5 and spec.static
     simulated = observe(ds["t2m"], "station", stations=STATIONS).notnull().values
     np.testing.assert_array_equal(np.broadcast_to(spec.cells(ds.lat, ds.lon), simulated.shape), simulated)
@@ -264,7 +264,7 @@ def test_station_data_errors_and_outside_stations():
     plain = cf_stations()
     plain.attrs = {}
     with pytest.raises(CubeError, match="featureType"):
-        Station.from_cf(plain)
+        station_spec(plain)
     with pytest.warns(UserWarning, match="1 of 5 stations lie outside"):
         gridded = grid_stations(cf_stations(positions=[*STATIONS, (10.0, 0.0)]), like=ds)
     assert int(gridded["t2m"].isel(time=0).notnull().sum()) == 3

@@ -9,15 +9,15 @@ import pytest
 import xarray as xr
 
 from xrimpute.cube import CubeError
-from xrimpute.observe import (
+from xrimpute.geometry import (
     EARTH_RADIUS_KM,
     SIDEREAL_DAY_S,
     ground_track,
-    observe,
     orbital_period_s,
     station_cells,
     swath_mask,
 )
+from xrimpute.observe import observe
 
 KIND_OPTIONS = {
     "pixel": {"rate": 0.3},

@@ -4,8 +4,10 @@ A gap cell is learned only if, given a context, it has a positive probability
 of being queried (Theorem 1 of the method). :func:`check` maps that
 probability over the grid for a mask specification; :func:`plot_coverage`
 draws the map; :func:`permanent_mask` turns a static land-sea mask into
-never-observed cells. The computation lives in :mod:`xrimpute.masks`
-(:func:`~xrimpute.masks.learnability`); this module only adds coordinates.
+never-observed cells; :func:`infer` reads the observing system of a cube.
+The computation lives in :mod:`xrimpute.masks`, which knows no xarray
+(:func:`~xrimpute.masks.learnability`, :func:`~xrimpute.masks.infer`); this
+module reads the masks from the cube and adds coordinates.
 """
 from __future__ import annotations
 
@@ -18,6 +20,34 @@ from . import cube, masks
 def _span(values: np.ndarray, first: int, last: int) -> str:
     a, b = values[first], values[last]
     return f"{a:g}..{b:g}" if np.issubdtype(np.asarray(values).dtype, np.number) else f"{a}..{b}"
+
+
+def _observed(obj_or_mask) -> np.ndarray:
+    """The boolean ``(N, C, T, H, W)`` observation mask of a cube (finite = observed); masks pass through."""
+    if isinstance(obj_or_mask, (xr.DataArray, xr.Dataset)):
+        return np.isfinite(cube.to_array(obj_or_mask)[0])
+    return obj_or_mask
+
+
+def infer(obj_or_mask, max_frames: int = 512) -> masks.Inference:
+    """Read the observing system from the NaN pattern of a cube and pick the mask specification that copies it.
+
+    Parameters
+    ----------
+    obj_or_mask : xarray.DataArray or xarray.Dataset, or array_like
+        A cube with NaN where unobserved, or a boolean ``(N, C, T, H, W)``
+        mask (True = observed). Variables are merged (a cell counts as
+        observed when any variable is).
+    max_frames : int
+        Frames looked at, in runs of consecutive steps spread over the data.
+
+    Returns
+    -------
+    Inference
+        ``spec``, ``kind``, ``evidence`` and ``explanation``, from
+        :func:`xrimpute.masks.infer` (whose Notes say how it decides).
+    """
+    return masks.infer(_observed(obj_or_mask), max_frames)
 
 
 def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.05, max_windows: int = 256,
@@ -33,7 +63,7 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
     window : int
         Time steps per training window.
     observing : MaskSpec, optional
-        How the observations arise; default: what :func:`xrimpute.masks.infer` reads.
+        How the observations arise; default: what :func:`infer` reads.
     low : float
         Coverage under which a cell counts as poorly covered.
     max_windows, n_draws, seed

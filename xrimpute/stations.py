@@ -5,7 +5,8 @@ multidimensional representation) has a ``featureType: timeSeries`` global
 attribute, ``lat(station)`` and ``lon(station)`` coordinates and data
 variables ``data(station, time)``. :func:`grid_stations` turns it into a cube
 with NaN away from stations, ready for ``fit`` with
-``mask=xrimpute.masks.Station.from_cf(stations)``.
+``mask=xrimpute.stations.station_spec(stations)`` (the :class:`~xrimpute.masks.Station`
+spec with the stations' positions).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 import xarray as xr
 
 from .cube import CubeError, find_axes
-from .observe import _nearest_on_axis
+from .geometry import nearest_on_axis
+from .masks import Station
 
 LAT_UNITS = {"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"}
 LON_UNITS = {"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese"}
@@ -52,6 +54,15 @@ def cf_positions(ds: xr.Dataset) -> np.ndarray:
     """Station positions ``(n, 2)`` as (latitude, longitude) in degrees from a CF timeSeries dataset."""
     dim = _station_dim(ds)
     return np.stack([np.asarray(_coordinate(ds, dim, key).values, dtype=float) for key in ("lat", "lon")], axis=1)
+
+
+def station_spec(ds: xr.Dataset, **options) -> Station:
+    """The :class:`~xrimpute.masks.Station` spec of a CF ``timeSeries`` dataset (``lat(station)``, ``lon(station)``).
+
+    ``options`` are the spec's fields (``context_ratio``, ``static``). Put the
+    observations themselves on a grid with :func:`grid_stations`.
+    """
+    return Station(positions=cf_positions(ds), **options)
 
 
 def _time_dim(ds: xr.Dataset, station: str) -> str:
@@ -108,8 +119,8 @@ def grid_stations(stations: xr.Dataset, like, *, tolerance=None) -> xr.Dataset:
     positions = cf_positions(stations)
     lat = np.asarray(like[axes.lat].values, dtype=float)
     lon = np.asarray(like[axes.lon].values, dtype=float)
-    rows, lat_inside = _nearest_on_axis(lat, positions[:, 0], period=None)
-    cols, lon_inside = _nearest_on_axis(lon, positions[:, 1], period=360.0)
+    rows, lat_inside = nearest_on_axis(lat, positions[:, 0], period=None)
+    cols, lon_inside = nearest_on_axis(lon, positions[:, 1], period=360.0)
     inside = lat_inside & lon_inside
     if not inside.any():
         raise CubeError(f"no station lies on the grid (lat {lat.min()}..{lat.max()}, lon {lon.min()}..{lon.max()})")

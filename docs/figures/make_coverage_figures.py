@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from xrimpute import masks, observe  # noqa: E402
-from xrimpute.check import check, plot_coverage  # noqa: E402
+from xrimpute.check import check, infer, plot_coverage  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -46,7 +46,7 @@ SYSTEMS = {
 
 
 def figure(name: str, seen: xr.DataArray) -> Path:
-    inferred = masks.infer(seen).spec
+    inferred = infer(seen).spec
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.0), constrained_layout=True)
     first = seen.isel(sample=0) if "sample" in seen.dims else seen
     observed = first.notnull()
