@@ -18,7 +18,8 @@ import torch
 import xarray as xr
 
 from synthetic import latlon_cube
-from test_datasets_era5 import SHARED_SAMPLE, needs_sample, server  # noqa: F401  (the loopback data host fixture)
+from samples import ERA5_SAMPLE, needs_era5
+from test_datasets_era5 import server  # noqa: F401  (the loopback data host fixture)
 from xrimpute import arguments, cube, robust
 from xrimpute.datasets import advection, generated
 from xrimpute.datasets.era5 import SAMPLE_FILE, era5_sample
@@ -293,17 +294,17 @@ def test_generated_cache_files_get_the_umask_default_permissions(umask_022):
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
-@needs_sample
+@needs_era5
 def test_era5_sample_cache_files_get_the_umask_default_permissions(server, umask_022):  # noqa: F811
-    shutil.copy(SHARED_SAMPLE, server.root / SAMPLE_FILE)
+    shutil.copy(ERA5_SAMPLE, server.root / SAMPLE_FILE)
     era5_sample(progressbar=False)
     for path in (server.cache / SAMPLE_FILE, (server.cache / SAMPLE_FILE).with_suffix(".nc")):
         assert path.stat().st_mode & 0o777 == 0o644, path
 
 
-@needs_sample
+@needs_era5
 def test_corrupt_grib_in_the_cache_is_removed_when_no_good_copy_comes(server):  # noqa: F811
-    corrupted = bytearray(SHARED_SAMPLE.read_bytes())
+    corrupted = bytearray(ERA5_SAMPLE.read_bytes())
     corrupted[1000:1010] = b"\x00" * 10
     server.cache.mkdir()
     (server.cache / SAMPLE_FILE).write_bytes(bytes(corrupted))  # a cache spoiled earlier

@@ -26,7 +26,8 @@ SAMPLE_NAMES = ("sample", "trajectory")
 CF_KEYS = {"time": ("time", "T"), "lat": ("latitude", "Y"), "lon": ("longitude", "X")}
 CHANNEL = "__channel__"
 SPREAD = "_std"  # suffix of the spread outputs
-PACKING = ("scale_factor", "add_offset", "dtype", "_FillValue", "missing_value", "units", "calendar")  # not the spread's
+# encoding of the variable that does not fit its spread (packing, fill, time units)
+PACKING = ("scale_factor", "add_offset", "dtype", "_FillValue", "missing_value", "units", "calendar")
 
 
 FILL_MAGNITUDE = 1e30  # netCDF's default fill (9.97e36) and most others lie beyond this; no geophysical field does
