@@ -58,7 +58,7 @@ def test_compare_without_truth_selects_a_time_label_and_a_dataset_variable():
 
 
 def test_compare_refuses_fields_with_an_unselected_extra_dim():
-    ds = latlon_cube(t=4).expand_dims(level=[500, 850])
+    ds = latlon_cube(t=4).drop_vars("lsm").expand_dims(level=[500, 850])
     with pytest.raises(ValueError, match="select one value first"):
         xplot.compare(None, ds, variable="t2m")
 
@@ -72,6 +72,24 @@ def test_spread_and_coverage_are_one_map_and_a_colour_bar(cube):
     assert len(fig.axes) == 2 and fig.axes[0].get_title() == "query coverage"
     contour, image = fig.axes[0].collections  # the contour at low=0.05 and the map
     assert image.get_clim() == (0.0, 1.0) and len(contour.get_paths()) > 0
+
+
+def test_spread_of_an_imputed_dataset_draws_the_std_variable_not_the_field(cube):
+    truth, _ = cube
+    filled = truth.to_dataset(name="u")
+    filled["u_std"] = truth.std("sample") * 0 + 0.5  # a constant spread, far from the field's values
+    fig = xplot.spread(filled, time=3)
+    (image,) = map_axes(fig)[0].collections
+    assert np.allclose(image.get_array(), 0.5) and map_axes(fig)[0].get_title() == "ensemble spread: u_std"
+    assert map_axes(xplot.spread(filled, time=3, variable="u"))[0].get_title() == "ensemble spread: u_std"
+
+
+def test_spread_of_data_without_a_spread_refuses_to_draw_the_field(cube):
+    truth, _ = cube
+    with pytest.raises(ValueError, match=r"no spread variable \(\*_std\) among \['u'\]"):
+        xplot.spread(truth.to_dataset(name="u"))
+    with pytest.raises(ValueError, match="'u' is not a spread"):
+        xplot.spread(truth.rename("u"))
 
 
 def test_coverage_of_a_check_result_names_the_spec_and_its_zero_share(cube):
@@ -96,4 +114,4 @@ def test_training_curves_show_loss_and_validation_skill():
 def test_a_missing_matplotlib_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r'pip install "xrimpute\[plot\]"'):
-        xplot.spread(latlon_cube())
+        xplot.spread(latlon_cube()[["t2m"]].rename(t2m="t2m_std"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .cube import find_axes, layout_of
+from .cube import SPREAD, find_axes, layout_of
 
 PANEL_INCHES = 3.2
 
@@ -118,21 +118,51 @@ def compare(truth, observed, *filled, time=0, names=None, sample=0, variable=Non
     return _row(fields, titles)
 
 
+def _spread_field(std, variable: str | None) -> xr.DataArray:
+    """The spread variable (``<name>_std``) of ``impute(..., return_std=True)``'s output, never the field itself."""
+    if isinstance(std, xr.DataArray):
+        if std.name is not None and not str(std.name).endswith(SPREAD):
+            raise ValueError(f"{std.name!r} is not a spread (no {SPREAD!r} suffix); pass the second output "
+                             "of impute(..., return_std=True)")
+        return std
+    spreads = [str(name) for name in std.data_vars if str(name).endswith(SPREAD)]
+    if not spreads:
+        raise ValueError(f"no spread variable (*{SPREAD}) among {list(map(str, std.data_vars))}; pass the "
+                         "output of impute(..., return_std=True)")
+    if variable is None:
+        return std[spreads[0]]
+    name = variable if variable.endswith(SPREAD) else variable + SPREAD
+    if name not in spreads:
+        raise ValueError(f"no spread of {variable!r}; choose one of {spreads}")
+    return std[name]
+
+
 def spread(std, time=0, sample=0, variable=None):
     """Map of the ensemble spread (``impute(..., return_std=True)``): where the data leave the field uncertain.
 
     Parameters
     ----------
     std : xarray.DataArray or xarray.Dataset
-        The spread, e.g. the ``t2m_std`` variable or the second output for a DataArray.
-    time, sample, variable
+        The output of ``impute(..., return_std=True)``: a Dataset holding
+        ``<variable>_std`` spreads, or the spread DataArray (its second output
+        for a DataArray).
+    time, sample
         As for :func:`compare`.
+    variable : str, optional
+        Whose spread to draw, ``"t2m"`` or ``"t2m_std"`` (default: the first
+        spread of the Dataset).
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        When ``std`` holds no spread (a Dataset without ``*_std`` variables, or
+        a DataArray named otherwise), rather than drawing the field itself.
     """
-    field = _map(std, variable=variable, time=time, sample=sample)
+    field = _map(_spread_field(std, variable), time=time, sample=sample)
     return _row([field], [_title(field, "ensemble spread")], vmin=0.0, cmap="magma")
 
 
