@@ -1,4 +1,7 @@
 """The learnability check: coverage maps on the cube's grid, their summary and plot, and the fit warning."""
+import logging
+import subprocess
+import sys
 import warnings
 
 import matplotlib
@@ -73,11 +76,23 @@ def test_fit_warns_for_pixel_contexts_on_block_data_and_not_for_block_contexts(b
     assert model.spec.grid == (3, 3)
 
 
-def test_fit_prints_why_it_chose_the_inferred_mask(blocks, capsys):
-    blocks.ctxdiff.fit(mask="infer", **{**FIT, "verbose": True})
-    out = capsys.readouterr().out
-    assert "mask='infer' chose Block(" in out and "whole blocks of a 3x3 grid" in out
-    assert "17% of the cells are never observed" in out
+def test_fit_logs_why_it_chose_the_inferred_mask_and_prints_nothing(blocks, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="xrimpute"):
+        blocks.ctxdiff.fit(mask="infer", **{**FIT, "verbose": True})
+    (note,) = [r.getMessage() for r in caplog.records if r.name.startswith("xrimpute")]
+    assert "mask='infer' chose Block(" in note and "whole blocks of a 3x3 grid" in note
+    assert "17% of the cells are never observed" in note
+    assert capsys.readouterr().out == ""
+
+
+def test_the_mask_note_shows_on_stderr_by_default_and_can_be_silenced(tmp_path):
+    code = ("import logging, sys, numpy as np\nfrom xrimpute.masks import resolve\n"
+            "observed = np.random.default_rng(0).random((1, 1, 6, 8, 8)) < 0.5\n"
+            "resolve('auto', observed)\nlogging.getLogger('xrimpute').setLevel('WARNING')\n"
+            "resolve('auto', observed)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr.count("xrimpute: mask='auto' chose Pixel(") == 1
 
 
 def test_permanent_mask_from_a_land_sea_variable():
@@ -97,3 +112,18 @@ def test_permanent_mask_from_a_land_sea_variable():
     assert bool(coverage.where(land).isnull().all()) and coverage.attrs["zero_coverage_share"] == 0
     assert coverage.attrs["never_observed_share"] == pytest.approx(float(land.mean()), abs=1e-3)
 
+
+
+def test_a_complete_cube_has_nothing_to_fill():
+    ds = latlon_cube(t=6, nlat=8, nlon=8)
+    coverage = check(ds.drop_vars("lsm"))
+    assert coverage.attrs["cells_to_fill"] == 0
+    assert summary(coverage).startswith("Nothing to fill") and "pixel" not in summary(coverage).lower()
+
+
+def test_the_verdict_follows_the_numbers_when_every_cell_is_learned_slowly(blocks):
+    coverage = check(blocks.drop_vars("lsm"), mask="block", low=1.0, n_draws=64)  # every coverage is below 1
+    assert coverage.attrs["zero_coverage_share"] == 0 and coverage.attrs["low_coverage_share"] == 1
+    verdict = summary(coverage).splitlines()[-1]
+    assert "only slowly" in verdict and "train longer" in verdict
+    assert "every observed cell has a positive probability" not in summary(coverage)

@@ -6,12 +6,28 @@ stay quick: ``xrimpute.CtxDiffModel``, ``xrimpute.masks``, ``xrimpute.metrics`` 
 other names below load their module when first touched.
 """
 import importlib
+import logging
 import sys
 import types
 
 from . import accessor as _accessor  # noqa: F401  (registers .ctxdiff)
 
 __version__ = "0.1.0"
+
+
+class _NotesHandler(logging.StreamHandler):
+    """Shows the package's notes (the mask ``mask="auto"`` chose, ...) on stderr while the application has not
+    configured logging; once the root logger has a handler, the notes go there instead, shown once."""
+
+    def emit(self, record):
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+_notes = _NotesHandler()
+_notes.setFormatter(logging.Formatter("xrimpute: %(message)s"))
+logging.getLogger(__name__).addHandler(_notes)
+logging.getLogger(__name__).setLevel(logging.INFO)  # silence: logging.getLogger("xrimpute").setLevel("WARNING")
 
 # public name -> module that defines it
 _FUNCTIONS = {

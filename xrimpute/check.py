@@ -11,6 +11,8 @@ module reads the masks from the cube and adds coordinates.
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import xarray as xr
 
@@ -75,8 +77,10 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
         ``query_coverage`` over (lat, lon) with the cube's coordinates: the
         probability that a gap cell is queried given a context, averaged over
         the window's time steps; 0 means never learned, NaN never observed. Its
-        attrs give the specs, the shares of cells at zero coverage, below
-        ``low`` and never observed, the worst regions, and a ``summary`` to print.
+        attrs give the specs, the number of gap cells to fill (``cells_to_fill``:
+        NaN cells in grid columns observed at some time), the shares of cells at
+        zero coverage, below ``low`` and never observed, the worst regions, and a
+        ``summary`` to print, worded from these numbers.
     """
     values, layout = cube.to_array(obj)
     observed = np.isfinite(values)
@@ -91,12 +95,14 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
     regions = [f"{layout.axes.lat} {_span(lat, *r['rows'])}, {layout.axes.lon} {_span(lon, *r['cols'])}: "
                f"{r['cells']} cells, mean coverage {r['coverage']:.2g}" for r in report.worst_regions()]
     gaps = np.nan_to_num(report.coverage, nan=1.0) < 1
+    columns = observed.any(axis=(0, 2), keepdims=True)  # (1, C, 1, H, W): observed at some time
     attrs = dict(
         long_name="probability that a gap cell is queried given a context",
         units="1",
         spec=repr(spec),
         observing=repr(observing),
         window=window,
+        cells_to_fill=int((~observed & columns).sum()),
         zero_coverage_share=round(report.zero_share, 4),
         low_coverage_share=round(report.low_share, 4),
         low_coverage_threshold=low,
@@ -104,28 +110,48 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
         mean_gap_coverage=round(float(report.coverage[gaps].mean()), 4) if gaps.any() else 1.0,
         worst_regions="; ".join(regions) or "none",
     )
+    if found is not None:
+        attrs["observing_explanation"] = found.explanation
     attrs["summary"] = _summary(attrs, found)
     return xr.DataArray(report.coverage, dims=dims, coords=coords, name="query_coverage", attrs=attrs)
 
 
 def _summary(attrs: dict, found) -> str:
+    """The report, its verdict worded from the numbers (a share of 0 is never called large, nor 100% small)."""
+    if attrs["cells_to_fill"] == 0:
+        never = attrs["never_observed_share"]
+        where = f" (outside the {never:.1%} of the grid never observed, which stays NaN)" if never else ""
+        return f"Nothing to fill: every cell is observed{where}."
+    zero, low = attrs["zero_coverage_share"], attrs["low_coverage_share"]
+    slow = max(0.0, low - zero)  # below the threshold but above zero
     lines = [
-        f"Query coverage of {attrs['spec']} (window {attrs['window']})",
+        f"Query coverage of {attrs['spec']} (window {attrs['window']}); {attrs['cells_to_fill']} gap cells to fill",
         f"  observing system: {attrs['observing']}" + (f" (inferred: {found.kind})" if found is not None else ""),
+    ]
+    if "observing_explanation" in attrs:
+        lines.append(textwrap.fill(attrs["observing_explanation"], 100, initial_indent="    ",
+                                   subsequent_indent="    "))
+    lines += [
         f"  never observed (permanent mask): {attrs['never_observed_share']:.1%} of the grid",
-        f"  zero coverage (never learned):   {attrs['zero_coverage_share']:.1%} of the observed cells",
-        f"  coverage below {attrs['low_coverage_threshold']:g} (learned slowly): "
-        f"{attrs['low_coverage_share']:.1%} of the observed cells",
+        f"  zero coverage (never learned):   {zero:.1%} of the observed cells",
+        f"  coverage in (0, {attrs['low_coverage_threshold']:g}) (learned slowly): {slow:.1%} of the observed cells",
         f"  mean coverage of cells with gaps: {attrs['mean_gap_coverage']:.3f}",
         f"  worst regions: {attrs['worst_regions']}",
     ]
-    if attrs["zero_coverage_share"] > 0.01:
-        advice = "these gaps are never learned: use a spec that copies the observations' structure"
+    if zero > 0.01:
+        verdict = f"{zero:.1%} of the observed cells are never learned: use a spec that copies the observations' structure"
         if found is not None and repr(found.spec) != attrs["spec"]:
-            advice += f" (inferred: {found.spec!r})"
-        lines.append(f"  -> {advice}")
+            verdict += f" (inferred: {found.spec!r})"
+    elif zero > 0:
+        verdict = f"a few observed cells ({zero:.2%}) are never learned; the rest can be"
+    elif slow >= 0.5:
+        verdict = (f"every observed cell can be learned, but {slow:.0%} of them only slowly (coverage below "
+                   f"{attrs['low_coverage_threshold']:g}): train longer (more steps or max_time)")
+    elif slow > 0:
+        verdict = f"every observed cell has a positive probability of being queried; {slow:.1%} only a small one"
     else:
-        lines.append("  -> every observed cell has a positive probability of being queried")
+        verdict = "every observed cell has a positive probability of being queried"
+    lines.append(f"  -> {verdict}")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ copies it; :func:`resolve` turns a name, a dict or a spec into a spec.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import torch
 from ..geometry import block_edges, evenly_spaced
 from .spatial import spatial_statistics, swath_geometry
 from .specs import ALIASES, SPECS, Block, Combined, MaskSpec, MaskSpecError, Patches, Pixel, Station, Swath, TimeGap
+
+log = logging.getLogger(__name__)
 
 
 def observation_mask(mask) -> np.ndarray:
@@ -290,7 +293,7 @@ def resolve(mask, observed: np.ndarray | None = None, verbose: bool = True) -> M
             raise MaskSpecError(f"mask={mask!r} needs the observation mask to look at")
         found = infer(observed)
         if verbose:
-            print(f"xrimpute: mask={mask!r} chose {found.spec!r}. {found.explanation}")
+            log.info("mask=%r chose %r. %s", mask, found.spec, found.explanation)
         return found.spec
     if name in SPECS and name != "combined":
         if observed is not None and name in ("block", "swath", "patches"):
