@@ -183,7 +183,15 @@ def test_check_says_when_a_mask_leaves_gaps_unlearned(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "looks like block observations" in out and "never learned" in out
     assert main(["check", str(path)]) == 0
-    assert "every observed cell has a positive probability" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "every observed cell has a positive probability" in out and out.count("looks like block") == 1
+
+
+def test_check_of_a_file_without_gaps_says_nothing_to_fill(tmp_path, capsys):
+    path = tmp_path / "complete.nc"
+    blobs(n=1, t=6, size=12, seed=1).to_dataset().to_netcdf(path)
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == "Nothing to fill: every cell is observed."
 
 
 def test_datasets_lists_by_default_and_versions(capsys):

@@ -117,14 +117,6 @@ def _add_ensemble(parser) -> None:
 # --- sub-commands --------------------------------------------------------------------------------
 
 
-def _open(source: str, variables=None):
-    from .io import open_cube
-
-    # a zarr store stays lazy (dask, stored chunks) so that large archives are read piece by piece
-    chunks = {} if "://" in source or source.rstrip("/").endswith(".zarr") else None
-    return open_cube(source, variables=variables, chunks=chunks)
-
-
 def _check_device(device: str | None) -> None:
     if device is not None:
         from .options import check_device_available
@@ -154,6 +146,7 @@ def _check_model_target(path: str, overwrite: bool) -> None:
 
 
 def _fit(args) -> None:
+    from .io import open_cube
     from .model import CtxDiffModel
 
     _check_model_target(args.out, args.overwrite)
@@ -161,7 +154,7 @@ def _fit(args) -> None:
     if args.checkpoint is not None:
         _check_torch_file(args.checkpoint, "--checkpoint", "a training state file (written by 'xrimpute fit --checkpoint')",
                           "pass another path, or delete it to start afresh")
-    ds = _open(args.source, args.variables)
+    ds = open_cube(args.source, args.variables)
     model = CtxDiffModel.fit(ds, mask=args.mask, window=args.window, preset=args.preset, steps=args.steps,
                              batch_size=args.batch_size, max_time=args.max_time, seed=args.seed, device=args.device,
                              checkpoint=args.checkpoint, tile=args.tile, verbose=not args.quiet)
@@ -171,14 +164,14 @@ def _fit(args) -> None:
 
 
 def _impute(args) -> None:
-    from .io import check_target, write_cube
+    from .io import check_target, open_cube, write_cube
     from .model import load
 
     check_target(args.out, args.overwrite)
     _check_device(args.device)
     _check_torch_file(args.model, "--model", *MODEL_FILE)
     model = load(args.model)
-    ds = _open(args.source, model.info["variables"])
+    ds = open_cube(args.source, model.info["variables"])
     filled = model.impute(ds, K=args.K, return_std=args.std, seed=args.seed, device=args.device)
     write_cube(filled, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}")
@@ -193,7 +186,7 @@ def _reconstruct(args) -> None:
     _check_device(args.device)
     from distributed import Client, LocalCluster
 
-    from .distributed import reconstruct
+    from .reconstruct import reconstruct
 
     if args.scheduler_address is not None:
         client = Client(args.scheduler_address)
@@ -218,12 +211,12 @@ def _bench(args) -> None:
 
 
 def _check(args) -> int:
-    from .check import check, infer
+    from .check import check
+    from .io import open_cube
 
-    ds = _open(args.source, args.variables)
-    print(infer(ds).explanation)
+    ds = open_cube(args.source, args.variables)
     coverage = check(ds, mask=args.mask, window=args.window, seed=args.seed)
-    print(coverage.attrs["summary"])
+    print(coverage.attrs["summary"])  # the observing system read from the NaN pattern, the coverage, a verdict
     if args.plot is not None:
         from .plot import coverage as coverage_figure
 
