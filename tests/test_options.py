@@ -1,13 +1,17 @@
 """Package-wide options (set_options) reach fit and impute; show_versions reports the environment."""
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 
 import xrimpute
 from synthetic import blobs
-from xrimpute import model as model_module
-from xrimpute.options import OPTIONS, get_options
+from xrimpute import engine as model_module
+from xrimpute.options import OPTIONS, cpu_threads, get_options, torch_threads
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +100,49 @@ def test_show_versions_lists_the_stack():
     for name in ("xrimpute", "python", "torch", "CUDA available", "xarray", "dask", "zarr", "numpy", "cfgrib"):
         assert f"\n{name}:" in f"\n{text}", name
     assert f"xrimpute: {xrimpute.__version__}".replace(" ", "") in text.replace(" ", "")
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "many"])
+def test_threads_must_be_auto_or_a_positive_whole_number(threads):
+    with pytest.raises(ValueError, match="threads must be 'auto' or a whole number of at least 1"):
+        xrimpute.set_options(threads=threads)
+    assert OPTIONS["threads"] == "auto"
+
+
+def test_auto_threads_follow_omp_num_threads_at_start_and_a_number_wins():
+    code = ("import xrimpute\nfrom xrimpute.options import cpu_threads\nprint(cpu_threads())\n"
+            "with xrimpute.set_options(threads=2):\n    print(cpu_threads())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "2"]
+
+
+def test_torch_threads_sets_the_count_inside_the_block_only():
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with torch_threads(other) as used:
+        assert used == other and torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+
+
+def test_auto_threads_leave_the_cores_of_local_dask_workers_free(monkeypatch):
+    from distributed import Client, LocalCluster
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # restored afterwards: a LocalCluster sets it here too
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with torch_threads(2):
+        assert cpu_threads() == 2
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster):
+            assert cpu_threads() == max(1, min(2, cores - 1))
+        assert cpu_threads() == 2  # the cluster is gone
+
+
+def test_auto_threads_inside_a_dask_worker_are_its_share_of_the_cores(monkeypatch):
+    from distributed import Client, LocalCluster
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with torch_threads(4), LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                        dashboard_address=None) as cluster, Client(cluster) as client:
+        assert client.submit(cpu_threads, pure=False).result() == max(1, min(4, cores // 2))

@@ -9,21 +9,10 @@ the argument is left at ``None``, so a notebook can set them once::
 
 CPU threads
 -----------
-A network on the CPU runs under :func:`torch_threads`, with :func:`cpu_threads`
-threads: the ``threads`` option when it is a number, else (``"auto"``)
-
-1. ``$OMP_NUM_THREADS`` when it is set (dask's nanny sets it to 1 in every worker
-   process it starts);
-2. inside a dask worker, the worker's share of the cores: the usable cores divided
-   by the threads of all dask workers in that process;
-3. in a process that runs dask workers on this machine (a ``LocalCluster`` beside a
-   notebook fit), the cores those workers leave free, at least one;
-4. otherwise torch's own setting (``torch.get_num_threads()``, all cores unless
-   changed).
-
-Too many threads cost far more than too few: a thread pool that spins while another
-process holds its cores can slow a fit several times over. When other heavy
-processes share the machine, set ``threads=1`` (or ``OMP_NUM_THREADS=1``).
+While a network trains or imputes on the CPU, xrimpute sets torch's thread count
+(:func:`torch_threads`) by the rule of :func:`cpu_threads`, so that a fit beside
+dask workers, or a dask worker beside its siblings, does not oversubscribe the
+cores; torch's own setting is restored afterwards.
 """
 from __future__ import annotations
 
@@ -153,22 +142,41 @@ def _local_dask_threads() -> tuple[int, bool]:
 def cpu_threads() -> int:
     """The torch CPU threads for a network now: the ``threads`` option, or by the rule of ``"auto"``.
 
-    See the module docstring of :mod:`xrimpute.options` for the rule.
+    The rule of ``"auto"`` starts from torch's own setting, ``torch.get_num_threads()``
+    (every core, or ``$OMP_NUM_THREADS`` as it was when torch started, or what
+    ``torch.set_num_threads`` set), and lowers it, first match:
+
+    1. inside a dask worker, to the worker's share of the cores: the usable cores
+       divided by the threads of all dask workers in that process (worker
+       processes that dask's nanny starts already have ``OMP_NUM_THREADS=1``);
+    2. in a process that runs dask workers on this machine (a ``LocalCluster``
+       beside a notebook fit), to the cores those workers leave free, at least one.
+
+    ``$OMP_NUM_THREADS`` is not read again later: starting a ``LocalCluster``
+    sets it to 1 in the starting process too, for the workers' sake.
+
+    Too many threads cost far more than too few: a thread pool that spins while
+    another process holds its cores can slow a fit several times over. When
+    other heavy processes share the machine, set ``threads=1`` (or start Python
+    with ``OMP_NUM_THREADS=1``).
+
+    Returns
+    -------
+    int
+        At least 1.
     """
     if OPTIONS["threads"] != "auto":
         return OPTIONS["threads"]
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) > 0:
-        return int(omp)
     import torch
 
+    own = torch.get_num_threads()
     workers, inside = _local_dask_threads()
     cores = _usable_cores()
     if inside:
-        return max(1, cores // max(1, workers))
+        return max(1, min(own, cores // max(1, workers)))
     if workers:
-        return max(1, min(torch.get_num_threads(), cores - workers))
-    return torch.get_num_threads()
+        return max(1, min(own, cores - workers))
+    return own
 
 
 @contextlib.contextmanager
@@ -267,5 +275,4 @@ def show_versions(file=None) -> None:
 
 
 __all__ = ["OPTIONS", "check_device_available", "cpu_threads", "get_options", "mixed_precision", "or_option",
-           "set_options",
-           "show_versions", "torch_threads"]
+           "set_options", "show_versions", "torch_threads"]
