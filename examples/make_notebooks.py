@@ -16,7 +16,7 @@ HERE = Path(__file__).parent
 ERA5_CROP = '''\
 import xrimpute
 
-ds = xrimpute.datasets.era5_sample()  # downloaded once (5 MB), then read from the cache
+ds = xrimpute.datasets.era5_sample()  # downloaded once (2.5 MB), then read from the cache
 # three days over 6 x 8 degrees keep this example quick; drop the isel to use the whole month
 ds = ds.isel(time=slice(0, 72), latitude=slice(0, 24), longitude=slice(8, 40))
 ds'''
