@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xrimpute"
 
 # Layers, bottom to top. A module may import its own layer and the layers ALLOWED names for it.
 LAYERS = {
-    "base": ["errors", "options", "arguments", "robust", "geometry"],  # plain helpers: no torch models, no xarray
+    "base": ["errors", "options", "arguments", "robust", "geometry", "atomic"],  # plain helpers: no torch models, no xarray
     "nets": ["nets"],  # the denoiser
     "core": ["masks", "diffusion", "training", "windows", "samplers", "engine", "loader"],  # arrays only
     "xarray": ["cube", "io", "observe", "stations", "datasets", "pde"],  # the translator and xarray-facing helpers

@@ -16,11 +16,11 @@ from distributed import Client, LocalCluster, Scheduler, SpecCluster, Worker
 
 import xrimpute
 from test_lazy import FIT, archive
-from xrimpute.distributed import RECORDS, reconstruct
+from xrimpute.reconstruct import reconstruct, record_folder
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
 from xrimpute.training import TrainConfig, train
-from xrimpute.windows import ArrayWindows
+from xrimpute.samplers import ArrayWindows
 
 IMPUTE = dict(K=3, seed=2)
 REGIONS = 6  # 24 steps in chunks of 4; the model is untiled, so a region is one time chunk of the whole grid
@@ -62,7 +62,7 @@ def processes():
 
 
 def records(target):
-    folder = target / RECORDS / "regions"
+    folder = record_folder(target) / "regions"
     return {int(p.stem): json.loads(p.read_text()) for p in folder.glob("*.json")}
 
 
@@ -124,7 +124,7 @@ def test_killing_a_worker_mid_run_still_completes_correctly(case, processes):
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.time() + 120
-    while time.time() < deadline and not (target / RECORDS / "regions").is_dir():
+    while time.time() < deadline and not (record_folder(target) / "regions").is_dir():
         time.sleep(0.1)
     busy = []
     while time.time() < deadline and not busy:

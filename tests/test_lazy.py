@@ -11,7 +11,7 @@ import xarray as xr
 from dask.callbacks import Callback
 
 import xrimpute
-from xrimpute import loader
+from xrimpute import samplers
 from xrimpute.masks import Pixel
 from xrimpute.windows import Piece, Tiling, impute_series, plan
 
@@ -179,7 +179,7 @@ def test_fit_on_dask_input_reads_chunks_never_the_whole_archive(tmp_path):
 def test_statistics_judge_the_mask_structure_on_the_longest_chunk_read():
     values = da.from_array(np.random.default_rng(0).random((1, 1, 12, 4, 4)).astype(np.float32),
                            chunks=(1, 1, (2, 8, 2), 4, 4))
-    stats = loader.statistics(values, max_chunks=3)
+    stats = samplers.statistics(values, max_chunks=3)
     assert stats.observed.shape == (1, 1, 8, 4, 4) and stats.chunks == (3, 3)
 
 
@@ -188,7 +188,7 @@ def test_chunked_sampler_memory_is_pieces_not_the_archive():
         values = (da.zeros((1, 2, steps, 24, 24), chunks=(1, 2, 8, 24, 24), dtype=np.float32)  # nothing exists yet
                   + da.arange(steps, chunks=8, dtype=np.float32)[None, None, :, None, None])
         tracemalloc.start()
-        sampler = loader.ChunkedWindows(values, 3, np.zeros(2), np.ones(2), tile=(8, 8),
+        sampler = samplers.ChunkedWindows(values, 3, np.zeros(2), np.ones(2), tile=(8, 8),
                                         static=np.zeros((3, 24, 24)), pool=3, prefetch=2, reuse=1, seed=0)
         try:
             generator = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ import xarray as xr
 
 import xrimpute
 from test_lazy import archive
-from xrimpute.distributed import TargetError, reconstruct
+from xrimpute.reconstruct import TargetError, reconstruct
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

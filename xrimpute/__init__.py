@@ -34,7 +34,7 @@ _FUNCTIONS = {
     "CtxDiffModel": "model",
     "fit": "model",
     "load": "model",
-    "reconstruct": "distributed",
+    "reconstruct": "reconstruct",
     "observe": "observe",
     "set_options": "options",
     "show_versions": "options",

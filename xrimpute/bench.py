@@ -49,6 +49,7 @@ from . import cube, metrics
 from .baselines import fill
 from .baselines.em_consistency import fit_em_consistency
 from .baselines.learned import fit_ambient, fit_ctxdiff, fit_diffputer, fit_missdiff
+from .atomic import atomic_write
 from .observe import observe
 
 LEARNED = ("ctxdiff", "missdiff", "ambient", "diffputer", "em_consistency")
@@ -320,7 +321,8 @@ def run(table: str = "table1", settings: str | Settings = "small", seeds=(0,), m
         record = dict(table=table, settings=asdict(settings), settings_name=name, seeds=list(seeds),
                       rows=report.rows, notes=report.notes, device=report.device,
                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        _write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=1).encode())
+        with atomic_write(stem.with_suffix(".json")) as partial:
+            partial.write_text(json.dumps(record, indent=1))
         report.files.append(str(stem.with_suffix(".json")))
         if figure and panels:
             report.files.append(str(plot_panels(panels, stem.with_suffix(".png"))))
@@ -355,26 +357,20 @@ def plot_panels(panels, path: str | os.PathLike) -> Path:
             ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path) as partial:
+        fig.savefig(partial, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
 def describe_device(device: str | None = None) -> str:
     """The machine in words: GPU name, or CPU model and the threads torch uses."""
-    from .options import OPTIONS
+    from .options import or_option
     from .training import resolve_device
 
-    resolved = resolve_device(OPTIONS["device"] if device is None else device)
+    resolved = resolve_device(or_option("device", device))
     if resolved.type == "cuda":
         return torch.cuda.get_device_name(resolved)
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
            f"{torch.get_num_threads()})"
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Windows of consecutive time steps: training batches and whole-series imputation.
+"""Windows of consecutive time steps at inference: whole-series imputation and sampling, tiles, cuts.
 
 Arrays are ``(N, C, T, H, W)``: N independent samples (trajectories) of T
 time steps. A window is ``window`` consecutive steps of one sample.
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import VPSchedule, impute_ensemble
+from .diffusion import VPSchedule, impute_ensemble, sample_multistep
 from .masks import MaskSpec
 
 
@@ -23,54 +23,6 @@ def window_starts(length: int, window: int, stride: int = 1) -> list[int]:
     if starts[-1] != length - window:
         starts.append(length - window)
     return starts
-
-
-class ArrayWindows:
-    """Random training windows from an in-memory array.
-
-    ``values`` are normalised with 0 at unobserved cells; ``observed`` is boolean.
-    With ``tile`` = (rows, cols) every window is cut to a random spatial tile,
-    and with ``static`` (full-grid fields ``(S, H, W)``, e.g. position) each
-    batch also carries the tile's cut of them: ``(x, observed, static)``.
-    """
-
-    def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
-                 tile: tuple[int, int] | None = None, static: np.ndarray | None = None):
-        self.values = torch.as_tensor(values)
-        self.observed = torch.as_tensor(observed)
-        self.window = window
-        self.tile = tile
-        self.static = None if static is None or tile is None else torch.as_tensor(static)
-        n, _, t = values.shape[:3]
-        self.index = [(i, s) for i in range(n) for s in window_starts(t, window)]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def get(self, picks, origins=None):
-        """Windows ``picks`` (indices into ``self.index``), cut to tiles at ``origins`` ``[(row, col), ...]``."""
-        rows = [self.index[int(p)] for p in picks]
-        if origins is None:
-            x = torch.stack([self.values[i, :, s : s + self.window] for i, s in rows])
-            m = torch.stack([self.observed[i, :, s : s + self.window] for i, s in rows])
-            return x, m
-        (th, tw) = self.tile
-        cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw))
-                for (i, s), (r, c) in zip(rows, origins)]
-        x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
-        m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
-        if self.static is None:
-            return x, m
-        return x, m, torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
-
-    def sample(self, batch_size: int, generator: torch.Generator):
-        picks = torch.randint(0, len(self.index), (batch_size,), generator=generator)
-        if self.tile is None:
-            return self.get(picks)
-        h, w = self.values.shape[-2:]
-        rows = torch.randint(0, h - self.tile[0] + 1, (batch_size,), generator=generator).tolist()
-        cols = torch.randint(0, w - self.tile[1] + 1, (batch_size,), generator=generator).tolist()
-        return self.get(picks, list(zip(rows, cols)))
 
 
 def window_seed(seed: int, sample: int, start: int, row: int = 0, col: int = 0) -> int:
@@ -281,3 +233,37 @@ def impute_series(
     std = np.sqrt(np.maximum(total_sq / weight - mean**2, 0.0))
     seen = piece.inside(observed)
     return np.where(seen, piece.inside(values), mean).astype(np.float32), np.where(seen, 0.0, std).astype(np.float32)
+
+
+@torch.no_grad()
+def sample_series(denoiser, values: np.ndarray, observed: np.ndarray, schedule: VPSchedule, spec: MaskSpec,
+                  imputation_spec: MaskSpec, window: int, *, n: int, steps: int, K: int, eta: float,
+                  handover: float | None, domain: torch.Tensor, seed: int, batch_size: int,
+                  device: torch.device, autocast: bool = False, progress: bool = False) -> np.ndarray:
+    """``n`` members ``(n, N, C, T, H, W)`` of every sample by multi-step sampling, window by window.
+
+    Windows tile the time axis (the last one overlaps the one before it,
+    whose values are kept there) and are sampled independently, ``batch_size
+    // n`` at a time from one random stream of ``seed``; ``values`` are
+    normalised (0 where unobserved). Arguments as for
+    :func:`xrimpute.diffusion.sample_multistep`.
+    """
+    total_steps = values.shape[2]
+    starts = window_starts(total_steps, window, window)
+    new_from = {s: max(0, (starts[k - 1] + window if k else 0) - s) for k, s in enumerate(starts)}
+    jobs = [(i, s) for i in range(values.shape[0]) for s in starts]
+    per_call = max(1, batch_size // n)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    draws = np.zeros((n, *values.shape), np.float32)
+    for first in tqdm(range(0, len(jobs), per_call), desc="sampling", disable=not progress, leave=False):
+        batch = jobs[first : first + per_call]
+        xb = torch.as_tensor(np.stack([values[i, :, s : s + window] for i, s in batch])).to(device)
+        mb = torch.as_tensor(np.stack([observed[i, :, s : s + window] for i, s in batch])).to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = sample_multistep(denoiser, xb, mb, schedule, spec, imputation_spec=imputation_spec, K=K,
+                                   members=n, steps=steps, eta=eta, handover=handover, domain=domain,
+                                   generator=generator, max_batch=batch_size)
+        out = out.float().cpu().numpy()
+        for j, (i, s) in enumerate(batch):
+            draws[:, i, :, s + new_from[s] : s + window] = out[:, j, :, new_from[s] :]
+    return draws

@@ -51,11 +51,13 @@ from tqdm.auto import tqdm
 from xrimpute import cube, training
 from xrimpute.baselines.learned import Learned
 from xrimpute.diffusion import noised
+from xrimpute.engine import Engine, ImputeConfig
 from xrimpute.model import CtxDiffModel, position_fields
 from xrimpute.nets import Denoiser
-from xrimpute.options import OPTIONS
+from xrimpute.options import or_option
+from xrimpute.samplers import ArrayWindows
 from xrimpute.training import TrainConfig, resolve_device
-from xrimpute.windows import ArrayWindows, window_starts
+from xrimpute.windows import window_starts
 
 NEG = -1e4  # logit of classes a channel does not have: finite, so that 0 x logit stays 0
 
@@ -301,8 +303,7 @@ def categorical_probabilities(codes: np.ndarray, observed: np.ndarray, n_classes
                               **options) -> np.ndarray:
     """Fit by :func:`fit_categorical`, then each cell's class probabilities ``(N, C, T, H, W, K)``
     given all observed cells, averaged over the overlapping windows that contain it."""
-    device = resolve_device(OPTIONS["device"] if device is None else device)
-    progress = OPTIONS["progress"] if progress is None else progress
+    device, progress = resolve_device(or_option("device", device)), or_option("progress", progress)
     net = fit_categorical(codes, observed, n_classes, window=window, batch_size=batch_size, device=device,
                           progress=progress, **options).to(device)
     return over_windows(lambda x, m: predict(net, x, m), np.where(observed, codes, 0), observed, window,
@@ -374,27 +375,37 @@ def fit_em_consistency(train, mask="auto", *, rounds: int = 2, steps: int = 2000
     per_round = max(1, steps // (rounds + 1))
     model = CtxDiffModel.fit(train, mask=mask, steps=per_round, seed=seed, device=device, progress=progress,
                              **{"verbose": False, **fit_options})
-    device = resolve_device(OPTIONS["device"] if device is None else device)
-    progress = OPTIONS["progress"] if progress is None else progress
-    values, layout = cube.to_array(train)
-    observed = np.isfinite(values)
-    scale, offset = model.std[None, :, None, None, None], model.mean[None, :, None, None, None]
-    config = TrainConfig(**{k: v for k, v in model.info["train"].items() if k in TrainConfig.__dataclass_fields__})
-    loss_fn = consistency_loss(consistency_weight, dt, completed=True)
-    tile = model.info.get("tile")
-    for r in tqdm(range(rounds), desc="EM rounds", disable=not progress or rounds == 0, leave=False):
-        filled = model.impute(train, K=K, seed=seed + r, device=device, progress=progress)
-        completed = (cube.to_array(filled, layout=layout)[0] - offset) / scale  # NaN: never observed
-        windows = ArrayWindows(completed, observed, model.window, tile=tile and tuple(tile),
-                               static=model.denoiser.static.numpy())
-        ema, model.history = training.train(model.denoiser.train().requires_grad_(True), windows, model.spec,
-                                            replace(config, seed=seed + 1 + r), device=device, loss_fn=loss_fn,
-                                            progress=progress)
-        model.denoiser = ema.cpu().eval()
-    if rounds:
-        model.info.pop("validation", None)  # it scored the first fit; the M-steps trained on the held-back cells
-        model.info["em"] = dict(rounds=rounds, steps=steps, consistency_weight=consistency_weight, dt=dt, K=K)
+    values, _ = cube.to_array(train)
+    _em_rounds(model.engine, values, rounds=rounds, steps=steps, K=K, consistency_weight=consistency_weight, dt=dt,
+               seed=seed, device=device, progress=progress)
     return Learned("em_consistency", model, dict(K=K))
+
+
+def _em_rounds(engine: Engine, values: np.ndarray, *, rounds: int, steps: int, K: int, consistency_weight: float,
+               dt: float, seed: int, device: str | None, progress: bool | None) -> None:
+    """The EM rounds of :func:`fit_em_consistency` on ``values`` ``(N, C, T, H, W)``, training ``engine`` further."""
+    device, progress = or_option("device", device), or_option("progress", progress)
+    observed = np.isfinite(values)
+    loss_fn = consistency_loss(consistency_weight, dt, completed=True)
+    facts = {"em": dict(rounds=rounds, steps=steps, consistency_weight=consistency_weight, dt=dt, K=K)}
+    for r in tqdm(range(rounds), desc="EM rounds", disable=not progress or rounds == 0, leave=False):
+        filled, _ = engine.fill(values, ImputeConfig(K=K, seed=seed + r, device=device, progress=progress))
+        # the M-steps train on the held-back cells too: the engine drops the first fit's validation score
+        engine.continue_training(filled, observed, loss_fn=loss_fn, device=device, progress=progress, facts=facts,
+                                 seed=seed + 1 + r)
+
+
+def em_consistency_continuous_array(values: np.ndarray, *, mask="auto", rounds: int = 2, steps: int = 2000,
+                                    K: int = 10, consistency_weight: float = 1.0, dt: float = 0.05, seed: int = 0,
+                                    device: str | None = None, progress: bool | None = None,
+                                    **fit_options) -> np.ndarray:
+    """:func:`em_consistency_continuous` on an ``(N, C, T, H, W)`` array (NaN = gap), with the engine itself."""
+    values = np.asarray(values, dtype=np.float32)
+    engine = Engine.fit_array(values, mask, steps=max(1, steps // (rounds + 1)), seed=seed, device=device,
+                              progress=progress, **{"verbose": False, **fit_options})
+    _em_rounds(engine, values, rounds=rounds, steps=steps, K=K, consistency_weight=consistency_weight, dt=dt,
+               seed=seed, device=device, progress=progress)
+    return engine.fill(values, ImputeConfig(K=K, seed=seed, progress=False))[0]
 
 
 def em_consistency_continuous(obj, *, train=None, seed: int = 0, **options):
@@ -561,7 +572,7 @@ def em_consistency_array(values: np.ndarray, kind: str = "auto", max_categories:
     observed values are integers with at most ``max_categories`` distinct
     values (categories: the sorted unique observed values), as continuous
     otherwise; ``"categorical"`` / ``"continuous"`` force it. Options go to
-    :func:`fit_categorical` or :func:`em_consistency_continuous`. On arrays the
+    :func:`fit_categorical` or :func:`em_consistency_continuous_array`. On arrays the
     network sees the grid index as position (no latitude).
     """
     values = np.asarray(values, dtype=np.float32)
@@ -574,9 +585,7 @@ def em_consistency_array(values: np.ndarray, kind: str = "auto", max_categories:
                                     for v in channels) else "continuous"
     options = {"progress": False, **options}
     if kind == "continuous":
-        dims = ("sample", "channel", "time", "y", "x")
-        da = xr.DataArray(values, dims=dims, coords={"channel": np.arange(values.shape[1])}, name="data")
-        return em_consistency_continuous(da, **options).values
+        return em_consistency_continuous_array(values, **options)
     cats = [np.unique(values[:, c][observed[:, c]]) for c in range(values.shape[1])]
     codes = np.stack([encode(values[:, c], cats[c]) for c in range(values.shape[1])], axis=1)
     probs = categorical_probabilities(codes, observed, [c.size for c in cats], **options)
@@ -588,5 +597,6 @@ __all__ = [
     "CategoricalDenoiser", "absorb", "absorb_further", "masked_fraction", "consistency_term",
     "masked_diffusion_loss", "categorical_loss", "predict", "unmask", "over_windows", "fit_categorical",
     "categorical_probabilities", "consistency_loss", "fit_em_consistency", "em_consistency_continuous",
+    "em_consistency_continuous_array",
     "is_categorical", "categories_of", "encode", "em_consistency", "em_consistency_array",
 ]

@@ -20,7 +20,8 @@ schedule and budget options) and changes only what the paper's baselines change:
 ``fit_<method>(train, ...)`` returns a :class:`Learned` whose ``impute(obj)``
 fills any cube on the same grid; ``<method>(obj, train=None, ...)`` fits on
 ``train`` (default ``obj`` itself) and fills ``obj``. :data:`CORES` holds the
-array versions for :data:`xrimpute.baselines.METHODS`.
+array versions for :data:`xrimpute.baselines.METHODS` (``<method>_array``),
+which run :class:`xrimpute.engine.Engine` on the array itself.
 """
 from __future__ import annotations
 
@@ -31,10 +32,13 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from xrimpute import cube, masks
+from xrimpute.engine import Engine, ImputeConfig
 from xrimpute.model import CtxDiffModel
+from xrimpute.options import or_option
 
-__all__ = ["CORES", "Learned", "ambient", "ctxdiff", "diffputer", "fit_ambient", "fit_ctxdiff",
-           "fit_diffputer", "fit_missdiff", "missdiff"]
+__all__ = ["CORES", "Learned", "ambient", "ambient_array", "ctxdiff", "ctxdiff_array", "diffputer",
+           "diffputer_array", "fit_ambient", "fit_ctxdiff", "fit_diffputer", "fit_missdiff", "missdiff",
+           "missdiff_array"]
 
 
 @dataclass
@@ -169,25 +173,66 @@ def diffputer(obj, *, train=None, seed: int = 0, **options):
     return _fill(fit_diffputer, obj, train, seed, **options)
 
 
-def _as_cube(values: np.ndarray) -> xr.DataArray:
-    """An ``(N, C, T, H, W)`` array as a plain cube (grid-index coordinates, not periodic)."""
-    n, c, t, h, w = values.shape
-    return xr.DataArray(values, dims=("sample", "channel", "time", "y", "x"),
-                        coords={"time": np.arange(t), "y": np.arange(h, dtype=float), "x": np.arange(w, dtype=float)})
+# -- the array cores (xrimpute.baselines.fill): the engine on the array itself ----------------------------
+def _engine(values: np.ndarray, mask, seed: int, options: dict) -> Engine:
+    """An engine fitted on ``values`` with :meth:`CtxDiffModel.fit`'s options, quietly unless asked."""
+    return Engine.fit_array(values, mask, seed=seed, **{"progress": False, "verbose": False, **options})
 
 
-def _core(method):
-    def core(values: np.ndarray, **options) -> np.ndarray:
-        values = np.asarray(values)
-        if values.ndim != 5:
-            raise ValueError(f"expected an (N, C, T, H, W) array, got shape {values.shape}")
-        options = {"progress": False, "verbose": False, **options}
-        return method(_as_cube(values), **options).values
-
-    core.__name__ = core.__qualname__ = f"{method.__name__}_array"
-    core.__doc__ = f"``{method.__name__}`` on an ``(N, C, T, H, W)`` array (NaN = gap); options as for it."
-    return core
+def ctxdiff_array(values: np.ndarray, *, mask="auto", K: int = 10, seed: int = 0, **fit_options) -> np.ndarray:
+    """:func:`ctxdiff` on an ``(N, C, T, H, W)`` array (NaN = gap)."""
+    values = _checked(values)
+    return _engine(values, mask, seed, fit_options).fill(values, ImputeConfig(K=K, seed=seed, progress=False))[0]
 
 
-CORES = {name: _core(method) for name, method in
-         (("ctxdiff", ctxdiff), ("missdiff", missdiff), ("ambient", ambient), ("diffputer", diffputer))}
+def missdiff_array(values: np.ndarray, *, mask="auto", seed: int = 0, **fit_options) -> np.ndarray:
+    """:func:`missdiff` on an ``(N, C, T, H, W)`` array (NaN = gap)."""
+    values = _checked(values)
+    spec = replace(masks.resolve(mask, np.isfinite(values), verbose=fit_options.get("verbose", False)),
+                   context_ratio=1.0)
+    engine = _engine(values, spec, seed, fit_options)
+    return engine.fill(values, ImputeConfig(K=1, adapt=False, seed=seed, progress=False))[0]
+
+
+def ambient_array(values: np.ndarray, *, corruption: float = 0.2, seed: int = 0, **fit_options) -> np.ndarray:
+    """:func:`ambient` on an ``(N, C, T, H, W)`` array (NaN = gap)."""
+    values = _checked(values)
+    if not 0 < corruption < 1:
+        raise ValueError(f"corruption must be in (0, 1), the share of observed cells dropped; got {corruption}")
+    engine = _engine(values, masks.Pixel(context_ratio=1.0 - corruption), seed, fit_options)
+    options = ImputeConfig(K=1, adapt=False, spec=masks.Pixel(context_ratio=1.0), seed=seed, progress=False)
+    return engine.fill(values, options)[0]
+
+
+def diffputer_array(values: np.ndarray, *, rounds: int = 3, steps: int = 2000, steps_per_round: int | None = None,
+                    warm_start: bool = True, members: int = 4, sample_steps: int = 20, eta: float = 1.0,
+                    seed: int = 0, progress: bool = False, **fit_options) -> np.ndarray:
+    """:func:`diffputer` on an ``(N, C, T, H, W)`` array (NaN = gap): the last completion."""
+    values = _checked(values)
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    per_round = steps_per_round or max(1, steps // rounds)
+    observed = np.isfinite(values)
+    valid = observed.any(axis=(0, 2), keepdims=True)  # cells ever observed: the rest stays NaN
+    start = np.array([np.nanmean(values[:, i]) for i in range(values.shape[1])], np.float32)
+    completion = np.where(observed | ~valid, values, start[None, :, None, None, None])
+    engine = None
+    for k in tqdm(range(rounds), desc="DiffPuter rounds", disable=not progress, leave=False):
+        engine = _engine(completion, masks.Pixel(context_ratio=1.0), seed + k,
+                         {"val_fraction": 0.0, **fit_options, "steps": per_round, "progress": progress,
+                          "init": engine if warm_start else None})
+        draws = engine.sample(values, members, sample_steps, eta=eta, handover=None, seed=seed + k,
+                              device=or_option("device", None), progress=progress)
+        completion = np.where(observed, values, draws.mean(axis=0))
+    return completion
+
+
+def _checked(values) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 5:
+        raise ValueError(f"expected an (N, C, T, H, W) array, got shape {values.shape}")
+    return values
+
+
+CORES = {"ctxdiff": ctxdiff_array, "missdiff": missdiff_array, "ambient": ambient_array,
+         "diffputer": diffputer_array}

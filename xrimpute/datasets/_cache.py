@@ -1,9 +1,9 @@
-"""Where sample data lives on disk: one cache for downloads and generated samples, written atomically."""
+"""Where sample data lives on disk: one cache for downloads and generated samples (written with
+:func:`xrimpute.atomic.atomic_write`)."""
 from __future__ import annotations
 
 import os
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pooch
@@ -19,20 +19,6 @@ def cache_dir() -> Path:
 def _partner(path: Path, suffix: str) -> Path:
     """A fresh hidden name beside ``path`` (same folder, so ``os.replace`` onto ``path`` is atomic)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
-
-
-@contextmanager
-def written_atomically(path: Path):
-    """Yield a temporary path to write ``path``'s content to; it replaces ``path`` on success, and is
-    removed on failure. The writer creates the file itself, so it gets the umask's default permissions
-    (a shared cache stays readable), not ``tempfile.mkstemp``'s 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partner(path, ".part")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def with_default_permissions(path: Path) -> Path:

@@ -6,7 +6,6 @@ latitude ascending (south to north), longitude as stored by the source.
 """
 from __future__ import annotations
 
-import glob
 import os
 from importlib import resources
 from pathlib import Path
@@ -16,14 +15,13 @@ import requests
 import xarray as xr
 
 from xrimpute.cube import find_axes
-from xrimpute.datasets._cache import DATA_DIR_ENV, cache_dir, with_default_permissions, written_atomically
+from xrimpute.datasets._cache import DATA_DIR_ENV, cache_dir, with_default_permissions
+from xrimpute.atomic import atomic_write
+from xrimpute.io import open_dataset, open_grib, tidy_cfgrib
 
 BASE_URL = "https://github.com/pydata/xarray-data/raw/master/"
 DATA_URL_ENV = "XRIMPUTE_DATA_URL"
 SAMPLE_FILE = "era5-2mt-2019-03-uk.grib"
-GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb1", ".grb2")
-# cfgrib's scalar coordinates for a surface analysis: constant, and in the way of concatenation
-CFGRIB_SCALARS = ("number", "step", "surface")
 
 
 def _sample_pooch() -> pooch.Pooch:
@@ -40,31 +38,6 @@ def _sample_pooch() -> pooch.Pooch:
     return fetcher
 
 
-def _require_cfgrib() -> None:
-    try:
-        import cfgrib  # noqa: F401
-    except (ImportError, RuntimeError) as err:  # RuntimeError: cfgrib is there but the ecCodes library is not
-        raise ImportError(
-            'reading GRIB files needs cfgrib and ecCodes; install them with: pip install "xrimpute[grib]"'
-        ) from err
-
-
-def _open_grib(path, chunks=None) -> xr.Dataset:
-    _require_cfgrib()
-    # an empty indexpath stops cfgrib from writing .idx files next to (possibly read-only) data
-    return xr.open_dataset(path, engine="cfgrib", chunks=chunks, backend_kwargs={"indexpath": ""})
-
-
-def _tidy_cfgrib(ds: xr.Dataset) -> xr.Dataset:
-    """Drop cfgrib's constant scalar coords and, for analyses (step 0), index time by the valid time."""
-    ds = ds.drop_vars([name for name in CFGRIB_SCALARS if name in ds.coords and ds[name].ndim == 0])
-    if "valid_time" in ds.coords and ds["valid_time"].dims == ("time",):
-        if (ds["valid_time"].values == ds["time"].values).all():
-            ds = ds.assign_coords(time=("time", ds["valid_time"].values, ds["valid_time"].attrs))
-            ds = ds.drop_vars("valid_time")
-    return ds
-
-
 def _latitude_ascending(ds: xr.Dataset) -> xr.Dataset:
     index = ds.indexes.get("latitude")
     if index is None or index.is_monotonic_increasing:
@@ -76,13 +49,13 @@ def _latitude_ascending(ds: xr.Dataset) -> xr.Dataset:
 
 def _write_atomic(ds: xr.Dataset, target: Path) -> None:
     """Write netCDF so that a crash or a concurrent reader never sees a half-written file."""
-    with written_atomically(target) as partial:
+    with atomic_write(target) as partial:
         ds.to_netcdf(partial, engine="netcdf4", encoding={name: {"zlib": True} for name in ds.data_vars})
 
 
 def _grib_sample_to_netcdf(grib: Path, target: Path) -> None:
-    with _open_grib(grib) as raw:
-        ds = _latitude_ascending(_tidy_cfgrib(raw.load()))
+    with open_grib(grib) as raw:
+        ds = _latitude_ascending(tidy_cfgrib(raw.load()))
     for var in ds.variables.values():
         var.encoding = {}  # cfgrib's decoding notes do not apply to the netCDF copy
     for var in ds.data_vars.values():
@@ -133,37 +106,6 @@ def era5_sample(progressbar: bool = True) -> xr.Dataset:
         _grib_sample_to_netcdf(grib, converted)
     with xr.open_dataset(converted, engine="netcdf4") as ds:
         return ds.load()
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
-def _open_source(source, chunks, storage_options) -> xr.Dataset:
-    if isinstance(source, (list, tuple)):
-        missing = [str(p) for p in source if not Path(p).exists()]
-        if missing:
-            raise FileNotFoundError(f"these files do not exist: {missing}")
-        return xr.open_mfdataset(list(source), chunks=chunks, combine="by_coords")
-    source = os.fspath(source)
-    if _is_url(source):
-        return xr.open_dataset(source, engine="zarr", chunks=chunks, storage_options=storage_options)
-    if any(char in source for char in "*?["):
-        files = sorted(glob.glob(os.path.expanduser(source)))
-        if not files:
-            raise FileNotFoundError(f"no files match the pattern {source!r}")
-        return xr.open_mfdataset(files, chunks=chunks, combine="by_coords")
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{source!r} does not exist; pass a netCDF or GRIB file, a glob such as 'era5/*.nc', "
-            "a list of files, or a zarr store (local path or gs:// / https:// URL)"
-        )
-    if path.is_dir() or path.suffix == ".zarr":
-        return xr.open_dataset(path, engine="zarr", chunks=chunks)
-    if path.suffix.lower() in GRIB_SUFFIXES:
-        return _tidy_cfgrib(_open_grib(path, chunks=chunks))
-    return xr.open_dataset(path, chunks=chunks)
 
 
 def _normalise(ds: xr.Dataset) -> xr.Dataset:
@@ -230,7 +172,7 @@ def open_era5(
     xarray.Dataset
         The selection, still lazy.
     """
-    ds = _normalise(_open_source(path_or_url, chunks, storage_options))
+    ds = _normalise(open_dataset(path_or_url, chunks, storage_options))
     if variables is not None:
         wanted = [variables] if isinstance(variables, str) else list(variables)
         unknown = [name for name in wanted if name not in ds.data_vars]

@@ -2,7 +2,7 @@
 
 Files live in ``cache_dir() / "generated"``, named after the equation, preset, seed and
 a short hash of all parameters that change the values. Each file is written
-atomically (temporary file in the same folder, then ``os.replace``), with the
+atomically (:func:`xrimpute.atomic.atomic_write`), with the
 umask's default permissions so that a shared cache works, and has a
 sidecar ``<file>.sha256``; every load checks the hash, and a corrupted or truncated
 file is regenerated with a warning. Loads read the whole file into memory and close
@@ -19,7 +19,8 @@ import pooch
 import xarray as xr
 
 from ..pde import PRESETS, generate
-from ._cache import cache_dir, written_atomically
+from ..atomic import atomic_write
+from ._cache import cache_dir
 
 # Bump when a solver changes its output, so old cache files are not reused.
 FORMAT_VERSION = 1
@@ -97,8 +98,8 @@ def _load(path: Path) -> xr.Dataset:
 
 
 def _write(ds: xr.Dataset, path: Path) -> None:
-    with written_atomically(path) as partial:
+    with atomic_write(path) as partial:
         ds.to_netcdf(partial)
         digest = pooch.file_hash(str(partial))
-    with written_atomically(_checksum_path(path)) as partial:
+    with atomic_write(_checksum_path(path)) as partial:
         partial.write_text(digest + "\n")

@@ -1,9 +1,13 @@
-"""Training data from archives larger than memory: statistics from a sample of chunks, a prefetching sampler.
+"""Training windows, from an array in memory or read piece by piece from an archive larger than memory.
 
-Everything here takes ``(N, C, T, H, W)`` arrays with NaN where unobserved
-that slice like numpy. A dask array (a zarr archive opened lazily) is read a
-piece at a time, so memory stays bounded however long the archive is; an
-in-memory array works too. No xarray here.
+Both samplers take ``(N, C, T, H, W)`` data and offer one interface to
+:func:`xrimpute.training.train`: ``sample(batch_size, generator)`` draws a
+batch ``(x, observed[, static])``, ``read(jobs)`` cuts given windows,
+``validation`` holds the windows and held-back cells to score on (or None),
+and ``close()`` stops any background work. :func:`training_windows` builds
+the right one for a cube, holding back validation cells the same way for
+both. :func:`statistics` gives the normalisation of either kind from all or
+a sample of its time chunks. No xarray here.
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ import numpy as np
 import torch
 from dask import is_dask_collection
 
+from . import masks
 from .training import distributed_rank
+from .windows import window_starts
 
 
 @dataclass
@@ -99,6 +105,68 @@ class _Piece:
     starts: list[int]  # window starts allowed for training, relative to the piece
 
 
+class ArrayWindows:
+    """Random training windows from an in-memory array.
+
+    ``values`` are normalised with 0 at unobserved cells; ``observed`` is boolean.
+    With ``tile`` = (rows, cols) every window is cut to a random spatial tile,
+    and with ``static`` (full-grid fields ``(S, H, W)``, e.g. position) each
+    batch also carries the tile's cut of them: ``(x, observed, static)``.
+    """
+
+    validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
+
+    def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
+                 tile: tuple[int, int] | None = None, static: np.ndarray | None = None):
+        self.values = torch.as_tensor(values)
+        self.observed = torch.as_tensor(observed)
+        self.window = window
+        self.tile = tile
+        self.static = None if static is None or tile is None else torch.as_tensor(static)
+        n, _, t = values.shape[:3]
+        self.index = [(i, s) for i in range(n) for s in window_starts(t, window)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, picks, origins=None):
+        """Windows ``picks`` (indices into ``self.index``), cut to tiles at ``origins`` ``[(row, col), ...]``."""
+        rows = [self.index[int(p)] for p in picks]
+        if origins is None:
+            x = torch.stack([self.values[i, :, s : s + self.window] for i, s in rows])
+            m = torch.stack([self.observed[i, :, s : s + self.window] for i, s in rows])
+            return x, m
+        (th, tw) = self.tile
+        cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw))
+                for (i, s), (r, c) in zip(rows, origins)]
+        x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
+        m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
+        if self.static is None:
+            return x, m
+        return x, m, torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
+
+    def sample(self, batch_size: int, generator: torch.Generator):
+        picks = torch.randint(0, len(self.index), (batch_size,), generator=generator)
+        if self.tile is None:
+            return self.get(picks)
+        h, w = self.values.shape[-2:]
+        rows = torch.randint(0, h - self.tile[0] + 1, (batch_size,), generator=generator).tolist()
+        cols = torch.randint(0, w - self.tile[1] + 1, (batch_size,), generator=generator).tolist()
+        return self.get(picks, list(zip(rows, cols)))
+
+    def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, static)``."""
+        (th, tw) = self.tile or self.values.shape[-2:]
+        cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)) for i, s, r, c in jobs]
+        x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
+        m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
+        static = None if self.static is None else torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
+        return x, m, static
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
+
 class ChunkedWindows:
     """Random training windows (and tiles) read piece by piece from an archive larger than memory.
 
@@ -119,6 +187,8 @@ class ChunkedWindows:
     overlapping the ``reserved`` ones (``(sample, start, ...)``, kept for
     validation) are never drawn.
     """
+
+    validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
 
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -223,3 +293,58 @@ class ChunkedWindows:
         """Stop the background reader."""
         self._stop.set()
         self._thread.join()
+
+
+def _validation_windows(x, train_observed, heldout, window, tile, static, seed, max_windows: int = 16):
+    """Up to ``max_windows`` windows (tiles) with held-back cells: ``(x, observed, heldout, static)`` tensors."""
+    n, c, t, h, w = x.shape
+    (th, tw) = tile or (h, w)
+    jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
+    jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
+    jobs = [jobs[k] for k in np.linspace(0, len(jobs) - 1, min(max_windows, len(jobs))).astype(int)]
+    rng = np.random.default_rng(seed)
+    cuts = [(i, slice(s, s + window), slice(r, r + th), slice(q, q + tw))
+            for i, s in jobs for r, q in [(rng.integers(h - th + 1), rng.integers(w - tw + 1))]]
+    xs, ms, hs = (torch.as_tensor(np.stack([a[i, :, ts, ys, zs] for i, ts, ys, zs in cuts]))
+                  for a in (x, train_observed, heldout))
+    tiles = None if tile is None else torch.as_tensor(np.stack([static[:, ys, zs] for _, _, ys, zs in cuts]))
+    return xs, ms, hs, tiles
+
+
+def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.ndarray, *, window: int,
+                     tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
+                     val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False):
+    """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
+
+    A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
+    cells, drawn with the spec's structure, leave training, and up to 16
+    windows holding some of them are scored. A dask array gives
+    :class:`ChunkedWindows`: a few windows spread over the archive
+    (:func:`reserved_windows`) never enter training, and the held-back cells
+    are drawn inside them. Either way ``validation`` is ``(x, observed, held
+    back, static)`` or None, and the caller closes the sampler when done.
+    """
+    if not is_dask_collection(values):
+        observed = np.isfinite(values)
+        x = np.nan_to_num((values - mean[None, :, None, None, None]) / std[None, :, None, None, None])
+        generator = torch.Generator().manual_seed(seed)
+        observed_t = torch.as_tensor(observed)
+        heldout = (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
+        train_observed = observed & ~heldout
+        windows = ArrayWindows(x, train_observed, window, tile=tile, static=static)
+        if heldout.any():
+            windows.validation = _validation_windows(x, train_observed, heldout, window, tile, static, seed)
+        return windows
+    n, _, t, h, w = values.shape
+    reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
+    windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
+                             pin_memory=pin_memory)
+    if reserved:
+        try:
+            xs, ms, tiles = windows.read(reserved)
+        except BaseException:
+            windows.close()
+            raise
+        keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
+        windows.validation = (xs, ms & keep, ms & ~keep, tiles)
+    return windows

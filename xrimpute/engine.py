@@ -1,0 +1,433 @@
+"""The array-level model: fit, fill and sample on ``(N, C, T, H, W)`` arrays (NaN = unobserved). No xarray here.
+
+:class:`Engine` holds a trained denoiser with its mask spec, normalisation
+and :class:`ModelConfig`; :class:`ImputeConfig` declares the imputation
+options once. :class:`xrimpute.CtxDiffModel` is the xarray face over an
+Engine; lazy imputation, :func:`xrimpute.reconstruct` and the learned
+baselines call the Engine directly.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+from dask import is_dask_collection
+
+from . import masks
+from .diffusion import VPSchedule, impute_ensemble
+from .errors import XrimputeError
+from .atomic import atomic_write
+from .nets import Denoiser
+from .options import OPTIONS, mixed_precision, or_option
+from .samplers import ArrayWindows, Statistics, statistics, training_windows
+from .training import History, TrainConfig, resolve_device, seeded, train
+from .windows import Piece, Tiling, impute_series, sample_series
+
+FORMAT = "xrimpute-model"
+FORMAT_VERSION = 1
+
+
+class ModelMismatch(XrimputeError, ValueError):
+    """The data does not fit the model (other variables, grid or window)."""
+
+
+def _versions() -> dict:
+    out = {}
+    for name in ("xrimpute", "torch", "xarray", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def position_fields(lat: np.ndarray, lon: np.ndarray, degrees: bool) -> np.ndarray:
+    """Static inputs ``(3, H, W)`` telling the network where it is on the grid."""
+    if degrees:
+        la = np.deg2rad(lat)[:, None] * np.ones((1, lon.size))
+        lo = np.deg2rad(lon)[None, :] * np.ones((lat.size, 1))
+        return np.stack([np.sin(la), np.sin(lo), np.cos(lo)]).astype(np.float32)
+    y = np.linspace(-1, 1, lat.size)[:, None] * np.ones((1, lon.size))
+    x = np.linspace(-1, 1, lon.size)[None, :] * np.ones((lat.size, 1))
+    return np.stack([y, x, np.zeros_like(x)]).astype(np.float32)
+
+
+def spans_globe(lon: np.ndarray, degrees: bool) -> bool:
+    """Whether longitudes in degrees go once round the globe (so the grid wraps)."""
+    if not degrees or lon.size < 3:
+        return False
+    step = np.abs(np.diff(lon)).mean()
+    return bool(abs(lon.size * step - 360.0) < 0.5 * step)
+
+
+@dataclass
+class ModelConfig:
+    """What a model is apart from its weights and normalisation; saved as JSON (the ``info`` of a model file).
+
+    The grid is the latitude / longitude (or row / column) coordinates the
+    model was trained on; ``channels``, ``variables``, ``channel_of`` and
+    ``axes`` say how a cube maps to channels; :meth:`Engine.fit` fills the
+    facts of training (``train_rate``, ``statistics_chunks``, ``train``,
+    ``validation``). ``extra`` keeps other JSON-able facts (e.g. ``em`` after
+    EM rounds), saved at the top level like the rest.
+    """
+
+    channels: list[str]
+    window: int
+    grid: dict[str, list[float]]
+    variables: list[str] = field(default_factory=list)
+    channel_of: list[str] = field(default_factory=list)
+    axes: dict = field(default_factory=dict)
+    degrees: bool = False
+    tile: list[int] | None = None
+    periodic: bool = False
+    train_rate: float = 1.0
+    statistics_chunks: list[int] = field(default_factory=list)
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+    train: dict = field(default_factory=dict)
+    validation: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_array(cls, shape: tuple[int, ...], window: int = 3, tile: tuple[int, int] | None = None) -> ModelConfig:
+        """The configuration of a plain ``(N, C, T, H, W)`` array: channels 0, 1, ...; grid indices; not periodic."""
+        _, c, _, h, w = shape
+        names = [str(i) for i in range(c)]
+        return cls(names, window, dict(lat=list(map(float, range(h))), lon=list(map(float, range(w)))),
+                   variables=names, channel_of=names, tile=None if tile is None else list(tile))
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return len(self.grid["lat"]), len(self.grid["lon"])
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("validation", "extra")}
+        if self.validation:
+            out["validation"] = self.validation
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, info: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in info.items() if k in known},
+                   extra={k: v for k, v in info.items() if k not in known})
+
+
+def train_config(**options) -> TrainConfig:
+    """The optimisation settings for ``options``; bfloat16 on a GPU unless ``set_options(dtype="float32")``."""
+    return TrainConfig(**{"bf16": OPTIONS["dtype"] == "bfloat16", **options})
+
+
+@dataclass(frozen=True)
+class ImputeConfig:
+    """The imputation options, declared once (see :meth:`xrimpute.CtxDiffModel.impute` for their meaning).
+
+    ``device`` and ``progress`` left at None take the package-wide options
+    (:func:`xrimpute.set_options`); ``spec`` None is the model's mask spec.
+    """
+
+    K: int = 10
+    seed: int = 0
+    stride: int = 1
+    batch_size: int = 8
+    overlap: int | None = None
+    fill_never_observed: bool = False
+    adapt: bool = True
+    observed_rate: float | None = None
+    spec: masks.MaskSpec | None = None
+    device: str | None = None
+    progress: bool | None = None
+
+    def resolved(self) -> ImputeConfig:
+        """With ``device`` and ``progress`` taken from the package-wide options where None."""
+        return replace(self, device=or_option("device", self.device), progress=or_option("progress", self.progress))
+
+
+class Engine:
+    """A trained context-query diffusion model on arrays ``(N, C, T, H, W)`` in data units (NaN = unobserved).
+
+    Build one with :meth:`fit`; fill gaps with :meth:`fill`, draw members with
+    :meth:`sample`, train further with :meth:`continue_training`; keep it with
+    :meth:`save` / :meth:`load`.
+    """
+
+    def __init__(self, denoiser: Denoiser, spec: masks.MaskSpec, config: ModelConfig, mean: np.ndarray,
+                 std: np.ndarray, valid: np.ndarray, history: History, schedule: VPSchedule = VPSchedule()):
+        self.denoiser = denoiser.eval()
+        self.spec = spec
+        self.schedule = schedule
+        self.config = config
+        self.mean, self.std, self.valid = mean, std, valid  # valid (C, H, W): cells observed at least once
+        self.history = history
+
+    @property
+    def window(self) -> int:
+        return self.config.window
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The optimisation settings of the last training."""
+        return TrainConfig(**{k: v for k, v in self.config.train.items() if k in TrainConfig.__dataclass_fields__})
+
+    # -- fitting ---------------------------------------------------------------
+    @classmethod
+    def fit(cls, values, config: ModelConfig, mask="auto", *, train_config: TrainConfig = TrainConfig(),
+            preset: str = "auto", val_fraction: float = 0.05, device="auto", checkpoint=None, progress: bool = True,
+            verbose: bool = True, init: Engine | None = None, stats: Statistics | None = None) -> Engine:
+        """Train on ``values`` ``(N, C, T, H, W)``, a numpy or dask array (read piece by piece), NaN = unobserved.
+
+        ``config`` describes the data (channels, grid, window, tile, periodic);
+        the returned engine's config adds the facts of training. ``mask``: as for
+        :meth:`xrimpute.CtxDiffModel.fit`. ``train_config`` holds the optimisation
+        settings, its seed also seeds the initial weights, the statistics and the
+        held-back cells. ``stats`` (default: :func:`xrimpute.samplers.statistics`)
+        are the normalisation and coverage. ``init``: an engine to start from.
+        """
+        seed = train_config.seed
+        stats = stats or statistics(values, seed=seed)
+        spec = masks.resolve(mask, stats.observed, verbose=verbose)
+        masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
+        device = resolve_device(device)
+        preset = ("base" if device.type == "cuda" else "tiny") if preset == "auto" else preset
+        mean, std = (stats.mean, stats.std) if init is None else (init.mean, init.std)
+
+        h, w = config.grid_shape
+        tile = None if config.tile is None else (min(int(config.tile[0]), h), min(int(config.tile[1]), w))
+        static = position_fields(np.asarray(config.grid["lat"], float), np.asarray(config.grid["lon"], float),
+                                 config.degrees)
+        # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
+        with seeded(seed):  # the initial weights
+            denoiser = Denoiser(len(config.channels), config.window, torch.as_tensor(static), preset=preset,
+                                periodic=config.periodic and (tile is None or tile[1] == w))
+        if init is not None:
+            if init.denoiser.config != denoiser.config:
+                raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds "
+                                    f"{denoiser.config}; pass the same window, preset and periodic")
+            denoiser.load_state_dict(init.denoiser.state_dict())
+
+        config = replace(config, tile=None if tile is None else list(tile), train_rate=stats.rate,
+                         statistics_chunks=list(stats.chunks), versions=_versions(),
+                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config, spec=spec.to_dict())
+        if tile is not None:
+            fingerprint["tile"] = list(tile)
+        windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
+                                   val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda")
+        try:
+            validate = None if windows.validation is None else _validator(*windows.validation, spec, device, seed)
+            ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
+                                 checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
+        finally:
+            windows.close()
+        validation = None
+        if history.val:
+            final = history.val[-1]
+            rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i]) for i, name in enumerate(config.channels)}
+            validation = dict(nmse=final["nmse"], skill=1 - final["nmse"], rmse=rmse,
+                              cells=int(windows.validation[2].sum()))
+        config = replace(config, validation=validation, train=dict(asdict(train_config), preset=preset,
+                                                                    device=str(device)))
+        return cls(ema.cpu(), spec, config, mean, std, stats.valid, history)
+
+    @classmethod
+    def fit_array(cls, values: np.ndarray, mask="auto", *, window: int = 3, tile: tuple[int, int] | None = None,
+                  periodic: bool = False, preset: str = "auto", val_fraction: float = 0.05, device: str | None = None,
+                  checkpoint=None, progress: bool | None = None, verbose: bool = True, init: Engine | None = None,
+                  **train_options) -> Engine:
+        """:meth:`fit` on a plain array, with the options of :meth:`xrimpute.CtxDiffModel.fit`.
+
+        Channels are named 0, 1, ...; the network sees the grid index as
+        position (no latitude); ``train_options`` are those of
+        :class:`~xrimpute.training.TrainConfig` (``steps``, ``batch_size``,
+        ``lr``, ``max_time``, ``seed``, ...).
+        """
+        values = np.asarray(values, dtype=np.float32)
+        config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic)
+        return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
+                       val_fraction=val_fraction, device=or_option("device", device), checkpoint=checkpoint,
+                       progress=or_option("progress", progress), verbose=verbose, init=init)
+
+    def continue_training(self, values: np.ndarray, observed: np.ndarray, *, loss_fn=None, device="cpu",
+                          progress: bool = True, facts: dict | None = None, **changes) -> History:
+        """Train the network further on ``values`` ``(N, C, T, H, W)`` in data units (e.g. a completion).
+
+        Windows carry ``observed`` as their mask; the settings are those of the
+        last training with ``changes`` (e.g. ``steps``, ``seed``) and the
+        objective ``loss_fn`` (default the context-query loss). The network
+        becomes the new EMA network and the history the new one; the validation
+        score, which training on the held-back cells voids, is dropped, and
+        ``facts`` (JSON-able) are kept in the configuration.
+        """
+        x = (values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None]
+        tile = self.config.tile and tuple(self.config.tile)
+        windows = ArrayWindows(x, observed, self.window, tile=tile, static=self.denoiser.static.numpy())
+        ema, self.history = train(self.denoiser.train().requires_grad_(True), windows, self.spec,
+                                  replace(self.train_config, **changes), device=resolve_device(device),
+                                  loss_fn=loss_fn, progress=progress)
+        self.denoiser = ema.cpu().eval()
+        self.config = replace(self.config, validation=None, extra={**self.config.extra, **(facts or {})})
+        return self.history
+
+    # -- imputation ------------------------------------------------------------
+    def tiling(self, overlap: int | None = None) -> Tiling:
+        """Tiles of imputation: the training tile, neighbours sharing ``overlap`` cells (default a quarter
+        of the tile), wrapping round a global grid; one tile of the whole grid for an untiled model."""
+        grid = self.config.grid_shape
+        tile = tuple(self.config.tile or grid)
+        if tile == grid:
+            return Tiling(grid)
+        shared = [size // 4 if overlap is None else min(overlap, size - 1) for size in tile]
+        return Tiling(tile, tuple(shared), periodic=self.config.periodic)
+
+    def observed_rate(self, values):
+        """Share of observed cells of ``values`` ``(N, C, T, H, W)`` in the grid columns the model knows.
+
+        A float for a numpy array, a lazy dask scalar for a dask array.
+        """
+        columns = self.valid.any(0)
+        seen = (np.isfinite(values) & columns).sum()
+        rate = seen / (values.shape[0] * values.shape[1] * values.shape[2] * int(columns.sum()))
+        return rate if is_dask_collection(values) else float(rate)
+
+    def imputation_spec(self, options: ImputeConfig, rate=None) -> masks.MaskSpec:
+        """The contexts of imputation: ``options.spec`` (default the model's), adapted to the observed share
+        ``rate`` (default ``options.observed_rate``) when ``options.adapt``."""
+        spec = options.spec or self.spec
+        rate = options.observed_rate if rate is None else rate
+        return spec.adapted(self.config.train_rate, float(rate)) if options.adapt else spec
+
+    def _normalise(self, values: np.ndarray) -> np.ndarray:
+        return np.nan_to_num((values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None])
+
+    def fill(self, values: np.ndarray, options: ImputeConfig = ImputeConfig(), *, spec: masks.MaskSpec | None = None,
+             piece: Piece | None = None, net=None):
+        """``(filled, spread)`` of ``values`` ``(N, C, T, H, W)`` (NaN = gap) in data units.
+
+        ``values`` is the whole series, or with ``piece`` a cut of it
+        (:class:`xrimpute.windows.Piece`); the result covers the piece's box.
+        ``spec`` is the imputation spec (default :meth:`imputation_spec` with the
+        observed share of ``values``); ``net`` the denoiser to run (default the
+        engine's, moved to ``options.device`` and back). Imputation in memory,
+        lazy imputation and :func:`xrimpute.reconstruct` all come here.
+        """
+        options = options.resolved()
+        if spec is None:
+            spec = self.imputation_spec(options, None if options.observed_rate is not None or not options.adapt
+                                        else self.observed_rate(values))
+        device = resolve_device(options.device)
+        own = net is None
+        net = self.denoiser.to(device) if own else net
+        try:
+            return self._fill(values, spec, options, piece or Piece.whole(values.shape), net, device)
+        finally:
+            if own:
+                self.denoiser.cpu()
+
+    def _fill(self, values, spec, options: ImputeConfig, piece: Piece, net, device):
+        observed = np.isfinite(values)
+        tiling = self.tiling(options.overlap)
+        tiled = tiling.size != tuple(piece.full[1:]) and self.denoiser.static.shape[0] > 0
+        static = self.denoiser.static.cpu().numpy() if tiled else None  # cut per tile
+        mean, std = impute_series(net, self._normalise(values), observed, spec, self.schedule, self.window,
+                                  K=options.K, stride=options.stride, batch_size=options.batch_size, device=device,
+                                  seed=options.seed, autocast=mixed_precision(device), progress=options.progress,
+                                  tiling=tiling, static=static, piece=piece)
+        seen = piece.inside(observed)
+        scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]
+        filled = np.where(seen, piece.inside(values), mean * scale + offset)
+        spread = std * scale
+        if not options.fill_never_observed:
+            (ya, yb), (xa, xb) = piece.box[1:]
+            never = ~self.valid[None, :, None, ya:yb, xa:xb]
+            filled = np.where(never & ~seen, np.nan, filled)
+            spread = np.where(never, np.nan, spread)
+        return filled, spread
+
+    def sample(self, values: np.ndarray, n: int = 16, steps: int = 50, *, K: int = 10, eta: float = 0.0,
+               handover: float | None = -1.0, seed: int = 0, batch_size: int = 16, device="cpu", adapt: bool = True,
+               fill_never_observed: bool = False, progress: bool = False) -> np.ndarray:
+        """``n`` imputations ``(n, N, C, T, H, W)`` of ``values`` by multi-step sampling (observations kept exactly).
+
+        Options as for :meth:`xrimpute.CtxDiffModel.sample`.
+        """
+        observed = np.isfinite(values)
+        spec = self.spec
+        if adapt:
+            test_rate = float(observed[:, :, :, self.valid.any(0)].mean())
+            spec = spec.adapted(self.config.train_rate, test_rate)
+        # the sampler's state is complete: contexts keep the input fraction seen in training
+        diffusion_spec = self.spec.adapted(self.config.train_rate, 1.0)
+        device = resolve_device(device)
+        self.denoiser.to(device)
+        try:
+            draws = sample_series(self.denoiser, self._normalise(values), observed, self.schedule, diffusion_spec,
+                                  spec, self.window, n=n, steps=steps, K=K, eta=eta, handover=handover,
+                                  domain=torch.as_tensor(self.valid)[None, :, None].to(device), seed=seed,
+                                  batch_size=batch_size, device=device, autocast=mixed_precision(device),
+                                  progress=progress)
+        finally:
+            self.denoiser.cpu()
+        draws = draws * self.std[None, None, :, None, None, None] + self.mean[None, None, :, None, None, None]
+        if not fill_never_observed:
+            draws = np.where(~self.valid[None, None, :, None] & ~observed, np.nan, draws)
+        return np.where(observed, values, draws)
+
+    # -- persistence -----------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write weights and configuration to one file, atomically (loaded safely with ``weights_only``)."""
+        config = dict(info=self.config.to_dict(), spec=self.spec.to_dict(), schedule=asdict(self.schedule),
+                      net=self.denoiser.config, history=self.history.to_dict())
+        payload = dict(format=FORMAT, format_version=FORMAT_VERSION, config=json.dumps(config),
+                       state=self.denoiser.state_dict(), mean=torch.as_tensor(self.mean),
+                       std=torch.as_tensor(self.std), valid=torch.as_tensor(self.valid))
+        with atomic_write(path) as partial:
+            torch.save(payload, partial)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Engine:
+        """Read a model file written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no model file at {str(path)!r}")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"{str(path)!r} is not an xrimpute model file (written by CtxDiffModel.save)")
+        if payload["format_version"] > FORMAT_VERSION:
+            raise ValueError(f"{str(path)!r} was written by a newer xrimpute; upgrade xrimpute to read it")
+        config = json.loads(payload["config"])
+        net = dict(config["net"])
+        static = payload["state"]["static"]
+        denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), static, **net)
+        denoiser.load_state_dict(payload["state"])
+        return cls(denoiser, masks.MaskSpec.from_dict(config["spec"]), ModelConfig.from_dict(config["info"]),
+                   payload["mean"].numpy(), payload["std"].numpy(), payload["valid"].numpy(),
+                   History(**config["history"]), VPSchedule(**config["schedule"]))
+
+
+def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
+    """Score the EMA network on held-back observed cells ``hs`` of fixed windows, seeing ``ms``."""
+
+    def validate(net) -> dict:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        if tiles is not None:  # the ensemble's K x B batch repeats the windows k-major
+            net = functools.partial(net, static=tiles.repeat(K, 1, 1, 1).to(device))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision(device)):
+            mean, _ = impute_ensemble(net, xs.to(device), ms.to(device), spec, VPSchedule(), K=K, generator=generator)
+        err = ((mean.float().cpu() - xs) ** 2 * hs).sum(dim=(0, 2, 3, 4))
+        cells = hs.sum(dim=(0, 2, 3, 4)).clamp(min=1)
+        ref = (xs**2 * hs).sum(dim=(0, 2, 3, 4))  # the observed-mean fill is 0 in normalised units
+        return dict(nmse=float(err.sum() / ref.sum().clamp(min=1e-12)), mse_per_channel=(err / cells).tolist())
+
+    return validate
+
+
+__all__ = ["Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
