@@ -35,7 +35,7 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 import xrimpute
-from xrimpute.distributed import reconstruct
+from xrimpute.reconstruct import reconstruct
 
 ERA5_YEAR = 8760 * 721 * 1440 * 9  # hourly values of 9 variables on the 0.25 deg grid
 

@@ -258,7 +258,7 @@ model's window needs) from the source, and load the model once each."""),
     new_code_cell('''\
 from dask.distributed import Client, LocalCluster
 
-from xrimpute.distributed import reconstruct
+from xrimpute.reconstruct import reconstruct
 
 client = Client(LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None))
 filled = reconstruct("observed.zarr", "t2m.xri", "filled.zarr", client=client, K=4, overwrite=True)
@@ -280,7 +280,7 @@ after an interruption it computes only the missing regions."""),
     new_code_cell('''\
 again = reconstruct("observed.zarr", "t2m.xri", "filled.zarr", client=client, K=4)
 client.close()
-sorted(p.name for p in Path("filled.zarr/.xrimpute/regions").iterdir())'''),
+sorted(p.name for p in Path("filled.zarr.xrimpute/regions").iterdir())'''),
 ]
 
 PDE_BENCHMARK = [

@@ -24,7 +24,7 @@ import xarray as xr  # noqa: E402
 from dask.distributed import Client, LocalCluster  # noqa: E402
 
 import xrimpute  # noqa: E402
-from xrimpute.distributed import reconstruct  # noqa: E402
+from xrimpute.reconstruct import reconstruct  # noqa: E402
 
 
 def truth(years: int = 2, nlat: int = 32, nlon: int = 64, seed: int = 0) -> xr.Dataset:
