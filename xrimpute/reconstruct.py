@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from . import cube
 from .engine import Engine, ImputeConfig, ModelMismatch
 from .errors import XrimputeError
+from .geometry import evenly_spaced
 from .atomic import atomic_write
 from .io import consolidate, open_dataset
 from .lazy import cut, filled_cube, model_digest, network
@@ -377,7 +378,7 @@ def _estimate_rate(engine: Engine, ds: xr.Dataset, layout: cube.Layout, client, 
     """Observed share from up to ``most`` time chunks spread evenly over the archive (all of a short one)."""
     values, _ = cube.to_array(ds, layout=layout, lazy=True)
     spans = time_chunks(values)
-    picked = spans[np.unique(np.linspace(0, len(spans) - 1, min(most, len(spans))).round().astype(int))]
+    picked = spans[evenly_spaced(len(spans), most)]
     sample = values[:, :, np.concatenate([np.arange(a, b) for a, b in picked])]
     rate = engine.observed_rate(sample)
     return float(rate) if isinstance(rate, float) else float(client.compute(rate).result())

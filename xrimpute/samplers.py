@@ -20,6 +20,7 @@ import torch
 from dask import is_dask_collection
 
 from . import masks
+from .geometry import evenly_spaced
 from .training import distributed_rank
 from .windows import window_starts
 
@@ -93,8 +94,8 @@ def reserved_windows(n: int, length: int, window: int, fraction: float, grid: tu
     count = min(most, max(1, round(fraction * len(lattice)))) if fraction > 0 and len(lattice) >= 4 else 0
     rng = np.random.default_rng(seed)
     (th, tw) = tile or grid
-    picks = np.unique(np.linspace(0, len(lattice) - 1, count).round().astype(int)) if count else []
-    return [(*lattice[k], int(rng.integers(grid[0] - th + 1)), int(rng.integers(grid[1] - tw + 1))) for k in picks]
+    return [(*lattice[k], int(rng.integers(grid[0] - th + 1)), int(rng.integers(grid[1] - tw + 1)))
+            for k in evenly_spaced(len(lattice), count)]
 
 
 @dataclass
@@ -301,7 +302,7 @@ def _validation_windows(x, train_observed, heldout, window, tile, static, seed, 
     (th, tw) = tile or (h, w)
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
     jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
-    jobs = [jobs[k] for k in np.linspace(0, len(jobs) - 1, min(max_windows, len(jobs))).astype(int)]
+    jobs = [jobs[k] for k in evenly_spaced(len(jobs), max_windows)]
     rng = np.random.default_rng(seed)
     cuts = [(i, slice(s, s + window), slice(r, r + th), slice(q, q + tw))
             for i, s in jobs for r, q in [(rng.integers(h - th + 1), rng.integers(w - tw + 1))]]
