@@ -10,17 +10,16 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "xrimpute"
 
 # Layers, bottom to top. A module may import its own layer and the layers ALLOWED names for it.
 LAYERS = {
-    "base": ["errors", "options", "arguments", "robust", "geometry", "atomic"],  # plain helpers: no torch models, no xarray
+    # plain helpers: no models, no xarray
+    "base": ["errors", "options", "arguments", "robust", "geometry", "atomic", "payload"],
     "nets": ["nets"],  # the denoiser
-    "core": ["masks", "diffusion", "training", "windows", "samplers", "engine", "loader"],  # arrays only
+    "core": ["masks", "diffusion", "training", "windows", "samplers", "engine"],  # arrays only
     "xarray": ["cube", "io", "observe", "stations", "datasets", "pde"],  # the translator and xarray-facing helpers
-    "model": ["model", "lazy", "reconstruct", "distributed", "check", "metrics", "plot", "baselines"],
+    "model": ["model", "lazy", "reconstruct", "check", "metrics", "plot", "baselines"],
     "front": ["__init__", "__main__", "accessor", "cli", "bench", "quickstart"],  # thin faces over the rest
 }
 ALLOWED = {
@@ -33,11 +32,6 @@ ALLOWED = {
 }
 # The numeric core of the method: plain arrays and tensors in, plain arrays and tensors out.
 NUMERIC_CORE = ["engine", "masks", "diffusion", "training", "nets", "windows", "samplers", "geometry"]
-
-# Edges still in files that another change of this restructuring is moving (issue 13: model.py / distributed.py /
-# loader.py become engine.py, lazy.py, reconstruct.py, samplers.py; io.py becomes the one owner of opening and
-# atomic writes). Each entry is a module whose violations are expected until that move lands.
-MOVING = {"engine", "io", "model", "distributed", "loader", "lazy", "reconstruct", "samplers"}
 
 
 def module_name(path: Path) -> str:
@@ -144,13 +138,6 @@ def _same_package(module: str, target: str) -> bool:
 IMPORTS = Imports()
 
 
-def expected_failure(violations: list[str], moving_modules: set[str]):
-    """xfail (not strict) while every violation lies in a module another part of the restructuring is moving."""
-    if violations and all(v.split()[0] in moving_modules for v in violations):
-        pytest.xfail("only in modules still being moved (issue 13: engine, lazy, reconstruct, samplers, io): "
-                     + "; ".join(violations))
-
-
 def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_layers():
     upward = []
     for module, targets in IMPORTS.edges.items():
@@ -159,9 +146,8 @@ def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_layers():
                 if layer_of(module) != "front":
                     upward.append(f"{module} imports the package xrimpute itself (import the module instead)")
                 continue
-            if layer_of(target) not in ALLOWED[layer_of(module)] | {layer_of(module)}:
+            if layer_of(target) not in ALLOWED[layer_of(module)]:
                 upward.append(f"{module} ({layer_of(module)}) imports {target} ({layer_of(target)})")
-    expected_failure(sorted(upward), MOVING)
     assert not upward, "imports that go up the layers:\n" + "\n".join(sorted(upward))
 
 
@@ -180,13 +166,11 @@ def test_there_is_no_import_cycle_between_modules():
     done: set[str] = set()
     for module in IMPORTS.edges:
         visit(module, [], done, cycles)
-    expected_failure(sorted(cycles), MOVING)
     assert not cycles, "import cycles:\n" + "\n".join(sorted(cycles))
 
 
 def test_no_private_name_is_imported_across_modules():
     private = sorted(set(IMPORTS.private))
-    expected_failure(private, MOVING)
     assert not private, "private names used outside their module:\n" + "\n".join(private)
 
 
@@ -208,7 +192,6 @@ def test_the_numeric_core_never_reaches_xarray():
             chain = reaches_xarray(module, set())
             if chain:
                 found.append(f"{module} reaches xarray: {' -> '.join(chain)} imports xarray")
-    expected_failure(sorted(found), MOVING)
     assert not found, "\n".join(sorted(found))
 
 
