@@ -103,7 +103,7 @@ def _chunks(frames: np.ndarray, max_frames: int = 512, length: int = 16) -> np.n
         return frames
     length = min(length, t)
     starts = [(i, s) for i in range(n) for s in range(0, t - length + 1, length)]
-    picks = np.unique(np.linspace(0, len(starts) - 1, max(1, max_frames // length)).round().astype(int))
+    picks = evenly_spaced(len(starts), max(1, max_frames // length))
     return np.stack([frames[i, s : s + length] for i, s in (starts[p] for p in picks)])
 
 
