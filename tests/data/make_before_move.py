@@ -1,8 +1,9 @@
 """Wrote the fixtures of tests/test_same_imputations.py with the code before the engine restructuring (issue 13).
 
-It ran once, on commit 0b98ddf (``python tests/data/make_before_move.py``); the files it wrote are the
-reference that later code must reproduce bit for bit from the same model file and seed. The fitted
-network is swapped for a narrow one (8 channels) trained briefly, so that the model files stay small.
+It ran once, on commit 0b98ddf (``python tests/data/make_before_move.py``; its imports are updated since);
+the files it wrote are the reference that later code must reproduce bit for bit from the same model file
+and seed. The fitted network is swapped for a narrow one (8 channels) trained briefly, so that the model
+files stay small. Rerunning it now writes new fixtures, not the ones from before the move.
 """
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import xarray as xr
 import xrimpute
 from xrimpute.nets import Denoiser
 from xrimpute.training import TrainConfig, seeded, train
-from xrimpute.windows import ArrayWindows
+from xrimpute.samplers import ArrayWindows
 
 HERE = Path(__file__).parent
 
@@ -56,7 +57,7 @@ def main():
     options = dict(mask="pixel", steps=20, batch_size=4, progress=False, verbose=False, seed=0, val_fraction=0.1)
     for name, extra in (("whole", {}), ("tiled", dict(tile=(8, 8)))):
         model = xrimpute.fit(data, **options, **extra)
-        model.denoiser = narrow(model, data)
+        model.engine.denoiser = narrow(model, data)
         model.save(HERE / f"before_move_{name}.xri")
         model = xrimpute.load(HERE / f"before_move_{name}.xri")
         out = model.impute(data, K=3, seed=5, stride=2, return_std=True, progress=False)
