@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 from dask import is_dask_collection
 
+from . import robust
 from .errors import DataWarning, XrimputeError
 
 TIME_NAMES = ("time", "t", "valid_time", "date", "datetime")
@@ -442,6 +443,16 @@ def coordinates(obj, layout: Layout) -> dict[str, np.ndarray]:
 def check_observed(values: np.ndarray, layout: Layout) -> None:
     """Clear errors for cubes that carry no information to learn from."""
     check_counts(np.isfinite(values).sum(axis=(0, 2, 3, 4)), layout)
+
+
+def warn_outliers(outliers: np.ndarray, layout: Layout) -> None:
+    """Say how many values per channel were left out of the normalisation as gross outliers."""
+    found = {layout.channels[i]: int(n) for i, n in enumerate(outliers) if n}
+    if found:
+        detail = ", ".join(f"{n} value(s) of {name!r}" for name, n in found.items())
+        warnings.warn(f"{detail} lie more than {robust.FENCE:g} robust spreads from the median: left out of the normalisation "
+                      "statistics (they are still training data). If they are errors, mask them as NaN.",
+                      DataWarning, stacklevel=3)
 
 
 def check_counts(counts: np.ndarray, layout: Layout) -> None:
