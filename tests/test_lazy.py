@@ -176,11 +176,13 @@ def test_fit_on_dask_input_reads_chunks_never_the_whole_archive(tmp_path):
     assert np.allclose(model.mean, [big["t2m"].mean().compute(), big["u10"].mean().compute()], atol=0.5)
 
 
-def test_statistics_judge_the_mask_structure_on_the_longest_chunk_read():
-    values = da.from_array(np.random.default_rng(0).random((1, 1, 12, 4, 4)).astype(np.float32),
-                           chunks=(1, 1, (2, 8, 2), 4, 4))
-    stats = samplers.statistics(values, max_chunks=3)
-    assert stats.observed.shape == (1, 1, 8, 4, 4) and stats.chunks == (3, 3)
+def test_statistics_judge_the_mask_structure_on_consecutive_steps_whatever_the_chunking():
+    data = np.random.default_rng(0).random((1, 1, 40, 4, 4)).astype(np.float32)
+    for chunks in [(2, 8, 30), (4,) * 10, (40,)]:
+        stats = samplers.statistics(da.from_array(data, chunks=(1, 1, chunks, 4, 4)), max_chunks=3)
+        assert stats.observed.shape == (1, 1, max(samplers.STRUCTURE_STEPS, max(chunks)), 4, 4)
+    short = samplers.statistics(da.from_array(data[:, :, :12], chunks=(1, 1, 2, 4, 4)), max_chunks=3)
+    assert short.observed.shape == (1, 1, 12, 4, 4) and short.chunks == (3, 6)
 
 
 def test_chunked_sampler_memory_is_pieces_not_the_archive():

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from dask import is_dask_collection
 
-from . import masks
+from . import masks, robust
 from .geometry import evenly_spaced
 from .training import distributed_rank
 from .windows import window_starts
+
+STRUCTURE_STEPS = 32  # consecutive steps the mask structure is judged on (all of a shorter series)
 
 
 @dataclass
@@ -34,8 +36,9 @@ class Statistics:
     valid: np.ndarray  # (C, H, W): cells observed at least once
     counts: np.ndarray  # (C,): observed cells per channel
     rate: float  # observed fraction of the cells in columns valid for some channel
-    observed: np.ndarray  # (N, C, t, H, W): mask of the longest chunk read, to infer the mask structure from
+    observed: np.ndarray  # (N, C, t, H, W): mask of STRUCTURE_STEPS consecutive steps, to infer the structure from
     chunks: tuple[int, int]  # chunks read, chunks in all
+    outliers: np.ndarray  # (C,): values left out of mean and std, beyond the robust fence (xrimpute.robust)
 
 
 def time_chunks(values) -> np.ndarray:
@@ -53,11 +56,16 @@ def statistics(values, max_chunks: int = 8, seed: int = 0) -> Statistics:
     within a few percent, which is all normalisation needs, without a pass
     over the whole archive; chunks are read one at a time (memory: one time
     chunk). Cells never observed in the chunks read count as never observed.
+    Mean and spread leave out the values beyond the robust fence of their
+    chunk (:func:`xrimpute.robust.inliers`), so one gross error cannot blow
+    them up; ``outliers`` counts them. The mask structure is judged on
+    ``STRUCTURE_STEPS`` consecutive steps (or all), whatever the chunking.
     """
     spans = time_chunks(values)
-    picked = sorted(np.random.default_rng(seed).choice(len(spans), min(max_chunks, len(spans)), replace=False))
-    n, c, _, h, w = values.shape
-    count, mean, m2 = np.zeros(c, np.int64), np.zeros(c), np.zeros(c)
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(spans), min(max_chunks, len(spans)), replace=False))
+    n, c, t, h, w = values.shape
+    count, mean, m2, outliers = np.zeros(c, np.int64), np.zeros(c), np.zeros(c), np.zeros(c, np.int64)
     per_cell, steps, structure = np.zeros((c, h, w), np.int64), 0, None
     for k in picked:
         a, b = (int(v) for v in spans[k])
@@ -69,17 +77,23 @@ def statistics(values, max_chunks: int = 8, seed: int = 0) -> Statistics:
         steps += n * (b - a)
         for ch in range(c):  # merge the chunk's mean and sum of squares into the running ones (Chan et al.)
             v = block[:, ch][observed[:, ch]].astype(np.float64)
+            keep = robust.inliers(v)
+            outliers[ch] += v.size - int(keep.sum())
+            v = v[keep]
             if v.size:
                 total, delta = count[ch] + v.size, v.mean() - mean[ch]
                 m2[ch] += ((v - v.mean()) ** 2).sum() + delta**2 * count[ch] * v.size / total
                 mean[ch] += delta * v.size / total
                 count[ch] = total
+    if structure.shape[2] < min(t, STRUCTURE_STEPS):  # short chunks: too few windows to judge the structure on
+        start = int(rng.integers(t - min(t, STRUCTURE_STEPS) + 1))
+        structure = np.asarray(np.isfinite(values[:, :, start : start + STRUCTURE_STEPS]))  # booleans, chunk by chunk
     std = np.sqrt(m2 / np.maximum(count, 1))
     valid = per_cell > 0
     columns = valid.any(axis=0)
     rate = float(per_cell[:, columns].sum() / max(1, steps * c * int(columns.sum())))
     return Statistics(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32), valid,
-                      count, rate, structure, (len(picked), len(spans)))
+                      count, rate, structure, (len(picked), len(spans)), outliers)
 
 
 def reserved_windows(n: int, length: int, window: int, fraction: float, grid: tuple[int, int],
