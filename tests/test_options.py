@@ -1,5 +1,6 @@
 """Package-wide options (set_options) reach fit and impute; show_versions reports the environment."""
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ TINY = dict(mask="pixel", steps=3, batch_size=2, preset="tiny", verbose=False, v
 
 
 def test_context_manager_sets_and_restores_while_a_plain_call_sets_for_good():
-    assert get_options() == {"device": "auto", "progress": True, "dtype": "bfloat16"}
+    assert get_options() == {"device": "auto", "progress": True, "dtype": "bfloat16", "threads": "auto"}
     with xrimpute.set_options(progress=False, dtype="float32") as options:
         assert isinstance(options, xrimpute.set_options)
         assert OPTIONS["progress"] is False and OPTIONS["dtype"] == "float32"
@@ -146,3 +147,14 @@ def test_auto_threads_inside_a_dask_worker_are_its_share_of_the_cores(monkeypatc
     with torch_threads(4), LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                         dashboard_address=None) as cluster, Client(cluster) as client:
         assert client.submit(cpu_threads, pure=False).result() == max(1, min(4, cores // 2))
+
+
+def test_fit_and_impute_run_with_the_threads_option_and_restore_torchs_setting(observed, caplog):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    with caplog.at_level(logging.DEBUG, logger="xrimpute"), xrimpute.set_options(threads=wanted, progress=False):
+        model = observed.ctxdiff.fit(**TINY, device="cpu")
+        model.impute(observed, K=1, device="cpu")
+    notes = [r.getMessage() for r in caplog.records if r.name == "xrimpute"]
+    assert notes.count(f"torch CPU threads: {wanted} (was {before})") == 2  # the fit, then the impute
+    assert torch.get_num_threads() == before

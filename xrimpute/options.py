@@ -181,7 +181,11 @@ def cpu_threads() -> int:
 
 @contextlib.contextmanager
 def torch_threads(threads: int | None = None):
-    """Run the block with ``threads`` torch CPU threads (default :func:`cpu_threads`), then restore the setting."""
+    """Run the block with ``threads`` torch CPU threads (default :func:`cpu_threads`), then restore the setting.
+
+    Inside a dask worker the setting stays: tasks on the worker's threads overlap,
+    and one task restoring the count would change it under another.
+    """
     import torch
 
     threads = cpu_threads() if threads is None else threads
@@ -192,7 +196,7 @@ def torch_threads(threads: int | None = None):
     try:
         yield threads
     finally:
-        if threads != before:
+        if threads != before and not _local_dask_threads()[1]:
             torch.set_num_threads(before)
 
 
