@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import types
 
 import xarray as xr
 
-MODEL_PARAMETER = """model : CtxDiffModel, optional
-    The model to use; default the one that ``fit`` returned on this same object
-    (xarray makes a fresh accessor for every new object, such as ``ds.sel(...)``
-    or ``ds["t2m"]``: pass ``model=`` there, e.g. ``model=xrimpute.load("model.xri")``)."""
+from .errors import ArgumentError
+
+MODEL_PARAMETER = """model : CtxDiffModel, str or path-like, optional
+    The model to use, or the path of a saved one; default the one that ``fit``
+    returned on this same object (xarray makes a fresh accessor for every new
+    object, such as ``ds.sel(...)`` or ``ds["t2m"]``: pass ``model=`` there, e.g.
+    ``model="model.xri"``)."""
 
 
 def _is_header(lines: list[str], k: int) -> bool:
@@ -120,10 +124,15 @@ class CtxDiffAccessor:
         self._model = None
 
     def _resolve(self, model):
+        """``model`` (a CtxDiffModel, or the path of a saved one), else the one fitted on this accessor."""
+        if isinstance(model, (str, os.PathLike)):
+            from .model import load
+
+            return load(model)
         model = model or self._model
         if model is None:
-            raise ValueError("no model: call obj.ctxdiff.fit(...) on this same object first, "
-                             "or pass model= (e.g. model=xrimpute.load('model.xri'))")
+            raise ArgumentError("no model: call obj.ctxdiff.fit(...) on this same object first, "
+                                "or pass model= (a fitted model, or the path of a saved one: model='model.xri')")
         return model
 
     @_generated(".model:CtxDiffModel.fit", "Train on this cube (NaN = unobserved) and remember the model here.")
