@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import cube
-from .engine import Engine, ImputeConfig
+from .engine import FLAGS, Engine, ImputeConfig
 from .samplers import time_chunks
 from .training import resolve_device
 from .windows import Piece, plan
@@ -71,13 +71,41 @@ def spans(sizes) -> list[tuple[int, int]]:
 
 def filled_cube(filled, spread, obj, layout: cube.Layout, return_std: bool = False):
     """Arrays ``(N, C, T, H, W)`` (numpy or dask) in the shape of ``obj``, observed values kept bit for bit."""
-    result = obj.fillna(cube.from_array(filled, obj, layout))
+    result = cube.merge_filled(obj, cube.from_array(filled, obj, layout), layout)
     if not return_std:
         return result
-    spread = cube.from_array(spread, obj, layout, suffix="_std")
+    return cube.with_spread(result, cube.from_array(spread, obj, layout, suffix=cube.SPREAD), layout)
+
+
+FLAG = "_flag"  # suffix of the flag variables
+
+
+def flag_attrs(name: str) -> dict:
+    """CF attributes of the flag variable of variable ``name`` (values :data:`xrimpute.engine.FLAGS`)."""
+    return {"long_name": f"imputation flag of {name}", "flag_values": np.array(list(FLAGS.values()), np.int8),
+            "flag_meanings": " ".join(FLAGS)}
+
+
+def flag_cube(flags, obj, layout: cube.Layout):
+    """The flags ``(N, C, T, H, W)`` (numpy or dask, :meth:`Engine.flags`) as CF flag variables ``<var>_flag``
+    in the shape of ``obj`` (a DataArray for a DataArray)."""
+    out = cube.from_array(flags, obj, layout, suffix=FLAG).astype(np.int8)
+    for name, var in ([(obj.name, out)] if layout.is_dataarray else [(n, out[n + FLAG]) for n in layout.variables]):
+        var.attrs = flag_attrs(name)
+        var.encoding = {}
+    return out
+
+
+def with_flags(result, flags, layout: cube.Layout):
+    """The result of an imputation with its flag variables: merged into a Dataset, each linked from its parent by
+    ``ancillary_variables``; appended to the DataArray (or pair) otherwise."""
     if layout.is_dataarray:
-        return result, spread
-    return result.merge(spread)
+        return (*result, flags) if isinstance(result, tuple) else (result, flags)
+    result = result.copy()
+    for name in layout.variables:
+        linked = f"{result[name].attrs.get('ancillary_variables', '')} {name}{FLAG}".strip()
+        result[name].attrs = {**result[name].attrs, "ancillary_variables": linked}
+    return result.merge(flags)
 
 
 def _fill_block(engine: Engine, data, spec, piece: Piece, options: ImputeConfig) -> np.ndarray:
@@ -126,4 +154,4 @@ def impute_lazy(engine: Engine, obj, values, layout: cube.Layout, options: Imput
     return filled_cube(filled, spread, obj, layout, return_std)
 
 
-__all__ = ["cut", "filled_cube", "impute_lazy", "model_digest", "network", "spans"]
+__all__ = ["FLAG", "cut", "filled_cube", "flag_attrs", "flag_cube", "with_flags", "impute_lazy", "model_digest", "network", "spans"]
