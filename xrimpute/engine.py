@@ -32,6 +32,8 @@ from .windows import Piece, Tiling, impute_series, sample_series
 
 FORMAT = "xrimpute-model"
 FORMAT_VERSION = 1
+FLAGS = {"observed": 0, "imputed": 1, "imputed_without_training_signal": 2, "permanent_mask": 3}
+"""Values of the CF flag variable of an imputation (:meth:`Engine.flags`)."""
 
 
 class ModelMismatch(XrimputeError, ValueError):
@@ -139,7 +141,7 @@ class ImputeConfig:
     stride: int = 1
     batch_size: int = 8
     overlap: int | None = None
-    fill_never_observed: bool = False
+    fill_never_observed: bool | None = None
     adapt: bool = True
     observed_rate: float | None = None
     spec: masks.MaskSpec | None = None
@@ -160,13 +162,40 @@ class Engine:
     """
 
     def __init__(self, denoiser: Denoiser, spec: masks.MaskSpec, config: ModelConfig, mean: np.ndarray,
-                 std: np.ndarray, valid: np.ndarray, history: History, schedule: VPSchedule = VPSchedule()):
+                 std: np.ndarray, valid: np.ndarray, history: History, schedule: VPSchedule = VPSchedule(),
+                 permanent: np.ndarray | None = None):
         self.denoiser = denoiser.eval()
         self.spec = spec
         self.schedule = schedule
         self.config = config
         self.mean, self.std, self.valid = mean, std, valid  # valid (C, H, W): cells observed at least once
+        # permanent (C, H, W): cells left NaN by default; a model file older than the rule has none: every
+        # never-observed cell, as it used to be
+        self.permanent = ~np.asarray(valid, bool) if permanent is None else np.asarray(permanent, bool)
         self.history = history
+
+    def left_nan(self, fill_never_observed: bool | None = None) -> np.ndarray:
+        """``(C, H, W)``: cells whose gaps stay NaN. None: the permanent mask (the user's, and the regions beyond
+        the observing system's reach, :mod:`xrimpute.masks.reach`); False: also every cell never observed in
+        training; True: none."""
+        if fill_never_observed is None:
+            return self.permanent
+        return np.zeros_like(self.permanent) if fill_never_observed else self.permanent | ~self.valid
+
+    def flags(self, observed, fill_never_observed: bool | None = None, box=None):
+        """The :data:`FLAGS` of every cell of an imputation of ``observed`` ``(N, C, T, H, W)`` (numpy or dask), int8.
+
+        ``box`` ``((row0, row1), (col0, col1))``: the part of the grid ``observed`` covers (default all of it).
+
+        ``imputed_without_training_signal``: a gap in a cell never observed in training, which no context ever
+        queried (zero query coverage): its value comes from the network's spatial inductive bias alone.
+        """
+        (ya, yb), (xa, xb) = box or ((0, None), (0, None))
+        nan = self.left_nan(fill_never_observed)[None, :, None, ya:yb, xa:xb]
+        unsignalled = ~self.valid[None, :, None, ya:yb, xa:xb]
+        gap = np.where(nan, FLAGS["permanent_mask"],
+                       np.where(unsignalled, FLAGS["imputed_without_training_signal"], FLAGS["imputed"]))
+        return np.where(observed, FLAGS["observed"], gap).astype(np.int8)
 
     @property
     def window(self) -> int:
@@ -181,7 +210,8 @@ class Engine:
     @classmethod
     def fit(cls, values, config: ModelConfig, mask="auto", *, train_config: TrainConfig = TrainConfig(),
             preset: str = "auto", val_fraction: float = 0.05, device="auto", checkpoint=None, progress: bool = True,
-            verbose: bool = True, init: Engine | None = None, stats: Statistics | None = None) -> Engine:
+            verbose: bool = True, init: Engine | None = None, stats: Statistics | None = None,
+            permanent_mask: np.ndarray | None = None) -> Engine:
         """Train on ``values`` ``(N, C, T, H, W)``, a numpy or dask array (read piece by piece), NaN = unobserved.
 
         ``config`` describes the data (channels, grid, window, tile, periodic);
@@ -190,6 +220,9 @@ class Engine:
         settings, its seed also seeds the initial weights, the statistics and the
         held-back cells. ``stats`` (default: :func:`xrimpute.samplers.statistics`)
         are the normalisation and coverage. ``init``: an engine to start from.
+        ``permanent_mask`` (boolean ``(H, W)`` or ``(C, H, W)``, True = e.g. land):
+        cells whose gaps stay NaN, besides the never-observed regions beyond
+        the observing system's reach (:func:`xrimpute.masks.unreachable`).
         """
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
@@ -235,13 +268,16 @@ class Engine:
                               cells=int(windows.validation[2].sum()))
         config = replace(config, validation=validation, train=dict(asdict(train_config), preset=preset,
                                                                     device=str(device)))
-        return cls(ema.cpu(), spec, config, mean, std, stats.valid, history)
+        permanent = masks.unreachable(stats.valid)
+        if permanent_mask is not None:
+            permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
+        return cls(ema.cpu(), spec, config, mean, std, stats.valid, history, permanent=permanent)
 
     @classmethod
     def fit_array(cls, values: np.ndarray, mask="auto", *, window: int = 3, tile: tuple[int, int] | None = None,
                   periodic: bool = False, preset: str = "auto", val_fraction: float = 0.05, device: str | None = None,
                   checkpoint=None, progress: bool | None = None, verbose: bool = True, init: Engine | None = None,
-                  **train_options) -> Engine:
+                  permanent_mask: np.ndarray | None = None, **train_options) -> Engine:
         """:meth:`fit` on a plain array, with the options of :meth:`xrimpute.CtxDiffModel.fit`.
 
         Channels are named 0, 1, ...; the network sees the grid index as
@@ -253,7 +289,8 @@ class Engine:
         config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
                        val_fraction=val_fraction, device=or_option("device", device), checkpoint=checkpoint,
-                       progress=or_option("progress", progress), verbose=verbose, init=init)
+                       progress=or_option("progress", progress), verbose=verbose, init=init,
+                       permanent_mask=permanent_mask)
 
     def continue_training(self, values: np.ndarray, observed: np.ndarray, *, loss_fn=None, device="cpu",
                           progress: bool = True, facts: dict | None = None, **changes) -> History:
@@ -344,16 +381,16 @@ class Engine:
         scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]
         filled = np.where(seen, piece.inside(values), mean * scale + offset)
         spread = std * scale
-        if not options.fill_never_observed:
+        if options.fill_never_observed is not True:
             (ya, yb), (xa, xb) = piece.box[1:]
-            never = ~self.valid[None, :, None, ya:yb, xa:xb]
-            filled = np.where(never & ~seen, np.nan, filled)
-            spread = np.where(never, np.nan, spread)
+            nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]
+            filled = np.where(nan & ~seen, np.nan, filled)
+            spread = np.where(nan, np.nan, spread)
         return filled, spread
 
     def sample(self, values: np.ndarray, n: int = 16, steps: int = 50, *, K: int = 10, eta: float = 0.0,
                handover: float | None = -1.0, seed: int = 0, batch_size: int = 16, device="cpu", adapt: bool = True,
-               fill_never_observed: bool = False, progress: bool = False) -> np.ndarray:
+               fill_never_observed: bool | None = None, progress: bool = False) -> np.ndarray:
         """``n`` imputations ``(n, N, C, T, H, W)`` of ``values`` by multi-step sampling (observations kept exactly).
 
         Options as for :meth:`xrimpute.CtxDiffModel.sample`.
@@ -376,8 +413,7 @@ class Engine:
         finally:
             self.denoiser.cpu()
         draws = draws * self.std[None, None, :, None, None, None] + self.mean[None, None, :, None, None, None]
-        if not fill_never_observed:
-            draws = np.where(~self.valid[None, None, :, None] & ~observed, np.nan, draws)
+        draws = np.where(self.left_nan(fill_never_observed)[None, None, :, None] & ~observed, np.nan, draws)
         return np.where(observed, values, draws)
 
     # -- persistence -----------------------------------------------------------
@@ -387,7 +423,8 @@ class Engine:
                       net=self.denoiser.config, history=self.history.to_dict())
         payload = dict(format=FORMAT, format_version=FORMAT_VERSION, config=json.dumps(config),
                        state=self.denoiser.state_dict(), mean=torch.as_tensor(self.mean),
-                       std=torch.as_tensor(self.std), valid=torch.as_tensor(self.valid))
+                       std=torch.as_tensor(self.std), valid=torch.as_tensor(self.valid),
+                       permanent=torch.as_tensor(self.permanent))
         with atomic_write(path) as partial:
             torch.save(payload, partial)
         return Path(path)
@@ -410,7 +447,8 @@ class Engine:
         denoiser.load_state_dict(payload["state"])
         return cls(denoiser, masks.MaskSpec.from_dict(config["spec"]), ModelConfig.from_dict(config["info"]),
                    payload["mean"].numpy(), payload["std"].numpy(), payload["valid"].numpy(),
-                   History(**config["history"]), VPSchedule(**config["schedule"]))
+                   History(**config["history"]), VPSchedule(**config["schedule"]),
+                   permanent=payload["permanent"].numpy() if "permanent" in payload else None)
 
 
 def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
@@ -430,4 +468,4 @@ def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["FLAGS", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

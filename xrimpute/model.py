@@ -17,13 +17,38 @@ import xarray as xr
 
 from . import cube, masks
 from .engine import Engine, ImputeConfig, ModelConfig, ModelMismatch, position_fields, spans_globe, train_config
-from .lazy import filled_cube, impute_lazy
+from .errors import ArgumentError
+from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
 from .options import or_option
 from .samplers import statistics
 
 
 def _is_degrees(attrs: dict) -> bool:
     return "degree" in str(attrs.get("units", "")).lower()
+
+
+def permanent_cells(obj, layout: cube.Layout, permanent_mask) -> np.ndarray:
+    """The ``permanent_mask`` argument of :meth:`CtxDiffModel.fit` as a boolean ``(H, W)`` or ``(C, H, W)`` array.
+
+    A variable name of ``obj`` or a DataArray over (lat, lon), or an array;
+    True (or a value above 0.5, e.g. a land fraction) marks a permanent cell.
+    """
+    axes, grid = layout.axes, tuple(obj.sizes[d] for d in (layout.axes.lat, layout.axes.lon))
+    if isinstance(permanent_mask, str):
+        if isinstance(obj, xr.DataArray) or permanent_mask not in obj.data_vars:
+            raise ArgumentError(f"permanent_mask={permanent_mask!r} names no variable of the data; pass the name of a "
+                                "static (lat, lon) mask variable of the Dataset, or the mask itself")
+        permanent_mask = obj[permanent_mask]
+    if isinstance(permanent_mask, xr.DataArray):
+        if set(permanent_mask.dims) != {axes.lat, axes.lon}:
+            raise ArgumentError(f"permanent_mask has dims {permanent_mask.dims}; it must be static over "
+                                f"({axes.lat!r}, {axes.lon!r})")
+        permanent_mask = permanent_mask.transpose(axes.lat, axes.lon).values
+    mask = np.asarray(permanent_mask)
+    if mask.shape not in (grid, (len(layout.channels), *grid)):
+        raise ArgumentError(f"permanent_mask has shape {mask.shape}; the grid is {grid} (or {len(layout.channels)} "
+                            f"channels of it)")
+    return mask if mask.dtype == bool else np.nan_to_num(mask.astype(float)) > 0.5
 
 
 def check_fits(engine: Engine, layout: cube.Layout, obj) -> None:
@@ -103,6 +128,11 @@ class CtxDiffModel:
     def valid(self) -> np.ndarray:
         return self.engine.valid
 
+    @property
+    def permanent(self) -> np.ndarray:
+        """``(C, H, W)``: cells whose gaps stay NaN by default (see ``fill_never_observed`` of :meth:`impute`)."""
+        return self.engine.permanent
+
     def tiling(self, overlap: int | None = None):
         """The tiles of imputation; see :meth:`xrimpute.engine.Engine.tiling`."""
         return self.engine.tiling(overlap)
@@ -129,6 +159,7 @@ class CtxDiffModel:
         progress: bool | None = None,
         verbose: bool = True,
         init: CtxDiffModel | None = None,
+        permanent_mask=None,
         **train_options,
     ) -> CtxDiffModel:
         """Train on an incomplete cube (NaN = unobserved); no complete sample is needed.
@@ -186,6 +217,13 @@ class CtxDiffModel:
         init : CtxDiffModel, optional
             A model of the same variables, window and network to start from (warm
             start): its weights and normalisation are the starting point.
+        permanent_mask : str, xarray.DataArray or array_like, optional
+            Cells whose gaps stay NaN (land in a sea-surface cube): the name of a
+            static (lat, lon) variable of the Dataset (e.g. ``"lsm"``), a DataArray
+            over (lat, lon), or a boolean ``(lat, lon)`` array; True, or a value
+            above 0.5 such as a land fraction, marks a permanent cell. Besides it,
+            the never-observed regions beyond the observing system's reach stay NaN
+            (:mod:`xrimpute.masks.reach`); every other gap is filled.
         **train_options
             Further optimisation settings of :class:`xrimpute.training.TrainConfig`
             (``warmup``, ``weight_decay``, ``ema_decay``, ``grad_clip``,
@@ -205,6 +243,7 @@ class CtxDiffModel:
         spread over the archive that training never sees.
         """
         values, layout = cube.to_array(obj, lazy=True)
+        permanent = None if permanent_mask is None else permanent_cells(obj, layout, permanent_mask)
         t = values.shape[2]
         if t < window:
             raise cube.CubeError(f"only {t} time steps along {layout.axes.time!r}, fewer than window={window}; "
@@ -227,15 +266,15 @@ class CtxDiffModel:
         engine = Engine.fit(values, config, mask, train_config=options, preset=preset, val_fraction=val_fraction,
                             device=or_option("device", device), checkpoint=checkpoint,
                             progress=or_option("progress", progress), verbose=verbose,
-                            init=None if init is None else init.engine, stats=stats)
+                            init=None if init is None else init.engine, stats=stats, permanent_mask=permanent)
         return cls(engine)
 
     # -- imputation ------------------------------------------------------------
     def impute(self, obj, K: int = ImputeConfig.K, *, seed: int = ImputeConfig.seed, return_std: bool = False,
                stride: int = ImputeConfig.stride, batch_size: int = ImputeConfig.batch_size, device: str | None = None,
-               adapt: bool = ImputeConfig.adapt, fill_never_observed: bool = ImputeConfig.fill_never_observed,
+               adapt: bool = ImputeConfig.adapt, fill_never_observed: bool | None = ImputeConfig.fill_never_observed,
                progress: bool | None = None, spec: masks.MaskSpec | None = None, overlap: int | None = None,
-               observed_rate: float | None = None):
+               observed_rate: float | None = None, return_flags: bool = False):
         """Fill the gaps of ``obj``: same type, dims, coords and attrs, observed values kept.
 
         Parameters
@@ -261,9 +300,12 @@ class CtxDiffModel:
         adapt : bool, default True
             Keep the effective context fraction of training when the data is
             observed at another rate (paper G.3).
-        fill_never_observed : bool, default False
-            Also fill cells never observed in the training data (land, outside the
-            domain); by default they stay NaN.
+        fill_never_observed : bool, optional
+            What to do with cells never observed in the training data. Default
+            (None): fill them, except the permanent mask (the ``permanent_mask`` of
+            fit, and never-observed regions beyond the observing system's reach,
+            :mod:`xrimpute.masks.reach`), which stays NaN. True: fill every cell.
+            False: leave every never-observed cell NaN.
         progress : bool, optional
             Show a progress bar; default the ``progress`` of
             :func:`xrimpute.set_options` (True).
@@ -276,13 +318,21 @@ class CtxDiffModel:
             Share of observed cells, for ``adapt``; default measured on ``obj``.
             For dask-backed input that is a lazy pass over all of it, so pass it
             when imputing a long archive.
+        return_flags : bool, default False
+            Also return CF flag variables ``<variable>_flag`` (int8, ``flag_values``
+            / ``flag_meanings``): ``observed``, ``imputed``,
+            ``imputed_without_training_signal`` (a cell never observed in training,
+            which no context ever queried), ``permanent_mask`` (left NaN).
+            ``filled.where(flag != 2)`` masks the fills without training signal.
 
         Returns
         -------
         xarray.DataArray or xarray.Dataset
             ``obj`` with its gaps filled. With ``return_std=True``, a Dataset also
             holds the ``<variable>_std`` spreads, and a DataArray comes back as a
-            ``(filled, spread)`` pair.
+            ``(filled, spread)`` pair; ``return_flags=True`` adds the
+            ``<variable>_flag`` variables to a Dataset, and the flags as the last
+            item of a tuple for a DataArray.
 
         Notes
         -----
@@ -297,13 +347,18 @@ class CtxDiffModel:
                                fill_never_observed=fill_never_observed, adapt=adapt, observed_rate=observed_rate,
                                spec=spec, device=device, progress=progress)
         if not isinstance(values, np.ndarray):
-            return impute_lazy(self.engine, obj, values, layout, options, return_std=return_std)
-        filled, spread = self.engine.fill(values, options)
-        return filled_cube(filled, spread, obj, layout, return_std)
+            result = impute_lazy(self.engine, obj, values, layout, options, return_std=return_std)
+        else:
+            filled, spread = self.engine.fill(values, options)
+            result = filled_cube(filled, spread, obj, layout, return_std)
+        if not return_flags:
+            return result
+        flags = self.engine.flags(np.isfinite(values), options.fill_never_observed)  # lazy for dask input
+        return with_flags(result, flag_cube(flags, obj, layout), layout)
 
     def sample(self, obj, n: int = 16, steps: int = 50, *, K: int = 10, eta: float = 0.0,
                handover: float | None = -1.0, seed: int = 0, batch_size: int = 16, device: str | None = None,
-               adapt: bool = True, dim: str = "member", fill_never_observed: bool = False,
+               adapt: bool = True, dim: str = "member", fill_never_observed: bool | None = None,
                progress: bool | None = None):
         """``n`` imputations of ``obj`` by multi-step sampling, stacked along a new dim ``dim``.
 
@@ -340,7 +395,7 @@ class CtxDiffModel:
             As for :meth:`impute`.
         dim : str, default "member"
             Name of the new dim.
-        fill_never_observed : bool, default False
+        fill_never_observed : bool, optional
             As for :meth:`impute`.
         progress : bool, optional
             As for :meth:`impute`.

@@ -17,8 +17,9 @@ Specs: :class:`Pixel`, :class:`Block`, :class:`Station`, :class:`Swath`,
 :class:`Combined`. :func:`infer` reads the structure of a NaN pattern and
 picks a spec; :func:`learnability` maps the query coverage of a spec over the
 grid and :func:`warn_if_unlearnable` warns when gaps would never be learned.
-Cells never observed (land, outside a station network) are a permanent mask:
-they are excluded from the statistics and never queried.
+Cells never observed (land, outside a station network) are never queried;
+:mod:`.reach` tells those beyond the observing system's reach (kept NaN by
+default) from gaps left by chance (filled).
 
 The package holds three concepts, each in its own module, importing downward
 only: :mod:`.specs` (the specs, their context samplers and the hold-out),
@@ -31,6 +32,7 @@ and :func:`xrimpute.check.check` read them from a cube.
 from ..geometry import block_index
 from .coverage import ZERO_COVERAGE, Learnability, learnability, query_coverage, warn_if_unlearnable
 from .infer import Inference, find_block_grid, infer, infer_pixel_or_block, resolve
+from .reach import Reach, reach, unreachable
 from .specs import (
     ALIASES,
     NOT_SAVED,
@@ -53,4 +55,5 @@ __all__ = [
     "MaskSpec", "MaskSpecError", "Patches", "Pixel", "Station", "Swath", "TimeGap", "block_index",
     "find_block_grid", "holdout_keep", "infer", "infer_pixel_or_block", "learnability", "query_coverage",
     "resolve", "warn_if_unlearnable",
+    "Reach", "reach", "unreachable",
 ]

@@ -1,0 +1,130 @@
+"""Chance or structure: gaps between scattered observations are filled by default, land stays NaN; flags say which."""
+import numpy as np
+import pytest
+import xarray as xr
+
+import xrimpute
+from xrimpute.engine import FLAGS
+from xrimpute.masks import reach
+
+from synthetic import blobs
+
+TINY = dict(steps=4, batch_size=2, window=3, progress=False, verbose=False, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Fits here are a few steps; one thread keeps them from crowding the machine."""
+
+
+def test_scattered_pixels_leave_no_unreachable_cell():
+    rng = np.random.default_rng(0)
+    seen = (rng.random((40, 32, 32)) < 0.01).any(0)
+    found = reach(seen)
+    assert (~seen).sum() > 400 and found.unreachable.sum() == 0  # two thirds of the grid never observed, all by chance
+
+
+def test_a_land_block_among_dense_observations_is_unreachable_whole():
+    seen = np.ones((24, 24), bool)
+    seen[6:14, 8:18] = False
+    found = reach(seen)
+    assert found.threshold == pytest.approx(1.5) and np.array_equal(found.unreachable, ~seen)
+
+
+def test_the_region_outside_a_station_network_is_unreachable_but_not_the_field_between_stations():
+    rng = np.random.default_rng(1)
+    stations = rng.random((64, 64)) < 0.03
+    stations[:, 40:] = False
+    found = reach(stations)
+    assert found.unreachable[:, 50:].all() and not found.unreachable[:, :30].any()
+
+
+def pixel_cube(rate: float, frames: int = 40, size: int = 24, seed: int = 0) -> xr.DataArray:
+    truth = blobs(n=1, t=frames, size=size, seed=seed)
+    keep = np.random.default_rng(seed).random(truth.shape) < rate
+    return truth.where(keep)
+
+
+def test_one_percent_random_pixels_over_40_frames_come_back_without_nan():
+    observed = pixel_cube(0.01)
+    never = observed.isnull().all(["sample", "time"])
+    assert int(never.sum()) > 200  # most of the grid was never observed, by chance
+    model = xrimpute.fit(observed, **TINY)
+    filled = model.impute(observed, K=2, progress=False)
+    assert not filled.isnull().any()
+
+
+def land_cube() -> tuple[xr.DataArray, xr.DataArray]:
+    observed = pixel_cube(0.5, frames=8)
+    land = xr.zeros_like(observed.isel(sample=0, time=0, drop=True), dtype=bool)
+    land[6:14, 8:18] = True
+    return observed.where(~land), land
+
+
+def test_a_static_land_block_stays_nan_by_default_and_is_filled_on_request():
+    observed, land = land_cube()
+    model = xrimpute.fit(observed, mask="pixel", **TINY)
+    filled = model.impute(observed, K=2, progress=False)
+    assert filled.isnull().all(["sample", "time"]).equals(land)  # exactly the block, nothing else
+    everywhere = model.impute(observed, K=2, progress=False, fill_never_observed=True)
+    assert not everywhere.isnull().any()
+
+
+def test_old_behaviour_leaves_every_never_observed_cell_nan():
+    observed = pixel_cube(0.01)
+    model = xrimpute.fit(observed, mask="pixel", **TINY)
+    filled = model.impute(observed, K=2, progress=False, fill_never_observed=False)
+    never = observed.isnull().all(["sample", "time"])
+    assert filled.isnull().all(["sample", "time"]).equals(never)
+
+
+def test_a_permanent_mask_given_to_fit_stays_nan_and_is_saved(tmp_path):
+    observed = pixel_cube(0.5, frames=8)
+    coast = xr.zeros_like(observed.isel(sample=0, time=0, drop=True), dtype=bool)
+    coast[:, :2] = True  # a strip too narrow for the rule, observed at times: only the user can call it land
+    model = xrimpute.fit(observed, mask="pixel", permanent_mask=coast, **TINY)
+    loaded = xrimpute.load(model.save(tmp_path / "m.xri"))
+    assert np.array_equal(loaded.permanent[0], coast.values)
+    filled = loaded.impute(observed, K=2, progress=False)
+    gaps = observed.isnull()
+    assert filled.isnull().equals(gaps & coast)  # gaps on the coast stay NaN, all others are filled
+
+
+def test_a_model_file_without_permanent_mask_loads_with_every_never_observed_cell_permanent(tmp_path):
+    import torch
+
+    observed, land = land_cube()
+    observed = observed.where(~(observed.x == 0))  # one never-observed column the rule would fill
+    model = xrimpute.fit(observed, mask="pixel", **TINY)
+    path = model.save(tmp_path / "m.xri")
+    payload = torch.load(path, weights_only=True)
+    del payload["permanent"]
+    torch.save(payload, path)
+    old = xrimpute.load(path)
+    assert np.array_equal(old.permanent, ~old.valid)
+    never = observed.isnull().all(["sample", "time"])
+    assert old.impute(observed, K=2, progress=False).isnull().all(["sample", "time"]).equals(never)
+
+
+def test_flags_mark_observed_imputed_unsignalled_and_permanent_cells():
+    observed, land = land_cube()
+    observed = observed.where(~(observed.x == 0))  # never observed, but filled: no training signal
+    model = xrimpute.fit(observed, mask="pixel", **TINY)
+    filled, flags = model.impute(observed, K=2, progress=False, return_flags=True)
+    assert flags.name == "u_flag" and flags.dtype == np.int8
+    assert list(flags.attrs["flag_values"]) == [0, 1, 2, 3]
+    assert flags.attrs["flag_meanings"] == "observed imputed imputed_without_training_signal permanent_mask"
+    assert (flags == FLAGS["observed"]).equals(observed.notnull())
+    assert ((flags == FLAGS["permanent_mask"]) == filled.isnull()).all()
+    column = (observed.x == 0) & ~land
+    assert bool((flags == FLAGS["imputed_without_training_signal"]).equals(column.broadcast_like(flags)))
+    assert int((flags == FLAGS["imputed"]).sum()) > 1000
+
+
+def test_flags_of_a_dataset_are_variables_linked_from_their_parent():
+    observed, _ = land_cube()
+    ds = observed.to_dataset()
+    model = xrimpute.fit(ds, mask="pixel", **TINY)
+    out = model.impute(ds.chunk({"time": 4}), K=2, progress=False, return_flags=True)
+    assert out["u"].attrs["ancillary_variables"] == "u_flag" and out["u_flag"].chunks is not None
+    assert int((out["u_flag"] == FLAGS["permanent_mask"]).sum()) == int(out["u"].isnull().sum())

@@ -1,0 +1,92 @@
+"""Chance or structure: which never-observed cells lie outside the observing system's reach.
+
+A cell never observed in the training data is either a gap the observations
+left by chance (between scattered pixels, between stations) or part of a
+region the observing system cannot reach (land in a sea-surface cube, outside
+a regional network). Only the second kind stays NaN by default; every other
+gap is filled. DINEOF and DINCAE take the land mask as an input file and
+reconstruct every sea point; :func:`unreachable` infers such a mask from the
+geometry of the observations when none is given.
+
+The rule, per variable, on the ``(H, W)`` map of cells observed at least once:
+
+1. ``spacing``: the median distance (in cells) from an observed cell to its
+   nearest other observed cell (reported, and the scale of the next step).
+2. ``density``: the local share of observed cells, the median over observed
+   cells of ``k / (pi r_k^2)`` with ``r_k`` the distance to the ``k = 8``-th
+   nearest other observed cell (1 at most). Local, so a large land area does
+   not dilute it, and a hole does not inflate it.
+3. ``chance_radius``: the radius of the largest hole that observations placed
+   independently at that density leave by chance on the grid's ``A`` cells,
+   ``sqrt(ln A / (pi * -ln(1 - density)))`` (the expected number of holes of
+   radius ``r`` is ``A (1 - density)^(pi r^2)``).
+4. ``threshold = max(MIN_RADIUS, SAFETY * chance_radius)``: a hole 1.5 times
+   that radius has an area 2.25 times larger, so about ``A^-1.25`` such
+   holes arise by chance on the grid.
+5. A never-observed cell is unreachable when it lies in an empty disk (one
+   holding no observed cell) of radius ``threshold``: within ``threshold`` of
+   a *core* cell, a cell farther than ``threshold`` from every observed cell
+   (the morphological opening of the never-observed region by that disk).
+   The region so found never reaches between observations closer than
+   ``2 * threshold`` apart.
+
+Scattered pixels (1 % a frame over 40 frames: a third of the cells observed
+once) give a threshold of about 3.4 cells, and chance holes that wide are
+rare; a station network covering 3 % of the cells gives about 11 cells, so
+only areas far outside the network stay NaN; dense observations around land
+give the floor of 1.5 cells, so land three cells across or wider stays NaN.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+SAFETY = 1.5  # radius factor over the largest chance hole
+MIN_RADIUS = 1.5  # cells: a region narrower than three cells is never called unreachable
+NEIGHBOURS = 8  # k of the local density estimate
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Where the observations of one variable reach, and the numbers the rule used (see :mod:`.reach`)."""
+
+    unreachable: np.ndarray  # (H, W) bool: never observed and beyond the observing system's reach
+    spacing: float  # median nearest-neighbour distance between observed cells, in cells
+    density: float  # local share of observed cells (k-nearest-neighbour estimate)
+    threshold: float  # distance from every observation (cells) beyond which a never-observed cell is structural
+
+    def to_dict(self) -> dict:
+        return dict(spacing=round(self.spacing, 3), density=round(self.density, 4), threshold=round(self.threshold, 3),
+                    unreachable_cells=int(self.unreachable.sum()))
+
+
+def reach(observed_once: np.ndarray) -> Reach:
+    """The unreachable never-observed cells of an ``(H, W)`` map of cells observed at least once."""
+    ever = np.asarray(observed_once, dtype=bool)
+    never = ~ever
+    if not ever.any() or not never.any():  # nothing observed: nothing to reach from; nothing missing: nothing to judge
+        return Reach(never.copy(), math.nan, float(ever.mean()), 0.0)
+    points = np.argwhere(ever)
+    k = min(NEIGHBOURS, len(points) - 1)
+    if k == 0:  # a single observed cell: no spacing, no density to judge chance by
+        return Reach(never.copy(), math.inf, 0.0, math.inf)
+    distances = cKDTree(points).query(points, k=k + 1)[0]
+    spacing = float(np.median(distances[:, 1]))
+    density = float(min(1.0, np.median(k / (math.pi * distances[:, k] ** 2))))
+    chance = 0.0 if density >= 1 else math.sqrt(math.log(ever.size) / (math.pi * -math.log1p(-density)))
+    threshold = max(MIN_RADIUS, SAFETY * chance)
+    core = ndimage.distance_transform_edt(never) > threshold  # farther than threshold from every observation
+    unreachable = never & (ndimage.distance_transform_edt(~core) <= threshold) if core.any() else np.zeros_like(never)
+    return Reach(unreachable, spacing, density, threshold)
+
+
+def unreachable(valid: np.ndarray) -> np.ndarray:
+    """``(C, H, W)``: per variable, the never-observed cells beyond the observing system's reach (:func:`reach`)."""
+    return np.stack([reach(channel).unreachable for channel in np.asarray(valid, dtype=bool)])
+
+
+__all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "reach", "unreachable"]
