@@ -128,3 +128,34 @@ def test_flags_of_a_dataset_are_variables_linked_from_their_parent():
     out = model.impute(ds.chunk({"time": 4}), K=2, progress=False, return_flags=True)
     assert out["u"].attrs["ancillary_variables"] == "u_flag" and out["u_flag"].chunks is not None
     assert int((out["u_flag"] == FLAGS["permanent_mask"]).sum()) == int(out["u"].isnull().sum())
+
+
+def station_cube(size: int = 24, frames: int = 12, share: float = 0.05, seed: int = 0) -> xr.DataArray:
+    truth = blobs(n=1, t=frames, size=size, seed=seed)
+    stations = xr.DataArray(np.random.default_rng(seed).random((size, size)) < share, dims=("y", "x"))
+    return truth.where(stations)
+
+
+def test_a_station_cube_comes_back_filled_everywhere_with_the_off_station_cells_flagged():
+    observed = station_cube()
+    stations = observed.notnull().any(["sample", "time"])
+    model = xrimpute.fit(observed, mask="station", **TINY)
+    filled, flags = model.impute(observed, K=2, progress=False, return_flags=True)
+    assert not filled.isnull().any()
+    assert (flags == FLAGS["observed"]).all(["sample", "time"]).equals(stations)
+    assert (flags == FLAGS["imputed_without_training_signal"]).all(["sample", "time"]).equals(~stations)
+
+
+def test_station_validation_holds_out_whole_stations_for_every_step():
+    from xrimpute.samplers import training_windows
+
+    values = station_cube(share=0.1).values[:, None]  # (N, C, T, H, W)
+    spec = xrimpute.masks.Station()
+    windows = training_windows(values, spec, np.zeros(1, np.float32), np.ones(1, np.float32), window=3,
+                               val_fraction=0.2)
+    held_cells = np.isfinite(values).any((0, 1, 2)) & ~windows.observed.numpy().any((0, 1, 2))
+    stations = int(np.isfinite(values).any((0, 1, 2)).sum())
+    assert 0.1 * stations < held_cells.sum() < 0.3 * stations  # about a fifth of the stations, whole
+    held = windows.validation[2].numpy()
+    assert held.any() and np.array_equal(held.any((0, 1, 2)), held_cells & held.any((0, 1, 2)))
+    assert not (windows.observed.numpy()[:, :, :, held_cells]).any()  # never in training, at any step

@@ -326,6 +326,20 @@ def _validation_windows(x, train_observed, heldout, window, tile, static, seed, 
     return xs, ms, hs, tiles
 
 
+def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """``(H, W)``: a share ``fraction`` of the station cells of ``observed`` ``(N, C, T, H, W)``, drawn at random.
+
+    Station data is validated on whole stations left out of training, so that
+    the skill reported is the skill between stations (at least one station
+    held out, at least one kept; none with fewer than two stations).
+    """
+    cells = np.flatnonzero(np.asarray(observed).any(axis=(0, 1, 2)))
+    count = min(max(1, round(fraction * cells.size)), cells.size - 1) if fraction > 0 and cells.size >= 2 else 0
+    out = np.zeros(observed.shape[-2] * observed.shape[-1], dtype=bool)
+    out[np.random.default_rng(seed).permutation(cells)[:count]] = True
+    return out.reshape(observed.shape[-2:])
+
+
 def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.ndarray, *, window: int,
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False):
@@ -338,13 +352,18 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     (:func:`reserved_windows`) never enter training, and the held-back cells
     are drawn inside them. Either way ``validation`` is ``(x, observed, held
     back, static)`` or None, and the caller closes the sampler when done.
+    For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
+    stations (:func:`withheld_stations`), in every step: in memory they never
+    enter training; in an archive they are held back in the reserved windows.
     """
+    stations = isinstance(spec, masks.Station)
     if not is_dask_collection(values):
         observed = np.isfinite(values)
         x = np.nan_to_num((values - mean[None, :, None, None, None]) / std[None, :, None, None, None])
         generator = torch.Generator().manual_seed(seed)
         observed_t = torch.as_tensor(observed)
-        heldout = (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
+        heldout = observed & withheld_stations(observed, val_fraction, seed) if stations else \
+            (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
         train_observed = observed & ~heldout
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static)
         if heldout.any():
@@ -360,6 +379,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         except BaseException:
             windows.close()
             raise
-        keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
+        keep = ~torch.as_tensor(withheld_stations(ms.numpy(), val_fraction, seed)) if stations else \
+            masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
         windows.validation = (xs, ms & keep, ms & ~keep, tiles)
     return windows
