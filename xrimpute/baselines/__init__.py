@@ -20,7 +20,10 @@ from xrimpute.baselines.classical import (
     DineofResult,
     dineof_array,
     interpolate_array,
+    kriging_array,
+    normalised_convolution_array,
     ns_inpaint_array,
+    rbf_array,
     telea_array,
     temporal_array,
 )
@@ -42,6 +45,9 @@ __all__ = [
     "ns_inpaint_array",
     "temporal_array",
     "dineof_array",
+    "rbf_array",
+    "normalised_convolution_array",
+    "kriging_array",
     "ctxdiff",
     "missdiff",
     "ambient",
@@ -60,6 +66,10 @@ METHODS = {
     "ns_inpaint": ns_inpaint_array,
     "temporal": temporal_array,
     "dineof": _dineof_filled,
+    # interpolators of station networks, frame by frame (kriging needs the optional PyKrige)
+    "rbf": rbf_array,
+    "normalised_convolution": normalised_convolution_array,
+    "kriging": kriging_array,
     **LEARNED_CORES,  # ctxdiff, missdiff, ambient, diffputer (xrimpute.baselines.learned)
     "em_consistency": em_consistency_array,  # categorical or continuous (xrimpute.baselines.em_consistency)
 }
@@ -91,7 +101,9 @@ def fill(obj: xr.DataArray | xr.Dataset, method: str = "interpolate", axes: cube
         sample dim (each sample is filled on its own).
     method : str
         A key of :data:`METHODS`: ``"interpolate"``, ``"telea"``, ``"ns_inpaint"``,
-        ``"temporal"``, ``"dineof"``, or one registered by another module.
+        ``"temporal"``, ``"dineof"``, ``"rbf"`` (thin-plate spline),
+        ``"normalised_convolution"``, ``"kriging"`` (ordinary, with PyKrige), or
+        one registered by another module.
     axes : cube.Axes, optional
         The cube dims, when :func:`xrimpute.cube.find_axes` cannot find them.
     **options

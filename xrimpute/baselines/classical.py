@@ -1,4 +1,5 @@
-"""Classical gap fillers on numpy arrays: interpolation, inpainting, nearest in time, DINEOF.
+"""Classical gap fillers on numpy arrays: interpolation, inpainting, nearest in time, DINEOF, and the station
+interpolators (thin-plate RBF, normalised convolution, ordinary kriging).
 
 Every core takes one channel's field ``(T, H, W)`` or a whole cube array
 ``(N, C, T, H, W)`` (looping over samples and channels), with NaN where
@@ -423,3 +424,134 @@ def dineof_array(
             if group:
                 filled[n, group], ranks[n, group], errors[n, group] = _dineof_block(values[n, group], **options)
     return DineofResult(filled, ranks, errors)
+
+
+# -- interpolators that station users know: thin-plate RBF, normalised convolution, ordinary kriging -----------
+DENSE_RBF = 1000  # observations per frame up to which the RBF solves the whole system (local neighbours beyond)
+
+
+def _per_frame(field: np.ndarray, frame_core, least: int) -> np.ndarray:
+    """Fill every frame of a ``(T, H, W)`` field with ``frame_core(points, values, queries)`` from its own
+    observations; a frame with fewer than ``least`` of them takes their mean (or, without any, the nearest
+    filled frame in time)."""
+    filled = np.full(field.shape, np.nan, dtype=np.float64)
+    for t, frame in enumerate(field):
+        observed = np.isfinite(frame)
+        if not observed.any():
+            continue
+        filled[t] = frame
+        if observed.all():
+            continue
+        points, queries = np.argwhere(observed).astype(np.float64), np.argwhere(~observed).astype(np.float64)
+        known = frame[observed].astype(np.float64)
+        filled[t][~observed] = frame_core(points, known, queries) if len(known) >= least else known.mean()
+    filled = _fill_time(filled.reshape(len(field), -1), np.arange(len(field), dtype=np.float64), False)
+    return _keep_observed(field, filled.reshape(field.shape))
+
+
+def _rbf_field(field, smoothing, neighbors):
+    from scipy.interpolate import RBFInterpolator
+
+    def frame_core(points, known, queries):
+        local = neighbors if neighbors is not None else (None if len(known) <= DENSE_RBF else 64)
+        scale = known.std() or 1.0  # the smoothing acts on standardised values
+        rbf = RBFInterpolator(points, (known - known.mean()) / scale, kernel="thin_plate_spline",
+                              smoothing=smoothing, neighbors=local)
+        return rbf(queries) * scale + known.mean()
+
+    return _per_frame(field, frame_core, least=3)
+
+
+def rbf_array(values: np.ndarray, smoothing: float = 0.0, neighbors: int | None = None) -> np.ndarray:
+    """Thin-plate spline radial basis function interpolation of each frame from its observations.
+
+    :class:`scipy.interpolate.RBFInterpolator` with ``kernel="thin_plate_spline"``
+    (and a linear trend), on the grid index space. Frames with fewer than 3
+    observations take their mean; frames without any, the nearest filled frame
+    in time.
+
+    Parameters
+    ----------
+    values : ndarray
+        ``(T, H, W)`` or ``(N, C, T, H, W)``, NaN where unobserved.
+    smoothing : float
+        0 interpolates the observations exactly; larger values smooth (on values
+        standardised per frame).
+    neighbors : int, optional
+        Observations each estimate uses; default all of them up to
+        ``DENSE_RBF`` (1000) per frame, the nearest 64 beyond.
+    """
+    return _per_field(_rbf_field, values, smoothing=smoothing, neighbors=neighbors)
+
+
+def _normalised_convolution_field(field, sigma, sigma_time):
+    from scipy.ndimage import gaussian_filter
+
+    observed = np.isfinite(field)
+    data = np.where(observed, field, 0.0).astype(np.float64)
+    weight = observed.astype(np.float64)
+    filled = np.full(field.shape, np.nan)
+    scale = 1.0
+    while np.isnan(filled[~observed]).any() and scale * sigma <= 2 * max(field.shape[1:]):
+        widths = (sigma_time, scale * sigma, scale * sigma)
+        numerator = gaussian_filter(data, widths, mode="constant")
+        certainty = gaussian_filter(weight, widths, mode="constant")
+        reached = np.isnan(filled) & (certainty > 1e-12)  # a wider kernel only where the narrower found nothing
+        filled[reached] = numerator[reached] / certainty[reached]
+        scale *= 2
+    return _keep_observed(field, filled)
+
+
+def normalised_convolution_array(values: np.ndarray, sigma: float = 2.0, sigma_time: float = 1.0) -> np.ndarray:
+    """Normalised convolution (Knutsson & Westin 1993): a Gaussian average over space and time of the observed
+    cells only, ``G * (x m) / G * m`` with ``m`` the observation mask.
+
+    Where no observation lies within reach of the kernel, its spatial width
+    doubles until one does (up to twice the grid).
+
+    Parameters
+    ----------
+    values : ndarray
+        ``(T, H, W)`` or ``(N, C, T, H, W)``, NaN where unobserved.
+    sigma : float
+        Standard deviation of the kernel in space, in grid cells.
+    sigma_time : float
+        Standard deviation of the kernel in time, in steps (0: each frame alone).
+    """
+    if sigma <= 0 or sigma_time < 0:
+        raise ValueError(f"sigma must be positive and sigma_time non-negative, got {sigma} and {sigma_time}")
+    return _per_field(_normalised_convolution_field, values, sigma=sigma, sigma_time=sigma_time)
+
+
+def _pykrige():
+    try:
+        from pykrige.ok import OrdinaryKriging
+    except ImportError as error:
+        raise ImportError('the "kriging" baseline needs PyKrige: pip install "xrimpute[kriging]"') from error
+    return OrdinaryKriging
+
+
+def _kriging_field(field, variogram_model):
+    ordinary_kriging = _pykrige()
+
+    def frame_core(points, known, queries):
+        if np.ptp(known) == 0:  # a constant field: no variogram to fit
+            return np.full(len(queries), known[0])
+        model = ordinary_kriging(points[:, 1], points[:, 0], known, variogram_model=variogram_model)
+        estimate, _ = model.execute("points", queries[:, 1], queries[:, 0])
+        return np.asarray(estimate, dtype=np.float64)
+
+    return _per_frame(field, frame_core, least=3)
+
+
+def kriging_array(values: np.ndarray, variogram_model: str = "spherical") -> np.ndarray:
+    """Ordinary kriging of each frame from its observations (PyKrige, an optional dependency).
+
+    The variogram (``"linear"``, ``"power"``, ``"gaussian"``, ``"spherical"``,
+    ``"exponential"``) is fitted to each frame's observations on the grid index
+    space. Frames with fewer than 3 observations take their mean; frames
+    without any, the nearest filled frame in time. Cost grows with the cube of
+    the observations per frame: meant for station networks.
+    """
+    _pykrige()  # the clear error before any work
+    return _per_field(_kriging_field, values, variogram_model=variogram_model)
