@@ -30,7 +30,8 @@ numeric core it knows no xarray and takes boolean masks; :func:`xrimpute.check.i
 and :func:`xrimpute.check.check` read them from a cube.
 """
 from ..geometry import block_index
-from .coverage import ZERO_COVERAGE, Learnability, learnability, query_coverage, warn_if_unlearnable
+from .coverage import (ZERO_COVERAGE, Learnability, QueryDraws, learnability, query_coverage, query_probability,
+                       warn_if_unlearnable)
 from .infer import Inference, find_block_grid, infer, infer_pixel_or_block, resolve
 from .reach import Reach, reach, unreachable
 from .specs import (
@@ -52,8 +53,8 @@ from .specs import (
 
 __all__ = [
     "ALIASES", "NOT_SAVED", "SPECS", "ZERO_COVERAGE", "Block", "Clouds", "Combined", "Inference", "Learnability",
-    "MaskSpec", "MaskSpecError", "Patches", "Pixel", "Station", "Swath", "TimeGap", "block_index",
+    "MaskSpec", "MaskSpecError", "Patches", "Pixel", "QueryDraws", "Station", "Swath", "TimeGap", "block_index",
     "find_block_grid", "holdout_keep", "infer", "infer_pixel_or_block", "learnability", "query_coverage",
-    "resolve", "warn_if_unlearnable",
+    "query_probability", "resolve", "warn_if_unlearnable",
     "Reach", "reach", "unreachable",
 ]

@@ -21,6 +21,88 @@ from .specs import MaskSpec
 ZERO_COVERAGE = 1e-3  # queried in under one context in a thousand: in effect never learned
 
 
+@dataclass(frozen=True)
+class QueryDraws:
+    """Query probabilities of the gap cells of ``D`` windows, each seen through one context (see :func:`query_probability`)."""
+
+    probability: torch.Tensor  # (D, C, T, H, W) float64: P(the cell was a query | the context), for gap cells
+    gap: torch.Tensor  # (D, C, T, H, W) bool: the cell is a gap of its window
+    context: torch.Tensor  # (D, C, T, H, W) bool: the context drawn
+
+
+def query_probability(spec: MaskSpec, observed: torch.Tensor | np.ndarray, observing: MaskSpec | None = None,
+                      n_draws: int = 256, seed: int = 0) -> QueryDraws:
+    """For ``n_draws`` windows of ``observed`` picked at random, a context drawn by ``spec`` and, for every gap
+    cell of every variable, the probability that the cell was a query of training given that context (Theorem 1).
+
+    ``observed`` holds observation masks ``(N, C, T, H, W)`` of training windows;
+    ``observing`` describes how observations arise (its ``units`` are the
+    independent pieces of the observing system; default: ``spec`` itself).
+    Variable ``c``'s cell outside the context is a query exactly when its unit
+    was observed; by Bayes with the unit's observation frequency ``q`` for that
+    variable and the context's likelihood ``L`` of leaving the whole unit out,
+    that probability is ``q L / (q L + 1 - q)``. A gap cell in a unit that the
+    context does reach is weighed the same way at the cell level: its frequency
+    of being observed when its unit is, against the spec's likelihood of leaving
+    that one cell out (zero for a block context, which keeps whole blocks).
+
+    The contexts are drawn on whole windows, all variables at once, so the
+    joint pattern is judged: where a window's variables differ and the spec
+    shares one keep pattern among them (``shared=True``), another variable's
+    context in a keep unit of the spec shows that the pattern keeps that unit,
+    so a gap of this variable there was never a query (probability 0); another
+    variable observed there but left out shows that the pattern drops it,
+    which says nothing about this variable (probability ``q``). Per-variable
+    patterns (the default when masks differ) are independent across variables.
+    """
+    observing = observing or spec
+    observed = torch.as_tensor(np.asarray(observed)).bool() if not torch.is_tensor(observed) else observed.bool()
+    n, c, t, h, w = observed.shape
+    labels = observing.units((t, h, w)).reshape(-1)
+    n_units = int(labels.max()) + 1
+    cells = torch.arange(t * h * w)
+
+    def unit_sum(x, by=labels, count=n_units):  # (B, U) sums of per-cell values over units
+        return torch.zeros(x.shape[0], count, dtype=torch.float64).index_add_(1, by, x.reshape(x.shape[0], -1).double())
+
+    def posterior(rate, loglik):  # P(observed | left out of the context), by Bayes
+        odds = torch.where(rate < 1, rate / (1 - rate).clamp(min=1e-300), math.inf)
+        return torch.sigmoid(torch.log(odds) + loglik).nan_to_num(0.0)
+
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, n, (n_draws,), generator=generator)
+    windows = observed[picks]
+    context = spec.context(windows, generator)
+    # windows whose variables differ under one shared keep pattern: the other variables reveal the pattern
+    revealing = ~(windows == windows[:, :1]).flatten(1).all(1) if spec.shared else torch.zeros(n_draws, dtype=bool)
+    keep_units = spec.units((t, h, w)).reshape(-1)
+    probability = torch.zeros(windows.shape, dtype=torch.float64)
+    for v in range(c):
+        frames = observed[:, v : v + 1]
+        unit_seen = unit_sum(frames) > 0
+        unit_rate = unit_seen.double().mean(0)  # q: how often each unit of this variable is observed
+        cell_rate = frames.double().sum(0).reshape(-1) / unit_seen.double().sum(0).clamp(min=1)[labels]
+        own = context[:, v : v + 1]
+        possible = frames.any(0, keepdim=True).expand_as(own)  # what a unit looks like when it is observed
+        # units left out: the log-likelihood of leaving the whole unit out, had it been observed
+        unit_posterior = posterior(unit_rate, spec.leave_out_log_likelihood(own, possible, labels, n_units))
+        # gap cells of units the context reaches (so observed): the same, one cell at a time
+        cell_posterior = posterior(cell_rate, spec.leave_out_log_likelihood(own, possible, cells, t * h * w))
+        reached = unit_sum(own) > 0
+        per_cell = torch.where(reached[:, labels], cell_posterior, unit_posterior[:, labels] * cell_rate)
+        if revealing.any():
+            others = torch.cat([windows[:, :v], windows[:, v + 1 :]], 1).any(1)
+            others_context = torch.cat([context[:, :v], context[:, v + 1 :]], 1).any(1)
+            count = int(keep_units.max()) + 1
+            kept = unit_sum(others_context, keep_units, count)[:, keep_units] > 0
+            dropped = (unit_sum(others, keep_units, count)[:, keep_units] > 0) & ~kept
+            prior = torch.where(reached[:, labels], cell_rate, unit_rate[labels] * cell_rate)
+            joint = torch.where(kept, 0.0, torch.where(dropped, prior, per_cell))
+            per_cell = torch.where(revealing[:, None], joint, per_cell)
+        probability[:, v] = per_cell.reshape(n_draws, t, h, w)
+    return QueryDraws(probability=probability, gap=~windows, context=context)
+
+
 def query_coverage(
     spec: MaskSpec,
     observed: torch.Tensor | np.ndarray,
@@ -31,70 +113,27 @@ def query_coverage(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Probability that each cell is queried given a context drawn by ``spec`` (Theorem 1).
 
-    ``observed`` holds observation masks ``(N, C, T, H, W)`` of training windows;
-    ``observing`` describes how observations arise (its ``units`` are the
-    independent pieces of the observing system; default: ``spec`` itself).
-    For a context drawn from a random window, a cell outside the context is a
-    query exactly when its unit was observed; by Bayes with the unit's
-    observation frequency ``q`` and the context's likelihood ``L`` of leaving
-    the whole unit out, that probability is ``q L / (q L + 1 - q)``.
-
-    A gap cell in a unit that the context does reach is weighed the same way
-    at the cell level: its frequency of being observed when its unit is,
-    against the spec's likelihood of leaving that one cell out (zero for a
-    block context, which keeps whole blocks).
-
-    Returns ``(T, H, W)``: the mean of that probability (times how often the
-    cell is observed when its unit is) over draws in which the cell is a gap of
-    the window the context came from, which is the situation of imputation.
-    Zero means the gap is never learned; cells never in a gap get 1. With
-    ``return_gaps``, also the number of draws in which each cell was a gap.
+    Arguments as for :func:`query_probability`, which draws the contexts.
+    Returns ``(T, H, W)``: the mean of the query probability over the draws
+    and variables in which the cell is a gap of the window the context came
+    from, which is the situation of imputation. Zero means the gap is never
+    learned; cells never in a gap get 1. With ``return_gaps``, also the number
+    of (draw, variable) pairs in which each cell was a gap.
     """
-    observing = observing or spec
-    observed = torch.as_tensor(np.asarray(observed)).bool() if not torch.is_tensor(observed) else observed.bool()
-    n, c, t, h, w = observed.shape
-    frames = observed.reshape(n * c, 1, t, h, w)
-    labels = observing.units((t, h, w)).reshape(-1)
-    n_units = int(labels.max()) + 1
-
-    def unit_sum(x):  # (B, U) sums of per-cell values over units
-        return torch.zeros(x.shape[0], n_units, dtype=x.dtype).index_add_(1, labels, x.reshape(x.shape[0], -1))
-
-    unit_seen = unit_sum(frames.float()) > 0
-    unit_rate = unit_seen.float().mean(0)  # q: how often each unit is observed
-    cell_rate = frames.float().sum(0).reshape(-1) / unit_seen.float().sum(0).clamp(min=1)[labels]
-    ever = frames.any(0, keepdim=True)  # what a unit looks like when it is observed
-
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(0, n * c, (n_draws,), generator=generator)
-    context = spec.context(frames[picks], generator)
-    unit_in_context = unit_sum(context.float()) > 0
-    possible = ever.expand_as(context)
-
-    def posterior(rate, loglik):  # P(observed | left out of the context), by Bayes
-        odds = torch.where(rate < 1, rate / (1 - rate).clamp(min=1e-300), math.inf)
-        return torch.sigmoid(torch.log(odds) + loglik).nan_to_num(0.0)
-
-    # units left out: the log-likelihood of leaving the whole unit out, had it been observed
-    unit_posterior = posterior(unit_rate.double(), spec.leave_out_log_likelihood(context, possible, labels, n_units))
-    # gap cells of units the context reaches (so observed): the same, one cell at a time
-    cells = torch.arange(t * h * w)
-    cell_posterior = posterior(cell_rate.double(), spec.leave_out_log_likelihood(context, possible, cells, t * h * w))
-    per_cell = torch.where(unit_in_context[:, labels], cell_posterior,
-                           unit_posterior[:, labels] * cell_rate.double())
-    gap = ~frames[picks].reshape(n_draws, -1)
-    coverage = (per_cell * gap).sum(0) / gap.sum(0).clamp(min=1)
-    coverage = torch.where(gap.any(0), coverage, 1.0).reshape(t, h, w).float()
-    return (coverage, gap.sum(0).reshape(t, h, w)) if return_gaps else coverage
+    draws = query_probability(spec, observed, observing, n_draws, seed)
+    gap = draws.gap.double()
+    count = gap.sum((0, 1))
+    coverage = (draws.probability * gap).sum((0, 1)) / count.clamp(min=1)
+    coverage = torch.where(count > 0, coverage, 1.0).float()
+    return (coverage, count.long()) if return_gaps else coverage
 
 
 def _windows(observed: np.ndarray, window: int, most: int) -> np.ndarray:
-    """Up to ``most`` non-overlapping windows ``(M, 1, window, H, W)`` of the series, variables merged."""
-    merged = observed.any(1)
-    n, t = merged.shape[:2]
+    """Up to ``most`` non-overlapping windows ``(M, C, window, H, W)`` of the series."""
+    n, _, t = observed.shape[:3]
     window = min(window, t)
     starts = [(i, s) for i in range(n) for s in range(0, t - window + 1, window)]
-    return np.stack([merged[i, s : s + window] for i, s in (starts[p] for p in evenly_spaced(len(starts), most))])[:, None]
+    return np.stack([observed[i, :, s : s + window] for i, s in (starts[p] for p in evenly_spaced(len(starts), most))])
 
 
 @dataclass(frozen=True)
@@ -108,6 +147,7 @@ class Learnability:
     low_share: float  # ... with coverage below ``low``: learned slowly
     never_share: float  # share of the grid never observed (permanent mask)
     low: float
+    zero_context_share: float = 0.0  # share of (context, variable, gap cell) situations with zero query probability
 
     def worst_regions(self, count: int = 3) -> list[dict]:
         """The largest connected regions of coverage below ``low``: index ranges, size and mean coverage."""
@@ -130,8 +170,9 @@ def learnability(spec: MaskSpec, observed, window: int, *, observing: MaskSpec |
     spec : MaskSpec
         The context sampler to check.
     observed : array_like
-        Boolean ``(N, C, T, H, W)`` mask (variables merged); :func:`xrimpute.check.check`
-        maps the coverage of an xarray cube.
+        Boolean ``(N, C, T, H, W)`` mask; :func:`xrimpute.check.check` maps the
+        coverage of an xarray cube. Contexts are drawn on all variables at
+        once and each variable's gaps are judged against the joint pattern.
     window : int
         Time steps per training window.
     observing : MaskSpec, optional
@@ -146,26 +187,32 @@ def learnability(spec: MaskSpec, observed, window: int, *, observing: MaskSpec |
     Returns
     -------
     Learnability
-        ``coverage`` ``(H, W)``: the mean over a window's steps of
-        :func:`query_coverage`, each step weighed by how often the cell is a
-        gap there (NaN where never observed, 1 where never a gap), and the
-        shares of cells at zero coverage (below :data:`ZERO_COVERAGE`, 1e-3:
-        queried in under one context in a thousand), below ``low`` and never observed.
+        ``coverage`` ``(H, W)``: the mean of :func:`query_probability` over the
+        draws, variables and steps in which the cell is a gap (NaN where never
+        observed, 1 where never a gap), and the shares of cells at zero coverage
+        (below :data:`ZERO_COVERAGE`, 1e-3: queried in under one context in a
+        thousand), below ``low`` and never observed. ``zero_context_share`` is
+        the share of gap situations (a context, a variable, a gap cell) with
+        zero query probability: the ensemble members that fill a gap from an
+        input never seen in training.
     """
     observed = observation_mask(observed)
     observing = observing or infer(observed).spec
     windows = _windows(observed, window, max_windows)
-    per_step, gaps = query_coverage(spec, windows, observing=observing, n_draws=n_draws, seed=seed,
-                                    return_gaps=True)
-    gaps = gaps.double()  # weigh each step of the window by how often the cell is a gap there
-    coverage = ((per_step * gaps).sum(0) / gaps.sum(0).clamp(min=1)).numpy()
-    coverage = np.where(gaps.sum(0).numpy() > 0, coverage, 1.0)  # never a gap: nothing to learn
+    draws = query_probability(spec, windows, observing=observing, n_draws=n_draws, seed=seed)
+    gap = draws.gap.double()
+    gaps = gap.sum((0, 1, 2))
+    coverage = ((draws.probability * gap).sum((0, 1, 2)) / gaps.clamp(min=1)).numpy()
+    coverage = np.where(gaps.numpy() > 0, coverage, 1.0)  # never a gap: nothing to learn
     valid = windows.any(axis=(0, 1, 2))  # observed in the windows looked at
     coverage = np.where(valid, coverage, np.nan)
     share = (lambda cells: float(cells[valid].mean())) if valid.any() else (lambda cells: 0.0)
+    situations = draws.gap & torch.as_tensor(valid)
+    zero_situations = float(((draws.probability < ZERO_COVERAGE) & situations).sum() / max(int(situations.sum()), 1))
     return Learnability(coverage=coverage.astype(np.float32), spec=spec, observing=observing,
                         zero_share=share(coverage < ZERO_COVERAGE), low_share=share(coverage < low),
-                        never_share=float(1 - observed.any(axis=(0, 1, 2)).mean()), low=low)
+                        never_share=float(1 - observed.any(axis=(0, 1, 2)).mean()), low=low,
+                        zero_context_share=zero_situations)
 
 
 def warn_if_unlearnable(spec: MaskSpec, observed, window: int, *, max_windows: int = 32, n_draws: int = 32,

@@ -19,6 +19,7 @@ from .spatial import label_segments, spatial_statistics, swath_geometry
 SPECS: dict[str, type[MaskSpec]] = {}
 ALIASES = {"clouds": "patches", "auto": "infer"}
 NOT_SAVED = {"saved": False}  # field metadata: metadata arrays that stay out of to_dict (and model files)
+SAVED_IF_SET = {"saved": "if set"}  # field metadata: saved only when true, so older model files read the same
 
 
 class MaskSpecError(ValueError):
@@ -27,9 +28,19 @@ class MaskSpecError(ValueError):
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """Base class: a context sampler that follows one kind of observing system."""
+    """Base class: a context sampler that follows one kind of observing system.
+
+    When the variables of a window are observed at different cells, each
+    variable gets its own keep pattern: a shared one would keep a variable's
+    cell whenever another variable's context holds it, so a gap of the one
+    under the other's context would never be queried (Principle 1). Windows
+    whose variables share one mask share one pattern. ``shared=True`` forces
+    one pattern for all variables (the behaviour before per-variable
+    contexts; for ablations).
+    """
 
     context_ratio: float = 0.7
+    shared: bool = field(default=False, kw_only=True, metadata=SAVED_IF_SET)
     kind: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
@@ -43,12 +54,22 @@ class MaskSpec:
 
     # -- sampling ---------------------------------------------------------
     def keep(self, shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
-        """Boolean ``(N, 1, T, H, W)`` (broadcastable) pattern of kept cells, before ``& observed``."""
+        """Boolean ``(N, C, T, H, W)`` (broadcastable) pattern of kept cells, before ``& observed``.
+
+        One independent pattern per entry of ``shape[1]`` (1: one for all variables).
+        """
         raise NotImplementedError
+
+    def per_variable(self, observed: torch.Tensor) -> bool:
+        """Whether contexts of ``observed`` draw one keep pattern per variable (their masks differ somewhere)."""
+        return not self.shared and observed.shape[1] > 1 and not bool((observed == observed[:, :1]).all())
 
     def context(self, observed: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A context mask inside ``observed`` with the structure of the observing system."""
-        return observed & self.keep(tuple(observed.shape), generator, observed.device)
+        n, c, t, h, w = observed.shape
+        if not self.per_variable(observed):
+            return observed & self.keep((n, 1, t, h, w), generator, observed.device)
+        return observed & share_where_identical(self.keep((n, c, t, h, w), generator, observed.device), observed)
 
     def query(self, observed: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Cells that enter the loss: every observed cell (as in the paper's code)."""
@@ -94,7 +115,8 @@ class MaskSpec:
 
     def to_dict(self) -> dict:
         """JSON-able configuration (``kind`` plus fields; metadata arrays such as footprints left out)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("saved", True)}
+        values = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.metadata.get("saved", True) is True or (f.metadata["saved"] == "if set" and getattr(self, f.name))}
         return {"kind": self.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
 
     @staticmethod
@@ -105,6 +127,13 @@ class MaskSpec:
         if cls is None:
             raise MaskSpecError(f"unknown mask kind {kind!r}; known: {sorted(SPECS)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
+def share_where_identical(keep: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """``keep`` ``(N, C, ...)`` with the first variable's pattern in every variable of the windows whose
+    variables share one mask."""
+    same = (observed == observed[:, :1]).flatten(1).all(1).view(-1, *([1] * (observed.dim() - 1)))
+    return torch.where(same, keep[:, :1], keep)
 
 
 def _rand(shape, generator, device) -> torch.Tensor:
@@ -168,8 +197,8 @@ class Pixel(MaskSpec):
     kind: ClassVar[str] = "pixel"
 
     def keep(self, shape, generator, device):
-        n, _, t, h, w = shape
-        return _rand((n, 1, 1 if self.static else t, h, w), generator, device) < self.context_ratio
+        n, c, t, h, w = shape
+        return _rand((n, c, 1 if self.static else t, h, w), generator, device) < self.context_ratio
 
     def cell_log_likelihood(self, context, observed):
         r = self.context_ratio
@@ -213,8 +242,8 @@ class Block(MaskSpec):
         return per_block[..., rows, :][..., cols]
 
     def keep(self, shape, generator, device):
-        n, _, t, h, w = shape
-        per_block = _rand((n, 1, 1 if self.static else t, *self.grid), generator, device) < self.context_ratio
+        n, c, t, h, w = shape
+        per_block = _rand((n, c, 1 if self.static else t, *self.grid), generator, device) < self.context_ratio
         return self._expand(per_block, h, w)
 
     def cell_log_likelihood(self, context, observed):
@@ -320,15 +349,18 @@ class Swath(MaskSpec):
         return pieces, int(pieces.max()) + 1
 
     def keep(self, shape, generator, device):
-        n, _, t, h, w = shape
+        n, c, t, h, w = shape
         pieces, n_pieces = self._pieces(h, w)
-        per_piece = _rand((n, 1, t, n_pieces), generator, device) < self.context_ratio
+        per_piece = _rand((n, c, t, n_pieces), generator, device) < self.context_ratio
         return per_piece[..., pieces.to(per_piece.device)]
 
     def context(self, observed, generator=None):
-        labels, count = label_segments(observed.any(1).cpu().numpy())
+        # segments of each variable's own mask when the masks differ, else of the variables merged
+        per_variable = self.per_variable(observed)
+        labels, count = label_segments((observed if per_variable else observed.any(1, keepdim=True)).cpu().numpy())
         kept = _rand((count + 1,), generator, observed.device) < self.context_ratio
-        return observed & kept[torch.as_tensor(labels, dtype=torch.long, device=observed.device)].unsqueeze(1)
+        keep = kept[torch.as_tensor(labels, dtype=torch.long, device=observed.device)]
+        return observed & (share_where_identical(keep, observed) if per_variable else keep)
 
     def cell_log_likelihood(self, context, observed):
         labels, _ = label_segments(observed.cpu().numpy())  # segments per window, channel and step
@@ -460,8 +492,8 @@ class TimeGap(MaskSpec):
     kind: ClassVar[str] = "timegap"
 
     def keep(self, shape, generator, device):
-        n, _, t, h, w = shape
-        return (_rand((n, 1, t, 1, 1), generator, device) < self.context_ratio).expand(n, 1, t, h, w)
+        n, c, t, h, w = shape
+        return (_rand((n, c, t, 1, 1), generator, device) < self.context_ratio).expand(n, c, t, h, w)
 
     def cell_log_likelihood(self, context, observed):
         return _whole_unit_log_likelihood(context, observed, self.units(tuple(observed.shape[2:])), self.context_ratio)
@@ -499,18 +531,18 @@ class Patches(MaskSpec):
             raise MaskSpecError(f"length must be a positive number of cells, got {self.length}")
 
     def keep(self, shape, generator, device):
-        n, _, t, h, w = shape
+        n, c, t, h, w = shape
         sigma = self.length / HALF_LAG_PER_SIGMA
         pad = int(math.ceil(3 * sigma))  # so that the periodic FFT does not tie opposite edges together
         size = (h + 2 * pad, w + 2 * pad)
-        noise = _randn((n * t, *size), generator, device)
+        noise = _randn((n * c * t, *size), generator, device)
         freq_y = torch.fft.fftfreq(size[0], device=device)[:, None]
         freq_x = torch.fft.rfftfreq(size[1], device=device)[None, :]
         smoothing = torch.exp(-2 * (math.pi * sigma) ** 2 * (freq_y**2 + freq_x**2))
         smooth = torch.fft.irfft2(torch.fft.rfft2(noise) * smoothing, s=size)[:, pad : pad + h, pad : pad + w]
         k = min(max(1, round(self.context_ratio * h * w)), h * w)
-        threshold = smooth.reshape(n * t, -1).kthvalue(k, dim=1).values
-        return (smooth <= threshold.view(-1, 1, 1)).reshape(n, 1, t, h, w)
+        threshold = smooth.reshape(n * c * t, -1).kthvalue(k, dim=1).values
+        return (smooth <= threshold.view(-1, 1, 1)).reshape(n, c, t, h, w)
 
     def cell_log_likelihood(self, context, observed):
         r = self.context_ratio
@@ -632,4 +664,5 @@ def holdout_keep(spec: MaskSpec, shape: tuple[int, ...], fraction: float,
         return torch.ones(shape, dtype=torch.bool)
     if not 0 < fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
-    return spec._for_holdout(1.0 - fraction).keep(shape, generator, "cpu")
+    n, _, t, h, w = shape  # one pattern for all variables: a random subset of each variable's cells either way
+    return spec._for_holdout(1.0 - fraction).keep((n, 1, t, h, w), generator, "cpu")
