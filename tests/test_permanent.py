@@ -159,3 +159,20 @@ def test_station_validation_holds_out_whole_stations_for_every_step():
     held = windows.validation[2].numpy()
     assert held.any() and np.array_equal(held.any((0, 1, 2)), held_cells & held.any((0, 1, 2)))
     assert not (windows.observed.numpy()[:, :, :, held_cells]).any()  # never in training, at any step
+
+
+def test_reconstruct_always_writes_the_flags_of_the_in_memory_imputation(tmp_path):
+    from xrimpute.reconstruct import reconstruct
+
+    observed, land = land_cube()
+    ds = observed.isel(sample=0, drop=True).to_dataset()
+    ds.chunk(time=4).to_zarr(tmp_path / "source.zarr", consolidated=False)
+    model = xrimpute.fit(ds, mask="pixel", **TINY)
+    model.save(tmp_path / "model.xri")
+    reference = model.impute(ds, K=2, progress=False, return_flags=True)
+    result = reconstruct(tmp_path / "source.zarr", tmp_path / "model.xri", tmp_path / "out.zarr", K=2,
+                         progress=False).load()
+    assert result["u_flag"].dtype == np.int8 and result["u"].attrs["ancillary_variables"] == "u_flag"
+    assert result["u_flag"].attrs["flag_meanings"] == reference["u_flag"].attrs["flag_meanings"]
+    np.testing.assert_array_equal(result["u_flag"].values, reference["u_flag"].values)
+    assert (result["u_flag"] == FLAGS["permanent_mask"]).all("time").equals(land)

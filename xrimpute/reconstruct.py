@@ -36,7 +36,7 @@ from .errors import XrimputeError
 from .geometry import evenly_spaced
 from .atomic import atomic_write
 from .io import consolidate, open_dataset
-from .lazy import cut, filled_cube, model_digest, network
+from .lazy import FLAG, cut, filled_cube, flag_attrs, flag_cube, model_digest, network, with_flags
 from .model import CtxDiffModel, check_fits
 from .samplers import time_chunks
 from .training import resolve_device
@@ -130,6 +130,9 @@ def _fill_region(job: _Job, index: int, box, source) -> dict:
                      axes.lat: slice(ya - lats.start, yb - lats.start),
                      axes.lon: (np.arange(xa, xb) - piece.origin[3]) % job.full[2]})
     result = filled_cube(filled, spread, like, job.layout, job.return_std)
+    observed = np.isfinite(cube.to_array(like, layout=job.layout)[0])
+    flags = engine.flags(observed, job.options.fill_never_observed, box=((ya, yb), (xa, xb)))
+    result = with_flags(result, flag_cube(flags, like, job.layout), job.layout)
     result = result.drop_vars(list(result.coords))
     for var in result.variables.values():
         var.encoding = {}  # the target store has its own
@@ -174,6 +177,10 @@ def _template(ds: xr.Dataset, layout: cube.Layout, sizes: dict, return_std: bool
         for suffix in ("", "_std") if return_std else ("",):
             out[name + suffix] = xr.Variable(var.dims, da.empty(var.shape, chunks=shape, dtype=dtype), dict(var.attrs))
             encoding[name + suffix] = {"chunks": shape}
+        out[name + FLAG] = xr.Variable(var.dims, da.empty(var.shape, chunks=shape, dtype=np.int8), flag_attrs(name))
+        encoding[name + FLAG] = {"chunks": shape}
+        linked = f"{out[name].attrs.get('ancillary_variables', '')} {name}{FLAG}".strip()
+        out[name].attrs = {**out[name].attrs, "ancillary_variables": linked}
     for name in ds.data_vars:
         if name not in layout.variables:
             out[name] = ds[name].load()
@@ -258,7 +265,7 @@ def _check_resume(book: Path, settings: dict, overwrite: bool) -> dict | None:
 
 def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 0, stride: int = 1,
                 overlap: int | None = None, return_std: bool = False, chunks: dict | None = None,
-                adapt: bool = True, observed_rate: float | None = None, fill_never_observed: bool = False,
+                adapt: bool = True, observed_rate: float | None = None, fill_never_observed: bool | None = None,
                 device: str = "auto", batch_size: int = 8, overwrite: bool = False, progress: bool = True,
                 before_region: Callable[[int], None] | None = None) -> xr.Dataset:
     """Fill the gaps of a whole archive into a zarr store on a dask cluster; a rerun resumes a killed run.
@@ -286,6 +293,9 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
     K, seed, stride, overlap, adapt, fill_never_observed, batch_size, device :
         as for :meth:`CtxDiffModel.impute`; regions equal the in-memory imputation.
     return_std : also write the spread as ``<var>_std``.
+        The flags ``<var>_flag`` (observed, imputed, imputed without training
+        signal, permanent mask; see ``return_flags`` of :meth:`CtxDiffModel.impute`)
+        are always written.
     chunks : zarr chunk sizes of the target along the time / lat / lon dims
         (default: the source's chunks). Regions are one time chunk, and one
         spatial chunk for a tiled model (the whole grid otherwise).
@@ -326,8 +336,8 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
     sizes, boxes = _regions(ds, layout, engine, chunks)
     book = record_folder(target)
     settings = dict(model=model_digest(engine), K=K, seed=seed, stride=stride, overlap=overlap, adapt=adapt,
-                    fill_never_observed=fill_never_observed, return_std=return_std, variables=layout.variables,
-                    chunks=sizes, regions=len(boxes))
+                    fill_never_observed=fill_never_observed, return_std=return_std, flags=True,
+                    variables=layout.variables, chunks=sizes, regions=len(boxes))
     earlier = _check_resume(book, settings, overwrite)
 
     pending = [i for i in range(len(boxes)) if earlier is None or not _record_path(target, i).exists()]
