@@ -176,3 +176,18 @@ def test_reconstruct_always_writes_the_flags_of_the_in_memory_imputation(tmp_pat
     assert result["u_flag"].attrs["flag_meanings"] == reference["u_flag"].attrs["flag_meanings"]
     np.testing.assert_array_equal(result["u_flag"].values, reference["u_flag"].values)
     assert (result["u_flag"] == FLAGS["permanent_mask"]).all("time").equals(land)
+
+
+def test_check_reports_which_never_observed_cells_are_filled_and_which_stay_nan():
+    from xrimpute import check
+
+    observed, land = land_cube()
+    observed = observed.where(~(observed.x == 0))  # never observed by chance: a column beside observed ones
+    never = observed.isnull().all(["sample", "time"])
+    found = check.reach(observed)
+    assert (found == 2).equals(land) and ((found == 1) == (never & ~land)).all()
+    assert int((never & ~land).sum()) >= 24 - 8  # the column, off the block
+    coverage = check.check(observed, mask="pixel", max_windows=8, n_draws=16)
+    assert coverage.attrs["never_observed_left_nan_share"] == pytest.approx(float(land.mean()), abs=1e-4)
+    assert coverage.attrs["never_observed_filled_share"] == pytest.approx(float((never & ~land).mean()), abs=1e-4)
+    assert "beyond the observations' reach (left NaN)" in coverage.attrs["summary"]

@@ -3,8 +3,10 @@
 A gap cell is learned only if, given a context, it has a positive probability
 of being queried (Theorem 1 of the method). :func:`check` maps that
 probability over the grid for a mask specification; :func:`plot_coverage`
-draws the map; :func:`permanent_mask` turns a static land-sea mask into
-never-observed cells; :func:`infer` reads the observing system of a cube.
+draws the map; :func:`reach` tells never-observed cells left by chance
+(filled) from those beyond the observing system's reach (left NaN);
+:func:`permanent_mask` turns a static land-sea mask into never-observed
+cells; :func:`infer` reads the observing system of a cube.
 The computation lives in :mod:`xrimpute.masks`, which knows no xarray
 (:func:`~xrimpute.masks.learnability`, :func:`~xrimpute.masks.infer`); this
 module reads the masks from the cube and adds coordinates.
@@ -52,6 +54,40 @@ def infer(obj_or_mask, max_frames: int = 512) -> masks.Inference:
     return masks.infer(_observed(obj_or_mask), max_frames)
 
 
+REACH_MEANINGS = "observed never_observed_filled never_observed_left_nan"
+
+
+def reach(obj_or_mask) -> xr.DataArray:
+    """Which never-observed cells imputation fills by default and which it leaves NaN (variables merged).
+
+    Parameters
+    ----------
+    obj_or_mask : xarray.DataArray or xarray.Dataset, or array_like
+        A cube with NaN where unobserved, or a boolean ``(N, C, T, H, W)`` mask.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(lat, lon)`` int8 flags: 0 observed at least once, 1 never observed but
+        within the observing system's reach (a gap left by chance: filled, without
+        training signal), 2 never observed and beyond reach (left NaN unless
+        ``fill_never_observed=True``). Its attrs hold the numbers of the rule
+        (``spacing``, ``density``, ``threshold``; see :mod:`xrimpute.masks.reach`).
+        A model's ``permanent_mask`` adds to the cells left NaN.
+    """
+    observed = _observed(obj_or_mask)
+    found = masks.reach(np.asarray(observed).any(axis=(0, 1, 2)))
+    flags = np.where(found.unreachable, 2, np.where(observed.any(axis=(0, 1, 2)), 0, 1)).astype(np.int8)
+    attrs = dict(long_name="reach of the observing system", flag_values=np.array([0, 1, 2], np.int8),
+                 flag_meanings=REACH_MEANINGS, **found.to_dict())
+    if isinstance(obj_or_mask, (xr.DataArray, xr.Dataset)):
+        axes = cube.find_axes(obj_or_mask)
+        dims = (axes.lat, axes.lon)
+        coords = {dim: obj_or_mask[dim] for dim in dims if dim in obj_or_mask.coords}
+        return xr.DataArray(flags, dims=dims, coords=coords, name="reach", attrs=attrs)
+    return xr.DataArray(flags, dims=("lat", "lon"), name="reach", attrs=attrs)
+
+
 def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.05, max_windows: int = 256,
           n_draws: int = 256, seed: int = 0) -> xr.DataArray:
     """Query coverage of a mask specification over the grid of an incomplete cube.
@@ -80,7 +116,10 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
         attrs give the specs, the number of gap cells to fill (``cells_to_fill``:
         NaN cells in grid columns observed at some time), the shares of cells at
         zero coverage, below ``low`` and never observed, the worst regions, and a
-        ``summary`` to print, worded from these numbers.
+        ``summary`` to print, worded from these numbers. ``never_observed_filled_share``
+        and ``never_observed_left_nan_share`` split the never-observed cells
+        by :func:`reach`: gaps left by chance, filled by default, and regions
+        beyond the observing system's reach, left NaN.
     """
     values, layout = cube.to_array(obj)
     observed = np.isfinite(values)
@@ -107,6 +146,7 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
         low_coverage_share=round(report.low_share, 4),
         low_coverage_threshold=low,
         never_observed_share=round(report.never_share, 4),
+        **_reach_shares(observed),
         mean_gap_coverage=round(float(report.coverage[gaps].mean()), 4) if gaps.any() else 1.0,
         worst_regions="; ".join(regions) or "none",
     )
@@ -114,6 +154,14 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
         attrs["observing_explanation"] = found.explanation
     attrs["summary"] = _summary(attrs, found)
     return xr.DataArray(report.coverage, dims=dims, coords=coords, name="query_coverage", attrs=attrs)
+
+
+def _reach_shares(observed: np.ndarray) -> dict:
+    """Shares of the grid never observed and filled by default, or left NaN (:func:`reach`)."""
+    found = reach(observed)
+    return dict(never_observed_filled_share=round(float((found == 1).mean()), 4),
+                never_observed_left_nan_share=round(float((found == 2).mean()), 4),
+                reach_threshold=found.attrs["threshold"])
 
 
 def _summary(attrs: dict, found) -> str:
@@ -132,7 +180,9 @@ def _summary(attrs: dict, found) -> str:
         lines.append(textwrap.fill(attrs["observing_explanation"], 100, initial_indent="    ",
                                    subsequent_indent="    "))
     lines += [
-        f"  never observed (permanent mask): {attrs['never_observed_share']:.1%} of the grid",
+        f"  never observed: {attrs['never_observed_share']:.1%} of the grid: "
+        f"{attrs['never_observed_filled_share']:.1%} by chance (filled, without training signal), "
+        f"{attrs['never_observed_left_nan_share']:.1%} beyond the observations' reach (left NaN)",
         f"  zero coverage (never learned):   {zero:.1%} of the observed cells",
         f"  coverage in (0, {attrs['low_coverage_threshold']:g}) (learned slowly): {slow:.1%} of the observed cells",
         f"  mean coverage of cells with gaps: {attrs['mean_gap_coverage']:.3f}",
