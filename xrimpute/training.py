@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,17 +21,31 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .diffusion import VPSchedule, context_query_loss
+from .atomic import atomic_write
+from .errors import NonFiniteLossError, XrimputeError
 from .masks import MaskSpec
+from .payload import read as read_state
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``max_time`` (seconds) stops early, whatever ``steps`` says."""
+    """Optimisation settings. ``max_time`` (seconds) stops early, whatever ``steps`` says.
+
+    The learning rate follows the run's progress, the larger of the share of
+    ``steps`` done and the share of ``max_time`` spent: a linear warm-up over
+    the first ``warmup`` of the run, then a cosine decay to ``final_lr`` times
+    ``lr`` at its end. So a time budget gets a whole schedule whatever number of
+    steps it allows. ``low_noise`` is the share of windows trained at the
+    small noise levels that single-step imputation uses (see
+    :func:`~xrimpute.diffusion.context_query_loss`).
+    """
 
     steps: int = 2000
     batch_size: int = 16
     lr: float = 2e-3
-    warmup: int = 100
+    warmup: float = 0.05
+    final_lr: float = 0.1
+    low_noise: float = 0.0
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -76,14 +91,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to a temp file beside ``path``, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as partial:
+        torch.save(obj, partial)
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(XrimputeError, ValueError):
     """A checkpoint belongs to another model (variables, window, network)."""
 
 
@@ -94,6 +106,23 @@ def seeded(seed: int, device: torch.device = torch.device("cpu")):
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def run_progress(config: TrainConfig, step: int, seconds: float) -> float:
+    """How far through its run training is, from 0 to 1: by steps, or by the time budget if that ends first."""
+    done = step / max(1, config.steps)
+    if config.max_time is not None:
+        done = max(done, seconds / config.max_time)
+    return min(1.0, done)
+
+
+def learning_rate_factor(config: TrainConfig, step: int, seconds: float) -> float:
+    """The multiple of ``config.lr`` at ``step``: linear warm-up, then cosine decay to ``config.final_lr``."""
+    progress = run_progress(config, step, seconds)
+    if config.warmup > 0 and progress < config.warmup:
+        return max(progress / config.warmup, 1.0 / max(1, config.steps))
+    tail = (progress - config.warmup) / max(1e-12, 1 - config.warmup)
+    return config.final_lr + (1 - config.final_lr) * 0.5 * (1 + math.cos(math.pi * tail))
 
 
 def train(
@@ -107,7 +136,7 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     fingerprint: dict | None = None,
     progress: bool = True,
-    loss_fn=context_query_loss,
+    loss_fn=None,
 ) -> tuple[torch.nn.Module, History]:
     """Train ``denoiser`` with the context-query loss on windows drawn from ``windows``.
 
@@ -122,6 +151,7 @@ def train(
     (under DDP, rank 0's history is the one with validation scores).
     """
     device = torch.device(device)
+    loss_fn = loss_fn or functools.partial(context_query_loss, low_noise=config.low_noise)
     with seeded(config.seed, device):  # dropout draws from the global stream
         return _train(denoiser, windows, spec, config, schedule, device, validate, checkpoint, fingerprint, progress,
                       loss_fn)
@@ -146,12 +176,20 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
     history, start = History(), 0
 
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = read_state(checkpoint, "training checkpoint", map_location=device)
+        if "fingerprint" not in state:
+            kind = "a model file" if "format" in state else "something else"
+            raise CheckpointMismatch(f"{str(checkpoint)!r} is {kind}, not a training checkpoint; give checkpoint= a "
+                                     "new path (and init=xrimpute.load(...) to start from a model)")
         if state["fingerprint"] != (fingerprint or {}):
             raise CheckpointMismatch(
                 f"checkpoint {str(checkpoint)!r} was written for {state['fingerprint']}, "
                 f"not for {fingerprint}; pass another checkpoint path or delete it to start afresh"
             )
+        if int(state["step"]) > config.steps:
+            raise CheckpointMismatch(f"checkpoint {str(checkpoint)!r} is at step {int(state['step'])}, past "
+                                     f"steps={config.steps}; pass steps >= {int(state['step'])} to resume it, or "
+                                     "another checkpoint path")
         denoiser.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -188,7 +226,7 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
     step = start
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+            group["lr"] = config.lr * learning_rate_factor(config, step, time.perf_counter() - t0)
         batch = [v.to(device, non_blocking=True) for v in windows.sample(config.batch_size, picks)]
         x, observed = batch[:2]
         net = model if len(batch) == 2 else functools.partial(model, static=batch[2])  # tiles bring their static fields
@@ -218,6 +256,11 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
             since = done - (history.step[-1] if history.step else start)
             history.step.append(done)
             history.loss.append(float(running) / max(1, since))
+            if not math.isfinite(history.loss[-1]):
+                raise NonFiniteLossError(
+                    f"the training loss became non-finite at step {done} (or in the {since - 1} before it): the data "
+                    "probably hold values far out of range (gross errors, fill values below 1e30); mask them as "
+                    "NaN, or lower lr")
             running.zero_()
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
         if validate is not None and rank == 0 and done % config.val_every == 0 and done < config.steps:

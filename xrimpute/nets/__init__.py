@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .prior import FirstGuess
 from .unet import PRESETS, UNet
 
 
@@ -18,18 +19,26 @@ class Denoiser(nn.Module):
     cut for tiles of the grid and passed to :meth:`forward`. The grid is
     padded to the U-Net's multiple with cells that are never observed, and
     cropped back.
+
+    With ``first_guess`` the network starts from a classical estimate made
+    from the context alone (:class:`~xrimpute.nets.prior.FirstGuess`): the
+    guess and its certainty are extra input channels, and the U-Net, whose
+    last layer starts at zero, predicts the correction to the guess.
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
-                 preset: str = "tiny", periodic: bool = False, **overrides):
+                 preset: str = "tiny", periodic: bool = False, first_guess: bool = False, **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
-        self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic, **overrides)
+        self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
+                           first_guess=first_guess, **overrides)
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
-        self.unet = UNet(2 * cw + static.shape[0], cw, periodic=periodic, **{**PRESETS[preset], **overrides})
+        self.first_guess = FirstGuess(periodic=periodic) if first_guess else None
+        inputs = (4 if first_guess else 2) * cw + static.shape[0]
+        self.unet = UNet(inputs, cw, periodic=periodic, zero_head=first_guess, **{**PRESETS[preset], **overrides})
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
                 static: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,6 +48,9 @@ class Denoiser(nn.Module):
         m = self.unet.multiple
         pad = (0, -wd % m, 0, -h % m)
         inputs = [values.reshape(b, c * w, h, wd), mask.to(values.dtype).reshape(b, c * w, h, wd)]
+        if self.first_guess is not None:
+            guess, certainty = (v.to(values.dtype).reshape(b, c * w, h, wd) for v in self.first_guess(values, mask))
+            inputs += [guess, certainty]
         if self.static.shape[0]:
             if static is None:
                 if any(n not in (1, size) for n, size in zip(self.static.shape[1:], (h, wd))):
@@ -48,6 +60,8 @@ class Denoiser(nn.Module):
             inputs.append(static.to(values.dtype))
         x = F.pad(torch.cat(inputs, dim=1), pad)
         out = self.unet(x, t)[..., :h, :wd]
+        if self.first_guess is not None:
+            out = out + guess
         return out.reshape(b, c, w, h, wd)
 
 

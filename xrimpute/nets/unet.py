@@ -17,6 +17,8 @@ PRESETS = {
     "tiny": dict(channels=32, mults=(1, 2, 2), blocks=1, attention=()),
     "small": dict(channels=64, mults=(1, 2, 2), blocks=2, attention=(2,)),
     "base": dict(channels=128, mults=(1, 2, 2, 2), blocks=2, attention=(2, 3)),
+    # the CPU default: the body runs at half resolution; only the stem and the head see every cell
+    "lite": dict(channels=32, mults=(1, 2, 2), blocks=1, attention=(), stem_stride=2),
 }
 
 
@@ -108,11 +110,18 @@ class UNet(nn.Module):
         attention: tuple[int, ...] = (),
         dropout: float = 0.0,
         periodic: bool = False,
+        stem_stride: int = 1,
+        zero_head: bool = False,
     ):
         super().__init__()
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 (full resolution) or 2 (half), not {stem_stride}")
         emb_dim = 4 * channels
         self.embed = NoiseEmbedding(emb_dim)
         self.stem = Conv3x3(in_channels, channels, periodic)
+        # stem_stride 2: pool after the stem, upsample before the head, which also sees the stem's full-resolution
+        # features; the body's FLOPs fall about 4x
+        self.stem_stride = stem_stride
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         widths, width = [channels], channels
         for level, mult in enumerate(mults):
@@ -130,8 +139,13 @@ class UNet(nn.Module):
                 width = channels * mult
             if level > 0:
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
-        self.head = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.SiLU(), Conv3x3(width, out_channels, periodic))
-        self.multiple = 2 ** (len(mults) - 1)
+        head_width = width + (channels if stem_stride > 1 else 0)
+        self.head = nn.Sequential(nn.GroupNorm(_groups(head_width), head_width), nn.SiLU(),
+                                  Conv3x3(head_width, out_channels, periodic))
+        if zero_head:  # the output starts at zero: a network predicting a correction starts from what it corrects
+            nn.init.zeros_(self.head[-1].conv.weight)
+            nn.init.zeros_(self.head[-1].conv.bias)
+        self.multiple = 2 ** (len(mults) - 1) * stem_stride
 
     @staticmethod
     def _stage(cin, cout, emb_dim, attend, dropout, periodic):
@@ -148,7 +162,9 @@ class UNet(nn.Module):
 
     def forward(self, x, t):
         emb = self.embed(t)
-        x = self.stem(x)
+        x = full = self.stem(x)
+        if self.stem_stride > 1:
+            x = F.avg_pool2d(x, self.stem_stride)
         skips = [x]
         for stage in self.down:
             x = stage(x) if isinstance(stage, nn.AvgPool2d) else self._run(stage, x, emb)
@@ -159,4 +175,6 @@ class UNet(nn.Module):
                 x = stage(x)
             else:
                 x = self._run(stage, torch.cat([x, skips.pop()], dim=1), emb)
+        if self.stem_stride > 1:
+            x = torch.cat([F.interpolate(x, scale_factor=self.stem_stride, mode="nearest"), full], dim=1)
         return self.head(x)
