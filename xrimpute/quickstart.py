@@ -5,12 +5,17 @@ Runs on a laptop CPU in a few minutes with generated data (no download):
 1. generate advected tracer fields (a PDE sample) and hide 80% of the cells;
 2. fit a context-query diffusion model on the incomplete cube only;
 3. fill the gaps and score them against the hidden truth and linear interpolation;
-4. save the model and reconstruct the same cube from a zarr archive on a local
-   dask cluster, as one would for a year-long archive.
+4. save the model and the observed cube (zarr), in --out or a temporary folder;
+5. reconstruct the same cube from that zarr store on a local dask cluster, as one
+   would for a year-long archive.
+
+A temporary folder is removed at the end, dask's scratch space included; with
+--out DIR the model and the zarr stores stay in DIR.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -25,7 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-time", type=float, default=120, help="training time budget in seconds (default 120)")
     parser.add_argument("--observed", type=float, default=0.2, help="fraction of cells observed (default 0.2)")
     parser.add_argument("--workers", type=int, default=2, help="dask workers for the reconstruction (default 2)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the model and zarr stores (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder to keep the model and zarr stores in "
+                             "(default: a temporary folder, removed at the end)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -49,21 +56,33 @@ def main(argv: list[str] | None = None) -> dict:
           f"({linear / ours:.1f}x larger); validation skill on held-back observations "
           f"{model.validation['skill']:.3f}")
 
-    out = args.out or Path(tempfile.mkdtemp(prefix="xrimpute-quickstart-"))
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = model.save(out / "tracer.xri")
-    observed.to_zarr(out / "observed.zarr", mode="w")
+    import dask
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        rebuilt = xrimpute.reconstruct(out / "observed.zarr", model_path, out / "filled.zarr", client=client,
-                                       K=10, overwrite=True)["tracer"].load()
-    rebuilt_mse = float(((rebuilt - truth.tracer) ** 2).where(observed.tracer.isnull()).mean())
-    print(f"4. reconstructed {out / 'filled.zarr'} on a local dask cluster of {args.workers} workers: "
-          f"MSE on the hidden cells {rebuilt_mse:.4g}")
+    from xrimpute.io import write_cube
+
+    with contextlib.ExitStack() as stack:
+        if args.out is None:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xrimpute-quickstart-")))
+        else:
+            out = args.out
+            out.mkdir(parents=True, exist_ok=True)
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="xrimpute-dask-"))
+        stack.enter_context(dask.config.set({"temporary-directory": scratch}))  # dask's scratch space goes too
+        model_path = model.save(out / "tracer.xri")
+        store = write_cube(observed, out / "observed.zarr", overwrite=True)
+        print(f"4. saved the model to {model_path} and the observed cube to {store}")
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            rebuilt = xrimpute.reconstruct(store, model_path, out / "filled.zarr", client=client, K=10,
+                                           overwrite=True)["tracer"].load()
+        rebuilt_mse = float(((rebuilt - truth.tracer) ** 2).where(observed.tracer.isnull()).mean())
+        print(f"5. reconstructed {out / 'filled.zarr'} on a local dask cluster of {args.workers} workers: "
+              f"MSE on the hidden cells {rebuilt_mse:.4g}")
+    if args.out is None:
+        print(f"removed the temporary folder {out}; pass --out DIR to keep these files")
     return dict(mse=ours, linear_mse=linear, skill=model.validation["skill"], reconstruct_mse=rebuilt_mse,
-                out=str(out), finite=bool(np.isfinite(rebuilt.values).all()))
+                out=str(out) if args.out is not None else None, finite=bool(np.isfinite(rebuilt.values).all()))
 
 
 if __name__ == "__main__":
