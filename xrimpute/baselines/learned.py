@@ -57,10 +57,11 @@ class Learned:
     sampler_options: dict | None = None
     completion: xr.DataArray | xr.Dataset | None = None
 
-    def impute(self, obj, *, seed: int = 0, progress: bool | None = False, fill_never_observed: bool = False):
+    def impute(self, obj, *, seed: int = 0, progress: bool | None = False, fill_never_observed: bool | None = None):
         """``obj`` with its gaps filled by this method (same type, dims, coords; observed values kept).
 
-        Cells never observed in the training data stay NaN unless ``fill_never_observed``.
+        Cells never observed in the training data: as ``fill_never_observed`` of
+        :meth:`xrimpute.CtxDiffModel.impute` (default: filled unless beyond the observations' reach).
         """
         options = dict(seed=seed, progress=progress, fill_never_observed=fill_never_observed)
         if self.sampler_options is None:
@@ -102,7 +103,7 @@ def fit_ambient(train, corruption: float = 0.2, **fit_options) -> Learned:
 
 
 def _e_step(model: CtxDiffModel, obj, *, members: int, steps: int, eta: float, seed: int, progress,
-            fill_never_observed: bool = False):
+            fill_never_observed: bool | None = None):
     """The mean of ``members`` conditional samples in the gaps of ``obj``; observed values kept."""
     draws = model.sample(obj, n=members, steps=steps, eta=eta, handover=None, seed=seed, progress=progress,
                          dim="__member__", fill_never_observed=fill_never_observed)
