@@ -61,7 +61,8 @@ def main() -> None:
     if args.only in (None, "docs"):
         rows += docs_page()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{cores}-core {platform.machine()} CPU, load average {os.getloadavg()[0]:.1f} after the run; {date.today()}\n")
+    load = os.getloadavg()[0]
+    print(f"{cores}-core {platform.machine()} CPU, load average {load:.1f} after the run; {date.today()}\n")
     print("| what | seconds | minutes |")
     print("|---|---|---|")
     for what, seconds in rows:

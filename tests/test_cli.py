@@ -162,7 +162,8 @@ def test_fit_then_impute_through_the_command_line(observed_file, tmp_path):
     with xr.open_dataset(observed_file) as seen, xr.open_dataset(out) as filled:
         assert set(filled.data_vars) == {"u", "u_std"} and filled["u"].dims == seen["u"].dims
         assert int(filled["u"].isnull().sum()) == 0
-        xr.testing.assert_identical(filled["u"].where(seen["u"].notnull()), seen["u"])
+        xr.testing.assert_equal(filled["u"].where(seen["u"].notnull()), seen["u"])  # observations kept exactly
+        assert filled["u"].attrs["ancillary_variables"] == "u_std"  # CF: the spread is named on the variable
         # every gap has a spread, also one far below its value (float64 sums), and observed cells none
         assert float(filled["u_std"].where(seen["u"].isnull()).min()) > 0
         assert float(filled["u_std"].where(seen["u"].notnull()).max()) == 0

@@ -189,7 +189,8 @@ def _summary(attrs: dict, found) -> str:
         f"  worst regions: {attrs['worst_regions']}",
     ]
     if zero > 0.01:
-        verdict = f"{zero:.1%} of the observed cells are never learned: use a spec that copies the observations' structure"
+        verdict = (f"{zero:.1%} of the observed cells are never learned: use a spec that copies the observations' "
+                   "structure")
         if found is not None and repr(found.spec) != attrs["spec"]:
             verdict += f" (inferred: {found.spec!r})"
     elif zero > 0:

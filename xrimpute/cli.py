@@ -152,7 +152,8 @@ def _fit(args) -> None:
     _check_model_target(args.out, args.overwrite)
     _check_device(args.device)
     if args.checkpoint is not None:
-        _check_torch_file(args.checkpoint, "--checkpoint", "a training state file (written by 'xrimpute fit --checkpoint')",
+        _check_torch_file(args.checkpoint, "--checkpoint",
+                          "a training state file (written by 'xrimpute fit --checkpoint')",
                           "pass another path, or delete it to start afresh")
     ds = open_cube(args.source, args.variables)
     model = CtxDiffModel.fit(ds, mask=args.mask, window=args.window, preset=args.preset, steps=args.steps,
@@ -291,9 +292,9 @@ def _quickstart_parser(sub) -> None:
 
 def _datasets_parser(sub) -> None:
     p = _parser(sub, "datasets", "list or fetch the sample data sets", """
-        'list' (the default) shows the sample data sets; 'fetch NAME' downloads (era5) or generates (the PDE samples) one into
-        the xrimpute cache ($XRIMPUTE_DATA_DIR, else the OS cache folder) and prints the path of a netCDF file that
-        the other commands can read. --out writes a copy elsewhere. The PDE samples come in presets: tiny (tests),
+        'list' (the default) shows the sample data sets; 'fetch NAME' downloads (era5) or generates (the PDE samples)
+        one into the xrimpute cache ($XRIMPUTE_DATA_DIR, else the OS cache folder) and prints the path of a netCDF file
+        that the other commands can read. --out writes a copy elsewhere. The PDE samples come in presets: tiny (tests),
         small (benchmarks) and paper (paper-sized, slow to generate on a CPU).""", """
         xrimpute datasets
         xrimpute datasets fetch era5
@@ -344,8 +345,10 @@ def _fit_parser(sub) -> None:
     p.add_argument("--mask", default="auto", choices=MASK_NAMES, metavar="MASK",
                    help="structure of the observations, one of %(choices)s (default: auto, read from the NaN pattern)")
     p.add_argument("--window", type=POSITIVE, default=3, help="time steps the network sees at once (default: 3)")
-    p.add_argument("--steps", type=POSITIVE, default=2000, help="training steps (default: 2000)")
-    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS", help="stop training after this long")
+    p.add_argument("--steps", type=POSITIVE, default=None,
+                   help="training steps (default: as many as --max-time allows on the CPU, 2000 on a GPU)")
+    p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                   help="stop training after this long (default on the CPU: 300)")
     p.add_argument("--preset", default="auto", choices=PRESETS,
                    help="network size (default: auto, base on a GPU and tiny on the CPU)")
     p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per training step (default: 16)")
