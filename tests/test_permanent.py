@@ -1,6 +1,7 @@
 """Chance or structure: gaps between scattered observations are filled by default, land stays NaN; flags say which."""
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import xrimpute
@@ -91,8 +92,6 @@ def test_a_permanent_mask_given_to_fit_stays_nan_and_is_saved(tmp_path):
 
 
 def test_a_model_file_without_permanent_mask_loads_with_every_never_observed_cell_permanent(tmp_path):
-    import torch
-
     observed, land = land_cube()
     observed = observed.where(~(observed.x == 0))  # one never-observed column the rule would fill
     model = xrimpute.fit(observed, mask="pixel", **TINY)
@@ -191,3 +190,35 @@ def test_check_reports_which_never_observed_cells_are_filled_and_which_stay_nan(
     assert coverage.attrs["never_observed_left_nan_share"] == pytest.approx(float(land.mean()), abs=1e-4)
     assert coverage.attrs["never_observed_filled_share"] == pytest.approx(float((never & ~land).mean()), abs=1e-4)
     assert "beyond the observations' reach (left NaN)" in coverage.attrs["summary"]
+
+
+def test_station_models_see_no_position_by_default_and_keep_it_through_save_and_load(tmp_path):
+    observed = station_cube()
+    model = xrimpute.fit(observed, mask="station", **TINY)
+    assert model.info["positions"] is False and model.denoiser.static.shape[0] == 0
+    loaded = xrimpute.load(model.save(tmp_path / "m.xri"))
+    xr.testing.assert_identical(loaded.impute(observed, K=2, progress=False),
+                                model.impute(observed, K=2, progress=False))
+    pixels = xrimpute.fit(pixel_cube(0.5, frames=8), mask="pixel", **TINY)
+    assert pixels.info["positions"] is True and pixels.denoiser.static.shape[0] == 3
+
+
+def test_station_validation_of_an_archive_holds_out_whole_stations_that_training_never_sees():
+    import dask.array as da
+
+    from xrimpute.samplers import training_windows
+
+    values = station_cube(share=0.1, frames=24).values[:, None]  # (N, C, T, H, W)
+    valid = np.isfinite(values).any((0, 2))
+    windows = training_windows(da.from_array(values, chunks=(1, 1, 4, 24, 24)), xrimpute.masks.Station(),
+                               np.zeros(1, np.float32), np.ones(1, np.float32), window=3, val_fraction=0.2,
+                               valid=valid)
+    try:
+        held = windows.validation[2].numpy().any((0, 1, 2))
+        assert held.any() and not windows.validation[1].numpy()[..., held].any()  # whole stations, every step
+        seen = np.zeros_like(held)
+        for _ in range(8):
+            seen |= windows.sample(4, torch.Generator().manual_seed(0))[1].numpy().any((0, 1, 2))
+        assert seen.any() and not (seen & held).any()  # training never sees a held-out station
+    finally:
+        windows.close()

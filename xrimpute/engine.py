@@ -78,7 +78,9 @@ class ModelConfig:
     ``axes`` say how a cube maps to channels; :meth:`Engine.fit` fills the
     facts of training (``train_rate``, ``statistics_chunks``, ``train``,
     ``validation``). ``extra`` keeps other JSON-able facts (e.g. ``em`` after
-    EM rounds), saved at the top level like the rest.
+    EM rounds), saved at the top level like the rest. ``positions``: whether
+    the network sees each cell's position as static inputs (files older than
+    the option: True).
     """
 
     channels: list[str]
@@ -90,6 +92,7 @@ class ModelConfig:
     degrees: bool = False
     tile: list[int] | None = None
     periodic: bool = False
+    positions: bool | None = True  # None: Engine.fit decides (no position inputs for station data)
     train_rate: float = 1.0
     statistics_chunks: list[int] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
@@ -232,10 +235,12 @@ class Engine:
         preset = ("base" if device.type == "cuda" else "tiny") if preset == "auto" else preset
         mean, std = (stats.mean, stats.std) if init is None else (init.mean, init.std)
 
+        if config.positions is None:  # station data: no position, so that a station learned from its neighbours
+            config = replace(config, positions=not isinstance(spec, masks.Station))  # carries over to every cell
         h, w = config.grid_shape
         tile = None if config.tile is None else (min(int(config.tile[0]), h), min(int(config.tile[1]), w))
         static = position_fields(np.asarray(config.grid["lat"], float), np.asarray(config.grid["lon"], float),
-                                 config.degrees)
+                                 config.degrees) if config.positions else np.zeros((0, h, w), np.float32)
         # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
         with seeded(seed):  # the initial weights
             denoiser = Denoiser(len(config.channels), config.window, torch.as_tensor(static), preset=preset,
@@ -253,7 +258,8 @@ class Engine:
         if tile is not None:
             fingerprint["tile"] = list(tile)
         windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
-                                   val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda")
+                                   val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda",
+                                   valid=stats.valid)
         try:
             validate = None if windows.validation is None else _validator(*windows.validation, spec, device, seed)
             ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,

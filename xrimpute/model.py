@@ -160,6 +160,7 @@ class CtxDiffModel:
         verbose: bool = True,
         init: CtxDiffModel | None = None,
         permanent_mask=None,
+        positions: bool | None = None,
         **train_options,
     ) -> CtxDiffModel:
         """Train on an incomplete cube (NaN = unobserved); no complete sample is needed.
@@ -224,6 +225,12 @@ class CtxDiffModel:
             above 0.5 such as a land fraction, marks a permanent cell. Besides it,
             the never-observed regions beyond the observing system's reach stay NaN
             (:mod:`xrimpute.masks.reach`); every other gap is filled.
+        positions : bool, optional
+            Give the network each cell's position (latitude and longitude, or
+            grid index) as inputs. Default: yes, except for station data
+            (``mask="station"``), where the network learns each station from its
+            neighbours only, so that what it learns between held-out stations
+            carries over to every cell between them.
         **train_options
             Further optimisation settings of :class:`xrimpute.training.TrainConfig`
             (``warmup``, ``weight_decay``, ``ema_decay``, ``grad_clip``,
@@ -260,6 +267,7 @@ class CtxDiffModel:
                                                 lon=coords["lon"].astype(float).tolist()),
             degrees=degrees, tile=None if tile is None else list(tile),
             periodic=spans_globe(coords["lon"], degrees) if periodic is None else periodic,
+            positions=positions,
         )
         options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
                                **train_options)

@@ -200,7 +200,8 @@ class ChunkedWindows:
     ``sample`` returns ``(x, observed)``, or ``(x, observed, static)`` with the
     tiles' cuts of the full-grid ``static`` fields ``(S, H, W)``. Windows
     overlapping the ``reserved`` ones (``(sample, start, ...)``, kept for
-    validation) are never drawn.
+    validation) are never drawn, and cells ``withheld`` (``(H, W)``, e.g.
+    stations held out for validation) count as unobserved in training.
     """
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
@@ -208,8 +209,8 @@ class ChunkedWindows:
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                  reserved=(), pool: int = 4, prefetch: int = 2, reuse: int = 4, seed: int = 0,
-                 pin_memory: bool = False):
-        self.values, self.window, self.tile = values, window, tile
+                 pin_memory: bool = False, withheld: np.ndarray | None = None):
+        self.values, self.window, self.tile, self.withheld = values, window, tile, withheld
         self.mean = np.asarray(mean, np.float32)[:, None, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None, None]
         self.static = None if static is None or tile is None else np.asarray(static, np.float32)
@@ -240,10 +241,13 @@ class ChunkedWindows:
         last, blocked = self.values.shape[2] - self.window, self.blocked.get(i, ())
         return [s - a for s in range(a, min(b, last + 1)) if s not in blocked]
 
-    def _read(self, i: int, a: int, b: int, row: int, col: int, size: tuple[int, int], starts: list[int]) -> _Piece:
+    def _read(self, i: int, a: int, b: int, row: int, col: int, size: tuple[int, int], starts: list[int],
+              withhold: bool = False) -> _Piece:
         (bh, bw) = size
         raw = np.asarray(self.values[i, :, a:b, row : row + bh, col : col + bw], dtype=np.float32)
         observed = np.isfinite(raw)
+        if withhold and self.withheld is not None:
+            observed &= ~self.withheld[row : row + bh, col : col + bw]
         x = np.where(observed, (raw - self.mean) / self.std, 0.0).astype(np.float32)
         static = None if self.static is None else torch.as_tensor(self.static[:, row : row + bh, col : col + bw])
         return _Piece(torch.as_tensor(x), torch.as_tensor(observed), static, starts)
@@ -255,7 +259,7 @@ class ChunkedWindows:
                 i, a, b = (int(v) for v in self.pieces[self._rng.integers(len(self.pieces))])
                 row, col = (int(self._rng.integers(size - box + 1)) for size, box in zip((h, w), self.box))
                 stop = min(b + self.window - 1, self.values.shape[2])  # windows may run into the next chunk
-                item = self._read(i, a, stop, row, col, self.box, self._starts(i, a, b))
+                item = self._read(i, a, stop, row, col, self.box, self._starts(i, a, b), withhold=True)
             except BaseException as err:  # handed to the training loop, which raises it
                 item = err
             while not self._stop.is_set():
@@ -342,7 +346,8 @@ def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> n
 
 def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.ndarray, *, window: int,
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
-                     val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False):
+                     val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
+                     valid: np.ndarray | None = None):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -353,8 +358,10 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     are drawn inside them. Either way ``validation`` is ``(x, observed, held
     back, static)`` or None, and the caller closes the sampler when done.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
-    stations (:func:`withheld_stations`), in every step: in memory they never
-    enter training; in an archive they are held back in the reserved windows.
+    stations (:func:`withheld_stations`), in every step, that never enter
+    training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
+    cells observed at least once; without it, from the reserved windows, and
+    training sees them elsewhere).
     """
     stations = isinstance(spec, masks.Station)
     if not is_dask_collection(values):
@@ -371,15 +378,23 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         return windows
     n, _, t, h, w = values.shape
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
+    withheld = withheld_stations(valid[None, :, None], val_fraction, seed) if stations and valid is not None \
+        and reserved else None
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
-                             pin_memory=pin_memory)
+                             pin_memory=pin_memory, withheld=withheld)
     if reserved:
         try:
             xs, ms, tiles = windows.read(reserved)
         except BaseException:
             windows.close()
             raise
-        keep = ~torch.as_tensor(withheld_stations(ms.numpy(), val_fraction, seed)) if stations else \
-            masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
+        (th, tw) = tile or (h, w)
+        if withheld is not None:  # the windows' cuts of the stations withheld from training
+            keep = torch.as_tensor(np.stack([~withheld[r : r + th, c : c + tw] for _, _, r, c in reserved]))
+            keep = keep[:, None, None]
+        elif stations:
+            keep = ~torch.as_tensor(withheld_stations(ms.numpy(), val_fraction, seed))
+        else:
+            keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
         windows.validation = (xs, ms & keep, ms & ~keep, tiles)
     return windows
