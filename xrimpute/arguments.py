@@ -98,7 +98,7 @@ RULES = {
     "val_fraction": _fraction,
     "eta": _unit,
 }
-OPTIONAL = {"tile", "overlap", "observed_rate", "max_time"}  # None means "the default"
+OPTIONAL = {"tile", "overlap", "observed_rate", "max_time", "steps", "window"}  # None means "the default"
 
 
 def check(**arguments) -> None:
@@ -177,7 +177,9 @@ def check_memory(K: int, batch_size: int, channels: int, window: int, rows: int,
                  device) -> None:
     """Refuse ``K`` and ``batch_size`` whose ensemble cannot fit in the device's memory, before allocating it."""
     check(K=K, batch_size=batch_size)
-    device = torch.device("cpu") if device in (None, "auto") else torch.device(device)
+    if device in (None, "auto"):  # as xrimpute.training.resolve_device will choose
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     need, have = ensemble_bytes(K, batch_size, channels, window, rows, cols, width), memory_available(device)
     if need > have:
         raise ArgumentError(
