@@ -1,6 +1,6 @@
 """Threads: a fit beside a busy dask worker, with the package's thread setting and with torch's default.
 
-    python benchmarks/bench_threads.py                   # 20 training steps per fit, one busy worker beside it
+    python benchmarks/bench_threads.py                   # 10 training steps per fit, one busy worker beside it
     python benchmarks/bench_threads.py --steps 40 --peers 2
 
 This process starts a dask ``LocalCluster`` whose ``--peers`` worker processes spin on
@@ -50,7 +50,7 @@ def timed_fit(client, workers, observed, threads, steps: int, name: str) -> tupl
         used = cpu_threads()
         started = time.perf_counter()
         xrimpute.fit(observed, mask="pixel", steps=steps, batch_size=16, preset="tiny", max_time=3600, seed=0,
-                     verbose=False)
+                     val_fraction=0.0, verbose=False)
         seconds = time.perf_counter() - started
     Event(name, client=client).set()
     results = client.gather(futures)
@@ -59,15 +59,15 @@ def timed_fit(client, workers, observed, threads, steps: int, name: str) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="training steps per fit (default 20)")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per fit (default 10)")
     parser.add_argument("--peers", type=int, default=1, help="busy dask worker processes beside the fit (default 1)")
     args = parser.parse_args()
 
     default = torch.get_num_threads()
     truth = xrimpute.datasets.advection("tiny")[["tracer"]]
     observed = xrimpute.observe(truth, "pixel", rate=0.2, seed=0)
-    xrimpute.fit(observed, mask="pixel", steps=2, batch_size=16, preset="tiny", device="cpu", progress=False,
-                 verbose=False)  # warm-up: imports, allocator, caches
+    xrimpute.fit(observed, mask="pixel", steps=1, batch_size=16, preset="tiny", device="cpu", progress=False,
+                 val_fraction=0.0, verbose=False)  # warm-up: imports, allocator, caches
     with LocalCluster(n_workers=args.peers, threads_per_worker=1, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         workers = list(client.scheduler_info()["workers"])
@@ -76,7 +76,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"{cores}-core {platform.machine()} CPU, load average {load:.1f} after the run; {date.today()}; "
-          f"fit of {args.steps} steps (tiny preset, batch 16, {dict(observed.sizes)}) beside {args.peers} busy "
+          f"fit of {args.steps} steps (tiny preset, batch 16, no validation, {dict(observed.sizes)}) beside {args.peers} busy "
           f"dask worker process(es)\n")
     print("| figure | value | peer | peer value | ratio |")
     print("|---|---|---|---|---|")
