@@ -54,12 +54,24 @@ def test_missdiff_sees_the_whole_observed_mask_in_training_and_at_inference(obse
     assert float(np.abs(a - b).max()) < 0.05 * float(np.abs(a).max())
 
 
-def test_ambient_trains_on_a_further_corruption_and_imputes_from_the_full_mask(observed):
+def test_ambient_trains_on_a_further_corruption_and_imputes_from_one_further_corrupted_mask(observed):
     learned = fit_ambient(observed, corruption=0.25, **TINY)
     assert learned.model.spec == masks.Pixel(context_ratio=0.75)
-    assert learned.impute_options["spec"] == masks.Pixel(context_ratio=1.0) and learned.impute_options["K"] == 1
+    # Daras et al.'s fixed-mask sampler: a subset of the observed cells at the training corruption, one pass
+    assert learned.impute_options["spec"] == masks.Pixel(context_ratio=0.75) and learned.impute_options["K"] == 1
+    a, b = learned.impute(observed, seed=0), learned.impute(observed, seed=1)
+    assert float(np.abs(a - b).max()) > 0.05 * float(np.abs(a).max())  # another corrupted mask per seed
     with pytest.raises(ValueError, match="corruption must be in"):
         fit_ambient(observed, corruption=1.0, **TINY)
+
+
+def test_missdiff_and_ambient_impute_by_multistep_sampling_on_request(observed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        learned = fit_missdiff(observed, mask="pixel", sample_steps=3, members=2, **TINY)
+    assert learned.sampler_options == dict(members=2, steps=3, eta=1.0)
+    assert_filled(learned.impute(observed, seed=0), observed)
+    assert fit_ambient(observed, sample_steps=3, members=2, **TINY).sampler_options["steps"] == 3
 
 
 def test_diffputer_runs_em_rounds_on_the_completion(observed):

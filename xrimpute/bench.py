@@ -55,6 +55,7 @@ from .observe import observe
 LEARNED = ("ctxdiff", "missdiff", "ambient", "diffputer", "em_consistency")
 CLASSICAL = ("interpolate", "telea", "ns_inpaint", "temporal", "dineof")
 ABLATION = "ctxdiff-pixel"  # table 2: pixel contexts on block data
+MULTISTEP = ("missdiff-multistep", "ambient-multistep")  # on request: the baselines with multi-step inference
 TABLES = {
     "table1": [("navier_stokes", "pixel", rate) for rate in (0.8, 0.6, 0.2)]
     + [("era5", "pixel", rate) for rate in (0.2, 0.1, 0.01)],
@@ -82,6 +83,7 @@ class Settings:
     rounds: int  # EM rounds of DiffPuter and EM + consistency
     members: int  # DiffPuter conditional samples averaged per E-step
     sample_steps: int  # DiffPuter denoising steps per sample
+    static_pixels: bool = False  # pixel observations fixed over a trajectory (the paper's NS Table 1), and contexts
 
 
 SETTINGS = {
@@ -89,10 +91,10 @@ SETTINGS = {
     "small": Settings(data_preset="tiny", size=32, frames=16, n_train=12, n_test=4, era5_train_days=14,
                       era5_test_hours=48, steps=300, batch_size=8, preset="tiny", window=3, K=8, rounds=2,
                       members=2, sample_steps=10),
-    # paper-sized data and networks, for a GPU
+    # paper-sized data and networks, for a GPU: static NS pixel masks and the whole trajectory as one window
     "paper": Settings(data_preset="paper", size=64, frames=50, n_train=1024, n_test=128, era5_train_days=24,
-                      era5_test_hours=168, steps=50_000, batch_size=32, preset="base", window=3, K=10, rounds=4,
-                      members=4, sample_steps=50),
+                      era5_test_hours=168, steps=50_000, batch_size=32, preset="base", window=50, K=10, rounds=4,
+                      members=4, sample_steps=50, static_pixels=True),
 }
 
 
@@ -106,6 +108,7 @@ class Report:
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)  # markdown tables of an ablation, with each arm's peer
 
     def summary(self) -> dict:
         """``{metric: {method: {condition: (mean, std, seeds)}}}`` over seeds."""
@@ -117,7 +120,9 @@ class Report:
                          for method, by in methods.items()} for metric, methods in grouped.items()}
 
     def markdown(self) -> str:
-        """One markdown table per metric: methods by conditions, ``mean ± std`` over seeds."""
+        """One markdown table per metric: methods by conditions, ``mean ± std`` over seeds (an ablation: its tables)."""
+        if self.tables:
+            return "\n\n".join(self.tables + [f"Note: {note}" for note in self.notes])
         conditions = list(dict.fromkeys(row["condition"] for row in self.rows))
         seconds: dict = {}
         for row in self.rows:
@@ -168,9 +173,10 @@ def _era5_split(settings: Settings) -> tuple[xr.Dataset, xr.Dataset]:
     return ds.isel(time=slice(0, 24 * settings.era5_train_days)), ds.isel(time=slice(-settings.era5_test_hours, None))
 
 
-def _observe(ds: xr.Dataset, kind: str, amount, seed: int) -> xr.Dataset:
+def _observe(ds: xr.Dataset, kind: str, amount, seed: int, settings: Settings) -> xr.Dataset:
     if kind == "pixel":
-        return observe(ds, "pixel", rate=amount, seed=seed)
+        static = settings.static_pixels and "sample" in ds.dims  # PDE trajectories, not the ERA5 month
+        return observe(ds, "pixel", rate=amount, static=static, seed=seed)
     return observe(ds, "block", grid=(3, 3), observed=amount, static=True, seed=seed)
 
 
@@ -178,22 +184,27 @@ def _observe(ds: xr.Dataset, kind: str, amount, seed: int) -> xr.Dataset:
 
 
 def _fit(method: str, train: xr.Dataset, kind: str, settings: Settings, seed: int, device):
+    from . import masks
+
+    static = kind == "pixel" and settings.static_pixels and "sample" in train.dims
+    mask = masks.Pixel(static=True) if static else kind
     options = dict(steps=settings.steps, batch_size=settings.batch_size, preset=settings.preset,
                    window=settings.window, seed=seed, device=device, val_fraction=0.0, progress=False,
                    verbose=False)
     if method == "ctxdiff":
-        return fit_ctxdiff(train, mask=kind, K=settings.K, **options)
+        return fit_ctxdiff(train, mask=mask, K=settings.K, **options)
     if method == ABLATION:
         return fit_ctxdiff(train, mask="pixel", K=settings.K, **options)
-    if method == "missdiff":
-        return fit_missdiff(train, mask=kind, **options)
-    if method == "ambient":
-        return fit_ambient(train, **options)
+    multistep = dict(sample_steps=settings.sample_steps, members=settings.members) if method in MULTISTEP else {}
+    if method.startswith("missdiff"):
+        return fit_missdiff(train, mask=mask, **multistep, **options)
+    if method.startswith("ambient"):
+        return fit_ambient(train, **multistep, **options)
     if method == "diffputer":
         return fit_diffputer(train, rounds=settings.rounds, members=settings.members,
                              sample_steps=settings.sample_steps, **options)
     if method == "em_consistency":  # continuous form: EM rounds around ctxdiff, consistency loss in the M-steps
-        return fit_em_consistency(train, mask=kind, rounds=settings.rounds, K=settings.K, **options)
+        return fit_em_consistency(train, mask=mask, rounds=settings.rounds, K=settings.K, **options)
     raise ValueError(f"unknown method {method!r}; known: {LEARNED + (ABLATION,) + CLASSICAL}")
 
 
@@ -240,7 +251,9 @@ def run(table: str = "table1", settings: str | Settings = "small", seeds=(0,), m
     seeds : one run per seed (data, observations and training all follow it);
         the tables show mean ± std over seeds.
     methods : subset of the methods (default: all learned and classical ones, and on
-        table 2 the ablation ``ctxdiff-pixel``).
+        table 2 the ablation ``ctxdiff-pixel``); ``missdiff-multistep`` and
+        ``ambient-multistep`` (the baselines with multi-step inference: the mean of
+        ``members`` conditional samples of ``sample_steps`` steps) on request.
     datasets : subset of the table's data sets (e.g. ``["navier_stokes"]``).
     out : folder for ``<table>-<settings>.json`` and ``.png`` (None: write nothing).
     device : where networks train (default: :func:`xrimpute.set_options`).
@@ -259,8 +272,9 @@ def run(table: str = "table1", settings: str | Settings = "small", seeds=(0,), m
         if settings not in SETTINGS:
             raise ValueError(f"unknown settings {settings!r}; choose one of {sorted(SETTINGS)} or pass a Settings")
         settings = SETTINGS[settings]
-    everything = LEARNED + ((ABLATION,) if table == "table2" else ()) + CLASSICAL
-    methods = list(everything if methods is None else methods)
+    default = LEARNED + ((ABLATION,) if table == "table2" else ()) + CLASSICAL
+    everything = default + MULTISTEP
+    methods = list(default if methods is None else methods)
     unknown = sorted(set(methods) - set(everything))
     if unknown:
         raise ValueError(f"unknown methods {unknown} for {table}; choose from {list(everything)}")
@@ -292,8 +306,8 @@ def run(table: str = "table1", settings: str | Settings = "small", seeds=(0,), m
             train, test = splits[key]
             names = cube.layout_of(train).variables
             scale = train[names].std()
-            train_seen = _observe(train, kind, amount, seed)
-            test_seen = _observe(test, kind, amount, seed + 10_000)
+            train_seen = _observe(train, kind, amount, seed, settings)
+            test_seen = _observe(test, kind, amount, seed + 10_000, settings)
             results = {}
             if dataset == "shallow_water":
                 report.rows.append(dict(condition=label, method="truth", seed=seed, metric="residual",
@@ -374,3 +388,171 @@ def describe_device(device: str | None = None) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
            f"{torch.get_num_threads()})"
 
+
+
+# -- the paper's ablations ------------------------------------------------------------
+
+ABLATIONS = {
+    "table4": "K-context ensemble against one pass with the whole observed mask as context (same model)",
+    "table6": "context ratio 0.3-1.0 (1.0 is MissDiff's input) and query ratio 0.7 against 1.0, on NS 5/9 blocks",
+    "theorem2": "variance of the single-step estimator over draws of K contexts, K = 1..32, and its log-log slope",
+    "figure1": "block contexts against pixel contexts on NS with static 3 x 3 blocks (5 of 9 observed)",
+    "window": "windows of 3 frames against the whole trajectory as one window, on NS 5/9 blocks",
+}
+NS_BLOCKS = ("navier_stokes", "block", 5)
+NS_PIXELS = ("navier_stokes", "pixel", 0.2)
+
+
+def _spec(kind: str, settings: Settings, **fields):
+    from . import masks
+
+    if kind == "block":
+        return masks.Block(grid=(3, 3), static=True, **fields)
+    return masks.Pixel(static=settings.static_pixels, **fields)
+
+
+def _ablation_fit(train, spec, settings: Settings, seed: int, device, window: int | None = None):
+    from .model import CtxDiffModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pixel contexts on block data leave gaps unlearnable, by design
+        return CtxDiffModel.fit(train, mask=spec, steps=settings.steps, batch_size=settings.batch_size,
+                                preset=settings.preset, window=window or settings.window, seed=seed, device=device,
+                                val_fraction=0.0, progress=False, verbose=False)
+
+
+def _gap_mse(filled, test, test_seen, scale) -> float:
+    return _scores("navier_stokes", filled, test, test_seen, scale)["gap_mse"]
+
+
+def _peer_table(title: str, rows: list[tuple[str, str, float, float]], note: str = "") -> str:
+    """A markdown table: condition, method, gap MSE, and the ratio to the condition's peer."""
+    lines = [f"**{title}** (gap MSE in units of the truth's std², lower is better; ratio = row / peer)", "",
+             "| condition | method | gap_mse | ratio to peer |", "|---|---|---|---|"]
+    lines += [f"| {cond} | {method} | {value:.4g} | {ratio:.3f} |" for cond, method, value, ratio in rows]
+    return "\n".join(lines + ([f"\n{note}"] if note else []))
+
+
+def ablation(name: str, settings: str | Settings = "small", seed: int = 0, device: str | None = None,
+             threads: int | None = None, progress: bool = True) -> Report:
+    """Run one of the paper's ablations (:data:`ABLATIONS`) on Navier-Stokes and return its :class:`Report`.
+
+    Every arm of an ablation trains on the same observed training cube with the
+    same budget (``settings``) and fills the same observed test cube; the
+    report holds one row per arm and a markdown table with the ratio of each
+    arm to its peer (``Report.tables``).
+    """
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
+    label = settings if isinstance(settings, str) else "custom"
+    settings = SETTINGS[settings] if isinstance(settings, str) else settings
+    report = Report(name, label)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    report.device = describe_device(device)
+    try:
+        train, test = _pde_split("navier_stokes", settings, seed)
+        scale = train[cube.layout_of(train).variables].std()
+        seen = {}
+
+        def observed(condition):
+            if condition not in seen:
+                _, kind, amount = condition
+                seen[condition] = (_observe(train, kind, amount, seed, settings),
+                                   _observe(test, kind, amount, seed + 10_000, settings))
+            return seen[condition]
+
+        def record(condition, method, value, start):
+            report.rows.append(dict(condition=condition_name(*condition), method=method, seed=seed,
+                                    metric="gap_mse", value=value, seconds=time.perf_counter() - start))
+            if progress:  # each arm as it ends: a long run that is stopped still leaves its arms
+                tqdm.write(f"{name}: {condition_name(*condition)} | {method} | {value:.4g} | "
+                           f"{time.perf_counter() - start:.0f} s")
+            return value
+
+        bar = tqdm(desc=f"{name} ({label})", disable=not progress)
+        table = []
+        if name == "table4":
+            for condition in (NS_PIXELS, NS_BLOCKS):
+                train_seen, test_seen = observed(condition)
+                start = time.perf_counter()
+                model = _ablation_fit(train_seen, _spec(condition[1], settings), settings, seed, device)
+                ensemble = record(condition, f"ensemble K={settings.K}",
+                                  _gap_mse(model.impute(test_seen, K=settings.K, seed=seed, progress=False,
+                                                        fill_never_observed=True), test, test_seen, scale), start)
+                start = time.perf_counter()
+                full = record(condition, "whole observed mask, one pass",
+                              _gap_mse(model.impute(test_seen, K=1, seed=seed, adapt=False, progress=False,
+                                                    spec=_spec(condition[1], settings, context_ratio=1.0),
+                                                    fill_never_observed=True), test, test_seen, scale), start)
+                table += [(condition_name(*condition), f"ensemble K={settings.K}", ensemble, ensemble / full),
+                          (condition_name(*condition), "whole observed mask, K=1 (peer)", full, 1.0)]
+                bar.update(1)
+            report.tables.append(_peer_table("Table 4: ensemble of K contexts vs the whole observed mask", table))
+        elif name == "table6":
+            train_seen, test_seen = observed(NS_BLOCKS)
+            arms = [(f"context {r}", dict(context_ratio=r)) for r in (0.3, 0.5, 0.7, 0.9, 1.0)]
+            arms.append(("context 0.7, query 0.7", dict(context_ratio=0.7, query_ratio=0.7)))
+            values = {}
+            for arm, fields in arms:
+                start = time.perf_counter()
+                model = _ablation_fit(train_seen, _spec("block", settings, **fields), settings, seed, device)
+                K = 1 if fields["context_ratio"] == 1.0 else settings.K  # one context is the whole mask
+                values[arm] = record(NS_BLOCKS, arm, _gap_mse(model.impute(test_seen, K=K, seed=seed,
+                                                                            progress=False, fill_never_observed=True),
+                                                               test, test_seen, scale), start)
+                bar.update(1)
+            peer = values["context 0.7"]
+            table = [(condition_name(*NS_BLOCKS), arm + (" (peer)" if arm == "context 0.7" else ""), v, v / peer)
+                     for arm, v in values.items()]
+            report.tables.append(_peer_table("Table 6: context ratio and query ratio (block contexts)", table))
+        elif name == "theorem2":
+            train_seen, test_seen = observed(NS_PIXELS)
+            model = _ablation_fit(train_seen, _spec("pixel", settings), settings, seed, device)
+            one = test_seen.isel(sample=slice(0, 1))
+            gaps = one.isnull()
+            names = list(scale.data_vars)
+            variances, ks = [], (1, 2, 4, 8, 16, 32)
+            draws = 8
+            for K in ks:
+                start = time.perf_counter()
+                fills = [model.impute(one, K=K, seed=s, stride=settings.window, progress=False,
+                                      fill_never_observed=True) for s in range(draws)]
+                stacked = {v: np.stack([(f[v] / scale[v]).values for f in fills]) for v in names}
+                variance = float(np.mean([stacked[v].var(0, ddof=1)[gaps[v].values].mean() for v in names]))
+                variances.append(record(NS_PIXELS, f"K={K}", variance, start))
+                bar.update(1)
+            slope, _ = np.polyfit(np.log(ks), np.log(variances), 1)
+            lines = ["**Theorem 2: variance of the single-step estimate over independent draws of K contexts** "
+                     f"(gap cells of one NS 20% test trajectory, {draws} draws per K, in units of the truth's "
+                     "variance; ratio = K=1 variance / K's, 1/K law: ratio = K)", "",
+                     "| K | variance | K=1 / K ratio |", "|---|---|---|"]
+            lines += [f"| {K} | {v:.4g} | {variances[0] / v:.2f} |" for K, v in zip(ks, variances)]
+            lines += ["", f"log-log slope: {slope:.3f} (Theorem 2: -1)"]
+            report.tables.append("\n".join(lines))
+            report.notes.append(f"theorem2 slope {slope:.3f}")
+        else:
+            train_seen, test_seen = observed(NS_BLOCKS)
+            if name == "figure1":
+                arms = [("block contexts", _spec("block", settings), None),
+                        ("pixel contexts (peer)", _spec("pixel", settings), None)]
+            else:
+                arms = [(f"window {settings.frames} (whole trajectory)", _spec("block", settings), settings.frames),
+                        ("window 3 (peer)", _spec("block", settings), 3)]
+            values = []
+            for arm, spec, window in arms:
+                start = time.perf_counter()
+                model = _ablation_fit(train_seen, spec, settings, seed, device, window=window)
+                values.append(record(NS_BLOCKS, arm, _gap_mse(model.impute(test_seen, K=settings.K, seed=seed,
+                                                                          progress=False, fill_never_observed=True),
+                                                             test, test_seen, scale), start))
+                bar.update(1)
+            table = [(condition_name(*NS_BLOCKS), arm, v, v / values[-1]) for (arm, _, _), v in zip(arms, values)]
+            title = ("Figure 1: block vs pixel contexts on static 3x3 blocks" if name == "figure1"
+                     else "Window length: whole trajectory vs 3 frames")
+            report.tables.append(_peer_table(title, table))
+        bar.close()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return report

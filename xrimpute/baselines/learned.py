@@ -9,7 +9,13 @@ schedule and budget options) and changes only what the paper's baselines change:
   whole observed mask at inference (one pass, ``K = 1``, no adaptation).
 * ``ambient`` (AmbientDiff): the context is the observed mask further corrupted
   once (each observed pixel dropped with probability ``corruption``), the query
-  every observed cell; at inference the whole observed mask, one pass.
+  every observed cell; at inference, as in Daras et al.'s fixed-mask sampler
+  and the paper's Table 3 "direct" row, one further corrupted mask (a subset of
+  the observed cells at the training corruption), one pass (``K = 1``).
+
+Both take ``sample_steps`` for multi-step inference instead (the mean of
+``members`` conditional samples, as DiffPuter's E-step): the paper reports the
+better of single-step and multi-step for every baseline.
 * ``diffputer`` (DiffPuter): expectation-maximisation. The M-step trains the
   denoiser on the current completion as if it were complete (every cell in the
   context and in the query); the E-step re-imputes by conditional sampling
@@ -79,27 +85,43 @@ def fit_ctxdiff(train, mask="auto", *, K: int = 10, **fit_options) -> Learned:
     return Learned("ctxdiff", CtxDiffModel.fit(train, mask=mask, **fit_options), dict(K=K))
 
 
-def fit_missdiff(train, mask="auto", *, verbose: bool = True, **fit_options) -> Learned:
+def _multistep(sample_steps: int | None, members: int) -> dict | None:
+    """Sampler options of multi-step inference (RePaint-style conditional sampling), or None for single-step."""
+    if sample_steps is None:
+        return None
+    if sample_steps < 1 or members < 1:
+        raise ValueError(f"sample_steps and members must be at least 1, got {sample_steps} and {members}")
+    return dict(members=members, steps=sample_steps, eta=1.0)
+
+
+def fit_missdiff(train, mask="auto", *, verbose: bool = True, sample_steps: int | None = None, members: int = 4,
+                 **fit_options) -> Learned:
     """MissDiff: the loss on observed cells with the whole observed mask as input.
 
     ``mask`` only shapes the held-back validation cells; the context is always
-    every observed cell (context ratio 1).
+    every observed cell (context ratio 1). ``sample_steps``: multi-step
+    inference, the mean of ``members`` conditional samples, instead of one pass.
     """
     spec = replace(masks.resolve(mask, _observed(train), verbose=verbose), context_ratio=1.0)
     model = CtxDiffModel.fit(train, mask=spec, verbose=verbose, **fit_options)
-    return Learned("missdiff", model, dict(K=1, adapt=False))
+    return Learned("missdiff", model, dict(K=1, adapt=False), _multistep(sample_steps, members))
 
 
-def fit_ambient(train, corruption: float = 0.2, **fit_options) -> Learned:
+def fit_ambient(train, corruption: float = 0.2, *, K: int = 1, sample_steps: int | None = None, members: int = 4,
+                **fit_options) -> Learned:
     """AmbientDiff: one further pixel-wise corruption of the observed mask as context.
 
     Each observed cell leaves the context with probability ``corruption``; the
-    loss covers every observed cell. Inference feeds the whole observed mask.
+    loss covers every observed cell. Inference feeds one further corrupted mask
+    (the observed cells kept at ``1 - corruption``), ``K`` of them averaged
+    (default one, as Daras et al.); ``sample_steps``: multi-step inference
+    instead, the mean of ``members`` conditional samples.
     """
     if not 0 < corruption < 1:
         raise ValueError(f"corruption must be in (0, 1), the share of observed cells dropped; got {corruption}")
     model = CtxDiffModel.fit(train, mask=masks.Pixel(context_ratio=1.0 - corruption), **fit_options)
-    return Learned("ambient", model, dict(K=1, adapt=False, spec=masks.Pixel(context_ratio=1.0)))
+    return Learned("ambient", model, dict(K=K, adapt=False, spec=masks.Pixel(context_ratio=1.0 - corruption)),
+                   _multistep(sample_steps, members))
 
 
 def _e_step(model: CtxDiffModel, obj, *, members: int, steps: int, eta: float, seed: int, progress,
@@ -201,7 +223,8 @@ def ambient_array(values: np.ndarray, *, corruption: float = 0.2, seed: int = 0,
     if not 0 < corruption < 1:
         raise ValueError(f"corruption must be in (0, 1), the share of observed cells dropped; got {corruption}")
     engine = _engine(values, masks.Pixel(context_ratio=1.0 - corruption), seed, fit_options)
-    options = ImputeConfig(K=1, adapt=False, spec=masks.Pixel(context_ratio=1.0), seed=seed, progress=False)
+    options = ImputeConfig(K=1, adapt=False, spec=masks.Pixel(context_ratio=1.0 - corruption), seed=seed,
+                           progress=False)
     return engine.fill(values, options)[0]
 
 

@@ -19,7 +19,7 @@ from .spatial import label_segments, spatial_statistics, swath_geometry
 SPECS: dict[str, type[MaskSpec]] = {}
 ALIASES = {"clouds": "patches", "auto": "infer"}
 NOT_SAVED = {"saved": False}  # field metadata: metadata arrays that stay out of to_dict (and model files)
-SAVED_IF_SET = {"saved": "if set"}  # field metadata: saved only when true, so older model files read the same
+SAVED_IF_SET = {"saved": "unless default"}  # field metadata: saved only when changed, so older files read the same
 
 
 class MaskSpecError(ValueError):
@@ -37,10 +37,15 @@ class MaskSpec:
     whose variables share one mask share one pattern. ``shared=True`` forces
     one pattern for all variables (the behaviour before per-variable
     contexts; for ablations).
+
+    ``query_ratio`` below 1 puts only a random share of the observed cells in
+    the loss (the paper's pixel code uses 0.7; its block code and the default
+    here use every observed cell; Table 6 compares the two).
     """
 
     context_ratio: float = 0.7
     shared: bool = field(default=False, kw_only=True, metadata=SAVED_IF_SET)
+    query_ratio: float = field(default=1.0, kw_only=True, metadata=SAVED_IF_SET)
     kind: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
@@ -51,6 +56,8 @@ class MaskSpec:
     def __post_init__(self):
         if not 0.0 < self.context_ratio <= 1.0:
             raise MaskSpecError(f"context_ratio must be in (0, 1], got {self.context_ratio}")
+        if not 0.0 < self.query_ratio <= 1.0:
+            raise MaskSpecError(f"query_ratio must be in (0, 1], got {self.query_ratio}")
 
     # -- sampling ---------------------------------------------------------
     def keep(self, shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
@@ -72,8 +79,11 @@ class MaskSpec:
         return observed & share_where_identical(self.keep((n, c, t, h, w), generator, observed.device), observed)
 
     def query(self, observed: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Cells that enter the loss: every observed cell (as in the paper's code)."""
-        return observed
+        """Cells that enter the loss: every observed cell, or a random ``query_ratio`` of them (torch's global
+        generator, which training seeds)."""
+        if self.query_ratio >= 1:
+            return observed
+        return observed & (torch.rand(observed.shape, device=observed.device) < self.query_ratio)
 
     # -- learnability -------------------------------------------------------
     def cell_log_likelihood(self, context: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -116,7 +126,8 @@ class MaskSpec:
     def to_dict(self) -> dict:
         """JSON-able configuration (``kind`` plus fields; metadata arrays such as footprints left out)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.metadata.get("saved", True) is True or (f.metadata["saved"] == "if set" and getattr(self, f.name))}
+                  if f.metadata.get("saved", True) is True
+                  or (f.metadata["saved"] == "unless default" and getattr(self, f.name) != f.default)}
         return {"kind": self.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
 
     @staticmethod
