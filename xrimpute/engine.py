@@ -25,7 +25,7 @@ from .diffusion import VPSchedule, impute_ensemble
 from .errors import XrimputeError
 from .atomic import atomic_write
 from .nets import Denoiser
-from .options import OPTIONS, mixed_precision, or_option
+from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
 from .training import History, TrainConfig, resolve_device, seeded, train
 from .windows import Piece, Tiling, impute_series, sample_series
@@ -262,8 +262,9 @@ class Engine:
                                    valid=stats.valid)
         try:
             validate = None if windows.validation is None else _validator(*windows.validation, spec, device, seed)
-            ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
-                                 checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
+            with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
+                ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
+                                     checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
         finally:
             windows.close()
         validation = None
@@ -312,9 +313,10 @@ class Engine:
         x = (values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None]
         tile = self.config.tile and tuple(self.config.tile)
         windows = ArrayWindows(x, observed, self.window, tile=tile, static=self.denoiser.static.numpy())
-        ema, self.history = train(self.denoiser.train().requires_grad_(True), windows, self.spec,
-                                  replace(self.train_config, **changes), device=resolve_device(device),
-                                  loss_fn=loss_fn, progress=progress)
+        with torch_threads():
+            ema, self.history = train(self.denoiser.train().requires_grad_(True), windows, self.spec,
+                                      replace(self.train_config, **changes), device=resolve_device(device),
+                                      loss_fn=loss_fn, progress=progress)
         self.denoiser = ema.cpu().eval()
         self.config = replace(self.config, validation=None, extra={**self.config.extra, **(facts or {})})
         return self.history
@@ -369,7 +371,8 @@ class Engine:
         own = net is None
         net = self.denoiser.to(device) if own else net
         try:
-            return self._fill(values, spec, options, piece or Piece.whole(values.shape), net, device)
+            with torch_threads():  # in a dask worker: the worker's share of the cores
+                return self._fill(values, spec, options, piece or Piece.whole(values.shape), net, device)
         finally:
             if own:
                 self.denoiser.cpu()
@@ -411,11 +414,12 @@ class Engine:
         device = resolve_device(device)
         self.denoiser.to(device)
         try:
-            draws = sample_series(self.denoiser, self._normalise(values), observed, self.schedule, diffusion_spec,
-                                  spec, self.window, n=n, steps=steps, K=K, eta=eta, handover=handover,
-                                  domain=torch.as_tensor(self.valid)[None, :, None].to(device), seed=seed,
-                                  batch_size=batch_size, device=device, autocast=mixed_precision(device),
-                                  progress=progress)
+            with torch_threads():
+                draws = sample_series(self.denoiser, self._normalise(values), observed, self.schedule, diffusion_spec,
+                                      spec, self.window, n=n, steps=steps, K=K, eta=eta, handover=handover,
+                                      domain=torch.as_tensor(self.valid)[None, :, None].to(device), seed=seed,
+                                      batch_size=batch_size, device=device, autocast=mixed_precision(device),
+                                      progress=progress)
         finally:
             self.denoiser.cpu()
         draws = draws * self.std[None, None, :, None, None, None] + self.mean[None, None, :, None, None, None]

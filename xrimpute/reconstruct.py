@@ -25,7 +25,6 @@ from typing import Callable
 import dask
 import dask.array as da
 import numpy as np
-import torch
 import xarray as xr
 from distributed import Client, LocalCluster, as_completed, get_worker
 from tqdm.auto import tqdm
@@ -98,14 +97,13 @@ def _cached_source(source) -> xr.Dataset:
         return _sources[source]
 
 
-def _share_threads() -> str | None:
-    """Torch uses the threads dask gives the worker, not every core of the machine; the worker's address."""
+def _worker_address() -> str | None:
+    """The address of the dask worker running this task (None outside one). Engine.fill gives torch the worker's
+    share of the cores (xrimpute.options.cpu_threads)."""
     try:
-        worker = get_worker()
+        return get_worker().address
     except ValueError:  # not on a worker
         return None
-    torch.set_num_threads(worker.state.nthreads)
-    return worker.address
 
 
 def _fill_region(job: _Job, index: int, box, source) -> dict:
@@ -116,7 +114,7 @@ def _fill_region(job: _Job, index: int, box, source) -> dict:
     if job.before_region is not None:
         job.before_region(index)
     started = time.perf_counter()
-    worker = _share_threads()
+    worker = _worker_address()
     engine, ds = _cached_engine(job.model_path), _cached_source(source)
     axes = job.layout.axes
     times, lats, lons, piece = cut(job.full, box, engine, job.options)
