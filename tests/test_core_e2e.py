@@ -144,13 +144,23 @@ def test_checkpoint_resumes_and_refuses_another_model(tmp_path):
     "make, error, match",
     [
         (lambda: xr.DataArray(np.full((4, 5, 6), np.nan), dims=("time", "lat", "lon")), CubeError, "all NaN"),
-        (lambda: xr.DataArray(np.ones((2, 5, 6)), dims=("time", "lat", "lon")), CubeError, "fewer than window"),
         (lambda: xr.DataArray(np.ones((4, 5, 6)), dims=("t0", "row", "col")), CubeError, "could not find"),
     ],
 )
 def test_bad_input_gets_a_clear_error(make, error, match):
     with pytest.raises(error, match=match):
         make().ctxdiff.fit(**FIT)
+
+
+def test_a_window_longer_than_the_series_is_refused():
+    with pytest.raises(CubeError, match="fewer than window"):
+        xr.DataArray(np.ones((2, 5, 6)), dims=("time", "lat", "lon")).ctxdiff.fit(window=3, **FIT)
+
+
+def test_the_default_window_shrinks_to_a_short_series():
+    obs = blobs(n=1, t=3, size=8)
+    model = obs.ctxdiff.fit(**{**FIT, "steps": 2})
+    assert model.window == 3
 
 
 def test_unknown_mask_is_refused_before_training():

@@ -1,0 +1,201 @@
+"""ctxdiff with the package's defaults against the best classical filler, on the same gaps, case by case.
+
+    python benchmarks/bench_accuracy.py --era5-file ../shared/data/era5-2mt-2019-03-uk.grib
+    python benchmarks/bench_accuracy.py --cases era5-pixel10 ns-pixel20 --seeds 0 --max-time 60
+    python benchmarks/bench_accuracy.py --jobs 2 --append benchmarks/RESULTS.md
+
+Every case masks a complete cube with :func:`xrimpute.observe`, then:
+
+* each classical filler of :data:`CLASSICAL` fills the observed cube (DINEOF only
+  where the cube is small enough to finish in about a minute);
+* ctxdiff fits on the observed cube itself with the package's defaults
+  (``obj.ctxdiff.fit()``: ``mask="auto"``, the default CPU time budget unless
+  ``--max-time`` or ``--steps`` is given) and fills it with ``impute()``.
+
+The score is the gap NMSE: the mean squared error over *every* gap cell divided
+by the variance of the truth there (per variable, then averaged); a cell a
+method leaves NaN is scored as the observed mean (column ``unfilled``). The
+table gives the best classical filler, ctxdiff, their ratio (below 1: ctxdiff
+is better) and the wall seconds; station rows also give kriging and RBF.
+Each case runs in its own process with one torch thread (``--jobs`` of them at
+once), so timings of one run compare side by side; the machine's load is
+printed with the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+
+import numpy as np
+
+CLASSICAL = ("interpolate", "temporal", "telea", "ns_inpaint", "normalised_convolution", "dineof")
+STATION_PEERS = ("kriging", "rbf")
+PDE = dict(n_samples=8, frames=32)  # trajectories x frames of the generated cubes (64 x 64 cells)
+CASES = {
+    "era5-pixel10": ("era5", "pixel", dict(rate=0.1)),
+    "era5-pixel1": ("era5", "pixel", dict(rate=0.01)),
+    "era5-block5/9": ("era5", "block", dict(grid=(3, 3), observed=5)),
+    "era5-swath": ("era5", "swath", dict()),
+    "era5-station": ("era5", "station", dict(n=40)),
+    "ns-pixel20": ("navier_stokes", "pixel", dict(rate=0.2)),
+    "ns-block5/9": ("navier_stokes", "block", dict(grid=(3, 3), observed=5, static=True)),
+    "adv-pixel20": ("advection", "pixel", dict(rate=0.2)),
+    "adv-block5/9": ("advection", "block", dict(grid=(3, 3), observed=5, static=True)),
+    "sw-pixel20": ("shallow_water", "pixel", dict(rate=0.2)),
+    "sw-block5/9": ("shallow_water", "block", dict(grid=(3, 3), observed=5, static=True)),
+}
+
+
+def truth_of(name: str, era5_file: str | None):
+    import xrimpute
+
+    if name == "era5":
+        return (xrimpute.datasets.open_era5(era5_file) if era5_file else xrimpute.datasets.era5_sample()).load()
+    return getattr(xrimpute.datasets, name)("small", seed=0, **PDE).load()
+
+
+def gap_nmse(filled: np.ndarray, truth: np.ndarray, gaps: np.ndarray) -> tuple[float, int]:
+    """Mean over channels of MSE / variance of the truth on every gap cell; NaN fills scored as the observed mean."""
+    scores, unfilled = [], 0
+    for c in range(truth.shape[1]):
+        t, f, g = truth[:, c], filled[:, c], gaps[:, c]
+        fallback = np.nanmean(np.where(g, np.nan, t))
+        unfilled += int((g & ~np.isfinite(f)).sum())
+        f = np.where(np.isfinite(f), f, fallback)
+        scores.append(float(((f - t)[g] ** 2).mean() / t[g].var()))
+    return float(np.mean(scores)), unfilled
+
+
+def run_case(job) -> dict:
+    """One case and seed, in a process of its own with one torch thread."""
+    case, seed, args = job
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    import xrimpute
+    from xrimpute import cube
+    from xrimpute.baselines import METHODS
+
+    name, kind, options = CASES[case]
+    truth = truth_of(name, args["era5_file"])
+    observed = xrimpute.observe(truth, kind, seed=seed, **options)
+    true_values, _ = cube.to_array(truth)
+    values, _ = cube.to_array(observed)
+    gaps = ~np.isfinite(values)
+    row = dict(case=case, seed=seed, observed=float(1 - gaps.mean()), classical={})
+    small = values.size <= 3_000_000
+    for method in CLASSICAL + (STATION_PEERS if kind == "station" else ()):
+        if method == "dineof" and not small:
+            continue
+        start = time.perf_counter()
+        try:
+            filled = np.where(gaps, METHODS[method](values), values)
+        except ImportError as err:  # optional extras: OpenCV, PyKrige
+            row["classical"][method] = dict(skipped=str(err))
+            continue
+        score, unfilled = gap_nmse(filled, true_values, gaps)
+        row["classical"][method] = dict(nmse=score, unfilled=unfilled, seconds=time.perf_counter() - start)
+        print(f"  {case} seed {seed}: {method} {score:.4f} in {row['classical'][method]['seconds']:.1f} s",
+              file=sys.stderr, flush=True)
+    fit_options = {k: args[k] for k in ("steps", "max_time") if args[k] is not None}
+    start = time.perf_counter()
+    model = observed.ctxdiff.fit(seed=seed, progress=False, **fit_options)
+    fitted = time.perf_counter() - start
+    filled, _ = cube.to_array(observed.ctxdiff.impute(progress=False))
+    score, unfilled = gap_nmse(filled, true_values, gaps)
+    row["ctxdiff"] = dict(nmse=score, unfilled=unfilled, fit_seconds=fitted,
+                          impute_seconds=time.perf_counter() - start - fitted,
+                          steps=model.history.step[-1] if model.history.step else 0, mask=repr(model.spec),
+                          validation=model.validation.get("nmse"))
+    return row
+
+
+def best_classical(row: dict, among=CLASSICAL) -> tuple[str, float]:
+    scored = {m: r["nmse"] for m, r in row["classical"].items() if m in among and "nmse" in r}
+    name = min(scored, key=scored.get)
+    return name, scored[name]
+
+
+def table(rows: list[dict]) -> str:
+    """One line per case: means over seeds (and the spread between them)."""
+    lines = ["| case | observed | best classical | its gap NMSE | ctxdiff gap NMSE | ratio | ctxdiff steps | "
+             "ctxdiff s (fit + impute) | unfilled (ctxdiff) | kriging / RBF |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = [r for r in rows if r["case"] == case]
+        best = [best_classical(r) for r in mine]
+        names = sorted({b[0] for b in best})
+        peer = np.array([b[1] for b in best])
+        ours = np.array([r["ctxdiff"]["nmse"] for r in mine])
+        ratio = ours / peer
+
+        def show(a):
+            return f"{a.mean():.4f}" + (f" ± {a.std():.4f}" if len(a) > 1 else "")
+
+        seconds = np.mean([r["ctxdiff"]["fit_seconds"] + r["ctxdiff"]["impute_seconds"] for r in mine])
+        steps = np.mean([r["ctxdiff"]["steps"] for r in mine])
+        station = ""
+        if any(m in r["classical"] for r in mine for m in STATION_PEERS):
+            station = ", ".join(f"{m} {np.mean([r['classical'][m]['nmse'] for r in mine]):.4f}"
+                                if all("nmse" in r["classical"].get(m, {}) for r in mine) else f"{m} skipped"
+                                for m in STATION_PEERS)
+        lines.append(f"| {case} | {np.mean([r['observed'] for r in mine]):.3f} | {'/'.join(names)} | {show(peer)} | "
+                     f"{show(ours)} | {ratio.mean():.2f} | {steps:.0f} | {seconds:.0f} | "
+                     f"{sum(r['ctxdiff']['unfilled'] for r in mine)} | {station} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES), metavar="CASE")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    parser.add_argument("--max-time", type=float, default=None, help="ctxdiff time budget (default: the package's)")
+    parser.add_argument("--steps", type=int, default=None, help="ctxdiff steps (default: the package's)")
+    parser.add_argument("--jobs", type=int, default=1, help="cases run at once, one torch thread each")
+    parser.add_argument("--era5-file", default=None, help="a local copy of the ERA5 sample (offline machines)")
+    parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--append", default=None, help="append a section with the table to this markdown file")
+    args = parser.parse_args(argv)
+    settings = dict(max_time=args.max_time, steps=args.steps, era5_file=args.era5_file)
+    jobs = [(case, seed, settings) for case in args.cases for seed in args.seeds]
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        rows = []
+        for row in pool.imap(run_case, jobs):
+            rows.append(row)
+            print(f"{row['case']} seed {row['seed']}: ctxdiff {row['ctxdiff']['nmse']:.4f}, best classical "
+                  f"{best_classical(row)}", flush=True)
+    text = table(rows)
+    budget = (f"steps={args.steps}" if args.steps else "") + (f" max_time={args.max_time}" if args.max_time else "")
+    heading = "\n".join([
+        "## Accuracy against the classical fillers (`benchmarks/bench_accuracy.py`)",
+        "",
+        f"- command: `{shlex.join(['python', *sys.argv])}`",
+        f"- device: {platform.machine()} CPU, {os.cpu_count()} cores, one torch thread per case, {args.jobs} "
+        f"case(s) at once; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; wall {time.perf_counter() - start:.0f} s",
+        f"- ctxdiff: package defaults{' except ' + budget.strip() if budget.strip() else ''}; seeds {args.seeds}",
+        "",
+    ])
+    print(heading + text)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write("\n" + heading + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
