@@ -56,10 +56,13 @@ def adapted_docstring(doc: str, summary: str, source: str, drop: str = "obj", ad
     entries = [e for e in _entries(block) if e[0].split(":")[0].strip() != drop]
     if add is not None:
         entries.append(add.splitlines())
-    see_also = ["See Also", "--------", f"{source} : the same on the model, for any object."]
+    see_also = ["See Also", "--------", f"{source} : the same, for any object."]
     rest = lines[end:]
     notes = next((k for k in range(len(rest)) if rest[k] == "Notes" and _is_header(rest, k)), len(rest))
-    rest = rest[:notes] + see_also + ([""] + rest[notes:] if notes < len(rest) else [])
+    before = rest[:notes]
+    while before and not before[-1].strip():
+        before.pop()
+    rest = before + [""] + see_also + ([""] + rest[notes:] if notes < len(rest) else [])
     return "\n".join([summary, *lines[1:start], *(line for e in entries for line in e), "", *rest])
 
 
