@@ -6,6 +6,7 @@ an :class:`xrimpute.errors.XrimputeError`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -16,14 +17,21 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from distributed import Client, LocalCluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import xrimpute
 from synthetic import latlon_cube
 from samples import ERA5_SAMPLE, needs_era5
 from test_datasets_era5 import server  # noqa: F401  (the loopback data host fixture)
-from xrimpute import arguments, cube, robust
+from xrimpute import arguments, cube, masks, robust, samplers
 from xrimpute.datasets import advection, generated
 from xrimpute.datasets.era5 import SAMPLE_FILE, era5_sample
-from xrimpute.errors import ArgumentError, ArgumentTypeError, DataWarning, XrimputeError
+from xrimpute.errors import (ArgumentError, ArgumentTypeError, DataWarning, ModelFileError, NonFiniteLossError,
+                             XrimputeError)
+from xrimpute.reconstruct import ResumeError
+from xrimpute.training import CheckpointMismatch
 
 
 def record_warnings(call, *args, **kwargs):
@@ -312,3 +320,328 @@ def test_corrupt_grib_in_the_cache_is_removed_when_no_good_copy_comes(server):  
     with pytest.raises(ValueError, match="nothing was kept in the cache"):
         era5_sample(progressbar=False)
     assert not list(server.cache.iterdir())
+
+
+# -- random small cubes: fit + impute either refuse with a package error or fill every gap ----------------------------
+
+CALENDARS = ["numpy", "noleap", "360_day", "integer"]
+FILL16 = -32767
+
+
+@st.composite
+def small_cubes(draw):
+    """Small DataArrays: random dim order, an optional sample dim, dtype (integers with an undecoded _FillValue),
+    gaps, non-finite and fill values, and the time axis's calendar."""
+    t, h, w = draw(st.integers(2, 6)), draw(st.integers(3, 7)), draw(st.integers(3, 7))
+    samples = draw(st.sampled_from([0, 2]))
+    dtype = draw(st.sampled_from(["float32", "float64", "float16", "int16"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    shape = ((samples,) if samples else ()) + (t, h, w)
+    values = 280 + 5 * rng.standard_normal(shape)
+    values[rng.random(shape) < draw(st.floats(0.0, 0.95))] = np.nan
+    for bad in draw(st.lists(st.sampled_from([np.inf, -np.inf, 9.96921e36, 1e30, np.nan]), max_size=4)):
+        values[tuple(rng.integers(0, n) for n in shape)] = bad
+    attrs = {"units": "K"}
+    if dtype == "int16":  # as a packed file opened without decoding: gaps hold the fill value
+        values = np.where(np.isfinite(values) & (np.abs(values) < 1e4), values, FILL16).astype(dtype)
+        attrs["_FillValue"] = FILL16
+    calendar = draw(st.sampled_from(CALENDARS))
+    if calendar == "numpy":
+        times = pd.date_range("2019-03-01", periods=t, freq="6h")
+    elif calendar == "integer":
+        times = np.arange(t)
+    else:
+        times = xr.date_range("2000-02-27", periods=t, freq="D", calendar=calendar, use_cftime=True)
+    dims = (("sample",) if samples else ()) + ("time", "lat", "lon")
+    with np.errstate(over="ignore"):  # 1e30 in float16 is inf: one more non-finite value
+        values = values.astype(dtype)
+    da = xr.DataArray(values, dims=dims, name="t2m", attrs=attrs,
+                      coords={"time": times, "lat": np.linspace(40, 50, h), "lon": np.linspace(0, 12, w)})
+    return da.transpose(*draw(st.permutations(dims)))
+
+
+TINY_FIT = dict(window=2, steps=2, batch_size=2, preset="tiny", progress=False, verbose=False)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_cubes())
+def test_fit_and_impute_refuse_with_a_package_error_or_fill_every_gap_and_keep_observations(one_torch_thread, da):
+    before = da.copy(deep=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the warnings themselves are tested above
+        try:
+            model = xrimpute.fit(da, **TINY_FIT)
+            filled = model.impute(da, K=2, progress=False, fill_never_observed=True)
+        except XrimputeError:
+            xr.testing.assert_identical(da, before)
+            return
+    xr.testing.assert_identical(da, before)  # the input is never modified
+    assert filled.dims == da.dims and filled.shape == da.shape
+    assert np.isfinite(filled.values).all()
+    raw = da.values.astype(np.float64)
+    observed = np.isfinite(raw) & (np.abs(raw) < cube.FILL_MAGNITUDE) & (raw != da.attrs.get("_FillValue", np.nan))
+    np.testing.assert_array_equal(filled.values[observed], da.values[observed])
+
+
+# -- fit, impute, sample, reconstruct: every bad argument refused before any work -----------------------------------
+
+SMALL_FIT = dict(steps=3, batch_size=2, progress=False, verbose=False, val_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, one_torch_thread):
+    """A gappy cube, a model of it (3 training steps: only the checks matter) and the model's file."""
+    root = tmp_path_factory.mktemp("bad-input")
+    data = latlon_cube()[["t2m", "sp"]]
+    data = data.where(np.random.default_rng(0).random(data["t2m"].shape) < 0.7)
+    model = xrimpute.fit(data, mask="pixel", **SMALL_FIT)
+    return data, model, model.save(root / "model.xri")
+
+
+FIT_ARGUMENTS = [
+    (dict(steps=0), ArgumentError, "steps must be >= 1, got 0"),
+    (dict(steps=-5), ArgumentError, "steps must be >= 1, got -5"),
+    (dict(window=0), ArgumentError, "window must be >= 1"),
+    (dict(batch_size=0), ArgumentError, "batch_size must be >= 1"),
+    (dict(tile=(0, 0)), ArgumentError, "tile sizes must be >= 1"),
+    (dict(seed=-1), ArgumentError, "seed must be >= 0"),
+    (dict(max_time=-1.0), ArgumentError, "max_time must be > 0"),
+    (dict(lr=0.0), ArgumentError, "lr must be > 0"),
+    (dict(device="tpu"), ArgumentError, "device='tpu' is not a torch device"),
+    pytest.param(dict(device="cuda"), ArgumentError, "no usable CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
+]
+
+
+@pytest.mark.parametrize(("given", "error", "fragment"), FIT_ARGUMENTS, ids=lambda v: repr(v)[:40])
+def test_fit_refuses_a_bad_argument_before_training(small, given, error, fragment):
+    data = small[0]
+    with pytest.raises(error) as info:
+        xrimpute.fit(data, mask="pixel", **{**SMALL_FIT, **given})
+    assert fragment in str(info.value)
+
+
+IMPUTE_ARGUMENTS = [
+    (dict(K=0), ArgumentError, "K must be >= 1, got 0"),
+    (dict(K=-3), ArgumentError, "K must be >= 1, got -3"),
+    (dict(K=2.5), ArgumentTypeError, "K must be a whole number"),
+    (dict(K=10**9), ArgumentError, "K=1000000000 contexts"),
+    (dict(stride=9), ArgumentError, "stride=9 is larger than the model's window of"),  # the window is at most 8
+    (dict(stride=0), ArgumentError, "stride must be >= 1"),
+    (dict(seed=-1), ArgumentError, "seed must be >= 0"),
+    (dict(batch_size=0), ArgumentError, "batch_size must be >= 1"),
+    (dict(observed_rate=5), ArgumentError, "observed_rate is a share of observed cells"),
+    (dict(observed_rate=-1), ArgumentError, "observed_rate is a share of observed cells"),
+    (dict(overlap=-1), ArgumentError, "overlap must be >= 0"),
+    (dict(device="tpu"), ArgumentError, "device='tpu' is not a torch device"),
+]
+
+
+@pytest.mark.parametrize(("given", "error", "fragment"), IMPUTE_ARGUMENTS, ids=lambda v: repr(v)[:40])
+def test_impute_refuses_a_bad_argument_before_imputing(small, given, error, fragment):
+    data, model, _ = small
+    with pytest.raises(error) as info:
+        model.impute(data, **{"progress": False, **given})
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(("given", "fragment"), [(dict(n=0), "n must be >= 1"), (dict(steps=0), "steps must be >= 1"),
+                                                (dict(K=0), "K must be >= 1"), (dict(eta=2.0), "eta must lie in [0, 1]")])
+def test_sample_refuses_a_bad_argument_before_sampling(small, given, fragment):
+    data, model, _ = small
+    with pytest.raises(ArgumentError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        model.sample(data, **{"progress": False, **given})
+
+
+def test_reconstruct_refuses_K_0_before_writing_anything(small, tmp_path):
+    data, _, path = small
+    data.chunk(time=4).to_zarr(tmp_path / "source.zarr", consolidated=False)
+    with pytest.raises(ArgumentError, match="K must be >= 1, got 0"):
+        xrimpute.reconstruct(tmp_path / "source.zarr", path, tmp_path / "target.zarr", K=0, progress=False)
+    assert not (tmp_path / "target.zarr").exists()
+
+
+def test_impute_with_spread_refuses_a_taken_name_before_computing(small):
+    data, model, _ = small
+    with pytest.raises(cube.CubeError, match=r"already has \['t2m_std'\]"):
+        model.impute(data.assign(t2m_std=data["t2m"].isel(time=0, drop=True)), K=2, return_std=True, progress=False)
+
+
+# -- values that are not observations, end to end -------------------------------------------------------------------
+
+
+def test_infinite_value_at_impute_time_is_filled_not_kept(small):
+    data, model, _ = small
+    spoiled = data.copy(deep=True)
+    spoiled["t2m"][0, 0, 0] = np.inf
+    filled = record_warnings(model.impute, spoiled, K=2, progress=False)[0]
+    assert np.isfinite(filled["t2m"].values).all()
+    assert 250 < float(filled["t2m"][0, 0, 0]) < 320
+
+
+def test_fit_on_a_cube_of_netcdf_fill_values_says_nothing_is_observed():
+    ds = latlon_cube()[["t2m"]]
+    ds["t2m"][:] = np.float32(9.96921e36)
+    with pytest.raises(cube.CubeError, match="all NaN"):
+        record_warnings(xrimpute.fit, ds, mask="pixel", **SMALL_FIT)
+
+
+def test_one_outlier_does_not_blow_up_the_normalisation(one_torch_thread):
+    ds = latlon_cube()[["t2m"]]
+    ds["t2m"][3, 4, 5] = 1e6  # a gross error well below fill magnitude
+    model, messages = record_warnings(xrimpute.fit, ds, mask="pixel", **SMALL_FIT)
+    assert 3 < float(model.std[0]) < 10  # the spread of the 280 K field, not of the outlier
+    assert any("1 value(s) of 't2m'" in m and "left out of the normalisation" in m for m in messages)
+
+
+def test_non_finite_loss_stops_the_fit_with_a_clear_error(one_torch_thread):
+    ds = latlon_cube()[["t2m"]]
+    ds["t2m"][:, 4, 5] = 1e25  # below fill magnitude, far beyond float32 once squared
+    with pytest.raises(NonFiniteLossError, match="loss became non-finite at step"):
+        record_warnings(xrimpute.fit, ds, mask="pixel", **{**SMALL_FIT, "steps": 5})
+
+
+# -- model files and checkpoints --------------------------------------------------------------------------------------
+
+
+class Payload:
+    """What pickling this runs: a crafted model file must never get that far."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def rewritten(path: Path, target: Path, change) -> Path:
+    """A copy of the model file at ``path`` with ``change(payload)`` applied to its contents."""
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, target)
+    return target
+
+
+def with_config(edit):
+    def change(payload):
+        config = json.loads(payload["config"])
+        edit(config)
+        payload["config"] = json.dumps(config)
+    return change
+
+
+def random_bytes(model: Path, target: Path) -> Path:
+    target.write_bytes(np.random.default_rng(0).bytes(4096))
+    return target
+
+
+def empty(model: Path, target: Path) -> Path:
+    target.write_bytes(b"")
+    return target
+
+
+BROKEN_FILES = {  # how to spoil a good model file, and what the error must say
+    "random bytes": (random_bytes, "is not an xrimpute model file"),
+    "empty": (empty, "is empty"),
+    "no format_version": (lambda p, t: rewritten(p, t, lambda d: d.pop("format_version")), "format_version"),
+    "text format_version": (lambda p, t: rewritten(p, t, lambda d: d.update(format_version="1")), "format_version"),
+    "config without grid": (lambda p, t: rewritten(p, t, with_config(lambda c: c["info"].pop("grid"))), "grid"),
+    "window not the network's": (lambda p, t: rewritten(p, t, with_config(lambda c: c["info"].update(window=9))),
+                                 "says window 9"),  # the model's window is at most 8
+    "NaN normalisation": (lambda p, t: rewritten(p, t, lambda d: d["std"].fill_(float("nan"))), "normalisation"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FILES))
+def test_broken_model_file_is_refused_with_what_is_wrong(small, tmp_path, case):
+    make, fragment = BROKEN_FILES[case]
+    path = make(small[2], tmp_path / "broken.xri")
+    with pytest.raises(ModelFileError) as info:
+        xrimpute.load(path)
+    assert fragment in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+def test_crafted_pickle_is_refused_without_running_its_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "xrimpute-model", "payload": Payload()}, tmp_path / "evil.xri")
+    with pytest.raises(ModelFileError, match="is not an xrimpute model file"):
+        xrimpute.load(tmp_path / "evil.xri")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_save_onto_a_directory_is_refused_and_leaves_nothing_behind(small, tmp_path):
+    (tmp_path / "dir.xri").mkdir()
+    with pytest.raises(ArgumentError, match="is a directory"):
+        small[1].save(tmp_path / "dir.xri")
+    assert [p.name for p in tmp_path.iterdir()] == ["dir.xri"] and not any((tmp_path / "dir.xri").iterdir())
+
+
+def test_checkpoint_pointing_at_a_model_file_is_refused(small):
+    data, _, path = small
+    with pytest.raises(CheckpointMismatch, match="is a model file"):
+        xrimpute.fit(data, mask="pixel", checkpoint=path, **SMALL_FIT)
+
+
+def test_checkpoint_of_another_grid_is_refused(small, tmp_path):
+    data = small[0]
+    xrimpute.fit(data, mask="pixel", checkpoint=tmp_path / "state.pt", **SMALL_FIT)
+    moved = data.assign_coords(lat=data["lat"] + 1.0)  # the same size, other coordinates
+    with pytest.raises(CheckpointMismatch, match="was written for"):
+        record_warnings(xrimpute.fit, moved, mask="pixel", checkpoint=tmp_path / "state.pt", **SMALL_FIT)
+    smaller = data.isel(lat=slice(0, 8))
+    with pytest.raises(CheckpointMismatch, match="was written for"):
+        xrimpute.fit(smaller, mask="pixel", checkpoint=tmp_path / "state.pt", **SMALL_FIT)
+
+
+def test_checkpoint_past_steps_is_refused(small, tmp_path):
+    data = small[0]
+    xrimpute.fit(data, mask="pixel", checkpoint=tmp_path / "state.pt", **{**SMALL_FIT, "steps": 6})
+    with pytest.raises(CheckpointMismatch, match="at step 6, past steps=3"):
+        xrimpute.fit(data, mask="pixel", checkpoint=tmp_path / "state.pt", **SMALL_FIT)
+
+
+def fail_on_region_1(index):
+    """Injected failure: region 1 stops the run before it is written."""
+    if index == 1:
+        raise RuntimeError("injected failure")
+
+
+def test_reconstruct_refuses_to_resume_after_the_source_changed(small, tmp_path):
+    data, _, path = small
+    source, target = tmp_path / "source.zarr", tmp_path / "target.zarr"
+    data.chunk(time=4).to_zarr(source, consolidated=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        with pytest.raises(RuntimeError, match="1 of 2 regions failed"):
+            xrimpute.reconstruct(source, path, target, client=client, K=2, progress=False,
+                                 before_region=fail_on_region_1)
+        (data + 1).chunk(time=4).to_zarr(source, mode="w", consolidated=False)
+        with pytest.raises(ResumeError, match="the source has changed since the run"):
+            xrimpute.reconstruct(source, path, target, client=client, K=2, progress=False)
+        finished = xrimpute.reconstruct(source, path, target, client=client, K=2, progress=False, overwrite=True)
+    observed = data["t2m"].notnull().values
+    np.testing.assert_array_equal(finished["t2m"].values[observed], data["t2m"].values[observed] + 1)  # the new data
+
+
+def test_learnability_warning_does_not_depend_on_dask_chunking():
+    rng = np.random.default_rng(0)
+    da = xr.DataArray(rng.normal(size=(12, 16, 16)).astype("f4"), dims=("time", "lat", "lon"), name="x",
+                      coords={"lat": np.linspace(0, 10, 16), "lon": np.linspace(0, 10, 16)})
+    da = da.where(rng.random(da.shape) < 0.5)
+    shares = []
+    for chunked in (da, da.chunk(time=5), da.chunk(time=2)):
+        stats = samplers.statistics(cube.to_array(chunked, lazy=True)[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # the false alarm was a UserWarning
+            shares.append(masks.warn_if_unlearnable(masks.Pixel(), stats.observed, 3).zero_share)
+    assert shares == [shares[0]] * 3 and shares[0] < 0.01
+
+
+@pytest.mark.parametrize("name", ["baselines", "metrics", "bench", "io", "datasets", "masks"])
+def test_submodules_the_docs_use_are_reachable_from_the_package(name):
+    assert getattr(xrimpute, name).__name__ == f"xrimpute.{name}"
+
+
+def test_accessor_takes_the_path_of_a_saved_model(small):
+    data, model, path = small
+    by_path = data.ctxdiff.impute(model=str(path), K=2, progress=False)
+    xr.testing.assert_identical(by_path, model.impute(data, K=2, progress=False))
+    with pytest.raises(ArgumentError, match="no model: call obj.ctxdiff.fit"):
+        data.ctxdiff.impute(K=2)

@@ -9,6 +9,7 @@ baselines call the Engine directly.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -20,12 +21,13 @@ import numpy as np
 import torch
 from dask import is_dask_collection
 
-from . import masks
+from . import arguments, masks
 from .diffusion import VPSchedule, impute_ensemble
-from .errors import XrimputeError
+from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
-from .nets import Denoiser
+from .nets import PRESETS, Denoiser
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
+from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
 from .training import History, TrainConfig, resolve_device, seeded, train
 from .windows import Piece, Tiling, impute_series, sample_series
@@ -127,8 +129,21 @@ class ModelConfig:
 
 
 def train_config(**options) -> TrainConfig:
-    """The optimisation settings for ``options``; bfloat16 on a GPU unless ``set_options(dtype="float32")``."""
+    """The optimisation settings for ``options`` (checked); bfloat16 on a GPU unless ``set_options(dtype="float32")``."""
+    arguments.check(**{name: value for name, value in options.items() if name in arguments.RULES})
     return TrainConfig(**{"bf16": OPTIONS["dtype"] == "bfloat16", **options})
+
+
+def grid_digest(grid: dict) -> str:
+    """A short hash of the grid's coordinates: a checkpoint resumes only on the grid it was written for."""
+    values = np.concatenate([np.asarray(grid["lat"], np.float64), [np.nan], np.asarray(grid["lon"], np.float64)])
+    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
+
+
+def check_fit_options(window, tile, val_fraction, device) -> None:
+    """Refuse fit options that cannot work, before any data is read."""
+    arguments.check(window=window, tile=tile, val_fraction=val_fraction)
+    arguments.check_device(device)
 
 
 @dataclass(frozen=True)
@@ -150,6 +165,11 @@ class ImputeConfig:
     spec: masks.MaskSpec | None = None
     device: str | None = None
     progress: bool | None = None
+
+    def __post_init__(self):
+        arguments.check(K=self.K, seed=self.seed, stride=self.stride, batch_size=self.batch_size,
+                        overlap=self.overlap, observed_rate=self.observed_rate)
+        arguments.check_device(self.device)
 
     def resolved(self) -> ImputeConfig:
         """With ``device`` and ``progress`` taken from the package-wide options where None."""
@@ -227,6 +247,7 @@ class Engine:
         cells whose gaps stay NaN, besides the never-observed regions beyond
         the observing system's reach (:func:`xrimpute.masks.unreachable`).
         """
+        check_fit_options(config.window, config.tile, val_fraction, device)
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
@@ -254,7 +275,8 @@ class Engine:
         config = replace(config, tile=None if tile is None else list(tile), train_rate=stats.rate,
                          statistics_chunks=list(stats.chunks), versions=_versions(),
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config, spec=spec.to_dict())
+        fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config, spec=spec.to_dict(),
+                           grid=grid_digest(config.grid))
         if tile is not None:
             fingerprint["tile"] = list(tile)
         windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
@@ -342,6 +364,15 @@ class Engine:
         rate = seen / (values.shape[0] * values.shape[1] * values.shape[2] * int(columns.sum()))
         return rate if is_dask_collection(values) else float(rate)
 
+    def check_options(self, options: ImputeConfig) -> None:
+        """Refuse options this model cannot honour, before any work: windows ``stride`` apart that leave steps
+        between them unfilled, or a ``K`` x ``batch_size`` ensemble that cannot fit in memory."""
+        arguments.check_stride(options.stride, self.window)
+        rows, cols = self.tiling(options.overlap).size
+        width = {**PRESETS[self.denoiser.config["preset"]], **self.denoiser.config}["channels"]
+        arguments.check_memory(options.K, options.batch_size, len(self.config.channels), self.window, rows, cols,
+                               width, or_option("device", options.device))
+
     def imputation_spec(self, options: ImputeConfig, rate=None) -> masks.MaskSpec:
         """The contexts of imputation: ``options.spec`` (default the model's), adapted to the observed share
         ``rate`` (default ``options.observed_rate``) when ``options.adapt``."""
@@ -404,6 +435,8 @@ class Engine:
 
         Options as for :meth:`xrimpute.CtxDiffModel.sample`.
         """
+        arguments.check(n=n, steps=steps, K=K, eta=eta, seed=seed, batch_size=batch_size)
+        arguments.check_device(device)
         observed = np.isfinite(values)
         spec = self.spec
         if adapt:
@@ -429,6 +462,8 @@ class Engine:
     # -- persistence -----------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights and configuration to one file, atomically (loaded safely with ``weights_only``)."""
+        if Path(path).is_dir():
+            raise ArgumentError(f"{str(path)!r} is a directory; pass the path of a file, e.g. 'model.xri'")
         config = dict(info=self.config.to_dict(), spec=self.spec.to_dict(), schedule=asdict(self.schedule),
                       net=self.denoiser.config, history=self.history.to_dict())
         payload = dict(format=FORMAT, format_version=FORMAT_VERSION, config=json.dumps(config),
@@ -441,24 +476,63 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Engine:
-        """Read a model file written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no model file at {str(path)!r}")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError(f"{str(path)!r} is not an xrimpute model file (written by CtxDiffModel.save)")
-        if payload["format_version"] > FORMAT_VERSION:
-            raise ValueError(f"{str(path)!r} was written by a newer xrimpute; upgrade xrimpute to read it")
-        config = json.loads(payload["config"])
+        """Read a model file written by :meth:`save`; anything else is refused with a
+        :class:`~xrimpute.errors.ModelFileError` saying what is wrong."""
+        payload = read_payload(path, "model file")
+        config = _model_config(payload, str(path))
         net = dict(config["net"])
-        static = payload["state"]["static"]
-        denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), static, **net)
-        denoiser.load_state_dict(payload["state"])
-        return cls(denoiser, masks.MaskSpec.from_dict(config["spec"]), ModelConfig.from_dict(config["info"]),
-                   payload["mean"].numpy(), payload["std"].numpy(), payload["valid"].numpy(),
-                   History(**config["history"]), VPSchedule(**config["schedule"]),
+        try:
+            denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), payload["state"]["static"], **net)
+            denoiser.load_state_dict(payload["state"])
+            spec = masks.MaskSpec.from_dict(config["spec"])
+            history, schedule = History(**config["history"]), VPSchedule(**config["schedule"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelFileError(f"{str(path)!r} is damaged: its network, mask or history cannot be rebuilt "
+                                 f"({reason})") from None
+        return cls(denoiser, spec, ModelConfig.from_dict(config["info"]), payload["mean"].numpy(),
+                   payload["std"].numpy(), payload["valid"].numpy(), history, schedule,
                    permanent=payload["permanent"].numpy() if "permanent" in payload else None)
+
+
+def _model_config(payload: dict, path: str) -> dict:
+    """The configuration of a model file's payload, once every part a model needs is there and consistent."""
+    def damaged(what: str) -> ModelFileError:
+        return ModelFileError(f"{path!r} is not a usable xrimpute model file: {what}")
+
+    if payload.get("format") != FORMAT:
+        kind = "a training checkpoint (resume it with fit(..., checkpoint=...))" if "fingerprint" in payload else \
+            "not written by CtxDiffModel.save"
+        raise ModelFileError(f"{path!r} is not an xrimpute model file: it is {kind}")
+    version = payload.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise damaged(f"its format_version is {version!r}, not a whole number")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"{path!r} was written by a newer xrimpute (format {version}); upgrade xrimpute to read it")
+    if missing := [key for key in ("config", "state", "mean", "std", "valid") if key not in payload]:
+        raise damaged(f"it lacks {missing}")
+    try:
+        config = json.loads(payload["config"])
+        info, net = config["info"], config["net"]
+        channels, window, grid = info["channels"], info["window"], info["grid"]
+        rows, cols = len(grid["lat"]), len(grid["lon"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise damaged(f"its configuration is incomplete (no {err})" if isinstance(err, KeyError) else
+                      f"its configuration is not readable JSON ({err})") from None
+    if net.get("window") != window or net.get("n_channels") != len(channels):
+        raise damaged(f"its configuration says window {window} and {len(channels)} channel(s), but its network was "
+                      f"built for window {net.get('window')} and {net.get('n_channels')} channel(s)")
+    shapes = {"mean": (len(channels),), "std": (len(channels),), "valid": (len(channels), rows, cols)}
+    if "permanent" in payload:  # files written before the permanent mask have none
+        shapes["permanent"] = shapes["valid"]
+    for key, shape in shapes.items():
+        if not isinstance(payload[key], torch.Tensor) or tuple(payload[key].shape) != shape:
+            raise damaged(f"its {key} is not a tensor of shape {shape}")
+    mean, std = payload["mean"], payload["std"]
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise damaged(f"its normalisation is not finite and positive (mean {mean.tolist()}, std {std.tolist()}); "
+                      "fit the model again")
+    return config
 
 
 def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):

@@ -16,7 +16,8 @@ import numpy as np
 import xarray as xr
 
 from . import cube, masks
-from .engine import Engine, ImputeConfig, ModelConfig, ModelMismatch, position_fields, spans_globe, train_config
+from .engine import (Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options, position_fields, spans_globe,
+                     train_config)
 from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
 from .options import or_option
@@ -249,6 +250,9 @@ class CtxDiffModel:
         read piece by piece in the background, and validation uses a few windows
         spread over the archive that training never sees.
         """
+        check_fit_options(window, tile, val_fraction, or_option("device", device))
+        options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
+                               **train_options)
         values, layout = cube.to_array(obj, lazy=True)
         permanent = None if permanent_mask is None else permanent_cells(obj, layout, permanent_mask)
         t = values.shape[2]
@@ -257,6 +261,7 @@ class CtxDiffModel:
                                  "pass a smaller window or more time steps")
         stats = statistics(values, seed=seed)  # all of an in-memory cube, a sample of a dask one's chunks
         cube.check_counts(stats.counts, layout)
+        cube.warn_outliers(stats.outliers, layout)
         if init is not None:
             check_fits(init.engine, layout, obj)
         coords = cube.coordinates(obj, layout)
@@ -269,8 +274,6 @@ class CtxDiffModel:
             periodic=spans_globe(coords["lon"], degrees) if periodic is None else periodic,
             positions=positions,
         )
-        options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
-                               **train_options)
         engine = Engine.fit(values, config, mask, train_config=options, preset=preset, val_fraction=val_fraction,
                             device=or_option("device", device), checkpoint=checkpoint,
                             progress=or_option("progress", progress), verbose=verbose,
@@ -349,11 +352,14 @@ class CtxDiffModel:
         in-memory imputation's, as every window draws its randomness from its own
         seed (:func:`xrimpute.windows.window_seed`).
         """
-        values, layout = cube.to_array(obj, lazy=True)
-        check_fits(self.engine, layout, obj)
         options = ImputeConfig(K=K, seed=seed, stride=stride, batch_size=batch_size, overlap=overlap,
                                fill_never_observed=fill_never_observed, adapt=adapt, observed_rate=observed_rate,
                                spec=spec, device=device, progress=progress)
+        self.engine.check_options(options)
+        values, layout = cube.to_array(obj, lazy=True)
+        check_fits(self.engine, layout, obj)
+        if return_std:
+            cube.check_spread_names(obj, layout)
         if not isinstance(values, np.ndarray):
             result = impute_lazy(self.engine, obj, values, layout, options, return_std=return_std)
         else:
@@ -421,7 +427,7 @@ class CtxDiffModel:
         draws = self.engine.sample(values, n, steps, K=K, eta=eta, handover=handover, seed=seed,
                                    batch_size=batch_size, device=or_option("device", device), adapt=adapt,
                                    fill_never_observed=fill_never_observed, progress=or_option("progress", progress))
-        members = [obj.fillna(cube.from_array(member, obj, layout)) for member in draws]
+        members = [cube.merge_filled(obj, cube.from_array(member, obj, layout), layout) for member in draws]
         stacked = xr.concat(members, dim=dim, data_vars=layout.variables if not layout.is_dataarray else "all",
                             coords="minimal", compat="override", combine_attrs="override")
         return stacked.assign_coords({dim: np.arange(n)})

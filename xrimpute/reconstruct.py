@@ -10,6 +10,7 @@ holds nothing but zarr.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -196,6 +197,41 @@ class TargetError(XrimputeError, ValueError):
     """The target of :func:`reconstruct` would destroy data that is not an earlier reconstruction."""
 
 
+class ResumeError(XrimputeError, ValueError):
+    """A rerun of :func:`reconstruct` cannot resume the run begun in its target: the settings, model or source differ."""
+
+
+ZARR_METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+
+
+def source_fingerprint(source, ds: xr.Dataset) -> str:
+    """A hash of what the source holds, to refuse resuming a run after the source changed.
+
+    Sizes, chunks, coordinates and attributes; for a file, its size and
+    modification time; for a zarr store on disk, those of its metadata files
+    (which a rewrite renews); for a Dataset in memory, its values.
+    """
+    # sorted keys: a zarr store lists its variables in no fixed order
+    digest = hashlib.sha256(json.dumps([{str(k): v for k, v in ds.sizes.items()},
+                                        {str(k): str(v.chunks) for k, v in ds.data_vars.items()},
+                                        {str(k): str(sorted(v.attrs.items())) for k, v in ds.variables.items()}],
+                                       sort_keys=True).encode())
+    for name in sorted(map(str, ds.coords)):
+        digest.update(name.encode() + np.ascontiguousarray(ds[name].values).tobytes())
+    where = _location(source)
+    if isinstance(where, Path) and where.is_file():
+        stat = where.stat()
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    elif isinstance(where, Path) and where.is_dir():
+        for meta in sorted(p for folder in [where, *filter(Path.is_dir, where.iterdir())] for p in folder.iterdir()
+                           if p.name in ZARR_METADATA):
+            stat = meta.stat()
+            digest.update(f"{meta.relative_to(where)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    elif isinstance(source, xr.Dataset) and where is None:
+        digest.update(dask.base.tokenize(source).encode())
+    return digest.hexdigest()[:16]
+
+
 def _location(store) -> str | Path | None:
     """Where a source or target lives, comparable with another: a resolved path, a URL, or None if unknown."""
     if isinstance(store, xr.DataArray):
@@ -255,16 +291,21 @@ def _check_resume(book: Path, settings: dict, overwrite: bool) -> dict | None:
                               "start afresh, or another target")
     earlier = json.loads(run_file.read_text())
     changed = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
+    if "source" in changed:
+        raise ResumeError(f"the source has changed since the run into {str(target)!r} began (its sizes, chunks, "
+                          "coordinates or stored metadata differ): resuming would mix old and new data; pass "
+                          "overwrite=True to start afresh")
     if changed:
-        raise ValueError(f"{str(target)!r} was started with other settings {changed} (earlier, now); rerun "
-                         "with the same model and settings to resume, or pass overwrite=True to start afresh")
+        raise ResumeError(f"{str(target)!r} was started with other settings {changed} (earlier, now); rerun "
+                          "with the same model and settings to resume, or pass overwrite=True to start afresh")
     return earlier
 
 
-def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 0, stride: int = 1,
-                overlap: int | None = None, return_std: bool = False, chunks: dict | None = None,
-                adapt: bool = True, observed_rate: float | None = None, fill_never_observed: bool | None = None,
-                device: str = "auto", batch_size: int = 8, overwrite: bool = False, progress: bool = True,
+def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, seed: int = ImputeConfig.seed,
+                stride: int = ImputeConfig.stride, overlap: int | None = None, return_std: bool = False,
+                chunks: dict | None = None, adapt: bool = ImputeConfig.adapt, observed_rate: float | None = None,
+                fill_never_observed: bool | None = ImputeConfig.fill_never_observed, device: str = "auto",
+                batch_size: int = ImputeConfig.batch_size, overwrite: bool = False, progress: bool = True,
                 before_region: Callable[[int], None] | None = None) -> xr.Dataset:
     """Fill the gaps of a whole archive into a zarr store on a dask cluster; a rerun resumes a killed run.
 
@@ -315,15 +356,21 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
         ``target`` is the source, lies inside it or holds it; or ``overwrite``
         would delete something other than a zarr store or an earlier reconstruction.
     """
+    options = ImputeConfig(K=K, seed=seed, stride=stride, batch_size=batch_size, overlap=overlap,
+                           fill_never_observed=fill_never_observed, adapt=adapt, observed_rate=observed_rate,
+                           device=device, progress=False)  # checks every argument before anything is opened
     ds = open_dataset(source, chunks={})
     path = None if isinstance(model, CtxDiffModel) else os.fspath(model)
     engine = model.engine if path is None else Engine.load(path)
+    engine.check_options(options)
     wanted = engine.config.variables
     if missing := [name for name in wanted if name not in ds.data_vars]:
         raise ModelMismatch(f"the model imputes {wanted}; the archive lacks {missing}")
     ds = ds[wanted + [name for name in ds.data_vars if name not in wanted]]  # the model's order, whatever the store's
     layout = cube.layout_of(ds)
     check_fits(engine, layout, ds)
+    if return_std:
+        cube.check_spread_names(ds, layout)
     if ds.sizes[layout.axes.time] < engine.window:
         raise cube.CubeError(f"the archive has {ds.sizes[layout.axes.time]} time steps, fewer than the model's "
                              f"window of {engine.window}")
@@ -335,7 +382,7 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
     book = record_folder(target)
     settings = dict(model=model_digest(engine), K=K, seed=seed, stride=stride, overlap=overlap, adapt=adapt,
                     fill_never_observed=fill_never_observed, return_std=return_std, flags=True,
-                    variables=layout.variables, chunks=sizes, regions=len(boxes))
+                    variables=layout.variables, chunks=sizes, regions=len(boxes), source=source_fingerprint(source, ds))
     earlier = _check_resume(book, settings, overwrite)
 
     pending = [i for i in range(len(boxes)) if earlier is None or not _record_path(target, i).exists()]
@@ -358,9 +405,7 @@ def reconstruct(source, model, target, client=None, K: int = 10, *, seed: int = 
                            started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             (book / "regions").mkdir(parents=True, exist_ok=True)
             _write_run(book, earlier)
-        options = ImputeConfig(K=K, seed=seed, stride=stride, batch_size=batch_size, overlap=overlap,
-                               fill_never_observed=fill_never_observed, adapt=adapt,
-                               observed_rate=earlier["observed_rate"], device=device, progress=False)
+        options = replace(options, observed_rate=earlier["observed_rate"])
         job = _Job(os.fspath(target.absolute()), earlier["model_path"], layout.variables, layout,
                    tuple(ds.sizes[d] for d in layout.axes.core), options, return_std, uuid.uuid4().hex[:12],
                    before_region)
