@@ -645,3 +645,16 @@ def test_accessor_takes_the_path_of_a_saved_model(small):
     xr.testing.assert_identical(by_path, model.impute(data, K=2, progress=False))
     with pytest.raises(ArgumentError, match="no model: call obj.ctxdiff.fit"):
         data.ctxdiff.impute(K=2)
+
+
+def test_every_error_class_of_the_package_derives_from_xrimpute_error():
+    from xrimpute.cube import CubeError
+    from xrimpute.engine import ModelMismatch
+    from xrimpute.masks import MaskSpecError
+    from xrimpute.reconstruct import TargetError
+
+    for error in (CubeError, ModelMismatch, MaskSpecError, TargetError, ResumeError, CheckpointMismatch,
+                  ArgumentError, ArgumentTypeError, ModelFileError, NonFiniteLossError):
+        assert issubclass(error, XrimputeError), error
+    with pytest.raises(XrimputeError, match="unknown mask 'blox'"):
+        xrimpute.fit(latlon_cube()[["t2m"]], mask="blox", **SMALL_FIT)

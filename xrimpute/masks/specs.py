@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from ..errors import XrimputeError
 from ..geometry import block_index, cell_centres, station_cells, swath_mask, unit_vectors
 from .spatial import label_segments, spatial_statistics, swath_geometry
 
@@ -22,7 +23,7 @@ NOT_SAVED = {"saved": False}  # field metadata: metadata arrays that stay out of
 SAVED_IF_SET = {"saved": "unless default"}  # field metadata: saved only when changed, so older files read the same
 
 
-class MaskSpecError(ValueError):
+class MaskSpecError(XrimputeError, ValueError):
     """A mask specification is unknown or breaks the context rule."""
 
 
