@@ -248,6 +248,11 @@ def to_array(obj, axes: Axes | None = None, layout: Layout | None = None, lazy: 
     ``N`` is the size of the sample dim (1 without one). Loads the data, unless
     ``lazy`` and some variable is dask-backed: then the result is a dask array
     that reads nothing until computed (for archives larger than memory).
+    Infinite values, float64 values beyond float32, values of fill-value
+    magnitude (``|x| >= 1e30``) and values equal to a ``_FillValue`` /
+    ``missing_value`` attribute xarray left undecoded are not observations:
+    they become NaN, with one :class:`~xrimpute.errors.DataWarning` that
+    counts them (dask-backed data is masked as it is read, uncounted).
     """
     ds, _ = _as_dataset(obj)
     layout = layout or layout_of(obj, axes)

@@ -234,7 +234,7 @@ class Engine:
     def fit(cls, values, config: ModelConfig, mask="auto", *, train_config: TrainConfig = TrainConfig(),
             preset: str = "auto", val_fraction: float = 0.05, device="auto", checkpoint=None, progress: bool = True,
             verbose: bool = True, init: Engine | None = None, stats: Statistics | None = None,
-            permanent_mask: np.ndarray | None = None) -> Engine:
+            permanent_mask: np.ndarray | None = None, compare=None) -> Engine:
         """Train on ``values`` ``(N, C, T, H, W)``, a numpy or dask array (read piece by piece), NaN = unobserved.
 
         ``config`` describes the data (channels, grid, window, tile, periodic);
@@ -246,6 +246,11 @@ class Engine:
         ``permanent_mask`` (boolean ``(H, W)`` or ``(C, H, W)``, True = e.g. land):
         cells whose gaps stay NaN, besides the never-observed regions beyond
         the observing system's reach (:func:`xrimpute.masks.unreachable`).
+        ``compare(windows, history)``, when given, runs after training on the
+        sampler (its ``validation_context`` is the series around the held-back
+        cells, e.g. to score other fillers on them, as
+        :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns joins
+        the validation.
         """
         check_fit_options(config.window, config.tile, val_fraction, device)
         seed = train_config.seed
@@ -287,6 +292,7 @@ class Engine:
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
                 ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
+            compared = compare(windows, history) if compare is not None and history.val else {}
         finally:
             windows.close()
         validation = None
@@ -294,7 +300,7 @@ class Engine:
             final = history.val[-1]
             rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i]) for i, name in enumerate(config.channels)}
             validation = dict(nmse=final["nmse"], skill=1 - final["nmse"], rmse=rmse,
-                              cells=int(windows.validation[2].sum()))
+                              cells=int(windows.validation[2].sum()), **compared)
         config = replace(config, validation=validation, train=dict(asdict(train_config), preset=preset,
                                                                     device=str(device)))
         permanent = masks.unreachable(stats.valid)
