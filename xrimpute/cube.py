@@ -445,6 +445,17 @@ def coordinates(obj, layout: Layout) -> dict[str, np.ndarray]:
     }
 
 
+def time_positions(obj, layout: Layout) -> np.ndarray | None:
+    """The time coordinate as floats (seconds from the first step for dates), or None (the step index) for other
+    calendars such as cftime dates: where the classical fillers place the time steps."""
+    times = coordinates(obj, layout)["time"]
+    if np.issubdtype(times.dtype, np.datetime64) or np.issubdtype(times.dtype, np.timedelta64):
+        return (times - times[0]) / np.timedelta64(1, "s")
+    if np.issubdtype(times.dtype, np.number):
+        return times.astype(np.float64)
+    return None
+
+
 def check_observed(values: np.ndarray, layout: Layout) -> None:
     """Clear errors for cubes that carry no information to learn from."""
     check_counts(np.isfinite(values).sum(axis=(0, 2, 3, 4)), layout)

@@ -33,4 +33,9 @@ class DataWarning(UserWarning):
     passed through); the message says what and how many."""
 
 
-__all__ = ["ArgumentError", "DataWarning", "ArgumentTypeError", "ModelFileError", "NonFiniteLossError", "XrimputeError"]
+class SkillWarning(UserWarning):
+    """A trained model fills its held-back cells worse than one of the package's classical fillers; the message
+    names the filler, both scores, the call that runs it, and how to train longer."""
+
+
+__all__ = ["ArgumentError", "DataWarning", "SkillWarning", "ArgumentTypeError", "ModelFileError", "NonFiniteLossError", "XrimputeError"]

@@ -16,8 +16,8 @@ import numpy as np
 import xarray as xr
 
 from . import cube, masks
-from .engine import (Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options, position_fields, spans_globe,
-                     train_config)
+from .engine import (DEFAULT_WINDOW, Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options,
+                     position_fields, spans_globe, train_config)
 from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
 from .options import or_option
@@ -145,9 +145,9 @@ class CtxDiffModel:
         obj,
         mask="auto",
         *,
-        window: int = 3,
+        window: int | None = None,
         preset: str = "auto",
-        steps: int = 2000,
+        steps: int | None = None,
         batch_size: int = 16,
         lr: float = 2e-3,
         max_time: float | None = None,
@@ -162,6 +162,7 @@ class CtxDiffModel:
         init: CtxDiffModel | None = None,
         permanent_mask=None,
         positions: bool | None = None,
+        compare_classical: bool = True,
         **train_options,
     ) -> CtxDiffModel:
         """Train on an incomplete cube (NaN = unobserved); no complete sample is needed.
@@ -177,18 +178,25 @@ class CtxDiffModel:
             pattern and logs what it chose; a kind (``"pixel"``, ``"block"``,
             ``"swath"``, ``"station"``, ``"timegap"``, ``"patches"``) or a
             :class:`~xrimpute.masks.MaskSpec` sets it.
-        window : int, default 3
-            Time steps the network sees at once.
-        preset : {"auto", "tiny", "small", "base"}, default "auto"
-            Network size; ``"auto"`` is ``"base"`` on a GPU and ``"tiny"`` on the CPU.
-        steps : int, default 2000
-            Training steps (optimiser updates).
+        window : int, optional
+            Time steps the network sees at once; default 5 (fewer for a shorter
+            series). The first guess the network starts from looks along them.
+        preset : {"auto", "lite", "tiny", "small", "base"}, default "auto"
+            Network size; ``"auto"`` is ``"base"`` on a GPU and ``"lite"`` (its body
+            at half resolution) on the CPU. Every network starts from a classical
+            first guess made from its context and learns the correction to it.
+        steps : int, optional
+            Training steps (optimiser updates). Default: on the CPU, as many as
+            ``max_time`` allows (5 minutes unless given); on a GPU, 2000. Only an
+            explicit ``steps`` without ``max_time`` trains reproducibly: a time
+            budget depends on the machine's speed and load.
         batch_size : int, default 16
             Windows per training step.
         lr : float, default 2e-3
             Peak learning rate of the optimiser.
         max_time : float, optional
-            Stop training after this many seconds, whatever ``steps`` says.
+            Stop training after this many seconds, whatever ``steps`` says; the
+            learning-rate schedule spans the budget.
         val_fraction : float, default 0.05
             Share of observed cells held back, with the mask's structure, to score
             the model; they never enter training.
@@ -215,7 +223,8 @@ class CtxDiffModel:
             :func:`xrimpute.set_options` (True).
         verbose : bool, default True
             Report the mask that ``mask="auto"`` chose, and why (through
-            :mod:`logging`, logger ``xrimpute``).
+            :mod:`logging`, logger ``xrimpute``), and warn when a classical filler
+            beats the network on the held-back cells (see ``compare_classical``).
         init : CtxDiffModel, optional
             A model of the same variables, window and network to start from (warm
             start): its weights and normalisation are the starting point.
@@ -232,6 +241,16 @@ class CtxDiffModel:
             (``mask="station"``), where the network learns each station from its
             neighbours only, so that what it learns between held-out stations
             carries over to every cell between them.
+        compare_classical : bool, default True
+            After training, also score the package's classical fillers
+            (:mod:`xrimpute.baselines`: interpolation in time, Telea and
+            Navier-Stokes inpainting, normalised convolution, ..., DINEOF when it
+            fits the time budget) on the same held-back cells, within a budget of
+            a tenth of the training time (at least 10 s), into
+            ``model.validation["classical"]``; if the best of them beats the
+            network, warn (:class:`~xrimpute.errors.SkillWarning`, unless
+            ``verbose=False``) with the call that runs it
+            (:mod:`xrimpute.baselines.heldout`).
         **train_options
             Further optimisation settings of :class:`xrimpute.training.TrainConfig`
             (``warmup``, ``weight_decay``, ``ema_decay``, ``grad_clip``,
@@ -256,6 +275,7 @@ class CtxDiffModel:
         values, layout = cube.to_array(obj, lazy=True)
         permanent = None if permanent_mask is None else permanent_cells(obj, layout, permanent_mask)
         t = values.shape[2]
+        window = min(DEFAULT_WINDOW, t) if window is None else window
         if t < window:
             raise cube.CubeError(f"only {t} time steps along {layout.axes.time!r}, fewer than window={window}; "
                                  "pass a smaller window or more time steps")
@@ -274,10 +294,17 @@ class CtxDiffModel:
             periodic=spans_globe(coords["lon"], degrees) if periodic is None else periodic,
             positions=positions,
         )
+        # imported here: the baselines package imports this module
+        from .baselines.heldout import scorer, warn_if_beaten
+
+        compare = scorer(cube.time_positions(obj, layout)) if compare_classical else None
         engine = Engine.fit(values, config, mask, train_config=options, preset=preset, val_fraction=val_fraction,
                             device=or_option("device", device), checkpoint=checkpoint,
                             progress=or_option("progress", progress), verbose=verbose,
-                            init=None if init is None else init.engine, stats=stats, permanent_mask=permanent)
+                            init=None if init is None else init.engine, stats=stats, permanent_mask=permanent,
+                            compare=compare)
+        if verbose and engine.config.validation:
+            warn_if_beaten(engine.config.validation)
         return cls(engine)
 
     # -- imputation ------------------------------------------------------------
@@ -456,8 +483,15 @@ class CtxDiffModel:
         if self.validation:
             v = self.validation
             rmse = ", ".join(f"{k} {x:.3g}" for k, x in v["rmse"].items())
+            best = v.get("best_classical")
+            versus = f"; best classical filler {best} {1 - v['classical'][best]:.3f}" if best else ""
             rows.append(("validation", f"skill {v['skill']:.3f} = 1 - MSE / MSE of the mean fill, on {v['cells']} "
-                                       f"held-back cells (RMSE {rmse})"))
+                                       f"held-back cells (RMSE {rmse}){versus}"))
+            if "classical" in v:  # the skill of the classical fillers on the same cells, best first
+                ranked = sorted(v["classical"].items(), key=lambda item: item[1])
+                skipped = ", ".join(v["classical_skipped"])
+                rows.append(("classical", (", ".join(f"{name} {1 - nmse:.3f}" for name, nmse in ranked) or "none")
+                             + (f" (skipped: {skipped})" if skipped else "")))
         return rows
 
     def __repr__(self) -> str:

@@ -4,7 +4,9 @@ Both samplers take ``(N, C, T, H, W)`` data and offer one interface to
 :func:`xrimpute.training.train`: ``sample(batch_size, generator)`` draws a
 batch ``(x, observed[, static])``, ``read(jobs)`` cuts given windows,
 ``validation`` holds the windows and held-back cells to score on (or None),
-and ``close()`` stops any background work. :func:`training_windows` builds
+``validation_jobs`` where those windows lie, ``validation_context(pad)`` the
+series around them as training saw it (to score other fillers on the same
+cells), and ``close()`` stops any background work. :func:`training_windows` builds
 the right one for a cube, holding back validation cells the same way for
 both. :func:`statistics` gives the normalisation of either kind from all or
 a sample of its time chunks. No xarray here.
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from dask import is_dask_collection
+from dask import compute, is_dask_collection
 
 from . import masks, robust
 from .geometry import evenly_spaced
@@ -130,6 +132,7 @@ class ArrayWindows:
     """
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
+    validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
 
     def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None):
@@ -178,6 +181,24 @@ class ArrayWindows:
         static = None if self.static is None else torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
         return x, m, static
 
+    def validation_context(self, pad: int | None = None) -> list[tuple[np.ndarray, int, list]]:
+        """The series around the validation windows as training saw it: normalised, NaN at every cell it did not
+        see (the held-back cells among them), for scoring other fillers on the held-back cells.
+
+        ``pad`` None: the whole series, once; else the steps of each window with up to ``pad`` steps either side,
+        over the whole grid. Items ``(series (n, C, t, H, W), first step, [(window, cut), ...])``: ``series[cut]``
+        is validation window (tile) ``window``.
+        """
+        seen = np.where(self.observed.numpy(), self.values.numpy(), np.float32(np.nan))
+        (th, tw) = self.tile or seen.shape[-2:]
+        if pad is None:
+            return [(seen, 0, [(b, (i, slice(None), slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)))
+                               for b, (i, s, r, c) in enumerate(self.validation_jobs)])]
+        spans = context_spans(self.validation_jobs, self.window, seen.shape[2], pad, apart=False)
+        return [(seen[i : i + 1, :, a:z], a, [(b, (0, slice(None), slice(s - a, s - a + self.window),
+                                                   slice(r, r + th), slice(c, c + tw)))])
+                for b, ((i, s, r, c), (a, z)) in enumerate(zip(self.validation_jobs, spans))]
+
     def close(self) -> None:
         """Nothing runs in the background."""
 
@@ -205,6 +226,7 @@ class ChunkedWindows:
     """
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
+    validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
 
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -308,26 +330,61 @@ class ChunkedWindows:
         static = None if self.static is None else torch.stack([p.static for p in pieces])
         return torch.stack([p.x for p in pieces]), torch.stack([p.observed for p in pieces]), static
 
+    def validation_context(self, pad: int = 0) -> list[tuple[np.ndarray, int, list]]:
+        """Each validation window (tile) with up to ``pad`` steps either side that no other validation window
+        shares, normalised, NaN at every cell training did not see (the held-back ones among them); read from
+        the archive, over the tile only. Items as for :meth:`ArrayWindows.validation_context`."""
+        xs, ms, _, _ = self.validation
+        (bh, bw) = self.tile or self.values.shape[-2:]
+        spans = context_spans(self.validation_jobs, self.window, self.values.shape[2], pad, apart=True)
+        raws = compute(*[self.values[i, :, a:z, r : r + bh, c : c + bw]  # one pass over the archive's chunks
+                         for (i, _, r, c), (a, z) in zip(self.validation_jobs, spans)])
+        out = []
+        for b, ((_, s, r, c), (a, _), raw) in enumerate(zip(self.validation_jobs, spans, raws)):
+            raw = np.asarray(raw, np.float32)
+            seen = np.isfinite(raw)
+            if self.withheld is not None:  # as training sees the steps around the window
+                seen &= ~self.withheld[r : r + bh, c : c + bw]
+            series = np.where(seen, (raw - self.mean) / self.std, np.nan).astype(np.float32)
+            series[:, s - a : s - a + self.window] = np.where(ms[b].numpy(), xs[b].numpy(), np.float32(np.nan))
+            out.append((series[None], a, [(b, (0, slice(None), slice(s - a, s - a + self.window)))]))
+        return out
+
     def close(self) -> None:
         """Stop the background reader."""
         self._stop.set()
         self._thread.join()
 
 
+def context_spans(jobs, window: int, length: int, pad: int, apart: bool) -> list[tuple[int, int]]:
+    """``(start, stop)`` steps around each window ``(sample, start, ...)`` of ``jobs``: up to ``pad`` steps either
+    side inside a series of ``length`` steps; with ``apart``, short of the other windows of the same sample."""
+    spans = []
+    for i, s, *_ in jobs:
+        a, z = max(0, s - pad), min(length, s + window + pad)
+        if apart:
+            for j, o, *_ in jobs:
+                if j == i and o != s:
+                    a, z = (max(a, o + window), z) if o < s else (a, min(z, o))
+        spans.append((a, z))
+    return spans
+
+
 def _validation_windows(x, train_observed, heldout, window, tile, static, seed, max_windows: int = 16):
-    """Up to ``max_windows`` windows (tiles) with held-back cells: ``(x, observed, heldout, static)`` tensors."""
+    """Up to ``max_windows`` windows (tiles) with held-back cells: ``(x, observed, heldout, static)`` tensors and
+    the ``(sample, start, row, col)`` of each."""
     n, c, t, h, w = x.shape
     (th, tw) = tile or (h, w)
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
     jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
     jobs = [jobs[k] for k in evenly_spaced(len(jobs), max_windows)]
     rng = np.random.default_rng(seed)
-    cuts = [(i, slice(s, s + window), slice(r, r + th), slice(q, q + tw))
-            for i, s in jobs for r, q in [(rng.integers(h - th + 1), rng.integers(w - tw + 1))]]
+    placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))) for i, s in jobs]
+    cuts = [(i, slice(s, s + window), slice(r, r + th), slice(q, q + tw)) for i, s, r, q in placed]
     xs, ms, hs = (torch.as_tensor(np.stack([a[i, :, ts, ys, zs] for i, ts, ys, zs in cuts]))
                   for a in (x, train_observed, heldout))
     tiles = None if tile is None else torch.as_tensor(np.stack([static[:, ys, zs] for _, _, ys, zs in cuts]))
-    return xs, ms, hs, tiles
+    return (xs, ms, hs, tiles), placed
 
 
 def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -356,7 +413,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     :class:`ChunkedWindows`: a few windows spread over the archive
     (:func:`reserved_windows`) never enter training, and the held-back cells
     are drawn inside them. Either way ``validation`` is ``(x, observed, held
-    back, static)`` or None, and the caller closes the sampler when done.
+    back, static)`` or None, ``validation_jobs`` their ``(sample, start, row,
+    col)``, and the caller closes the sampler when done.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -374,7 +432,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         train_observed = observed & ~heldout
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static)
         if heldout.any():
-            windows.validation = _validation_windows(x, train_observed, heldout, window, tile, static, seed)
+            windows.validation, windows.validation_jobs = _validation_windows(x, train_observed, heldout, window,
+                                                                              tile, static, seed)
         return windows
     n, _, t, h, w = values.shape
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
@@ -397,4 +456,5 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         else:
             keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
         windows.validation = (xs, ms & keep, ms & ~keep, tiles)
+        windows.validation_jobs = reserved
     return windows

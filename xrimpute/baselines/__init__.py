@@ -75,16 +75,6 @@ METHODS = {
 }
 
 
-def _time_positions(obj, layout: cube.Layout) -> np.ndarray | None:
-    """The time coordinate as floats, or None (step index) where it is not numeric."""
-    times = cube.coordinates(obj, layout)["time"]
-    if np.issubdtype(times.dtype, np.datetime64) or np.issubdtype(times.dtype, np.timedelta64):
-        return (times - times[0]) / np.timedelta64(1, "s")
-    if np.issubdtype(times.dtype, np.number):
-        return times.astype(np.float64)
-    return None  # e.g. cftime dates
-
-
 def _fill_gaps(obj, filled: np.ndarray, layout: cube.Layout):
     """``obj`` with its gaps taken from ``filled``: the observed values stay those of ``obj``
     bit for bit, also where the cube's float32 array rounded them."""
@@ -120,7 +110,7 @@ def fill(obj: xr.DataArray | xr.Dataset, method: str = "interpolate", axes: cube
     core = METHODS[method]
     values, layout = cube.to_array(obj, axes)
     if "times" in inspect.signature(core).parameters and "times" not in options:
-        options["times"] = _time_positions(obj, layout)
+        options["times"] = cube.time_positions(obj, layout)
     return _fill_gaps(obj, core(values, **options), layout)
 
 

@@ -1,0 +1,163 @@
+"""The package's classical fillers scored on the cells a fit held back, exactly as its network is scored there.
+
+:func:`scorer` gives :meth:`xrimpute.engine.Engine.fit` a ``compare`` that,
+after training, fills the series around the validation windows as training
+saw it (every held-back cell hidden) with each classical filler, and scores
+the fill on the network's validation cells: the same windows, cells and
+normalisation, and the same normalised MSE (MSE / MSE of the mean fill). In
+memory a filler sees the whole series (or, for one that fills frame by
+frame, the validation frames, which gives the same fill); from an archive,
+each validation window with the steps around it that no other validation
+window shares. Fillers run from the cheapest while their estimated cost fits
+in a time budget, small next to training; the others are skipped with the
+reason.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from xrimpute.baselines.classical import (dineof_array, interpolate_array, normalised_convolution_array,
+                                          ns_inpaint_array, rbf_array, telea_array, temporal_array)
+from xrimpute.errors import SkillWarning
+from xrimpute.samplers import ArrayWindows
+
+MIN_BUDGET = 10.0  # seconds the comparison may always take ...
+BUDGET_SHARE = 0.1  # ... or this share of the training time, if more
+NEIGHBOURS = 3  # observations a cell should have on either side in the steps read around an archive's window
+MOST_READ = 20_000_000  # cells read from an archive at most for the comparison (80 MB in float32)
+
+
+def _per_cell(seconds_per_million: float) -> Callable[[tuple], float]:
+    return lambda shape: seconds_per_million * math.prod(shape) / 1e6
+
+
+def _dineof_seconds(shape: tuple) -> float:
+    """Measured on one core: about 15 us per cell and root of the shorter side of each time x space matrix."""
+    n, c, t, h, w = shape
+    return 1.5e-5 * n * c * t * h * w * math.sqrt(min(t, h * w))
+
+
+def _dineof(values, **options):
+    return dineof_array(values, **options).filled
+
+
+@dataclass(frozen=True)
+class Filler:
+    """A classical filler as ``xrimpute.baselines.fill(..., method=name)`` runs it, with what its fill depends on
+    (``reach``: steps either side; None: the whole series) and a rough estimate of its seconds on one core."""
+
+    core: Callable
+    reach: int | None
+    seconds: Callable[[tuple], float]
+    takes_times: bool = False
+
+
+FILLERS = {  # cheapest first (per cell, measured on one core)
+    "temporal": Filler(temporal_array, None, _per_cell(0.3), takes_times=True),
+    "normalised_convolution": Filler(normalised_convolution_array, 4, _per_cell(0.3)),  # 4 sigma_time = 4 steps
+    "interpolate": Filler(interpolate_array, None, _per_cell(1.0), takes_times=True),
+    "ns_inpaint": Filler(ns_inpaint_array, 0, _per_cell(2.5)),
+    "telea": Filler(telea_array, 0, _per_cell(3.0)),
+    "rbf": Filler(rbf_array, 0, _per_cell(5.0)),
+    "dineof": Filler(_dineof, None, _dineof_seconds),
+}
+
+
+def fill_call(method: str) -> str:
+    """The call that fills a cube ``ds`` with ``method``."""
+    return f'xrimpute.baselines.fill(ds, method="{method}")'
+
+
+def scorer(times: np.ndarray | None = None, fillers: dict[str, Filler] | None = None):
+    """``compare(windows, history)`` for :meth:`xrimpute.engine.Engine.fit`: :func:`score` with a budget of
+    :data:`MIN_BUDGET` seconds or :data:`BUDGET_SHARE` of the training time, whichever is more. ``times``: the
+    positions of the time steps, as ``fill`` gives them (:func:`xrimpute.cube.time_positions`)."""
+
+    def compare(windows, history) -> dict:
+        return score(windows, max(MIN_BUDGET, BUDGET_SHARE * history.seconds), times, fillers or FILLERS)
+
+    return compare
+
+
+def score(windows, budget: float, times: np.ndarray | None = None, fillers: dict[str, Filler] | None = None) -> dict:
+    """The normalised MSE of each of ``fillers`` (default :data:`FILLERS`) on the held-back cells of ``windows``
+    (a sampler of :func:`xrimpute.samplers.training_windows`), within ``budget`` seconds.
+
+    Returns ``classical`` (method: nmse), ``best_classical`` (the method of least nmse, or None),
+    ``classical_skipped`` (method: why), ``classical_context`` (what the fillers saw) and ``classical_seconds``.
+    """
+    xs, ms, hs, _ = windows.validation
+    xs, hs = xs.numpy().astype(np.float64), hs.numpy()
+    reference = float((xs**2 * hs).sum())  # the mean fill is 0 in normalised units
+    in_memory = isinstance(windows, ArrayWindows)
+    started = time.perf_counter()
+    if in_memory:
+        wide = None
+    else:  # read once, with enough steps around each window for a few observations of each cell on either side
+        most = (MOST_READ // (xs.shape[0] * xs.shape[1] * xs.shape[3] * xs.shape[4]) - xs.shape[2]) // 2
+        wide = max(0, min(math.ceil(NEIGHBOURS / max(float(ms.float().mean()), 1e-3)), most))
+        read = windows.validation_context(wide)
+    contexts: dict = {}
+    scores, skipped = {}, {}
+    for name, filler in (fillers or FILLERS).items():
+        pad = wide if filler.reach is None else filler.reach
+        if pad not in contexts:
+            contexts[pad] = windows.validation_context(pad) if in_memory else [_narrowed(item, pad) for item in read]
+        estimate = sum(filler.seconds(series.shape) for series, _, _ in contexts[pad])
+        left = budget - (time.perf_counter() - started)
+        if estimate > left:
+            skipped[name] = f"about {estimate:.0f} s, more than the {max(left, 0):.0f} s left of {budget:.0f} s"
+            continue
+        try:
+            error = sum(_error(filler, series, first, places, xs, hs, times) for series, first, places in contexts[pad])
+        except ImportError as err:  # an optional dependency (OpenCV) is not installed
+            skipped[name] = str(err)
+            continue
+        except (ValueError, RuntimeError, ArithmeticError) as err:  # a filler's failure must not cost the model
+            skipped[name] = f"failed: {err}"
+            continue
+        scores[name] = error / max(reference, 1e-12)
+    return dict(classical=scores, best_classical=min(scores, key=scores.get) if scores else None,
+                classical_skipped=skipped, classical_seconds=time.perf_counter() - started,
+                classical_context="the whole series" if in_memory else
+                f"each validation window with up to {wide} steps either side (archive input)")
+
+
+def warn_if_beaten(validation: dict) -> None:
+    """One :class:`~xrimpute.errors.SkillWarning` when a classical filler scored better than the network on the
+    held-back cells of ``validation`` (a model's), naming it, both scores and the call that runs it."""
+    best = validation.get("best_classical")
+    if best is None or validation["classical"][best] >= validation["nmse"]:
+        return
+    warnings.warn(
+        f"on the {validation['cells']} held-back cells the classical filler {best!r} scores skill "
+        f"{1 - validation['classical'][best]:.3f} and ctxdiff {validation['skill']:.3f} (1 - MSE / MSE of the mean "
+        f"fill): fill with {fill_call(best)} for now, or train longer (a larger max_time= or steps=)",
+        SkillWarning, stacklevel=3)
+
+
+def _narrowed(item, pad: int):
+    """An archive's context ``item`` (one window) cut to ``pad`` steps either side of its window."""
+    series, first, [(b, (sample, channels, steps))] = item
+    a, z = max(0, steps.start - pad), min(series.shape[2], steps.stop + pad)
+    return series[:, :, a:z], first + a, [(b, (sample, channels, slice(steps.start - a, steps.stop - a)))]
+
+
+def _error(filler: Filler, series, first: int, places, xs, hs, times) -> float:
+    """Squared error of ``filler``'s fill of ``series`` on the held-back cells of the windows at ``places``."""
+    options = {}
+    if filler.takes_times and times is not None:
+        options["times"] = np.asarray(times, np.float64)[first : first + series.shape[2]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        filled = filler.core(series, **options)
+    # a cell the filler leaves empty (a field without observations) counts as the mean fill
+    return float(sum(((np.nan_to_num(filled[cut], nan=0.0) - xs[b]) ** 2 * hs[b]).sum() for b, cut in places))
+
+
+__all__ = ["FILLERS", "Filler", "fill_call", "score", "scorer", "warn_if_beaten"]
