@@ -192,7 +192,8 @@ def _reconstruct(args) -> None:
     if args.scheduler_address is not None:
         client = Client(args.scheduler_address)
     else:
-        client = Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None))
+        # the dashboard on a free port: a cluster already running (a notebook's) holds the default one
+        client = Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0"))
     with client:
         reconstruct(args.source, args.model, args.target, client=client, K=args.K, seed=args.seed,
                     return_std=args.std, device=args.device or "auto", overwrite=args.overwrite,
@@ -344,7 +345,7 @@ def _fit_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="MODEL.xri", help="model file to write")
     p.add_argument("--mask", default="auto", choices=MASK_NAMES, metavar="MASK",
                    help="structure of the observations, one of %(choices)s (default: auto, read from the NaN pattern)")
-    p.add_argument("--window", type=POSITIVE, default=3, help="time steps the network sees at once (default: 3)")
+    p.add_argument("--window", type=POSITIVE, default=None, help="time steps the network sees at once (default: 5)")
     p.add_argument("--steps", type=POSITIVE, default=None,
                    help="training steps (default: as many as --max-time allows on the CPU, 2000 on a GPU)")
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
