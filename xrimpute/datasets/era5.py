@@ -68,7 +68,7 @@ def _grib_sample_to_netcdf(grib: Path, target: Path) -> None:
 def era5_sample(progressbar: bool = True) -> xr.Dataset:
     """ERA5 2 m temperature over the UK, hourly, March 2019: a ready-made cube to try xrimpute on.
 
-    Downloads ``era5-2mt-2019-03-uk.grib`` (5 MB) once into the xrimpute cache
+    Downloads ``era5-2mt-2019-03-uk.grib`` (2.5 MB) once into the xrimpute cache
     (``$XRIMPUTE_DATA_DIR``, else the OS cache folder), checks its SHA256 hash,
     and converts it to netCDF beside the download, so that only the first call
     needs cfgrib (``pip install "xrimpute[grib]"``). Set ``$XRIMPUTE_DATA_URL``
