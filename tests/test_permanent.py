@@ -222,3 +222,11 @@ def test_station_validation_of_an_archive_holds_out_whole_stations_that_training
         assert seen.any() and not (seen & held).any()  # training never sees a held-out station
     finally:
         windows.close()
+
+
+def test_the_model_says_how_many_never_observed_cells_it_fills_and_leaves_nan():
+    observed, land = land_cube()
+    model = xrimpute.fit(observed, mask="pixel", **TINY)
+    never = int(observed.isnull().all(["sample", "time"]).sum())
+    assert f"{never - int(land.sum())} of {never} never-observed cells filled by default; {int(land.sum())} in " \
+           "the permanent mask stay NaN" in repr(model)

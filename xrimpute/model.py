@@ -472,6 +472,10 @@ class CtxDiffModel:
             ("training", f"{self.history.step[-1] if self.history.step else 0} steps in "
                          f"{self.history.seconds:.0f} s on {train_info.get('device', '?')}"),
         ]
+        never, filled = int((~self.valid).sum()), int((~self.valid & ~self.permanent).sum())
+        if never or self.permanent.any():
+            rows.append(("never seen", f"{filled} of {never} never-observed cells filled by default; "
+                                       f"{int(self.permanent.sum())} in the permanent mask stay NaN"))
         if self.validation:
             v = self.validation
             rmse = ", ".join(f"{k} {x:.3g}" for k, x in v["rmse"].items())
