@@ -67,9 +67,12 @@ def test_model_docstrings_follow_numpydoc_one_parameter_per_entry():
             assert len(kind) < 60 and not kind.endswith("."), entry
 
 
-def test_accessor_check_shows_the_signature_of_check():
+def test_accessor_check_shows_the_signature_and_every_parameter_of_check():
     expected = [p for p in inspect.signature(xrimpute.check.check).parameters if p != "obj"]
-    assert list(inspect.signature(xr.Dataset().ctxdiff.check).parameters) == expected
+    method = xr.Dataset().ctxdiff.check
+    assert list(inspect.signature(method).parameters) == expected
+    sections = numpydoc_sections(pydoc.render_doc(method, renderer=pydoc.plaintext))
+    assert parameter_names(sections["Parameters"]) == expected
 
 
 def test_accessor_without_a_fitted_model_says_how_to_get_one():

@@ -104,8 +104,12 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
         How the observations arise; default: what :func:`infer` reads.
     low : float
         Coverage under which a cell counts as poorly covered.
-    max_windows, n_draws, seed
-        Windows looked at and contexts drawn (see :func:`xrimpute.masks.learnability`).
+    max_windows : int
+        Windows looked at (see :func:`xrimpute.masks.learnability`).
+    n_draws : int
+        Contexts drawn per window.
+    seed : int
+        Seed of the windows and contexts.
 
     Returns
     -------
