@@ -284,8 +284,10 @@ class Station(Pixel):
     network learns every station from the others; ``static=False`` draws per
     step and so also learns to bridge a station's short outages from its
     neighbouring steps. ``context_ratio`` (default 0.7) is the share of
-    stations kept. Cells that never hold a station are a permanent mask: they
-    are never queried, so the model cannot learn the field between stations.
+    stations kept. Cells that never hold a station are never queried: the
+    network learns a station from its neighbours, and a station model sees no
+    position inputs, so that this carries over to the cells between stations,
+    which imputation fills (flagged as without training signal).
     ``positions`` lists the stations as (lat, lon) in degrees when they are
     known (:func:`xrimpute.stations.station_spec` reads them from a CF
     ``timeSeries`` dataset); :meth:`cells` puts them on a grid.
