@@ -40,6 +40,13 @@ def test_the_first_guess_wraps_longitude_when_periodic():
     assert float(flat[..., -1].max()) == 0.0  # out of reach without wrapping
 
 
+def test_a_periodic_grid_narrower_than_the_widest_kernel_wraps_round():
+    x = torch.ones(1, 1, 2, 4, 3)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    guess, _ = FirstGuess(periodic=True)(x, mask)  # the 4-cell scale reaches 10 cells: beyond the 3 columns
+    assert torch.allclose(guess, x)
+
+
 def test_changing_a_query_value_leaves_the_network_input_unchanged():
     torch.manual_seed(0)
     net = Denoiser(1, 3, torch.zeros(3, 16, 16), preset="lite", first_guess=True)

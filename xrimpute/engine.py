@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -29,7 +30,7 @@ from .nets import PRESETS, Denoiser
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
-from .training import History, TrainConfig, resolve_device, seeded, train
+from .training import History, TrainConfig, resolve_device, seeded, train, with_budget
 from .windows import Piece, Tiling, impute_series, sample_series
 
 FORMAT = "xrimpute-model"
@@ -69,6 +70,9 @@ def spans_globe(lon: np.ndarray, degrees: bool) -> bool:
         return False
     step = np.abs(np.diff(lon)).mean()
     return bool(abs(lon.size * step - 360.0) < 0.5 * step)
+
+
+DEFAULT_WINDOW = 5  # time steps per window unless a fit names them: the first guess looks two steps either way
 
 
 @dataclass
@@ -258,7 +262,8 @@ class Engine:
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
         masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
         device = resolve_device(device)
-        preset = ("base" if device.type == "cuda" else "tiny") if preset == "auto" else preset
+        train_config = with_budget(train_config, device)
+        preset = ("base" if device.type == "cuda" else "lite") if preset == "auto" else preset
         mean, std = (stats.mean, stats.std) if init is None else (init.mean, init.std)
 
         if config.positions is None:  # station data: no position, so that a station learned from its neighbours
@@ -270,7 +275,7 @@ class Engine:
         # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
         with seeded(seed):  # the initial weights
             denoiser = Denoiser(len(config.channels), config.window, torch.as_tensor(static), preset=preset,
-                                periodic=config.periodic and (tile is None or tile[1] == w))
+                                periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True)
         if init is not None:
             if init.denoiser.config != denoiser.config:
                 raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds "
@@ -298,7 +303,8 @@ class Engine:
         validation = None
         if history.val:
             final = history.val[-1]
-            rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i]) for i, name in enumerate(config.channels)}
+            rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i])
+                    for i, name in enumerate(config.channels)}
             validation = dict(nmse=final["nmse"], skill=1 - final["nmse"], rmse=rmse,
                               cells=int(windows.validation[2].sum()), **compared)
         config = replace(config, validation=validation, train=dict(asdict(train_config), preset=preset,
@@ -309,7 +315,7 @@ class Engine:
         return cls(ema.cpu(), spec, config, mean, std, stats.valid, history, permanent=permanent)
 
     @classmethod
-    def fit_array(cls, values: np.ndarray, mask="auto", *, window: int = 3, tile: tuple[int, int] | None = None,
+    def fit_array(cls, values: np.ndarray, mask="auto", *, window: int | None = None, tile: tuple[int, int] | None = None,
                   periodic: bool = False, preset: str = "auto", val_fraction: float = 0.05, device: str | None = None,
                   checkpoint=None, progress: bool | None = None, verbose: bool = True, init: Engine | None = None,
                   permanent_mask: np.ndarray | None = None, **train_options) -> Engine:
@@ -321,6 +327,7 @@ class Engine:
         ``lr``, ``max_time``, ``seed``, ...).
         """
         values = np.asarray(values, dtype=np.float32)
+        window = min(DEFAULT_WINDOW, values.shape[2]) if window is None else window
         config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
                        val_fraction=val_fraction, device=or_option("device", device), checkpoint=checkpoint,
@@ -443,6 +450,11 @@ class Engine:
         """
         arguments.check(n=n, steps=steps, K=K, eta=eta, seed=seed, batch_size=batch_size)
         arguments.check_device(device)
+        if (self.train_config.low_noise or 0.0) >= 1.0:
+            warnings.warn("this model trained only at the small noise levels of single-step imputation (the CPU "
+                          "default, low_noise=1.0), so the early steps of multi-step sampling ask it what it never "
+                          "learned; for samples, fit with low_noise=0.0 (or 0.5) and more steps", UserWarning,
+                          stacklevel=3)
         observed = np.isfinite(values)
         spec = self.spec
         if adapt:
@@ -558,4 +570,4 @@ def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["FLAGS", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["DEFAULT_WINDOW", "FLAGS", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

@@ -16,8 +16,8 @@ import numpy as np
 import xarray as xr
 
 from . import cube, masks
-from .engine import (Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options, position_fields, spans_globe,
-                     train_config)
+from .engine import (DEFAULT_WINDOW, Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options,
+                     position_fields, spans_globe, train_config)
 from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
 from .options import or_option
@@ -145,9 +145,9 @@ class CtxDiffModel:
         obj,
         mask="auto",
         *,
-        window: int = 3,
+        window: int | None = None,
         preset: str = "auto",
-        steps: int = 2000,
+        steps: int | None = None,
         batch_size: int = 16,
         lr: float = 2e-3,
         max_time: float | None = None,
@@ -178,18 +178,25 @@ class CtxDiffModel:
             pattern and logs what it chose; a kind (``"pixel"``, ``"block"``,
             ``"swath"``, ``"station"``, ``"timegap"``, ``"patches"``) or a
             :class:`~xrimpute.masks.MaskSpec` sets it.
-        window : int, default 3
-            Time steps the network sees at once.
-        preset : {"auto", "tiny", "small", "base"}, default "auto"
-            Network size; ``"auto"`` is ``"base"`` on a GPU and ``"tiny"`` on the CPU.
-        steps : int, default 2000
-            Training steps (optimiser updates).
+        window : int, optional
+            Time steps the network sees at once; default 5 (fewer for a shorter
+            series). The first guess the network starts from looks along them.
+        preset : {"auto", "lite", "tiny", "small", "base"}, default "auto"
+            Network size; ``"auto"`` is ``"base"`` on a GPU and ``"lite"`` (its body
+            at half resolution) on the CPU. Every network starts from a classical
+            first guess made from its context and learns the correction to it.
+        steps : int, optional
+            Training steps (optimiser updates). Default: on the CPU, as many as
+            ``max_time`` allows (5 minutes unless given); on a GPU, 2000. Only an
+            explicit ``steps`` without ``max_time`` trains reproducibly: a time
+            budget depends on the machine's speed and load.
         batch_size : int, default 16
             Windows per training step.
         lr : float, default 2e-3
             Peak learning rate of the optimiser.
         max_time : float, optional
-            Stop training after this many seconds, whatever ``steps`` says.
+            Stop training after this many seconds, whatever ``steps`` says; the
+            learning-rate schedule spans the budget.
         val_fraction : float, default 0.05
             Share of observed cells held back, with the mask's structure, to score
             the model; they never enter training.
@@ -268,6 +275,7 @@ class CtxDiffModel:
         values, layout = cube.to_array(obj, lazy=True)
         permanent = None if permanent_mask is None else permanent_cells(obj, layout, permanent_mask)
         t = values.shape[2]
+        window = min(DEFAULT_WINDOW, t) if window is None else window
         if t < window:
             raise cube.CubeError(f"only {t} time steps along {layout.axes.time!r}, fewer than window={window}; "
                                  "pass a smaller window or more time steps")

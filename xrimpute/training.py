@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,15 +38,16 @@ class TrainConfig:
     ``lr`` at its end. So a time budget gets a whole schedule whatever number of
     steps it allows. ``low_noise`` is the share of windows trained at the
     small noise levels that single-step imputation uses (see
-    :func:`~xrimpute.diffusion.context_query_loss`).
+    :func:`~xrimpute.diffusion.context_query_loss`). ``steps`` and
+    ``low_noise`` left at None are resolved per device by :func:`with_budget`.
     """
 
-    steps: int = 2000
+    steps: int | None = 2000
     batch_size: int = 16
     lr: float = 2e-3
     warmup: float = 0.05
     final_lr: float = 0.1
-    low_noise: float = 0.0
+    low_noise: float | None = None
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -66,6 +68,7 @@ class History:
     val_step: list[int] = field(default_factory=list)
     val: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str = ""  # why training ended: the steps were done, or the time budget
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +109,39 @@ def seeded(seed: int, device: torch.device = torch.device("cpu")):
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+log = logging.getLogger("xrimpute")
+
+CPU_BUDGET = 300.0  # seconds: a fit on the CPU that names neither steps nor max_time trains this long
+GPU_STEPS = 2000  # the steps of a fit on a GPU that names neither
+STEP_CAP = 10**7  # "until the time budget ends"
+
+
+def with_budget(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """``config`` with ``steps=None`` and ``low_noise=None`` resolved for ``device``, and bfloat16 only where it
+    is used (a GPU).
+
+    ``low_noise`` None: on the CPU every window trains at the noise levels of
+    single-step imputation (1.0), which at CPU budgets is worth several times
+    the steps; on a GPU, the whole range of the paper (0.0).
+
+    Without ``steps``: on the CPU the fit trains for ``max_time`` (default
+    :data:`CPU_BUDGET` seconds); on a GPU for :data:`GPU_STEPS` steps, or until
+    ``max_time``. A time budget depends on the machine's speed and load, so only
+    an explicit ``steps`` without ``max_time`` trains reproducibly.
+    """
+    config = replace(config, bf16=config.bf16 and device.type == "cuda")
+    if config.low_noise is None:  # a CPU budget is spent where single-step imputation asks the network
+        config = replace(config, low_noise=1.0 if device.type == "cpu" else 0.0)
+    if config.steps is not None:
+        return config
+    if device.type == "cuda" and config.max_time is None:
+        return replace(config, steps=GPU_STEPS)
+    if config.max_time is None:
+        log.info("training for %.0f s, the default time budget on the CPU; pass max_time= for another budget, or "
+                 "steps= for an exact, reproducible run", CPU_BUDGET)
+    return replace(config, steps=STEP_CAP, max_time=CPU_BUDGET if config.max_time is None else config.max_time)
 
 
 def run_progress(config: TrainConfig, step: int, seconds: float) -> float:
@@ -151,6 +187,7 @@ def train(
     (under DDP, rank 0's history is the one with validation scores).
     """
     device = torch.device(device)
+    config = with_budget(config, device)  # a no-op on a config that Engine.fit resolved already
     loss_fn = loss_fn or functools.partial(context_query_loss, low_noise=config.low_noise)
     with seeded(config.seed, device):  # dropout draws from the global stream
         return _train(denoiser, windows, spec, config, schedule, device, validate, checkpoint, fingerprint, progress,
@@ -221,10 +258,13 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
     autocast = config.bf16 and device.type == "cuda"
     t0 = time.perf_counter() - history.seconds
     running = torch.zeros((), device=device)
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="training",
-               disable=not progress or rank > 0, leave=False)
-    step = start
-    for step in bar:
+    # a time budget's bar counts towards the steps the budget is projected to allow, and stays to say why it stopped
+    bar = tqdm(initial=start, total=config.steps if config.max_time is None else None, desc="training", unit="step",
+               disable=not progress or rank > 0, leave=config.max_time is not None)
+    if config.max_time is not None:
+        bar.set_postfix_str(f"time budget {config.max_time:.0f} s")
+    step, stopping = start, False
+    for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * learning_rate_factor(config, step, time.perf_counter() - t0)
         batch = [v.to(device, non_blocking=True) for v in windows.sample(config.batch_size, picks)]
@@ -262,17 +302,27 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
                     "probably hold values far out of range (gross errors, fill values below 1e30); mask them as "
                     "NaN, or lower lr")
             running.zero_()
-            bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
+            if config.max_time is not None:
+                elapsed = time.perf_counter() - t0
+                bar.total = min(config.steps, max(done, round(done / max(elapsed, 1e-9) * config.max_time)))
+                bar.set_postfix_str(f"loss {history.loss[-1]:.4f}, time budget {config.max_time:.0f} s")
+            else:
+                bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
         if validate is not None and rank == 0 and done % config.val_every == 0 and done < config.steps:
             history.val_step.append(done)
             history.val.append(validate(ema))
         if checkpoint is not None and done % config.checkpoint_every == 0:
             history.seconds = time.perf_counter() - t0
             save(done)
+        bar.update(1)
         if stopping:
             break
-    bar.close()
     history.seconds = time.perf_counter() - t0
+    history.stopped = (f"the time budget of {config.max_time:.0f} s ended it after {step + 1 - start} steps"
+                       if stopping else f"all {config.steps} steps done")
+    bar.total = bar.n
+    bar.set_description(f"training: {history.stopped}")
+    bar.close()
     if validate is not None and rank == 0:
         history.val_step.append(step + 1)
         history.val.append(validate(ema))

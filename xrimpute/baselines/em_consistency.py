@@ -287,7 +287,7 @@ def fit_categorical(codes: np.ndarray, observed: np.ndarray, n_classes, *, windo
         return _onehot(unmask(ema, x, m, unmask_steps, order, sample, generator)[0], net.n_classes_max)
 
     for r in tqdm(range(rounds + 1), desc="EM rounds", disable=not progress or rounds == 0, leave=False):
-        warm = replace(config, seed=seed + r, warmup=min(config.warmup, config.steps // 10))  # a trained start
+        warm = replace(config, seed=seed + r, warmup=min(config.warmup, 0.1))  # a trained start
         ema, _ = training.train(net, data, None, warm if r else config, device=device, loss_fn=loss_fn,
                                 progress=progress)
         if r < rounds:  # E-step: a cell takes the class most windows that contain it gave it

@@ -56,8 +56,9 @@ class FirstGuess(nn.Module):
         if rt:
             x = F.conv3d(F.pad(x, (0, 0, 0, 0, rt, rt)), self.time.view(1, 1, -1, 1, 1))
         x = F.conv3d(F.pad(x, (0, 0, rs, rs, 0, 0)), space.view(1, 1, 1, -1, 1))
-        if self.periodic:  # circular padding of a 5-D tensor wants the last three dims padded
-            x = F.pad(x, (rs, rs, 0, 0, 0, 0), mode="circular")
+        if self.periodic:  # wrap round, as often as a kernel wider than the grid needs
+            width = x.shape[-1]
+            x = x.index_select(-1, torch.arange(-rs, width + rs, device=x.device) % width)
         else:
             x = F.pad(x, (rs, rs, 0, 0, 0, 0))
         return F.conv3d(x, space.view(1, 1, 1, 1, -1))
