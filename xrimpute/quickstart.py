@@ -1,6 +1,6 @@
 """The quickstart: an incomplete cube in, a filled cube out, and the skill printed.
 
-Runs on a laptop CPU in a few minutes with generated data (no download):
+Takes 3 to 6 minutes on two CPU cores (benchmarks/RESULTS.md), with generated data (no download):
 
 1. generate advected tracer fields (a PDE sample) and hide 80% of the cells;
 2. fit a context-query diffusion model on the incomplete cube only;
