@@ -16,7 +16,7 @@ from xrimpute.masks import Block, Pixel
 
 matplotlib.use("Agg")
 
-FIT = dict(steps=1, batch_size=2, progress=False, verbose=False)
+FIT = dict(steps=1, batch_size=2, window=3, progress=False, verbose=False, compare_classical=False)  # masks only
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 import xrimpute
 from synthetic import blobs
 from xrimpute import engine as model_module
+from xrimpute.engine import train_config
 from xrimpute.options import OPTIONS, cpu_threads, get_options, torch_threads
 
 
@@ -87,11 +88,13 @@ def test_an_explicit_argument_wins_over_the_option(observed, monkeypatch, capsys
     assert "training" in capsys.readouterr().err
 
 
-def test_float32_option_turns_bf16_training_off(observed):
+def test_float32_option_turns_bf16_training_off_and_the_cpu_never_trains_in_bf16(observed):
+    assert train_config().bf16 is True  # bfloat16 on a GPU by default
     with xrimpute.set_options(dtype="float32", progress=False):
-        model = xrimpute.fit(observed, **TINY)
+        assert train_config().bf16 is False
+        model = xrimpute.fit(observed, **TINY, device="cpu")
     assert model.info["train"]["bf16"] is False
-    assert xrimpute.fit(observed, progress=False, **TINY).info["train"]["bf16"] is True
+    assert xrimpute.fit(observed, progress=False, device="cpu", **TINY).info["train"]["bf16"] is False  # as it ran
 
 
 def test_show_versions_lists_the_stack():
