@@ -12,6 +12,7 @@ from synthetic import latlon_cube
 from xrimpute import observe
 from xrimpute.check import check, permanent_mask, plot_coverage, summary
 from xrimpute.cube import CubeError
+from xrimpute.engine import DEFAULT_WINDOW
 from xrimpute.masks import Block, Pixel
 
 matplotlib.use("Agg")
@@ -29,7 +30,7 @@ def blocks():
 
 
 def test_check_maps_coverage_on_the_cubes_grid(blocks):
-    coverage = check(blocks, mask="pixel")
+    coverage = check(blocks, mask="pixel", window=3)
     assert coverage.dims == ("lat", "lon") and coverage.name == "query_coverage"
     xr.testing.assert_identical(coverage.lat, blocks.lat)
     xr.testing.assert_identical(coverage.lon, blocks.lon)
@@ -42,17 +43,17 @@ def test_check_maps_coverage_on_the_cubes_grid(blocks):
 
 
 def test_check_of_the_inferred_spec_covers_every_observed_cell(blocks):
-    coverage = blocks.ctxdiff.check()
+    coverage = blocks.ctxdiff.check(window=3)
     assert coverage.attrs["spec"] == coverage.attrs["observing"] and coverage.attrs["zero_coverage_share"] == 0
     assert float(coverage.isel(lon=slice(2, None)).min()) > 0.1
     text = summary(coverage)
     assert "zero coverage (never learned):   0.0%" in text and "positive probability" in text
     assert "(inferred: block)" in text
-    xr.testing.assert_identical(coverage, check(blocks, mask=Block(grid=(3, 3))))
+    xr.testing.assert_identical(coverage, check(blocks, mask=Block(grid=(3, 3)), window=3))
 
 
 def test_summary_names_the_fix_and_plot_draws_the_map(blocks, tmp_path):
-    coverage = check(blocks, mask=Pixel(context_ratio=0.6), n_draws=64)
+    coverage = check(blocks, mask=Pixel(context_ratio=0.6), window=3, n_draws=64)
     print(summary(coverage))
     assert "never learned" in summary(coverage) and "inferred: Block(" in summary(coverage)
     import matplotlib.pyplot as plt
@@ -122,8 +123,13 @@ def test_a_complete_cube_has_nothing_to_fill():
 
 
 def test_the_verdict_follows_the_numbers_when_every_cell_is_learned_slowly(blocks):
-    coverage = check(blocks.drop_vars("lsm"), mask="block", low=1.0, n_draws=64)  # every coverage is below 1
+    coverage = check(blocks.drop_vars("lsm"), mask="block", window=3, low=1.0, n_draws=64)  # all coverage below 1
     assert coverage.attrs["zero_coverage_share"] == 0 and coverage.attrs["low_coverage_share"] == 1
     verdict = summary(coverage).splitlines()[-1]
     assert "only slowly" in verdict and "train longer" in verdict
     assert "every observed cell has a positive probability" not in summary(coverage)
+
+
+def test_check_looks_at_the_window_fit_uses_by_default(blocks):
+    assert check(blocks, n_draws=16).attrs["window"] == min(DEFAULT_WINDOW, blocks.sizes["time"])
+    assert check(blocks.isel(time=slice(0, 3)), n_draws=16).attrs["window"] == 3  # a shorter cube: every step

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from . import cube, masks
+from .engine import DEFAULT_WINDOW
 
 
 def _span(values: np.ndarray, first: int, last: int) -> str:
@@ -88,7 +89,7 @@ def reach(obj_or_mask) -> xr.DataArray:
     return xr.DataArray(flags, dims=("lat", "lon"), name="reach", attrs=attrs)
 
 
-def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.05, max_windows: int = 256,
+def check(obj, mask="infer", *, window: int | None = None, observing=None, low: float = 0.05, max_windows: int = 256,
           n_draws: int = 256, seed: int = 0) -> xr.DataArray:
     """Query coverage of a mask specification over the grid of an incomplete cube.
 
@@ -98,8 +99,9 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
         The cube, NaN where unobserved (variables merged).
     mask : str, dict or MaskSpec
         The context sampler to check, as for ``fit`` (default ``"infer"``).
-    window : int
-        Time steps per training window.
+    window : int, optional
+        Time steps per training window; default what ``fit`` uses
+        (:data:`xrimpute.engine.DEFAULT_WINDOW`, or every step of a shorter cube).
     observing : MaskSpec, optional
         How the observations arise; default: what :func:`infer` reads.
     low : float
@@ -130,6 +132,7 @@ def check(obj, mask="infer", *, window: int = 3, observing=None, low: float = 0.
     spec = masks.resolve(mask, observed, verbose=False)
     found = masks.infer(observed) if observing is None else None
     observing = observing if observing is not None else found.spec
+    window = min(DEFAULT_WINDOW, observed.shape[2]) if window is None else window  # as fit chooses
     report = masks.learnability(spec, observed, window, observing=observing, low=low, max_windows=max_windows,
                                 n_draws=n_draws, seed=seed)
     dims = (layout.axes.lat, layout.axes.lon)

@@ -324,7 +324,8 @@ def _check_parser(sub) -> None:
     p.add_argument("--mask", default="infer", choices=MASK_NAMES, metavar="MASK",
                    help="the mask specification to check, one of %(choices)s (default: infer, the one read from the "
                         "NaN pattern)")
-    p.add_argument("--window", type=POSITIVE, default=3, help="time steps per training window (default: 3)")
+    p.add_argument("--window", type=POSITIVE, default=None,
+                   help="time steps per training window (default: 5, as 'xrimpute fit')")
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to look at (default: all with time/lat/lon dims)")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="save the coverage map (needs matplotlib)")
