@@ -110,6 +110,7 @@ def test_bad_input_gives_a_one_line_error_and_exit_status_2(argv, message, obser
         (["reconstruct", "{data}", "{tmp}/m.xri", "{tmp}/o.zarr", "--workers", "0"], "argument --workers: 0 is"),
         (["fit", "{data}", "--out", "{tmp}/m.xri", "--variables", ""], "argument --variables: '' names nothing"),
         (["fit", "{data}", "--out", "{tmp}/m.xri", "--device", "tpu"], "--device 'tpu' is not a device"),
+        (["bench", "table2", "--device", "tpu", "--out", "{tmp}/bench"], "--device 'tpu' is not a device"),
         (["fit", "{data}", "--out", "{tmp}/m.xri", "--checkpoint", "{data}"], "--checkpoint '{data}' is not a "
                                                                              "training state file"),
         (["impute", "{data}", "--model", "{data}", "--out", "{tmp}/f.nc"], "is not an xrimpute model file"),

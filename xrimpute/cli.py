@@ -204,6 +204,7 @@ def _reconstruct(args) -> None:
 def _bench(args) -> None:
     from .bench import run
 
+    _check_device(args.device)
     report = run(args.table, settings=args.settings, seeds=args.seeds, methods=args.methods, datasets=args.datasets,
                  out=args.out, device=args.device, threads=args.threads, progress=not args.quiet)
     print(f"{args.table} ({args.settings} settings) on {report.device}\n")
