@@ -1,6 +1,6 @@
 """Core speed: training steps/s and imputation values/s for the network presets.
 
-    python benchmarks/bench_core.py                 # CPU, tiny and small presets
+    python benchmarks/bench_core.py                 # CPU, tiny, lite and small presets
     python benchmarks/bench_core.py --device cuda --presets tiny base
 
 Prints a markdown table: each figure next to its peer measured in the same run,
@@ -18,6 +18,7 @@ from datetime import date
 import numpy as np
 import torch
 import xarray as xr
+from torch.utils.flop_counter import FlopCounterMode
 
 from xrimpute.diffusion import VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
@@ -26,7 +27,7 @@ from xrimpute.windows import impute_series
 
 
 def train_rate(preset, device, size, window, batch, steps):
-    net = Denoiser(1, window, torch.zeros(3, size, size), preset=preset).to(device)
+    net = Denoiser(1, window, torch.zeros(3, size, size), preset=preset, first_guess=True).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(batch, 1, window, size, size, device=device)
     observed = torch.rand(x.shape, device=device) < 0.3
@@ -39,7 +40,8 @@ def train_rate(preset, device, size, window, batch, steps):
         loss.backward()
         opt.step()
 
-    step()
+    with FlopCounterMode(display=False) as counter:  # also the warm-up step
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -47,7 +49,7 @@ def train_rate(preset, device, size, window, batch, steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t0), net
+    return steps / (time.perf_counter() - t0), counter.get_total_flops() / 1e9, net
 
 
 def impute_rate(net, device, size, window, frames, K):
@@ -71,7 +73,7 @@ def interpolate_rate(size, frames):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "lite", "small"])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--window", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
@@ -87,12 +89,13 @@ def main():
     interp = interpolate_rate(args.size, args.frames)
     first = None
     for preset in args.presets:
-        rate, net = train_rate(preset, device, args.size, args.window, args.batch, args.steps)
+        rate, gflop, net = train_rate(preset, device, args.size, args.window, args.batch, args.steps)
         params = sum(p.numel() for p in net.parameters()) / 1e6
         if first is None:
-            first = (preset, rate)
+            first = (preset, rate, gflop)
         print(f"| train steps/s, {preset} ({params:.1f} M) | {rate:.2f} | {first[0]} | {first[1]:.2f} | "
               f"{rate / first[1]:.2f} |")
+        print(f"| train GFLOP/step, {preset} | {gflop:.1f} | {first[0]} | {first[2]:.1f} | {gflop / first[2]:.2f} |")
         k1 = impute_rate(net, device, args.size, args.window, args.frames, K=1)
         k10 = impute_rate(net, device, args.size, args.window, args.frames, K=10)
         print(f"| impute values/s K=10, {preset} | {k10:.3g} | K=1 | {k1:.3g} | {k10 / k1:.2f} |")

@@ -90,7 +90,7 @@ def test_infer_reports_land_as_a_permanent_mask_and_keeps_the_structure():
     found = infer(masked)
     land = float((ds.lon >= 5).mean())
     assert found.kind == "patches" and abs(found.evidence["never_observed"] - land) < 0.03
-    assert "permanent mask" in found.explanation
+    assert "never observed" in found.explanation and "beyond their reach" in found.explanation
 
 
 @settings(max_examples=12, deadline=None)
@@ -354,7 +354,7 @@ def test_impute_adapts_a_combined_spec(monkeypatch):
     train = data.where(xr.DataArray(kept, dims=data.dims))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the spec covers its data: no learnability warning
-        model = train.ctxdiff.fit(mask="infer", steps=2, batch_size=2, progress=False, verbose=False)
+        model = train.ctxdiff.fit(mask="infer", window=3, steps=2, batch_size=2, progress=False, verbose=False)
     assert isinstance(model.spec, Combined)
     seen = []
     original = Combined.adapted

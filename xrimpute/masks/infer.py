@@ -268,8 +268,9 @@ def infer(mask, max_frames: int = 512) -> Inference:
                 "drop whole steps")
     kind = spec.label if isinstance(spec, Combined) else spec.kind
     never = stats["never_observed"]
-    permanent = (f" {_percent(never)} of the cells are never observed: a permanent mask (such as land), left out of "
-                 "these statistics, never queried, and left NaN by impute." if never > 0 else "")
+    permanent = (f" {_percent(never)} of the cells are never observed: left out of these statistics and never "
+                 "queried; impute fills those between observations and leaves NaN those beyond their reach "
+                 "(xrimpute.check.reach maps which)." if never > 0 else "")
     explanation = f"The NaN pattern looks like {kind} observations: {why}.{permanent}"
     return Inference(spec, kind, evidence, explanation)
 
