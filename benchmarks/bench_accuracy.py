@@ -113,7 +113,8 @@ def run_case(job) -> dict:
     row["ctxdiff"] = dict(nmse=score, unfilled=unfilled, fit_seconds=fitted,
                           impute_seconds=time.perf_counter() - start - fitted,
                           steps=model.history.step[-1] if model.history.step else 0, mask=repr(model.spec),
-                          validation=model.validation.get("nmse"))
+                          validation=model.validation.get("nmse"), context=model.validation.get("context"),
+                          first_guess=model.validation.get("first_guess"))
     return row
 
 
@@ -127,8 +128,8 @@ def best_classical(row: dict) -> tuple[str, float]:
 def table(rows: list[dict]) -> str:
     """One line per case: means over seeds (and the spread between them)."""
     lines = ["| case | observed | best classical | its gap NMSE | its s | ctxdiff gap NMSE | ratio | ctxdiff steps | "
-             "ctxdiff s (fit + impute) | unfilled (ctxdiff) | kriging / RBF |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "ctxdiff s (fit + impute) | unfilled (ctxdiff) | first guess; contexts (per seed) | kriging / RBF |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = [r for r in rows if r["case"] == case]
         best = [best_classical(r) for r in mine]
@@ -143,6 +144,7 @@ def table(rows: list[dict]) -> str:
         seconds = np.mean([r["ctxdiff"]["fit_seconds"] + r["ctxdiff"]["impute_seconds"] for r in mine])
         peer_seconds = np.mean([r["classical"][name]["seconds"] for r, (name, _) in zip(mine, best)])
         steps = np.mean([r["ctxdiff"]["steps"] for r in mine])
+        choices = ", ".join(f"{r['ctxdiff'].get('first_guess')}; {r['ctxdiff'].get('context')}" for r in mine)
         station = ""
         if any(m in r["classical"] for r in mine for m in STATION_PEERS):
             station = ", ".join(f"{m} {np.mean([r['classical'][m]['nmse'] for r in mine]):.4f}"
@@ -150,7 +152,7 @@ def table(rows: list[dict]) -> str:
                                 for m in STATION_PEERS)
         lines.append(f"| {case} | {np.mean([r['observed'] for r in mine]):.3f} | {'/'.join(names)} | {show(peer)} | "
                      f"{peer_seconds:.1f} | {show(ours)} | {ratio.mean():.2f} | {steps:.0f} | {seconds:.0f} | "
-                     f"{sum(r['ctxdiff']['unfilled'] for r in mine)} | {station} |")
+                     f"{sum(r['ctxdiff']['unfilled'] for r in mine)} | {choices} | {station} |")
     return "\n".join(lines)
 
 
@@ -189,6 +191,7 @@ def main(argv=None) -> int:
         f"case(s) at once; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; wall {time.perf_counter() - start:.0f} s",
         f"- ctxdiff: package defaults{' except ' + budget.strip() if budget.strip() else ''}; seeds {args.seeds}",
+        "",
         "",
     ])
     print(heading + text)

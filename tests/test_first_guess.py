@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import FirstGuess
+from xrimpute.nets.prior import CANDIDATES, FirstGuess, choose_guess, thin_plate
 from xrimpute.training import TrainConfig, learning_rate_factor
 
 
@@ -34,8 +34,8 @@ def test_the_first_guess_wraps_longitude_when_periodic():
     x = torch.zeros(1, 1, 1, 4, 16)
     mask = torch.zeros_like(x, dtype=torch.bool)
     x[..., 0], mask[..., 0] = 1.0, True  # only the first column is seen
-    wrapped, _ = FirstGuess(scales=(1.0,), time_scale=0, periodic=True)(x, mask)
-    flat, _ = FirstGuess(scales=(1.0,), time_scale=0, periodic=False)(x, mask)
+    wrapped, _ = FirstGuess(((1.0, 0.0),), periodic=True)(x, mask)
+    flat, _ = FirstGuess(((1.0, 0.0),), periodic=False)(x, mask)
     assert float(wrapped[..., -1].min()) == pytest.approx(1.0)  # the last column neighbours the first
     assert float(flat[..., -1].max()) == 0.0  # out of reach without wrapping
 
@@ -109,3 +109,65 @@ def test_low_noise_training_draws_that_share_of_times_below_the_threshold():
     t = VPSchedule().sample_t(1000, torch.Generator().manual_seed(0), low_noise=0.25)
     assert int((t <= LOW_NOISE_T).sum()) >= 250
     assert float(t[:250].max()) <= LOW_NOISE_T and float(t[250:].max()) > 0.9
+
+
+def test_a_fit_chooses_the_time_first_guess_for_a_field_still_in_time_and_the_spatial_one_for_a_field_white_in_time():
+    still = smooth_field(5, 24, 32).expand(4, 1, 5, 24, 32).clone()
+    still += 0.5 * torch.randn(4, 1, 1, 24, 32, generator=torch.Generator().manual_seed(0))  # rough in space
+    white = torch.stack([smooth_field(5, 24, 32, seed=s)[0] for s in range(4)])
+    white = white[:, :, torch.randperm(5, generator=torch.Generator().manual_seed(1))] * torch.randn(4, 1, 5, 1, 1)
+    rng = torch.Generator().manual_seed(2)
+    for field, expected in ((still, "time first"), (white, "space")):
+        observed = torch.rand(field.shape, generator=rng) < 0.5
+        held = observed & (torch.rand(field.shape, generator=rng) < 0.2)
+        chosen, errors = choose_guess(field, observed & ~held, held)
+        assert chosen == expected, errors
+        assert set(errors) == set(CANDIDATES) - {"thin plate"} and errors[chosen] == min(errors.values())  # dense
+
+
+def test_the_chosen_guess_levels_survive_saving_and_an_untrained_network_returns_that_guess(tmp_path):
+    from xrimpute.engine import Engine
+
+    rng = np.random.default_rng(0)
+    values = np.repeat(rng.normal(size=(2, 1, 1, 12, 16)), 12, axis=2).astype(np.float32)  # still in time
+    values[rng.random(values.shape) < 0.5] = np.nan
+    engine = Engine.fit_array(values, mask="pixel", steps=1, lr=1e-12, batch_size=2, progress=False, verbose=False)
+    assert engine.config.validation["first_guess"] == "time first"
+    assert engine.denoiser.config["guess"]["levels"] == [list(level) for level in CANDIDATES["time first"]["levels"]]
+    again = Engine.load(engine.save(tmp_path / "m.xri"))
+    assert again.denoiser.first_guess.levels == engine.denoiser.first_guess.levels
+    x = torch.as_tensor(np.nan_to_num(values[:, :, :5]))
+    mask = torch.as_tensor(np.isfinite(values[:, :, :5]))
+    with torch.no_grad():
+        out = again.denoiser(x, mask, torch.full((2,), 1e-3))
+    assert torch.allclose(out, FirstGuess(**CANDIDATES["time first"])(x, mask)[0], atol=1e-5)
+
+
+def test_the_thin_plate_guess_is_the_spline_through_the_context_and_wins_on_scattered_stations_of_a_smooth_field():
+    from scipy.interpolate import RBFInterpolator
+
+    x = smooth_field(3, 20, 28)
+    rng = torch.Generator().manual_seed(4)
+    stations = (torch.rand(1, 1, 1, 20, 28, generator=rng) < 0.06).expand_as(x)  # about 34 fixed cells
+    held = stations & (torch.rand(1, 1, 1, 20, 28, generator=rng) < 0.3).expand_as(x)
+    context = stations & ~held
+    guess, _ = FirstGuess(**CANDIDATES["thin plate"])(x * context, context)
+    points = np.argwhere(context[0, 0, 0].numpy()) / 28
+    spline = RBFInterpolator(points, x[0, 0, 0].numpy()[context[0, 0, 0].numpy()], kernel="thin_plate_spline")
+    everywhere = np.argwhere(np.ones((20, 28))) / 28
+    np.testing.assert_allclose(guess[0, 0, 0].numpy().ravel(), spline(everywhere), atol=2e-3)
+    chosen, errors = choose_guess(x, context, held)
+    assert chosen == "thin plate", errors
+
+
+def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three_cells_and_is_skipped_when_dense():
+    x = smooth_field(2, 8, 8)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[0, 0, 0, :3, :3] = True
+    mask[0, 0, 1, 0, :2] = True  # two cells: no plane through them
+    fallback = torch.full_like(x, 7.0)
+    out = thin_plate(x * mask, mask, fallback)
+    assert torch.equal(out[0, 0, 1], fallback[0, 0, 1]) and torch.isfinite(out).all()
+    dense = torch.ones(1, 1, 1, 20, 20, dtype=torch.bool)  # 400 cells > MAX_SPLINE_POINTS
+    _, errors = choose_guess(torch.randn(1, 1, 1, 20, 20), dense, dense)
+    assert "thin plate" not in errors

@@ -70,6 +70,11 @@ def _overlap(name: str, value) -> None:
     _whole(name, value, 0)
 
 
+def _context(name: str, value) -> None:
+    if value not in CONTEXTS:
+        raise ArgumentError(f"{name} must be one of {CONTEXTS} (None: the model's choice from its fit), got {value!r}")
+
+
 def _tile(name: str, value) -> None:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise ArgumentTypeError(f"{name} must be a pair (rows, cols) such as (64, 64), got {value!r}")
@@ -80,6 +85,8 @@ def _tile(name: str, value) -> None:
             raise ArgumentError(f"{name} sizes must be >= 1, got {tuple(value)}; pass e.g. tile=(64, 64), or "
                                 "tile=None to train on the whole grid")
 
+
+CONTEXTS = ("sampled", "observed")  # the contexts of imputation (xrimpute.diffusion.impute_ensemble)
 
 RULES = {
     "K": _positive_int,
@@ -97,8 +104,9 @@ RULES = {
     "lr": _positive,
     "val_fraction": _fraction,
     "eta": _unit,
+    "context": _context,
 }
-OPTIONAL = {"tile", "overlap", "observed_rate", "max_time", "steps", "window"}  # None means "the default"
+OPTIONAL = {"tile", "overlap", "observed_rate", "max_time", "steps", "window", "context"}  # None means "the default"
 
 
 def check(**arguments) -> None:

@@ -27,6 +27,7 @@ from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
 from .nets import PRESETS, Denoiser
+from .nets.prior import CANDIDATES, choose_guess
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
@@ -155,7 +156,9 @@ class ImputeConfig:
     """The imputation options, declared once (see :meth:`xrimpute.CtxDiffModel.impute` for their meaning).
 
     ``device`` and ``progress`` left at None take the package-wide options
-    (:func:`xrimpute.set_options`); ``spec`` None is the model's mask spec.
+    (:func:`xrimpute.set_options`); ``spec`` None is the model's mask spec;
+    ``context`` None is the one the model's fit scored best on its held-back
+    cells (:attr:`Engine.context`).
     """
 
     K: int = 10
@@ -167,12 +170,13 @@ class ImputeConfig:
     adapt: bool = True
     observed_rate: float | None = None
     spec: masks.MaskSpec | None = None
+    context: str | None = None
     device: str | None = None
     progress: bool | None = None
 
     def __post_init__(self):
         arguments.check(K=self.K, seed=self.seed, stride=self.stride, batch_size=self.batch_size,
-                        overlap=self.overlap, observed_rate=self.observed_rate)
+                        overlap=self.overlap, observed_rate=self.observed_rate, context=self.context)
         arguments.check_device(self.device)
 
     def resolved(self) -> ImputeConfig:
@@ -215,7 +219,8 @@ class Engine:
         ``box`` ``((row0, row1), (col0, col1))``: the part of the grid ``observed`` covers (default all of it).
 
         ``imputed_without_training_signal``: a gap in a cell never observed in training, which no context ever
-        queried (zero query coverage): its value comes from the network's spatial inductive bias alone.
+        queried (zero query coverage): no loss ever reached it, so its value is the network's first guess there
+        (:class:`~xrimpute.nets.prior.FirstGuess`, from the same contexts), without the untrained correction.
         """
         (ya, yb), (xa, xb) = box or ((0, None), (0, None))
         nan = self.left_nan(fill_never_observed)[None, :, None, ya:yb, xa:xb]
@@ -227,6 +232,13 @@ class Engine:
     @property
     def window(self) -> int:
         return self.config.window
+
+    @property
+    def context(self) -> str:
+        """The contexts of imputation by default: ``"observed"`` (every observation, one pass) or ``"sampled"`` (the
+        mean over ``K`` sampled contexts), whichever scored better on the fit's held-back cells; ``"sampled"`` for
+        model files older than the choice."""
+        return (self.config.validation or {}).get("context", "sampled")
 
     @property
     def train_config(self) -> TrainConfig:
@@ -273,40 +285,49 @@ class Engine:
         static = position_fields(np.asarray(config.grid["lat"], float), np.asarray(config.grid["lon"], float),
                                  config.degrees) if config.positions else np.zeros((0, h, w), np.float32)
         # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
-        with seeded(seed):  # the initial weights
-            denoiser = Denoiser(len(config.channels), config.window, torch.as_tensor(static), preset=preset,
-                                periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True)
-        if init is not None:
-            if init.denoiser.config != denoiser.config:
-                raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds "
-                                    f"{denoiser.config}; pass the same window, preset and periodic")
-            denoiser.load_state_dict(init.denoiser.state_dict())
+        net = dict(n_channels=len(config.channels), window=config.window, preset=preset,
+                   periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True)
+        if init is not None and {k: v for k, v in init.denoiser.config.items() if k != "guess"} != net:
+            raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds {net}; pass the "
+                                "same window, preset and periodic")
 
         config = replace(config, tile=None if tile is None else list(tile), train_rate=stats.rate,
                          statistics_chunks=list(stats.chunks), versions=_versions(),
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config, spec=spec.to_dict(),
-                           grid=grid_digest(config.grid))
-        if tile is not None:
-            fingerprint["tile"] = list(tile)
         windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
                                    val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda",
                                    valid=stats.valid)
         try:
+            guess, guesses = _first_guess(windows.validation, net["periodic"], init)
+            with seeded(seed):  # the initial weights
+                denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), torch.as_tensor(static),
+                                    guess=init.denoiser.config.get("guess") if init is not None else
+                                    None if guess is None else CANDIDATES[guess], **net)
+            if init is not None:
+                denoiser.load_state_dict(init.denoiser.state_dict())
+            fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config,
+                               spec=spec.to_dict(), grid=grid_digest(config.grid))
+            if tile is not None:
+                fingerprint["tile"] = list(tile)
             validate = None if windows.validation is None else _validator(*windows.validation, spec, device, seed)
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
                 ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
             compared = compare(windows, history) if compare is not None and history.val else {}
+            scores = _context_scores(ema, validate, history) if validate is not None and history.val else {}
         finally:
             windows.close()
         validation = None
         if history.val:
-            final = history.val[-1]
+            # a tie keeps the sampled contexts, the paper's estimate
+            context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled"))
+            final = scores[context]
             rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i])
                     for i, name in enumerate(config.channels)}
             validation = dict(nmse=final["nmse"], skill=1 - final["nmse"], rmse=rmse,
-                              cells=int(windows.validation[2].sum()), **compared)
+                              cells=int(windows.validation[2].sum()), context=context,
+                              context_nmse={name: score["nmse"] for name, score in scores.items()},
+                              first_guess=guess, first_guess_nmse=guesses, **compared)
         config = replace(config, validation=validation, train=dict(asdict(train_config), preset=preset,
                                                                     device=str(device)))
         permanent = masks.unreachable(stats.valid)
@@ -426,16 +447,24 @@ class Engine:
         tiling = self.tiling(options.overlap)
         tiled = tiling.size != tuple(piece.full[1:]) and self.denoiser.static.shape[0] > 0
         static = self.denoiser.static.cpu().numpy() if tiled else None  # cut per tile
-        mean, std = impute_series(net, self._normalise(values), observed, spec, self.schedule, self.window,
-                                  K=options.K, stride=options.stride, batch_size=options.batch_size, device=device,
-                                  seed=options.seed, autocast=mixed_precision(device), progress=options.progress,
-                                  tiling=tiling, static=static, piece=piece)
+        run = functools.partial(impute_series, values=self._normalise(values), observed=observed, spec=spec,
+                                schedule=self.schedule, window=self.window, K=options.K, stride=options.stride,
+                                batch_size=options.batch_size, device=device, seed=options.seed,
+                                autocast=mixed_precision(device), progress=options.progress, tiling=tiling,
+                                static=static, piece=piece, context=options.context or self.context)
+        mean, std = run(net)
+        (ya, yb), (xa, xb) = piece.box[1:]
+        untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~self.left_nan(options.fill_never_observed)[
+            None, :, None, ya:yb, xa:xb]
+        if getattr(net, "first_guess", None) is not None and untrained.any():
+            # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess
+            guess_mean, guess_std = run(_first_guess_only(net))
+            mean, std = np.where(untrained, guess_mean, mean), np.where(untrained, guess_std, std)
         seen = piece.inside(observed)
         scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]
         filled = np.where(seen, piece.inside(values), mean * scale + offset)
         spread = std * scale
         if options.fill_never_observed is not True:
-            (ya, yb), (xa, xb) = piece.box[1:]
             nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]
             filled = np.where(nan & ~seen, np.nan, filled)
             spread = np.where(nan, np.nan, spread)
@@ -553,15 +582,38 @@ def _model_config(payload: dict, path: str) -> dict:
     return config
 
 
+def _first_guess_only(net):
+    """``net`` without its correction: the first guess from the context, as the network's output."""
+    def guess(values, mask, t, static=None):
+        return net.first_guess(values, mask)[0].to(values.dtype)
+    return guess
+
+
+def _first_guess(validation, periodic: bool, init: Engine | None) -> tuple[str | None, dict]:
+    """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES` that best fills the held-back cells, and every
+    candidate's NMSE there; None (the defaults) without held-back cells or with ``init`` (whose guess is kept)."""
+    if init is not None or validation is None:
+        return None, {}
+    xs, ms, hs, _ = validation
+    return choose_guess(xs, ms, hs, periodic=periodic)
+
+
+def _context_scores(net, validate, history: History) -> dict:
+    """The final network's scores on the held-back cells with each context of imputation (the sampled contexts'
+    is training's last validation)."""
+    return {"sampled": history.val[-1], "observed": validate(net, context="observed")}
+
+
 def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
     """Score the EMA network on held-back observed cells ``hs`` of fixed windows, seeing ``ms``."""
 
-    def validate(net) -> dict:
+    def validate(net, context: str = "sampled") -> dict:
         generator = torch.Generator(device=device).manual_seed(seed)
         if tiles is not None:  # the ensemble's K x B batch repeats the windows k-major
             net = functools.partial(net, static=tiles.repeat(K, 1, 1, 1).to(device))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision(device)):
-            mean, _ = impute_ensemble(net, xs.to(device), ms.to(device), spec, VPSchedule(), K=K, generator=generator)
+            mean, _ = impute_ensemble(net, xs.to(device), ms.to(device), spec, VPSchedule(), K=K, generator=generator,
+                                      context=context)
         err = ((mean.float().cpu() - xs) ** 2 * hs).sum(dim=(0, 2, 3, 4))
         cells = hs.sum(dim=(0, 2, 3, 4)).clamp(min=1)
         ref = (xs**2 * hs).sum(dim=(0, 2, 3, 4))  # the observed-mean fill is 0 in normalised units

@@ -312,7 +312,7 @@ class CtxDiffModel:
                stride: int = ImputeConfig.stride, batch_size: int = ImputeConfig.batch_size, device: str | None = None,
                adapt: bool = ImputeConfig.adapt, fill_never_observed: bool | None = ImputeConfig.fill_never_observed,
                progress: bool | None = None, spec: masks.MaskSpec | None = None, overlap: int | None = None,
-               observed_rate: float | None = None, return_flags: bool = False):
+               observed_rate: float | None = None, context: str | None = None, return_flags: bool = False):
         """Fill the gaps of ``obj``: same type, dims, coords and attrs, observed values kept.
 
         Parameters
@@ -356,11 +356,20 @@ class CtxDiffModel:
             Share of observed cells, for ``adapt``; default measured on ``obj``.
             For dask-backed input that is a lazy pass over all of it, so pass it
             when imputing a long archive.
+        context : {"observed", "sampled"}, optional
+            What each window's estimate sees. ``"observed"``: every observation,
+            in one pass (the spread is how far ``K - 1`` sampled contexts land
+            from it);
+            ``"sampled"``: the mean over ``K`` contexts sampled as in training
+            (the paper's estimate). Default: the one the fit scored better on its
+            held-back cells (``model.validation["context"]``).
         return_flags : bool, default False
             Also return CF flag variables ``<variable>_flag`` (int8, ``flag_values``
             / ``flag_meanings``): ``observed``, ``imputed``,
             ``imputed_without_training_signal`` (a cell never observed in training,
-            which no context ever queried), ``permanent_mask`` (left NaN).
+            which no context ever queried: it takes the network's first guess,
+            without the correction that no loss ever trained there),
+            ``permanent_mask`` (left NaN).
             ``filled.where(flag != 2)`` masks the fills without training signal.
 
         Returns
@@ -381,7 +390,7 @@ class CtxDiffModel:
         """
         options = ImputeConfig(K=K, seed=seed, stride=stride, batch_size=batch_size, overlap=overlap,
                                fill_never_observed=fill_never_observed, adapt=adapt, observed_rate=observed_rate,
-                               spec=spec, device=device, progress=progress)
+                               spec=spec, context=context, device=device, progress=progress)
         self.engine.check_options(options)
         values, layout = cube.to_array(obj, lazy=True)
         check_fits(self.engine, layout, obj)
@@ -491,6 +500,9 @@ class CtxDiffModel:
             versus = f"; best classical filler {best} {1 - v['classical'][best]:.3f}" if best else ""
             rows.append(("validation", f"skill {v['skill']:.3f} = 1 - MSE / MSE of the mean fill, on {v['cells']} "
                                        f"held-back cells (RMSE {rmse}){versus}"))
+            if "context_nmse" in v:
+                scored = ", ".join(f"{name} {1 - nmse:.3f}" for name, nmse in v["context_nmse"].items())
+                rows.append(("imputes", f"with {v['context']} contexts by default (skill by context: {scored})"))
             if "classical" in v:  # the skill of the classical fillers on the same cells, best first
                 ranked = sorted(v["classical"].items(), key=lambda item: item[1])
                 skipped = ", ".join(v["classical_skipped"])

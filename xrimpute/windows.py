@@ -155,6 +155,7 @@ def impute_series(
     tiling: Tiling | None = None,
     static: np.ndarray | None = None,
     piece: Piece | None = None,
+    context: str = "sampled",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Impute every window (and tile) of every sample and blend the overlaps.
 
@@ -173,6 +174,7 @@ def impute_series(
     static : full-grid static fields ``(S, H, W)`` cut out for every tile
         (default: the denoiser uses its own, for the untiled case).
     piece : where ``values`` sits in the series and which box to return.
+    context : the contexts of each window's ensemble (:func:`~xrimpute.diffusion.impute_ensemble`).
 
     Returns
     -------
@@ -221,7 +223,7 @@ def impute_series(
                       for i, (s, r, col) in batch]
         with torch.autocast(device_type=generator_device.type, dtype=torch.bfloat16, enabled=autocast):
             mean, std = impute_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, schedule,
-                                        K, generator=generators, static=tiles)
+                                        K, generator=generators, static=tiles, context=context)
         # float64 before the total-variance sums: in float32, sd**2 + mu**2 loses a spread far below the mean
         mean, std = mean.double().cpu().numpy(), std.double().cpu().numpy()
         for (i, job), mu, sd in zip(batch, mean, std):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prior import FirstGuess
+from .prior import DEFAULT_LEVELS, FirstGuess
 from .unet import PRESETS, UNet
 
 
@@ -24,19 +24,25 @@ class Denoiser(nn.Module):
     from the context alone (:class:`~xrimpute.nets.prior.FirstGuess`): the
     guess and its certainty are extra input channels, and the U-Net, whose
     last layer starts at zero, predicts the correction to the guess.
+    ``guess``: the :class:`~xrimpute.nets.prior.FirstGuess` options (default
+    its defaults), e.g. one of :data:`~xrimpute.nets.prior.CANDIDATES`.
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
-                 preset: str = "tiny", periodic: bool = False, first_guess: bool = False, **overrides):
+                 preset: str = "tiny", periodic: bool = False, first_guess: bool = False,
+                 guess: dict | None = None, **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
         self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
                            first_guess=first_guess, **overrides)
+        if guess is not None:  # saved only when chosen, so older model files rebuild as they were
+            guess = dict(guess, levels=[list(map(float, level)) for level in guess.get("levels", DEFAULT_LEVELS)])
+            self.config["guess"] = guess
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
-        self.first_guess = FirstGuess(periodic=periodic) if first_guess else None
+        self.first_guess = FirstGuess(**(guess or {}), periodic=periodic) if first_guess else None
         inputs = (4 if first_guess else 2) * cw + static.shape[0]
         self.unet = UNet(inputs, cw, periodic=periodic, zero_head=first_guess, **{**PRESETS[preset], **overrides})
 

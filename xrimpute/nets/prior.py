@@ -12,6 +12,11 @@ go into the network as extra input channels, and the network predicts the
 correction to the guess. The guess is a function of the context only, so the
 context-query loss and Theorem 1 are untouched: a query cell outside the
 context never reaches the network's input.
+
+Which reach suits a cube depends on it (an hourly field is best filled from
+the same cell an hour away, a turbulent one from its neighbours now), so a fit
+chooses the levels among :data:`CANDIDATES` by their error on its held-back
+cells (:func:`choose_levels`), before training; it costs one pass per candidate.
 """
 from __future__ import annotations
 
@@ -22,8 +27,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+Levels = tuple[tuple[float, float], ...]
+DEFAULT_LEVELS: Levels = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0))
+"""(space, time) Gaussian widths in cells and steps, one per level: three spatial scales, one step in time."""
+CANDIDATES: dict[str, dict] = {
+    "space": dict(levels=DEFAULT_LEVELS),
+    "time first": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS)),  # the same cell at nearby steps before any neighbour
+    "space, wide": dict(levels=(*DEFAULT_LEVELS, (8.0, 2.0))),
+    "time first, wide": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0))),
+    "thin plate": dict(levels=DEFAULT_LEVELS, thin_plate=True),
+}
+"""The first guesses a fit chooses among (:func:`choose_guess`): :class:`FirstGuess` options."""
+MAX_SPLINE_POINTS = 256
+"""The thin-plate guess is a candidate only where no frame holds more context cells (a dense solve per frame)."""
+
+
 def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """A 1-D Gaussian of ``sigma`` cells, cut at 2.5 sigma, summing to one."""
+    """A 1-D Gaussian of ``sigma`` cells, cut at 2.5 sigma, summing to one (``[1]`` for ``sigma`` 0)."""
+    if sigma <= 0:
+        return torch.ones(1)
     radius = max(1, math.ceil(2.5 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -33,28 +55,33 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 class FirstGuess(nn.Module):
     """``(values, mask) -> (guess, certainty)`` on ``(B, C, T, H, W)``; no trainable parameters.
 
-    ``values`` are 0 outside the mask. ``scales``: spatial Gaussian widths in
-    cells; ``time_scale``: the width along time in steps (0: each step alone);
-    ``periodic`` wraps the last axis (longitude) instead of treating beyond
-    the edge as unobserved. Cells with no context within reach of the
-    coarsest scale get a guess of 0 (the normalised mean).
+    ``values`` are 0 outside the mask. ``levels``: ``(space, time)``
+    Gaussian widths in cells and steps (0: that axis alone), blended from the
+    widest reach to the narrowest; ``periodic`` wraps the last axis
+    (longitude) instead of treating beyond the edge as unobserved. Cells with
+    no context within reach of the widest level get a guess of 0 (the
+    normalised mean). ``thin_plate``: in every frame with at least three
+    context cells, the guess is instead the thin-plate spline through them
+    (:func:`thin_plate`), which suits sparse, scattered stations; the
+    certainty stays that of the finest level.
     """
 
-    def __init__(self, scales: tuple[float, ...] = (1.0, 2.0, 4.0), time_scale: float = 1.0,
-                 threshold: float = 0.01, periodic: bool = False):
+    def __init__(self, levels: Levels = DEFAULT_LEVELS, threshold: float = 0.01, periodic: bool = False,
+                 thin_plate: bool = False):
         super().__init__()
-        self.scales = tuple(sorted(scales, reverse=True))  # coarse to fine
-        self.threshold, self.periodic = threshold, periodic
-        for i, sigma in enumerate(self.scales):
-            self.register_buffer(f"space{i}", gaussian_kernel(sigma), persistent=False)
-        self.register_buffer("time", gaussian_kernel(time_scale) if time_scale > 0 else torch.ones(1),
-                             persistent=False)
+        self.levels = tuple(sorted((float(s), float(t)) for s, t in levels))[::-1]  # widest to narrowest
+        self.threshold, self.periodic, self.thin_plate = threshold, periodic, thin_plate
+        for i, (space, time) in enumerate(self.levels):
+            self.register_buffer(f"space{i}", gaussian_kernel(space), persistent=False)
+            self.register_buffer(f"time{i}", gaussian_kernel(time), persistent=False)
 
-    def _smooth(self, x: torch.Tensor, space: torch.Tensor) -> torch.Tensor:
+    def _smooth(self, x: torch.Tensor, space: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """Separable smoothing of ``(N, 1, T, H, W)`` along time, then rows, then columns."""
-        rt, rs = self.time.numel() // 2, space.numel() // 2
+        rt, rs = time.numel() // 2, space.numel() // 2
         if rt:
-            x = F.conv3d(F.pad(x, (0, 0, 0, 0, rt, rt)), self.time.view(1, 1, -1, 1, 1))
+            x = F.conv3d(F.pad(x, (0, 0, 0, 0, rt, rt)), time.view(1, 1, -1, 1, 1))
+        if not rs:
+            return x
         x = F.conv3d(F.pad(x, (0, 0, rs, rs, 0, 0)), space.view(1, 1, 1, -1, 1))
         if self.periodic:  # wrap round, as often as a kernel wider than the grid needs
             width = x.shape[-1]
@@ -68,9 +95,8 @@ class FirstGuess(nn.Module):
         weight = mask.to(torch.float32).reshape(b * c, 1, t, h, w)
         signal = values.to(torch.float32).reshape(b * c, 1, t, h, w) * weight
         guess = certainty = None
-        for i in range(len(self.scales)):
-            space = getattr(self, f"space{i}")
-            both = self._smooth(torch.cat([signal, weight]), space)  # one pass for values and mask
+        for i in range(len(self.levels)):
+            both = self._smooth(torch.cat([signal, weight]), getattr(self, f"space{i}"), getattr(self, f"time{i}"))
             num, den = both[: b * c], both[b * c :]
             estimate = num / den.clamp(min=1e-6)
             if guess is None:
@@ -79,4 +105,66 @@ class FirstGuess(nn.Module):
                 trust = (den / self.threshold).clamp(max=1.0)
                 guess = trust * estimate + (1 - trust) * guess
             certainty = den
-        return guess.reshape(b, c, t, h, w), certainty.reshape(b, c, t, h, w)
+        guess = guess.reshape(b, c, t, h, w)
+        if self.thin_plate:
+            guess = thin_plate(values.to(torch.float32), mask, fallback=guess)
+        return guess, certainty.reshape(b, c, t, h, w)
+
+
+def thin_plate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+    """The thin-plate spline (with a linear trend) through the mask's cells, frame by frame, on ``(..., H, W)``.
+
+    Coordinates are cell indices scaled by the larger side; ``ridge`` keeps
+    the solve regular. Frames with fewer than three cells keep ``fallback``.
+    Frames with the same number of cells are solved together, so a frame's
+    spline does not depend on the frames batched with it.
+    """
+    *lead, h, w = values.shape
+    flat, seen = values.reshape(-1, h * w), mask.reshape(-1, h * w)
+    out = fallback.reshape(-1, h * w).clone()
+    counts = seen.sum(1)
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    grid = torch.stack([rows.flatten(), cols.flatten()], 1).to(values.device, torch.float32) / max(h, w)
+    everywhere = torch.cat([torch.ones_like(grid[:, :1]), grid], 1)  # (H*W, 3)
+    for n in counts.unique().tolist():
+        if n < 3:
+            continue
+        frames = torch.nonzero(counts == n)[:, 0]
+        cells = torch.nonzero(seen[frames])[:, 1].view(len(frames), n)  # row-major, so each frame's n cells
+        points = grid[cells]  # (F, n, 2)
+        trend = torch.cat([torch.ones_like(points[..., :1]), points], -1)  # (F, n, 3)
+        system = torch.zeros(len(frames), n + 3, n + 3, device=values.device)
+        system[:, :n, :n] = _spline_kernel(points, points) + ridge * torch.eye(n, device=values.device)
+        system[:, :n, n:], system[:, n:, :n] = trend, trend.transpose(1, 2)
+        system[:, n:, n:] = -ridge * torch.eye(3, device=values.device)
+        target = torch.cat([flat[frames].gather(1, cells), torch.zeros(len(frames), 3, device=values.device)], 1)
+        weights = torch.linalg.solve(system, target[..., None])[..., 0]
+        per_chunk = max(1, 2**22 // (h * w * n))  # frames at a time: a few million kernel values
+        for i in range(0, len(frames), per_chunk):
+            part = slice(i, i + per_chunk)
+            basis = _spline_kernel(grid.expand(len(points[part]), -1, -1), points[part])  # (f, H*W, n)
+            out[frames[part]] = (basis @ weights[part, :n, None])[..., 0] + weights[part, n:] @ everywhere.T
+    return out.reshape(*lead, h, w)
+
+
+def _spline_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The thin-plate kernel ``r^2 log r`` between point sets ``(F, m, 2)`` and ``(F, n, 2)``."""
+    r2 = torch.cdist(a, b).square()
+    return 0.5 * r2 * torch.log(r2.clamp(min=1e-12))
+
+
+@torch.no_grad()
+def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
+                 candidates: dict[str, dict] = CANDIDATES, periodic: bool = False) -> tuple[str, dict[str, float]]:
+    """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
+    candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
+    mean fill is 0). A tie keeps the first candidate; the thin-plate one runs only where no frame holds more
+    than :data:`MAX_SPLINE_POINTS` context cells."""
+    errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
+    dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
+    for name, options in candidates.items():
+        if options.get("thin_plate") and dense:
+            continue
+        guess, _ = FirstGuess(**options, periodic=periodic)(values * mask, mask)
+        errors[name] = float(((guess - values) ** 2 * held).sum()) / reference
+    return min(errors, key=lambda name: (errors[name], list(candidates).index(name))), errors
