@@ -88,3 +88,17 @@ def test_cells_no_loss_ever_reached_take_the_first_guess_and_the_others_the_netw
     assert untrained.any() and outage.any()
     np.testing.assert_allclose(filled[untrained], guessed[untrained], rtol=1e-5, atol=1e-5)
     assert np.abs(filled[outage] - guessed[outage]).min() > 0.1  # the correction stays where it was trained
+
+
+def test_observed_contexts_without_the_spread_run_one_pass_per_window_and_fill_the_same(fitted):
+    observed, model = fitted  # a DataArray
+    windows = []
+    hook = model.engine.denoiser.register_forward_hook(lambda net, args, out: windows.append(args[0].shape[0]))
+    try:
+        alone = model.impute(observed, K=4, progress=False, context="observed")
+        one_pass = sum(windows)
+        both, _ = model.impute(observed, K=4, progress=False, context="observed", return_std=True)
+    finally:
+        hook.remove()
+    assert sum(windows) - one_pass == 4 * one_pass
+    np.testing.assert_allclose(alone.values, both.values, rtol=1e-5, atol=1e-6)  # batch sizes differ

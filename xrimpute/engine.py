@@ -158,7 +158,9 @@ class ImputeConfig:
     ``device`` and ``progress`` left at None take the package-wide options
     (:func:`xrimpute.set_options`); ``spec`` None is the model's mask spec;
     ``context`` None is the one the model's fit scored best on its held-back
-    cells (:attr:`Engine.context`).
+    cells (:attr:`Engine.context`). ``spread`` False says the spread is not
+    wanted: with ``"observed"`` contexts, whose estimate is one pass, the other
+    ``K - 1`` passes are then skipped (the filled values are the same).
     """
 
     K: int = 10
@@ -171,6 +173,7 @@ class ImputeConfig:
     observed_rate: float | None = None
     spec: masks.MaskSpec | None = None
     context: str | None = None
+    spread: bool = True
     device: str | None = None
     progress: bool | None = None
 
@@ -447,11 +450,13 @@ class Engine:
         tiling = self.tiling(options.overlap)
         tiled = tiling.size != tuple(piece.full[1:]) and self.denoiser.static.shape[0] > 0
         static = self.denoiser.static.cpu().numpy() if tiled else None  # cut per tile
+        context = options.context or self.context
+        passes = 1 if context == "observed" and not options.spread else options.K  # the rest only give the spread
         run = functools.partial(impute_series, values=self._normalise(values), observed=observed, spec=spec,
-                                schedule=self.schedule, window=self.window, K=options.K, stride=options.stride,
+                                schedule=self.schedule, window=self.window, K=passes, stride=options.stride,
                                 batch_size=options.batch_size, device=device, seed=options.seed,
                                 autocast=mixed_precision(device), progress=options.progress, tiling=tiling,
-                                static=static, piece=piece, context=options.context or self.context)
+                                static=static, piece=piece, context=context)
         mean, std = run(net)
         (ya, yb), (xa, xb) = piece.box[1:]
         untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~self.left_nan(options.fill_never_observed)[

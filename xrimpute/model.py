@@ -321,7 +321,10 @@ class CtxDiffModel:
             Data with the model's variables on the model's grid, NaN in the gaps;
             dask-backed data gives a lazy result.
         K : int, default 10
-            Context masks averaged per window (the single-step ensemble).
+            Context masks per window (the single-step ensemble): averaged with
+            ``context="sampled"``; with ``"observed"`` they give the spread
+            around the one pass that sees every observation, and are skipped
+            unless ``return_std``.
         seed : int, default 0
             Seed of the contexts; every window draws from its own seed, so the
             result does not depend on batching or chunking.
@@ -390,7 +393,7 @@ class CtxDiffModel:
         """
         options = ImputeConfig(K=K, seed=seed, stride=stride, batch_size=batch_size, overlap=overlap,
                                fill_never_observed=fill_never_observed, adapt=adapt, observed_rate=observed_rate,
-                               spec=spec, context=context, device=device, progress=progress)
+                               spec=spec, context=context, spread=return_std, device=device, progress=progress)
         self.engine.check_options(options)
         values, layout = cube.to_array(obj, lazy=True)
         check_fits(self.engine, layout, obj)

@@ -358,7 +358,7 @@ def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, 
     """
     options = ImputeConfig(K=K, seed=seed, stride=stride, batch_size=batch_size, overlap=overlap,
                            fill_never_observed=fill_never_observed, adapt=adapt, observed_rate=observed_rate,
-                           device=device, progress=False)  # checks every argument before anything is opened
+                           spread=return_std, device=device, progress=False)  # checks every argument first
     ds = open_dataset(source, chunks={})
     path = None if isinstance(model, CtxDiffModel) else os.fspath(model)
     engine = model.engine if path is None else Engine.load(path)
