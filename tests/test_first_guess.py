@@ -171,3 +171,16 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
     dense = torch.ones(1, 1, 1, 20, 20, dtype=torch.bool)  # 400 cells > MAX_SPLINE_POINTS
     _, errors = choose_guess(torch.randn(1, 1, 1, 20, 20), dense, dense)
     assert "thin plate" not in errors
+
+
+def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
+    from xrimpute.engine import TILE, Engine, default_tile
+
+    assert default_tile(64, 128) is None and default_tile(2 * TILE[0], TILE[1]) is None
+    assert default_tile(721, 1440) == TILE and default_tile(100, 400) == (100, TILE[1])
+    values = np.random.default_rng(0).normal(size=(1, 1, 5, 150, 300)).astype(np.float32)
+    values[:, :, :, ::2] = np.nan
+    tiled = Engine.fit_array(values, mask="pixel", steps=1, batch_size=1, progress=False, verbose=False)
+    whole = Engine.fit_array(values[..., :64, :128], mask="pixel", steps=1, batch_size=1, progress=False,
+                             verbose=False)
+    assert tiled.config.tile == list(TILE) and whole.config.tile is None

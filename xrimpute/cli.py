@@ -158,7 +158,7 @@ def _fit(args) -> None:
     ds = open_cube(args.source, args.variables)
     model = CtxDiffModel.fit(ds, mask=args.mask, window=args.window, preset=args.preset, steps=args.steps,
                              batch_size=args.batch_size, max_time=args.max_time, seed=args.seed, device=args.device,
-                             checkpoint=args.checkpoint, tile=args.tile, verbose=not args.quiet)
+                             checkpoint=args.checkpoint, tile=args.tile or "auto", verbose=not args.quiet)
     model.save(args.out)
     print(model)
     print(f"saved to {args.out}; fill gaps with: xrimpute impute {args.source} --model {args.out} --out filled.nc")
@@ -358,7 +358,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to model (default: all with time/lat/lon dims)")
     p.add_argument("--tile", type=_size, default=None, metavar="ROWSxCOLS",
-                   help="train on random spatial tiles of a large grid, e.g. 128x128")
+                   help="train on random spatial tiles, e.g. 128x128 (default: 128x128 tiles on a grid of "
+                        "more than twice their cells, the whole grid otherwise)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="training state file, written as training goes and resumed if it exists")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

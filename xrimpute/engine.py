@@ -73,6 +73,18 @@ def spans_globe(lon: np.ndarray, degrees: bool) -> bool:
     return bool(abs(lon.size * step - 360.0) < 0.5 * step)
 
 
+TILE = (128, 128)
+"""The training tile of a grid with more than twice its cells, unless a fit names one (``tile="auto"``)."""
+
+
+def default_tile(rows: int, cols: int) -> tuple[int, int] | None:
+    """The training tile ``tile="auto"`` gives a ``rows`` x ``cols`` grid: none up to twice :data:`TILE`'s cells,
+    so a step's cost stays that of a few hundred thousand cells on a global grid."""
+    if rows * cols <= 2 * TILE[0] * TILE[1]:
+        return None
+    return min(rows, TILE[0]), min(cols, TILE[1])
+
+
 DEFAULT_WINDOW = 5  # time steps per window unless a fit names them: the first guess looks two steps either way
 
 
@@ -339,7 +351,7 @@ class Engine:
         return cls(ema.cpu(), spec, config, mean, std, stats.valid, history, permanent=permanent)
 
     @classmethod
-    def fit_array(cls, values: np.ndarray, mask="auto", *, window: int | None = None, tile: tuple[int, int] | None = None,
+    def fit_array(cls, values: np.ndarray, mask="auto", *, window: int | None = None, tile="auto",
                   periodic: bool = False, preset: str = "auto", val_fraction: float = 0.05, device: str | None = None,
                   checkpoint=None, progress: bool | None = None, verbose: bool = True, init: Engine | None = None,
                   permanent_mask: np.ndarray | None = None, **train_options) -> Engine:
@@ -352,6 +364,7 @@ class Engine:
         """
         values = np.asarray(values, dtype=np.float32)
         window = min(DEFAULT_WINDOW, values.shape[2]) if window is None else window
+        tile = default_tile(*values.shape[-2:]) if isinstance(tile, str) and tile == "auto" else tile
         config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
                        val_fraction=val_fraction, device=or_option("device", device), checkpoint=checkpoint,
@@ -627,4 +640,4 @@ def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["DEFAULT_WINDOW", "FLAGS", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["DEFAULT_WINDOW", "FLAGS", "TILE", "default_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
