@@ -138,13 +138,26 @@ def thin_plate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor,
         system[:, :n, n:], system[:, n:, :n] = trend, trend.transpose(1, 2)
         system[:, n:, n:] = -ridge * torch.eye(3, device=values.device)
         target = torch.cat([flat[frames].gather(1, cells), torch.zeros(len(frames), 3, device=values.device)], 1)
-        weights = torch.linalg.solve(system, target[..., None])[..., 0]
+        weights = _solve(system, target[..., None])[..., 0]
         per_chunk = max(1, 2**22 // (h * w * n))  # frames at a time: a few million kernel values
         for i in range(0, len(frames), per_chunk):
             part = slice(i, i + per_chunk)
             basis = _spline_kernel(grid.expand(len(points[part]), -1, -1), points[part])  # (f, H*W, n)
             out[frames[part]] = (basis @ weights[part, :n, None])[..., 0] + weights[part, n:] @ everywhere.T
     return out.reshape(*lead, h, w)
+
+
+def _solve(system: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.solve`` on one thread: a batch of small solves hung for good with two CPU threads
+    (torch 2.13, x86-64), and one thread is as fast for systems this small."""
+    if system.device.type != "cpu":
+        return torch.linalg.solve(system, target)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.solve(system, target)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _spline_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
