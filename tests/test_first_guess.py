@@ -174,10 +174,11 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
 
 
 def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
-    from xrimpute.engine import TILE, Engine, default_tile
+    from xrimpute.engine import TILE, Engine, training_tile
 
-    assert default_tile(64, 128) is None and default_tile(2 * TILE[0], TILE[1]) is None
-    assert default_tile(721, 1440) == TILE and default_tile(100, 400) == (100, TILE[1])
+    assert training_tile("auto", 64, 128) is None and training_tile("auto", 2 * TILE[0], TILE[1]) is None
+    assert training_tile("auto", 721, 1440) == TILE and training_tile("auto", 100, 400) == (100, TILE[1])
+    assert training_tile((32, 32), 721, 1440) == (32, 32) and training_tile(None, 721, 1440) is None
     values = np.random.default_rng(0).normal(size=(1, 1, 5, 150, 300)).astype(np.float32)
     values[:, :, :, ::2] = np.nan
     tiled = Engine.fit_array(values, mask="pixel", steps=1, batch_size=1, progress=False, verbose=False)

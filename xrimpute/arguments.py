@@ -76,6 +76,8 @@ def _context(name: str, value) -> None:
 
 
 def _tile(name: str, value) -> None:
+    if isinstance(value, str) and value == "auto":  # the fit's choice by grid size (xrimpute.engine.training_tile)
+        return
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise ArgumentTypeError(f"{name} must be a pair (rows, cols) such as (64, 64), got {value!r}")
     for size in value:

@@ -77,9 +77,12 @@ TILE = (128, 128)
 """The training tile of a grid with more than twice its cells, unless a fit names one (``tile="auto"``)."""
 
 
-def default_tile(rows: int, cols: int) -> tuple[int, int] | None:
-    """The training tile ``tile="auto"`` gives a ``rows`` x ``cols`` grid: none up to twice :data:`TILE`'s cells,
-    so a step's cost stays that of a few hundred thousand cells on a global grid."""
+def training_tile(tile, rows: int, cols: int) -> tuple[int, int] | None:
+    """The tile a fit trains on: ``tile`` itself, or for ``"auto"`` none on a ``rows`` x ``cols`` grid of up to
+    twice :data:`TILE`'s cells and :data:`TILE` beyond, so a step's cost stays that of a few hundred thousand
+    cells on a global grid."""
+    if not (isinstance(tile, str) and tile == "auto"):
+        return tile
     if rows * cols <= 2 * TILE[0] * TILE[1]:
         return None
     return min(rows, TILE[0]), min(cols, TILE[1])
@@ -364,7 +367,7 @@ class Engine:
         """
         values = np.asarray(values, dtype=np.float32)
         window = min(DEFAULT_WINDOW, values.shape[2]) if window is None else window
-        tile = default_tile(*values.shape[-2:]) if isinstance(tile, str) and tile == "auto" else tile
+        tile = training_tile(tile, *values.shape[-2:])
         config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
                        val_fraction=val_fraction, device=or_option("device", device), checkpoint=checkpoint,
@@ -472,8 +475,8 @@ class Engine:
                                 static=static, piece=piece, context=context)
         mean, std = run(net)
         (ya, yb), (xa, xb) = piece.box[1:]
-        untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~self.left_nan(options.fill_never_observed)[
-            None, :, None, ya:yb, xa:xb]
+        nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
+        untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~nan
         if getattr(net, "first_guess", None) is not None and untrained.any():
             # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess
             guess_mean, guess_std = run(_first_guess_only(net))
@@ -482,11 +485,7 @@ class Engine:
         scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]
         filled = np.where(seen, piece.inside(values), mean * scale + offset)
         spread = std * scale
-        if options.fill_never_observed is not True:
-            nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]
-            filled = np.where(nan & ~seen, np.nan, filled)
-            spread = np.where(nan, np.nan, spread)
-        return filled, spread
+        return np.where(nan & ~seen, np.nan, filled), np.where(nan, np.nan, spread)
 
     def sample(self, values: np.ndarray, n: int = 16, steps: int = 50, *, K: int = 10, eta: float = 0.0,
                handover: float | None = -1.0, seed: int = 0, batch_size: int = 16, device="cpu", adapt: bool = True,
@@ -640,4 +639,4 @@ def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["DEFAULT_WINDOW", "FLAGS", "TILE", "default_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["DEFAULT_WINDOW", "FLAGS", "TILE", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

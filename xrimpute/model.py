@@ -17,7 +17,7 @@ import xarray as xr
 
 from . import cube, masks
 from .engine import (DEFAULT_WINDOW, Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options,
-                     default_tile, position_fields, spans_globe, train_config)
+                     position_fields, spans_globe, train_config, training_tile)
 from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
 from .options import or_option
@@ -219,7 +219,7 @@ class CtxDiffModel:
             ``(128, 128)``), with the cells' position as an input so that one
             model serves the whole grid; imputation then blends overlapping tiles.
             ``"auto"``: 128 x 128 tiles on a grid of more than twice their cells
-            (:func:`xrimpute.engine.default_tile`), the whole grid otherwise;
+            (:func:`xrimpute.engine.training_tile`), the whole grid otherwise;
             None: always the whole grid.
         progress : bool, optional
             Show a progress bar; default the ``progress`` of
@@ -272,8 +272,7 @@ class CtxDiffModel:
         read piece by piece in the background, and validation uses a few windows
         spread over the archive that training never sees.
         """
-        check_fit_options(window, None if isinstance(tile, str) and tile == "auto" else tile, val_fraction,
-                          or_option("device", device))
+        check_fit_options(window, tile, val_fraction, or_option("device", device))
         options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
                                **train_options)
         values, layout = cube.to_array(obj, lazy=True)
@@ -289,8 +288,7 @@ class CtxDiffModel:
         if init is not None:
             check_fits(init.engine, layout, obj)
         coords = cube.coordinates(obj, layout)
-        if isinstance(tile, str) and tile == "auto":
-            tile = default_tile(coords["lat"].size, coords["lon"].size)
+        tile = training_tile(tile, coords["lat"].size, coords["lon"].size)
         degrees = layout.axes.lat in obj.coords and _is_degrees(obj[layout.axes.lat].attrs)
         config = ModelConfig(
             channels=layout.channels, window=window, variables=layout.variables, channel_of=layout.channel_of,
