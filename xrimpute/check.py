@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from . import cube, masks
-from .engine import DEFAULT_WINDOW
+from .engine import choose_window
 
 
 def _span(values: np.ndarray, first: int, last: int) -> str:
@@ -100,8 +100,8 @@ def check(obj, mask="infer", *, window: int | None = None, observing=None, low: 
     mask : str, dict or MaskSpec
         The context sampler to check, as for ``fit`` (default ``"infer"``).
     window : int, optional
-        Time steps per training window; default what ``fit`` uses
-        (:data:`xrimpute.engine.DEFAULT_WINDOW`, or every step of a shorter cube).
+        Time steps per training window; default the one ``fit`` would choose
+        (:func:`xrimpute.engine.choose_window`).
     observing : MaskSpec, optional
         How the observations arise; default: what :func:`infer` reads.
     low : float
@@ -132,7 +132,7 @@ def check(obj, mask="infer", *, window: int | None = None, observing=None, low: 
     spec = masks.resolve(mask, observed, verbose=False)
     found = masks.infer(observed) if observing is None else None
     observing = observing if observing is not None else found.spec
-    window = min(DEFAULT_WINDOW, observed.shape[2]) if window is None else window  # as fit chooses
+    window = choose_window(observed, observed.shape[2])[0] if window is None else window  # as fit chooses
     report = masks.learnability(spec, observed, window, observing=observing, low=low, max_windows=max_windows,
                                 n_draws=n_draws, seed=seed)
     dims = (layout.axes.lat, layout.axes.lon)

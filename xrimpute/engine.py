@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -27,12 +28,14 @@ from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
 from .nets import PRESETS, Denoiser
-from .nets.prior import CANDIDATES, choose_guess
+from .nets.prior import CANDIDATES, choose_guess, widest_reach
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
 from .training import History, TrainConfig, resolve_device, seeded, train, with_budget
 from .windows import Piece, Tiling, impute_series, sample_series
+
+log = logging.getLogger("xrimpute")
 
 FORMAT = "xrimpute-model"
 FORMAT_VERSION = 1
@@ -88,7 +91,27 @@ def training_tile(tile, rows: int, cols: int) -> tuple[int, int] | None:
     return min(rows, TILE[0]), min(cols, TILE[1])
 
 
-DEFAULT_WINDOW = 5  # time steps per window unless a fit names them: the first guess looks two steps either way
+WINDOWS = (5, 9, 13, 17)
+"""The window lengths (time steps) a fit chooses among unless it names one (:func:`choose_window`)."""
+DEFAULT_WINDOW = WINDOWS[0]  # the first guess looks two steps either way
+REACH_MARGIN = 0.1
+"""A longer window is chosen only where it brings more than this share of the gap cells within the guess's reach."""
+
+
+def choose_window(observed: np.ndarray, steps: int) -> tuple[int, dict[int, float]]:
+    """The window for a series of ``steps`` observed as ``observed`` ``(N, C, T, H, W)``, and the share of gap cells
+    each length of :data:`WINDOWS` brings within reach of an observation (:func:`xrimpute.masks.gaps_in_reach`, over
+    the first guess's widest level in space).
+
+    The shortest length whose share is within :data:`REACH_MARGIN` of the longest's: a window where most gaps already
+    see an observation gains little from more steps (on pixels it did worse), while swaths that leave frames empty
+    for hours need the reach (the measurements are in ``benchmarks/RESULTS.md``).
+    """
+    lengths = sorted({min(length, steps) for length in WINDOWS})
+    cells = widest_reach()
+    reached = {length: masks.gaps_in_reach(observed, length, cells) for length in lengths}
+    best = max(reached.values())
+    return next(length for length in lengths if reached[length] >= best - REACH_MARGIN), reached
 
 
 @dataclass
@@ -106,7 +129,7 @@ class ModelConfig:
     """
 
     channels: list[str]
-    window: int
+    window: int | None  # None: Engine.fit chooses it for the observations (choose_window)
     grid: dict[str, list[float]]
     variables: list[str] = field(default_factory=list)
     channel_of: list[str] = field(default_factory=list)
@@ -124,7 +147,7 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def for_array(cls, shape: tuple[int, ...], window: int = 3, tile: tuple[int, int] | None = None) -> ModelConfig:
+    def for_array(cls, shape: tuple[int, ...], window: int | None = 3, tile: tuple[int, int] | None = None) -> ModelConfig:
         """The configuration of a plain ``(N, C, T, H, W)`` array: channels 0, 1, ...; grid indices; not periodic."""
         _, c, _, h, w = shape
         names = [str(i) for i in range(c)]
@@ -290,6 +313,8 @@ class Engine:
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
+        if config.window is None:  # chosen for the observations (an init's window is kept)
+            config = _with_window(config, stats.observed, values.shape[2], init, verbose)
         masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
         device = resolve_device(device)
         train_config = with_budget(train_config, device)
@@ -366,7 +391,6 @@ class Engine:
         ``lr``, ``max_time``, ``seed``, ...).
         """
         values = np.asarray(values, dtype=np.float32)
-        window = min(DEFAULT_WINDOW, values.shape[2]) if window is None else window
         tile = training_tile(tile, *values.shape[-2:])
         config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
@@ -599,6 +623,20 @@ def _model_config(payload: dict, path: str) -> dict:
     return config
 
 
+def _with_window(config: ModelConfig, observed: np.ndarray, steps: int, init: Engine | None,
+                 verbose: bool) -> ModelConfig:
+    """``config`` with the window of ``init``, or else the one :func:`choose_window` finds for ``observed``; the
+    shares of gaps in reach are kept in the config (``window_reach``)."""
+    if init is not None:
+        return replace(config, window=init.window)
+    window, reached = choose_window(observed, steps)
+    if verbose:
+        log.info("windows of %d steps: %s of the gaps have an observation within the first guess's reach", window,
+                 ", ".join(f"{share:.0%} with {length} steps" for length, share in reached.items()))
+    return replace(config, window=window, extra={**config.extra, "window_reach": {str(length): round(share, 4)
+                                                                                   for length, share in reached.items()}})
+
+
 def _first_guess_only(net):
     """``net`` without its correction: the first guess from the context, as the network's output."""
     def guess(values, mask, t, static=None):
@@ -639,4 +677,4 @@ def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["DEFAULT_WINDOW", "FLAGS", "TILE", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["DEFAULT_WINDOW", "FLAGS", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from . import cube, masks
-from .engine import (DEFAULT_WINDOW, Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options,
+from .engine import (Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options,
                      position_fields, spans_globe, train_config, training_tile)
 from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
@@ -179,8 +179,11 @@ class CtxDiffModel:
             ``"swath"``, ``"station"``, ``"timegap"``, ``"patches"``) or a
             :class:`~xrimpute.masks.MaskSpec` sets it.
         window : int, optional
-            Time steps the network sees at once; default 5 (fewer for a shorter
-            series). The first guess the network starts from looks along them.
+            Time steps the network sees at once. By default 5, or 9 where that
+            brings many more gaps within reach of an observation (swaths that
+            leave frames empty for hours; :func:`xrimpute.engine.choose_window`),
+            never more than the series has. The first guess the network starts
+            from looks along them.
         preset : {"auto", "lite", "tiny", "small", "base"}, default "auto"
             Network size; ``"auto"`` is ``"base"`` on a GPU and ``"lite"`` (its body
             at half resolution) on the CPU. Every network starts from a classical
@@ -278,8 +281,7 @@ class CtxDiffModel:
         values, layout = cube.to_array(obj, lazy=True)
         permanent = None if permanent_mask is None else permanent_cells(obj, layout, permanent_mask)
         t = values.shape[2]
-        window = min(DEFAULT_WINDOW, t) if window is None else window
-        if t < window:
+        if window is not None and t < window:
             raise cube.CubeError(f"only {t} time steps along {layout.axes.time!r}, fewer than window={window}; "
                                  "pass a smaller window or more time steps")
         stats = statistics(values, seed=seed)  # all of an in-memory cube, a sample of a dask one's chunks

@@ -33,7 +33,7 @@ from ..geometry import block_index
 from .coverage import (ZERO_COVERAGE, Learnability, QueryDraws, learnability, query_coverage, query_probability,
                        warn_if_unlearnable)
 from .infer import Inference, find_block_grid, infer, infer_pixel_or_block, resolve
-from .reach import Reach, reach, unreachable
+from .reach import Reach, gaps_in_reach, reach, unreachable
 from .specs import (
     ALIASES,
     NOT_SAVED,

@@ -86,9 +86,25 @@ def reach(observed_once: np.ndarray) -> Reach:
     return Reach(unreachable, spacing, density, threshold)
 
 
+def gaps_in_reach(observed: np.ndarray, steps: int, cells: int) -> float:
+    """Share of the gap cells of ``observed`` ``(N, C, T, H, W)`` with an observation within a window of ``steps``
+    centred on them and ``cells`` either way in space (a box): the gaps a first guess of that reach sees from.
+
+    Cells never observed in their series (land, say) are no gaps here; 1.0 when there are none.
+    """
+    reached = gaps = 0
+    for series in np.asarray(observed, dtype=bool).reshape(-1, *np.shape(observed)[2:]):  # memory of one series
+        near = ndimage.maximum_filter(series.view(np.uint8), size=(steps, 2 * cells + 1, 2 * cells + 1),
+                                      mode="constant").astype(bool)
+        gap = ~series & series.any(axis=0)
+        gaps += int(gap.sum())
+        reached += int((near & gap).sum())
+    return reached / gaps if gaps else 1.0
+
+
 def unreachable(valid: np.ndarray) -> np.ndarray:
     """``(C, H, W)``: per variable, the never-observed cells beyond the observing system's reach (:func:`reach`)."""
     return np.stack([reach(channel).unreachable for channel in np.asarray(valid, dtype=bool)])
 
 
-__all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "reach", "unreachable"]
+__all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "gaps_in_reach", "reach", "unreachable"]

@@ -33,8 +33,8 @@ DEFAULT_LEVELS: Levels = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0))
 CANDIDATES: dict[str, dict] = {
     "space": dict(levels=DEFAULT_LEVELS),
     "time first": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS)),  # the same cell at nearby steps before any neighbour
-    "space, wide": dict(levels=(*DEFAULT_LEVELS, (8.0, 2.0))),
-    "time first, wide": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0))),
+    "space, wide": dict(levels=(*DEFAULT_LEVELS, (8.0, 2.0), (16.0, 4.0))),
+    "time first, wide": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0), (16.0, 4.0))),
     "thin plate": dict(levels=DEFAULT_LEVELS, thin_plate=True),
 }
 """The first guesses a fit chooses among (:func:`choose_guess`): :class:`FirstGuess` options."""
@@ -164,6 +164,11 @@ def _spline_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The thin-plate kernel ``r^2 log r`` between point sets ``(F, m, 2)`` and ``(F, n, 2)``."""
     r2 = torch.cdist(a, b).square()
     return 0.5 * r2 * torch.log(r2.clamp(min=1e-12))
+
+
+def widest_reach(candidates: dict[str, dict] = CANDIDATES) -> int:
+    """Cells: how far in space the widest level of the ``candidates`` reaches (its kernel's radius)."""
+    return max(gaussian_kernel(space).numel() // 2 for options in candidates.values() for space, _ in options["levels"])
 
 
 @torch.no_grad()
