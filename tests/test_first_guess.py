@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import CANDIDATES, FirstGuess, choose_guess, thin_plate
+from xrimpute.nets.prior import CANDIDATES, FirstGuess, choose_guess, gaussian_kernel, smoothing_matrix, thin_plate
 from xrimpute.training import TrainConfig, learning_rate_factor
 
 
@@ -45,6 +45,22 @@ def test_a_periodic_grid_narrower_than_the_widest_kernel_wraps_round():
     mask = torch.ones_like(x, dtype=torch.bool)
     guess, _ = FirstGuess(periodic=True)(x, mask)  # the 4-cell scale reaches 10 cells: beyond the 3 columns
     assert torch.allclose(guess, x)
+
+
+@pytest.mark.parametrize("size, sigma, periodic", [(9, 1.0, False), (9, 2.0, True), (3, 4.0, True), (5, 0.0, False)])
+def test_the_smoothing_matrix_is_the_convolution_with_zeros_or_wrapping_beyond_the_edges(size, sigma, periodic):
+    kernel = gaussian_kernel(sigma)
+    radius = kernel.numel() // 2
+    x = torch.randn(size, generator=torch.Generator().manual_seed(0))
+    direct = torch.zeros(size)
+    for i in range(size):  # the definition, cell by cell (a kernel longer than the axis wraps more than once)
+        for d in range(-radius, radius + 1):
+            j = i + d
+            if periodic:
+                direct[i] += kernel[d + radius] * x[j % size]
+            elif 0 <= j < size:
+                direct[i] += kernel[d + radius] * x[j]
+    torch.testing.assert_close(smoothing_matrix(kernel, size, periodic) @ x, direct)
 
 
 def test_changing_a_query_value_leaves_the_network_input_unchanged():

@@ -631,8 +631,8 @@ def _with_window(config: ModelConfig, observed: np.ndarray, steps: int, init: En
         return replace(config, window=init.window)
     window, reached = choose_window(observed, steps)
     if verbose:
-        log.info("windows of %d steps: %s of the gaps have an observation within the first guess's reach", window,
-                 ", ".join(f"{share:.0%} with {length} steps" for length, share in reached.items()))
+        log.info("windows of %d steps (gaps with an observation within the first guess's reach: %s)", window,
+                 ", ".join(f"{share:.0%} at {length} steps" for length, share in reached.items()))
     return replace(config, window=window, extra={**config.extra, "window_reach": {str(length): round(share, 4)
                                                                                    for length, share in reached.items()}})
 

@@ -76,28 +76,33 @@ class FirstGuess(nn.Module):
             self.register_buffer(f"time{i}", gaussian_kernel(time), persistent=False)
 
     def _smooth(self, x: torch.Tensor, space: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """Separable smoothing of ``(N, 1, T, H, W)`` along time, then rows, then columns."""
-        rt, rs = time.numel() // 2, space.numel() // 2
-        if rt:
-            x = F.conv3d(F.pad(x, (0, 0, 0, 0, rt, rt)), time.view(1, 1, -1, 1, 1))
-        if not rs:
-            return x
-        x = F.conv3d(F.pad(x, (0, 0, rs, rs, 0, 0)), space.view(1, 1, 1, -1, 1))
-        if self.periodic:  # wrap round, as often as a kernel wider than the grid needs
-            width = x.shape[-1]
-            x = x.index_select(-1, torch.arange(-rs, width + rs, device=x.device) % width)
-        else:
-            x = F.pad(x, (rs, rs, 0, 0, 0, 0))
-        return F.conv3d(x, space.view(1, 1, 1, 1, -1))
+        """Separable smoothing of ``(N, T, H, W)`` along time, rows and columns, each a product with a band matrix
+        (on the CPU ten times faster than convolutions with one channel); zero beyond the edges, but round the
+        globe along columns when ``periodic``."""
+        _, t, h, w = x.shape
+        x = torch.einsum("st,nthw->nshw", smoothing_matrix(time, t), x)
+        x = torch.einsum("gh,nshw->nsgw", smoothing_matrix(space, h), x)
+        return torch.einsum("nsgw,vw->nsgv", x, smoothing_matrix(space, w, self.periodic))
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, t, h, w = values.shape
-        weight = mask.to(torch.float32).reshape(b * c, 1, t, h, w)
-        signal = values.to(torch.float32).reshape(b * c, 1, t, h, w) * weight
+        weight = mask.to(torch.float32).reshape(b * c, t, h, w)
+        signal = values.to(torch.float32).reshape(b * c, t, h, w) * weight
+        with torch.autocast(values.device.type, enabled=False):  # sums of many cells: float32 even under bf16
+            guess, certainty = self._blend(signal, weight)
+        guess = guess.reshape(b, c, t, h, w)
+        if self.thin_plate:
+            guess = thin_plate(values.to(torch.float32), mask, fallback=guess)
+        return guess, certainty.reshape(b, c, t, h, w)
+
+    def _blend(self, signal: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The levels' estimates from ``(N, T, H, W)`` context values and weights, blended widest to narrowest,
+        and the narrowest level's share of context cells."""
+        n = signal.shape[0]
         guess = certainty = None
         for i in range(len(self.levels)):
             both = self._smooth(torch.cat([signal, weight]), getattr(self, f"space{i}"), getattr(self, f"time{i}"))
-            num, den = both[: b * c], both[b * c :]
+            num, den = both[:n], both[n:]
             estimate = num / den.clamp(min=1e-6)
             if guess is None:
                 guess = torch.where(den > 1e-6, estimate, torch.zeros_like(estimate))
@@ -105,10 +110,24 @@ class FirstGuess(nn.Module):
                 trust = (den / self.threshold).clamp(max=1.0)
                 guess = trust * estimate + (1 - trust) * guess
             certainty = den
-        guess = guess.reshape(b, c, t, h, w)
-        if self.thin_plate:
-            guess = thin_plate(values.to(torch.float32), mask, fallback=guess)
-        return guess, certainty.reshape(b, c, t, h, w)
+        return guess, certainty
+
+
+def smoothing_matrix(kernel: torch.Tensor, size: int, periodic: bool = False) -> torch.Tensor:
+    """``(size, size)``: row ``i`` weighs cell ``j`` by ``kernel`` at offset ``j - i`` (centred), so that a product
+    with it convolves an axis of ``size`` cells with zeros beyond the edges, or ``periodic``, wrapping round (as
+    often as a kernel longer than the axis needs)."""
+    radius = kernel.numel() // 2
+    rows = torch.arange(size).repeat_interleave(kernel.numel())
+    cols = (torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]).flatten()
+    weights = kernel.repeat(size)
+    if periodic:
+        cols = cols % size
+    else:
+        inside = (cols >= 0) & (cols < size)
+        rows, cols, weights = rows[inside], cols[inside], weights[inside]
+    matrix = torch.zeros(size, size, device=kernel.device)
+    return matrix.index_put_((rows.to(kernel.device), cols.to(kernel.device)), weights, accumulate=True)
 
 
 def thin_plate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
