@@ -33,7 +33,8 @@ DEFAULT_LEVELS: Levels = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0))
 CANDIDATES: dict[str, dict] = {
     "space": dict(levels=DEFAULT_LEVELS),
     "time first": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS)),  # the same cell at nearby steps before any neighbour
-    "space, wide": dict(levels=(*DEFAULT_LEVELS, (8.0, 2.0), (16.0, 4.0))),
+    "space, wide": dict(levels=(*DEFAULT_LEVELS, (8.0, 2.0))),
+    # and for gaps far in time (frames left empty for hours): 16 cells and 4 steps
     "time first, wide": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0), (16.0, 4.0))),
     "thin plate": dict(levels=DEFAULT_LEVELS, thin_plate=True),
 }
