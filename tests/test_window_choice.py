@@ -46,12 +46,16 @@ def swath_like():
     return np.where(every_eighth_frame(t=24, size=12), cube, np.nan)
 
 
+@pytest.mark.filterwarnings("ignore:mask Pixel")  # pixel contexts, so that cells are held back to score guesses on
 def test_a_fit_chooses_its_window_for_the_observations_and_keeps_a_named_one(swath_like):
-    chosen = Engine.fit_array(swath_like, steps=2, batch_size=2, progress=False, verbose=False)
+    chosen = Engine.fit_array(swath_like, mask="pixel", steps=2, batch_size=2, val_every=1, progress=False,
+                              verbose=False)
     assert chosen.window == 13 and chosen.denoiser.config["window"] == 13
     assert set(chosen.config.extra["window_reach"]) == {"5", "9", "13", "17"}
-    named = Engine.fit_array(swath_like, window=3, steps=2, batch_size=2, progress=False, verbose=False)
+    assert "time first, far" in chosen.config.validation["first_guess_nmse"]  # tried only in windows that long
+    named = Engine.fit_array(swath_like, mask="pixel", window=3, steps=2, batch_size=2, val_every=1,
+                             progress=False, verbose=False)
     assert named.window == 3 and "window_reach" not in named.config.extra
-    further = Engine.fit_array(swath_like, init=chosen, steps=1, batch_size=2, progress=False,
-                               verbose=False)
+    assert "time first, far" not in named.config.validation["first_guess_nmse"]
+    further = Engine.fit_array(swath_like, init=chosen, steps=1, batch_size=2, progress=False, verbose=False)
     assert further.window == 13  # a fit that starts from a model keeps its window
