@@ -59,3 +59,16 @@ def test_a_fit_chooses_its_window_for_the_observations_and_keeps_a_named_one(swa
     assert "time first, far" not in named.config.validation["first_guess_nmse"]
     further = Engine.fit_array(swath_like, init=chosen, steps=1, batch_size=2, progress=False, verbose=False)
     assert further.window == 13  # a fit that starts from a model keeps its window
+
+
+def test_where_held_back_cells_lie_near_observations_the_far_guess_wins_the_tie_with_the_wide_one():
+    import torch
+
+    from xrimpute.nets.prior import CANDIDATES, choose_guess
+
+    x = torch.randn(1, 1, 13, 12, 12, generator=torch.Generator().manual_seed(0))
+    held = torch.zeros_like(x, dtype=torch.bool)
+    held[..., 6, 5:7, 5:7] = True  # context all round them: the far level never takes over there
+    pair = {name: options for name, options in CANDIDATES.items() if name in ("time first, wide", "time first, far")}
+    name, errors = choose_guess(x, ~held, held, pair)
+    assert errors["time first, far"] == errors["time first, wide"] and name == "time first, far"

@@ -34,11 +34,14 @@ CANDIDATES: dict[str, dict] = {
     "space": dict(levels=DEFAULT_LEVELS),
     "time first": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS)),  # the same cell at nearby steps before any neighbour
     "space, wide": dict(levels=(*DEFAULT_LEVELS, (8.0, 2.0))),
+    # before "time first, wide", which it equals wherever a nearer level has context: held-back cells, observed
+    # themselves, rarely lie far from every other observation, so where they cannot tell the two apart in windows
+    # lengthened for gaps far in time, the far reach wins the tie
+    "time first, far": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0), (16.0, 4.0))),
     "time first, wide": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0))),
     "thin plate": dict(levels=DEFAULT_LEVELS, thin_plate=True),
-    "time first, far": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0), (16.0, 4.0))),
 }
-"""The first guesses a fit chooses among (:func:`choose_guess`): :class:`FirstGuess` options."""
+"""The first guesses a fit chooses among (:func:`choose_guess`, in this order on a tie): :class:`FirstGuess` options."""
 FAR = ("time first, far",)
 """Candidates for gaps far in time (frames left empty for hours), tried only in windows that reach that far
 (:func:`guess_candidates`)."""
