@@ -57,7 +57,8 @@ def test_a_fit_chooses_its_window_for_the_observations_and_keeps_a_named_one(swa
                              progress=False, verbose=False)
     assert named.window == 3 and "window_reach" not in named.config.extra
     assert "time first, far" not in named.config.validation["first_guess_nmse"]
-    further = Engine.fit_array(swath_like, init=chosen, steps=1, batch_size=2, progress=False, verbose=False)
+    further = Engine.fit_array(swath_like, mask="pixel", init=chosen, steps=1, batch_size=2, progress=False,
+                               verbose=False)
     assert further.window == 13  # a fit that starts from a model keeps its window
 
 
