@@ -63,6 +63,16 @@ def test_the_smoothing_matrix_is_the_convolution_with_zeros_or_wrapping_beyond_t
     torch.testing.assert_close(smoothing_matrix(kernel, size, periodic) @ x, direct)
 
 
+def test_the_first_guess_is_summed_in_float32_under_bfloat16_autocast():
+    x = smooth_field()
+    mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.2
+    plain, _ = FirstGuess(**CANDIDATES["time first, far"])(x * mask, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast, _ = FirstGuess(**CANDIDATES["time first, far"])(x * mask, mask)
+    assert autocast.dtype == torch.float32
+    torch.testing.assert_close(autocast, plain)
+
+
 def test_changing_a_query_value_leaves_the_network_input_unchanged():
     torch.manual_seed(0)
     net = Denoiser(1, 3, torch.zeros(3, 16, 16), preset="lite", first_guess=True)

@@ -326,7 +326,7 @@ def _check_parser(sub) -> None:
                    help="the mask specification to check, one of %(choices)s (default: infer, the one read from the "
                         "NaN pattern)")
     p.add_argument("--window", type=POSITIVE, default=None,
-                   help="time steps per training window (default: the one 'xrimpute fit' chooses, 5 or 9)")
+                   help="time steps per training window (default: the one 'xrimpute fit' chooses, 5 to 17)")
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to look at (default: all with time/lat/lon dims)")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="save the coverage map (needs matplotlib)")
@@ -348,8 +348,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--mask", default="auto", choices=MASK_NAMES, metavar="MASK",
                    help="structure of the observations, one of %(choices)s (default: auto, read from the NaN pattern)")
     p.add_argument("--window", type=POSITIVE, default=None,
-                   help="time steps the network sees at once (default: 5, or 9 where many gaps see no observation "
-                        "within 5 steps)")
+                   help="time steps the network sees at once (default: 5, or up to 17 where many gaps see no "
+                        "observation within 5 steps)")
     p.add_argument("--steps", type=POSITIVE, default=None,
                    help="training steps (default: as many as --max-time allows on the CPU, 2000 on a GPU)")
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",

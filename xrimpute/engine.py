@@ -147,7 +147,8 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def for_array(cls, shape: tuple[int, ...], window: int | None = 3, tile: tuple[int, int] | None = None) -> ModelConfig:
+    def for_array(cls, shape: tuple[int, ...], window: int | None = 3,
+                  tile: tuple[int, int] | None = None) -> ModelConfig:
         """The configuration of a plain ``(N, C, T, H, W)`` array: channels 0, 1, ...; grid indices; not periodic."""
         _, c, _, h, w = shape
         names = [str(i) for i in range(c)]
@@ -633,8 +634,8 @@ def _with_window(config: ModelConfig, observed: np.ndarray, steps: int, init: En
     if verbose:
         log.info("windows of %d steps (gaps with an observation within the first guess's reach: %s)", window,
                  ", ".join(f"{share:.0%} at {length} steps" for length, share in reached.items()))
-    return replace(config, window=window, extra={**config.extra, "window_reach": {str(length): round(share, 4)
-                                                                                   for length, share in reached.items()}})
+    shares = {str(length): round(share, 4) for length, share in reached.items()}
+    return replace(config, window=window, extra={**config.extra, "window_reach": shares})
 
 
 def _first_guess_only(net):

@@ -179,9 +179,10 @@ class CtxDiffModel:
             ``"swath"``, ``"station"``, ``"timegap"``, ``"patches"``) or a
             :class:`~xrimpute.masks.MaskSpec` sets it.
         window : int, optional
-            Time steps the network sees at once. By default 5, or 9 where that
-            brings many more gaps within reach of an observation (swaths that
-            leave frames empty for hours; :func:`xrimpute.engine.choose_window`),
+            Time steps the network sees at once. By default 5, or 9, 13 or 17
+            where that brings many more gaps within reach of an observation
+            (swaths that leave frames empty for hours;
+            :func:`xrimpute.engine.choose_window`),
             never more than the series has. The first guess the network starts
             from looks along them.
         preset : {"auto", "lite", "tiny", "small", "base"}, default "auto"
