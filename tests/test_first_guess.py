@@ -66,9 +66,9 @@ def test_the_smoothing_matrix_is_the_convolution_with_zeros_or_wrapping_beyond_t
 def test_the_first_guess_is_summed_in_float32_under_bfloat16_autocast():
     x = smooth_field()
     mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.2
-    plain, _ = FirstGuess(**CANDIDATES["time first, far"])(x * mask, mask)
+    plain, _ = FirstGuess(**CANDIDATES["time first, wide"])(x * mask, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast, _ = FirstGuess(**CANDIDATES["time first, far"])(x * mask, mask)
+        autocast, _ = FirstGuess(**CANDIDATES["time first, wide"])(x * mask, mask)
     assert autocast.dtype == torch.float32
     torch.testing.assert_close(autocast, plain)
 

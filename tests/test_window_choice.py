@@ -46,30 +46,16 @@ def swath_like():
     return np.where(every_eighth_frame(t=24, size=12), cube, np.nan)
 
 
-@pytest.mark.filterwarnings("ignore:mask Pixel")  # pixel contexts, so that cells are held back to score guesses on
+@pytest.mark.filterwarnings("ignore:mask Pixel")  # whole frames or none: no mask can learn its gaps
 def test_a_fit_chooses_its_window_for_the_observations_and_keeps_a_named_one(swath_like):
-    chosen = Engine.fit_array(swath_like, mask="pixel", steps=2, batch_size=2, val_every=1, progress=False,
+    chosen = Engine.fit_array(swath_like, mask="pixel", steps=2, batch_size=2, progress=False,
                               verbose=False)
     assert chosen.window == 13 and chosen.denoiser.config["window"] == 13
     assert set(chosen.config.extra["window_reach"]) == {"5", "9", "13", "17"}
-    assert "time first, far" in chosen.config.validation["first_guess_nmse"]  # tried only in windows that long
-    named = Engine.fit_array(swath_like, mask="pixel", window=3, steps=2, batch_size=2, val_every=1,
+    named = Engine.fit_array(swath_like, mask="pixel", window=3, steps=2, batch_size=2,
                              progress=False, verbose=False)
     assert named.window == 3 and "window_reach" not in named.config.extra
-    assert "time first, far" not in named.config.validation["first_guess_nmse"]
     further = Engine.fit_array(swath_like, mask="pixel", init=chosen, steps=1, batch_size=2, progress=False,
                                verbose=False)
     assert further.window == 13  # a fit that starts from a model keeps its window
 
-
-def test_where_held_back_cells_lie_near_observations_the_far_guess_wins_the_tie_with_the_wide_one():
-    import torch
-
-    from xrimpute.nets.prior import CANDIDATES, choose_guess
-
-    x = torch.randn(1, 1, 13, 12, 12, generator=torch.Generator().manual_seed(0))
-    held = torch.zeros_like(x, dtype=torch.bool)
-    held[..., 6, 5:7, 5:7] = True  # context all round them: the far level never takes over there
-    pair = {name: options for name, options in CANDIDATES.items() if name in ("time first, wide", "time first, far")}
-    name, errors = choose_guess(x, ~held, held, pair)
-    assert errors["time first, far"] == errors["time first, wide"] and name == "time first, far"

@@ -28,7 +28,7 @@ from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
 from .nets import PRESETS, Denoiser
-from .nets.prior import CANDIDATES, choose_guess, guess_candidates, widest_reach
+from .nets.prior import CANDIDATES, choose_guess, widest_reach
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
@@ -342,7 +342,7 @@ class Engine:
                                    val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda",
                                    valid=stats.valid)
         try:
-            guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.window > DEFAULT_WINDOW)
+            guess, guesses = _first_guess(windows.validation, net["periodic"], init)
             with seeded(seed):  # the initial weights
                 denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), torch.as_tensor(static),
                                     guess=init.denoiser.config.get("guess") if init is not None else
@@ -645,14 +645,13 @@ def _first_guess_only(net):
     return guess
 
 
-def _first_guess(validation, periodic: bool, init: Engine | None, far: bool) -> tuple[str | None, dict]:
-    """The first guess of :func:`~xrimpute.nets.prior.guess_candidates` (``far``: windows longer than the default)
-    that best fills the held-back cells, and every candidate's NMSE there; None (the defaults) without held-back
-    cells or with ``init`` (whose guess is kept)."""
+def _first_guess(validation, periodic: bool, init: Engine | None) -> tuple[str | None, dict]:
+    """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES` that best fills the held-back cells, and every
+    candidate's NMSE there; None (the defaults) without held-back cells or with ``init`` (whose guess is kept)."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, _ = validation
-    return choose_guess(xs, ms, hs, guess_candidates(far), periodic=periodic)
+    return choose_guess(xs, ms, hs, periodic=periodic)
 
 
 def _context_scores(net, validate, history: History) -> dict:

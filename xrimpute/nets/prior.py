@@ -34,17 +34,10 @@ CANDIDATES: dict[str, dict] = {
     "space": dict(levels=DEFAULT_LEVELS),
     "time first": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS)),  # the same cell at nearby steps before any neighbour
     "space, wide": dict(levels=(*DEFAULT_LEVELS, (8.0, 2.0))),
-    # before "time first, wide", which it equals wherever a nearer level has context: held-back cells, observed
-    # themselves, rarely lie far from every other observation, so where they cannot tell the two apart in windows
-    # lengthened for gaps far in time, the far reach wins the tie
-    "time first, far": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0), (16.0, 4.0))),
     "time first, wide": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0))),
     "thin plate": dict(levels=DEFAULT_LEVELS, thin_plate=True),
 }
 """The first guesses a fit chooses among (:func:`choose_guess`, in this order on a tie): :class:`FirstGuess` options."""
-FAR = ("time first, far",)
-"""Candidates for gaps far in time (frames left empty for hours), tried only in windows that reach that far
-(:func:`guess_candidates`)."""
 MAX_SPLINE_POINTS = 256
 """The thin-plate guess is a candidate only where no frame holds more context cells (a dense solve per frame)."""
 
@@ -190,14 +183,6 @@ def _spline_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The thin-plate kernel ``r^2 log r`` between point sets ``(F, m, 2)`` and ``(F, n, 2)``."""
     r2 = torch.cdist(a, b).square()
     return 0.5 * r2 * torch.log(r2.clamp(min=1e-12))
-
-
-def guess_candidates(far: bool) -> dict[str, dict]:
-    """The :data:`CANDIDATES` of a fit, those of :data:`FAR` only when ``far``: where its windows are longer than
-    the default because many gaps lie far in time from any observation. Elsewhere they add nothing a nearer level
-    lacks, and on the two stations a station fit holds back they beat the thin-plate spline by chance (and lost
-    to it between the stations)."""
-    return {name: options for name, options in CANDIDATES.items() if far or name not in FAR}
 
 
 def widest_reach(candidates: dict[str, dict] = CANDIDATES) -> int:
