@@ -12,7 +12,7 @@ from synthetic import latlon_cube
 from xrimpute import observe
 from xrimpute.check import check, permanent_mask, plot_coverage, summary
 from xrimpute.cube import CubeError
-from xrimpute.engine import DEFAULT_WINDOW
+from xrimpute.engine import WINDOWS
 from xrimpute.masks import Block, Pixel
 
 matplotlib.use("Agg")
@@ -131,5 +131,5 @@ def test_the_verdict_follows_the_numbers_when_every_cell_is_learned_slowly(block
 
 
 def test_check_looks_at_the_window_fit_uses_by_default(blocks):
-    assert check(blocks, n_draws=16).attrs["window"] == min(DEFAULT_WINDOW, blocks.sizes["time"])
+    assert check(blocks, n_draws=16).attrs["window"] == min(WINDOWS[0], blocks.sizes["time"])
     assert check(blocks.isel(time=slice(0, 3)), n_draws=16).attrs["window"] == 3  # a shorter cube: every step

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from synthetic import blobs
+from xrimpute.check import check
 from xrimpute.engine import Engine, choose_window
 from xrimpute.masks import gaps_in_reach
 
@@ -59,3 +60,8 @@ def test_a_fit_chooses_its_window_for_the_observations_and_keeps_a_named_one(swa
                                verbose=False)
     assert further.window == 13  # a fit that starts from a model keeps its window
 
+
+def test_check_looks_at_the_window_a_fit_would_choose():
+    cube = blobs(n=1, t=24, size=12, seed=0)
+    passes = cube.where(every_eighth_frame(t=24, size=12)[0, 0])
+    assert check(passes, mask="pixel", n_draws=4).attrs["window"] == 13

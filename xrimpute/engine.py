@@ -92,8 +92,7 @@ def training_tile(tile, rows: int, cols: int) -> tuple[int, int] | None:
 
 
 WINDOWS = (5, 9, 13, 17)
-"""The window lengths (time steps) a fit chooses among unless it names one (:func:`choose_window`)."""
-DEFAULT_WINDOW = WINDOWS[0]  # the first guess looks two steps either way
+"""The window lengths (time steps) a fit chooses among unless it names one (:func:`choose_window`), shortest first."""
 REACH_MARGIN = 0.1
 """A longer window is chosen only where it brings more than this share of the gap cells within the guess's reach."""
 
@@ -678,4 +677,4 @@ def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["DEFAULT_WINDOW", "FLAGS", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["FLAGS", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

@@ -181,10 +181,9 @@ class CtxDiffModel:
         window : int, optional
             Time steps the network sees at once. By default 5, or 9, 13 or 17
             where that brings many more gaps within reach of an observation
-            (swaths that leave frames empty for hours;
-            :func:`xrimpute.engine.choose_window`),
-            never more than the series has. The first guess the network starts
-            from looks along them.
+            (swaths that leave frames empty for hours), never more than the
+            series has (:func:`xrimpute.engine.choose_window`). The first guess
+            the network starts from looks along them.
         preset : {"auto", "lite", "tiny", "small", "base"}, default "auto"
             Network size; ``"auto"`` is ``"base"`` on a GPU and ``"lite"`` (its body
             at half resolution) on the CPU. Every network starts from a classical
