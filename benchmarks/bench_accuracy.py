@@ -3,6 +3,7 @@
     python benchmarks/bench_accuracy.py --era5-file ../shared/data/era5-2mt-2019-03-uk.grib
     python benchmarks/bench_accuracy.py --cases era5-pixel10 ns-pixel20 --seeds 0 --max-time 60
     python benchmarks/bench_accuracy.py --jobs 2 --append benchmarks/RESULTS.md
+    python benchmarks/bench_accuracy.py --cases era5-block5/9 --max-time 150 --fit-option batch_size=8
 
 Every case masks a complete cube with :func:`xrimpute.observe`, then:
 
@@ -24,6 +25,7 @@ printed with the table.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import multiprocessing
 import os
@@ -104,13 +106,13 @@ def run_case(job) -> dict:
         row["classical"][method] = dict(nmse=score, unfilled=unfilled, seconds=time.perf_counter() - start)
         print(f"  {case} seed {seed}: {method} {score:.4f} in {row['classical'][method]['seconds']:.1f} s",
               file=sys.stderr, flush=True)
-    fit_options = {k: args[k] for k in ("steps", "max_time") if args[k] is not None}
+    fit_options = {k: args[k] for k in ("steps", "max_time") if args[k] is not None} | args["fit_options"]
     start = time.perf_counter()
     model = observed.ctxdiff.fit(seed=seed, progress=False, **fit_options)
     fitted = time.perf_counter() - start
     filled, _ = cube.to_array(observed.ctxdiff.impute(progress=False))
     score, unfilled = gap_nmse(filled, true_values, gaps)
-    row["ctxdiff"] = dict(nmse=score, unfilled=unfilled, fit_seconds=fitted,
+    row["ctxdiff"] = dict(nmse=score, unfilled=unfilled, fit_seconds=fitted, fit_options=args["fit_options"],
                           impute_seconds=time.perf_counter() - start - fitted,
                           steps=model.history.step[-1] if model.history.step else 0, mask=repr(model.spec),
                           validation=model.validation.get("nmse"), context=model.validation.get("context"),
@@ -156,6 +158,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fit_option(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--fit-option`` as a keyword of fit and its value (a Python literal, else the text)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, e.g. batch_size=8, not {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES), metavar="CASE")
@@ -165,10 +178,13 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="cases run at once, one torch thread each")
     parser.add_argument("--era5-file", default=None, help="a local copy of the ERA5 sample (offline machines)")
     parser.add_argument("--dineof", action="store_true", help="also run DINEOF (minutes per case)")
+    parser.add_argument("--fit-option", action="append", default=[], metavar="NAME=VALUE", type=fit_option,
+                        help="pass NAME=VALUE (a Python literal) to fit, e.g. batch_size=8; repeat for more")
     parser.add_argument("--out", default=None, help="also write the rows here, one JSON line per case as it ends")
     parser.add_argument("--append", default=None, help="append a section with the table to this markdown file")
     args = parser.parse_args(argv)
-    settings = dict(max_time=args.max_time, steps=args.steps, era5_file=args.era5_file, dineof=args.dineof)
+    settings = dict(max_time=args.max_time, steps=args.steps, era5_file=args.era5_file, dineof=args.dineof,
+                    fit_options=dict(args.fit_option))
     jobs = [(case, seed, settings) for case in args.cases for seed in args.seeds]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -182,7 +198,9 @@ def main(argv=None) -> int:
             print(f"{row['case']} seed {row['seed']}: ctxdiff {row['ctxdiff']['nmse']:.4f}, best classical "
                   f"{best_classical(row)}", flush=True)
     text = table(rows)
-    budget = (f"steps={args.steps}" if args.steps else "") + (f" max_time={args.max_time}" if args.max_time else "")
+    budget = " ".join([*([f"steps={args.steps}"] if args.steps else []),
+                       *([f"max_time={args.max_time}"] if args.max_time else []),
+                       *(f"{name}={value!r}" for name, value in args.fit_option)])
     heading = "\n".join([
         "## Accuracy against the classical fillers (`benchmarks/bench_accuracy.py`)",
         "",
