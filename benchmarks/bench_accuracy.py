@@ -163,6 +163,9 @@ def fit_option(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, e.g. batch_size=8, not {text!r}")
+    if name in ("seed", "progress", "steps", "max_time"):
+        raise argparse.ArgumentTypeError(f"{name} is not a --fit-option: the benchmark sets seed and progress "
+                                         "itself, and steps and max_time come from --steps and --max-time")
     try:
         return name, ast.literal_eval(value)
     except (ValueError, SyntaxError):
