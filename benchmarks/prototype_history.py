@@ -150,11 +150,19 @@ def training_windows(values, spec, mean, std, *, window, tile=None, static=None,
     return wins
 
 
-src = inspect.getsource(windows.impute_series)
-src = src.replace("        tiles = None\n",
-                  "        tiles = None if getattr(denoiser, '_hist', None) is None else torch.cat([denoiser.static[:denoiser._hist['p']].cpu().expand(len(batch), -1, -1, -1), _PER_WINDOW(values, observed, [(i, s) for i, (s, _, _) in batch], window)], 1).to(generator_device)\n")
-assert "_PER_WINDOW" in src
-src = src.replace("@torch.no_grad()\n", "")
+def impute_series_with_history():
+    """``windows.impute_series`` rebuilt from its source, each batch carrying positions and its windows' history
+    as per-sample static fields (the untiled path passes none); a prototype's shortcut, not a way to build it."""
+    history_of_batch = ("torch.cat([denoiser.static[:denoiser._hist['p']].cpu().expand(len(batch), -1, -1, -1), "
+                        "_PER_WINDOW(values, observed, [(i, s) for i, (s, _, _) in batch], window)], 1)"
+                        ".to(generator_device)")
+    src = inspect.getsource(windows.impute_series).replace("@torch.no_grad()\n", "")
+    src = src.replace("        tiles = None\n",
+                      f"        tiles = None if getattr(denoiser, '_hist', None) is None else {history_of_batch}\n")
+    assert "_PER_WINDOW" in src, "windows.impute_series changed: update the prototype"
+    namespace = dict(vars(windows), _PER_WINDOW=per_window)
+    exec(compile(src, windows.__file__, "exec"), namespace)
+    return torch.no_grad()(namespace["impute_series"])
 
 
 def install(form: str) -> None:
@@ -164,10 +172,7 @@ def install(form: str) -> None:
         return
     Denoiser.__init__, Denoiser.forward = init, forward
     engine.training_windows = training_windows
-    ns = vars(windows)
-    ns["_PER_WINDOW"] = per_window
-    exec(compile(src, windows.__file__, "exec"), ns)
-    engine.impute_series = torch.no_grad()(ns["impute_series"])
+    engine.impute_series = impute_series_with_history()
 
 
 def main() -> None:
