@@ -160,9 +160,9 @@ class RecordingWindows(ArrayWindows):
     """The real sampler, remembering what each batch held."""
 
     def sample(self, batch_size, generator):
-        x, observed = super().sample(batch_size, generator)
-        self.drawn = getattr(self, "drawn", []) + [float(x.sum())]
-        return x, observed
+        batch = super().sample(batch_size, generator)
+        self.drawn = getattr(self, "drawn", []) + [float(batch[0].sum())]
+        return batch
 
 
 def _ddp_rank(rank, world, rendezvous, out):

@@ -204,8 +204,8 @@ def test_chunked_sampler_memory_is_pieces_not_the_archive():
     per_step = 2 * 24 * 24 * 4  # bytes of one time step
     small, _ = peak_while_sampling(10**4)
     large, batches = peak_while_sampling(10**5)  # 460 MB if it were loaded
-    x, observed, static = batches[-1]
-    assert x.shape == (4, 2, 3, 8, 8) and static.shape == (4, 3, 8, 8) and bool(observed.all())
+    x, observed, inputs = batches[-1]
+    assert x.shape == (4, 2, 3, 8, 8) and inputs["static"].shape == (4, 3, 8, 8) and bool(observed.all())
     assert large < 10**5 * per_step / 100, large  # under 1% of the archive
     assert large - small < 0.01 * 9 * 10**4 * per_step, (small, large)  # growth: chunk bookkeeping, no data
     assert len({float(b[0][:, 0, 0, 0, 0].max()) for b in batches}) > 3  # windows from many places in time

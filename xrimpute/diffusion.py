@@ -90,8 +90,8 @@ def impute_ensemble(
     delta: float = 1e-3,
     max_batch: int | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
-    static: torch.Tensor | None = None,
     context: str = "sampled",
+    **inputs: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Single-step ensemble imputation: mean and spread over ``K`` context masks.
 
@@ -101,8 +101,9 @@ def impute_ensemble(
     observed cells are put back exactly and get zero spread. ``generator`` may
     be a list with one generator per window: then window ``b``'s noise and
     contexts come from ``generator[b]`` alone, so its result does not depend on
-    the windows batched with it. ``static`` holds per-window static fields
-    ``(B, S, H, W)`` (for tiles).
+    the windows batched with it. ``inputs`` are the denoiser's per-window
+    keyword inputs ``(B, ...)``, e.g. ``static`` fields for tiles or ``history``
+    (None: not given).
 
     ``context="observed"``: the first member's context is every observed cell
     and the estimate is that member alone, so no observation is left out; the
@@ -124,15 +125,7 @@ def impute_ensemble(
     if context == "observed":  # member 0 sees every observation; the others still give the spread
         contexts = torch.cat([observed.to(contexts.dtype), contexts[b:]])
     xs, t_k = x_delta.repeat(K, 1, 1, 1, 1), t.repeat(K)
-    static_k = None if static is None else static.repeat(K, 1, 1, 1)
-    step = max_batch or xs.shape[0]
-    preds = torch.cat(
-        [
-            denoiser(xs[i : i + step] * contexts[i : i + step], contexts[i : i + step], t_k[i : i + step],
-                     **({} if static_k is None else {"static": static_k[i : i + step]})).float()
-            for i in range(0, xs.shape[0], step)
-        ]
-    ).view(K, *x.shape)
+    preds = _predict(denoiser, xs * contexts, contexts, t_k, max_batch, _repeated(inputs, K)).view(K, *x.shape)
     if context == "observed":  # the spread around the estimate of the members that leave observations out
         estimate = preds[0]
         spread = (preds[1:] - estimate).square().mean(0).sqrt() if K > 1 else torch.zeros_like(x)
@@ -229,9 +222,16 @@ def blend_weight(lam: float, handover: float | None = -1.0, width: float = 1.0) 
     return float(torch.sigmoid(torch.tensor((lam - handover) / width)))
 
 
-def _predict(denoiser, values, mask, t, max_batch):
-    step = max_batch or values.shape[0]
-    return torch.cat([denoiser(values[i : i + step], mask[i : i + step], t[i : i + step]).float()
+def _repeated(inputs: dict, times: int) -> dict:
+    """Per-window inputs (None: not given) for a batch of ``times`` repeats of the windows, repeat-major."""
+    return {name: v.repeat(times, *[1] * (v.dim() - 1)) for name, v in inputs.items() if v is not None}
+
+
+def _predict(denoiser, values, mask, t, max_batch, inputs: dict | None = None):
+    """The denoiser on a batch in pieces of at most ``max_batch``; ``inputs`` are cut alike."""
+    step, inputs = max_batch or values.shape[0], inputs or {}
+    return torch.cat([denoiser(values[i : i + step], mask[i : i + step], t[i : i + step],
+                               **{name: v[i : i + step] for name, v in inputs.items()}).float()
                       for i in range(0, values.shape[0], step)])
 
 
@@ -253,6 +253,7 @@ def sample_multistep(
     domain: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     max_batch: int | None = None,
+    **inputs: torch.Tensor | None,
 ) -> torch.Tensor:
     """Draw ``members`` imputations of each window by a reverse diffusion (paper Appendix E).
 
@@ -280,13 +281,15 @@ def sample_multistep(
     (``eta = 0``) to ``9 / steps`` (``eta = 1``) of the variance on a Gaussian
     with exact x0-predictions: 50 steps give about 90 %.
 
+    ``inputs``: the denoiser's per-window keyword inputs, as for :func:`impute_ensemble`.
+
     Returns ``(members, B, C, T, H, W)``.
     """
     b = x.shape[0]
     anchor = None
     if imputation_spec is not None and handover is not None:
         anchor, _ = impute_ensemble(denoiser, x, observed, imputation_spec, schedule, K=K,
-                                    max_batch=max_batch, generator=generator)
+                                    max_batch=max_batch, generator=generator, **inputs)
         anchor = anchor.float().repeat(members, 1, 1, 1, 1)
     xs = x.float().repeat(members, 1, 1, 1, 1)
     seen = observed.repeat(members, 1, 1, 1, 1)
@@ -299,7 +302,7 @@ def sample_multistep(
         state = torch.where(seen, renoised, state)
         context = diffusion_spec.context(inside, generator)
         t_batch = torch.full((state.shape[0],), t, device=xs.device)
-        x0_hat = _predict(denoiser, state * context, context, t_batch, max_batch)
+        x0_hat = _predict(denoiser, state * context, context, t_batch, max_batch, _repeated(inputs, members))
         if anchor is not None:
             w = blend_weight(log_snr(schedule, t), handover, width)
             x0_hat = w * x0_hat + (1 - w) * anchor

@@ -33,7 +33,7 @@ from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
 from .training import History, TrainConfig, resolve_device, seeded, train, with_budget
-from .windows import Piece, Tiling, impute_series, sample_series
+from .windows import Piece, Tiling, impute_series, sample_series, series_totals
 
 log = logging.getLogger("xrimpute")
 
@@ -113,6 +113,17 @@ def choose_window(observed: np.ndarray, steps: int) -> tuple[int, dict[int, floa
     return next(length for length in lengths if reached[length] >= best - REACH_MARGIN), reached
 
 
+def needs_history(observed: np.ndarray, steps: int) -> bool:
+    """Whether a fit on a series observed as ``observed`` leans on each cell's history outside the window: where
+    :func:`choose_window` needs more than the shortest window to bring the gaps within reach.
+
+    Such observations (swaths that leave frames empty for hours) leave many gaps far in time from any window's
+    context; there a baseline from the rest of the series took the gap error down by 15-22 % at equal steps, while
+    on pixels, stations and moving blocks, which a short window reaches, it did harm (``benchmarks/RESULTS.md``).
+    """
+    return choose_window(observed, steps)[0] > WINDOWS[0]
+
+
 @dataclass
 class ModelConfig:
     """What a model is apart from its weights and normalisation; saved as JSON (the ``info`` of a model file).
@@ -124,7 +135,9 @@ class ModelConfig:
     ``validation``). ``extra`` keeps other JSON-able facts (e.g. ``em`` after
     EM rounds), saved at the top level like the rest. ``positions``: whether
     the network sees each cell's position as static inputs (files older than
-    the option: True).
+    the option: True). ``history``: whether the first guess leans on each
+    cell's observations outside the window (None: :meth:`Engine.fit` decides,
+    :func:`needs_history`; files older than the option: False).
     """
 
     channels: list[str]
@@ -137,6 +150,7 @@ class ModelConfig:
     tile: list[int] | None = None
     periodic: bool = False
     positions: bool | None = True  # None: Engine.fit decides (no position inputs for station data)
+    history: bool | None = False  # None: Engine.fit decides (needs_history)
     train_rate: float = 1.0
     statistics_chunks: list[int] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
@@ -315,6 +329,12 @@ class Engine:
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
         if config.window is None:  # chosen for the observations (an init's window is kept)
             config = _with_window(config, stats.observed, values.shape[2], init, verbose)
+        if config.history is None:  # likewise
+            history = init.denoiser.uses_history if init is not None else needs_history(stats.observed, values.shape[2])
+            config = replace(config, history=history)
+            if verbose and history:
+                log.info("the first guess leans on each cell's observations outside the window: the gaps lie far in "
+                         "time from a short window's observations")
         masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
         device = resolve_device(device)
         train_config = with_budget(train_config, device)
@@ -329,7 +349,8 @@ class Engine:
                                  config.degrees) if config.positions else np.zeros((0, h, w), np.float32)
         # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
         net = dict(n_channels=len(config.channels), window=config.window, preset=preset,
-                   periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True)
+                   periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True,
+                   **({"history": True} if config.history else {}))
         if init is not None and {k: v for k, v in init.denoiser.config.items() if k != "guess"} != net:
             raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds {net}; pass the "
                                 "same window, preset and periodic")
@@ -339,7 +360,7 @@ class Engine:
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
                                    val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda",
-                                   valid=stats.valid)
+                                   valid=stats.valid, history=bool(config.history))
         try:
             guess, guesses = _first_guess(windows.validation, net["periodic"], init)
             with seeded(seed):  # the initial weights
@@ -382,7 +403,8 @@ class Engine:
     def fit_array(cls, values: np.ndarray, mask="auto", *, window: int | None = None, tile="auto",
                   periodic: bool = False, preset: str = "auto", val_fraction: float = 0.05, device: str | None = None,
                   checkpoint=None, progress: bool | None = None, verbose: bool = True, init: Engine | None = None,
-                  permanent_mask: np.ndarray | None = None, **train_options) -> Engine:
+                  permanent_mask: np.ndarray | None = None, history: bool | None = None,
+                  **train_options) -> Engine:
         """:meth:`fit` on a plain array, with the options of :meth:`xrimpute.CtxDiffModel.fit`.
 
         Channels are named 0, 1, ...; the network sees the grid index as
@@ -392,7 +414,7 @@ class Engine:
         """
         values = np.asarray(values, dtype=np.float32)
         tile = training_tile(tile, *values.shape[-2:])
-        config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic)
+        config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic, history=history)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
                        val_fraction=val_fraction, device=or_option("device", device), checkpoint=checkpoint,
                        progress=or_option("progress", progress), verbose=verbose, init=init,
@@ -411,7 +433,9 @@ class Engine:
         """
         x = (values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None]
         tile = self.config.tile and tuple(self.config.tile)
-        windows = ArrayWindows(x, observed, self.window, tile=tile, static=self.denoiser.static.numpy())
+        totals = self.totals(np.where(observed, values, np.nan)) if self.denoiser.uses_history else None
+        windows = ArrayWindows(x, observed, self.window, tile=tile, static=self.denoiser.static.numpy(),
+                               totals=totals)
         with torch_threads():
             ema, self.history = train(self.denoiser.train().requires_grad_(True), windows, self.spec,
                                       replace(self.train_config, **changes), device=resolve_device(device),
@@ -457,15 +481,23 @@ class Engine:
         rate = options.observed_rate if rate is None else rate
         return spec.adapted(self.config.train_rate, float(rate)) if options.adapt else spec
 
+    def totals(self, values) -> np.ndarray | None:
+        """:func:`~xrimpute.windows.series_totals` of ``values`` ``(N, C, T, H, W)`` in data units (numpy, or dask:
+        lazy), which imputing or sampling a series needs when the network leans on each window's history; else
+        None."""
+        return series_totals(values, self.mean, self.std) if self.denoiser.uses_history else None
+
     def _normalise(self, values: np.ndarray) -> np.ndarray:
         return np.nan_to_num((values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None])
 
     def fill(self, values: np.ndarray, options: ImputeConfig = ImputeConfig(), *, spec: masks.MaskSpec | None = None,
-             piece: Piece | None = None, net=None):
+             piece: Piece | None = None, net=None, totals: np.ndarray | None = None):
         """``(filled, spread)`` of ``values`` ``(N, C, T, H, W)`` (NaN = gap) in data units.
 
         ``values`` is the whole series, or with ``piece`` a cut of it
         (:class:`xrimpute.windows.Piece`); the result covers the piece's box.
+        ``totals``: :meth:`totals` of the whole series, which a cut of it needs
+        when the network leans on history (a whole series gives its own).
         ``spec`` is the imputation spec (default :meth:`imputation_spec` with the
         observed share of ``values``); ``net`` the denoiser to run (default the
         engine's, moved to ``options.device`` and back). Imputation in memory,
@@ -475,17 +507,22 @@ class Engine:
         if spec is None:
             spec = self.imputation_spec(options, None if options.observed_rate is not None or not options.adapt
                                         else self.observed_rate(values))
+        if totals is None and self.denoiser.uses_history:
+            if piece is not None:
+                raise ValueError("this model's first guess leans on each cell's history; pass totals= (Engine.totals "
+                                 "of the whole series) with a piece of it")
+            totals = self.totals(values)
         device = resolve_device(options.device)
         own = net is None
         net = self.denoiser.to(device) if own else net
         try:
             with torch_threads():  # in a dask worker: the worker's share of the cores
-                return self._fill(values, spec, options, piece or Piece.whole(values.shape), net, device)
+                return self._fill(values, spec, options, piece or Piece.whole(values.shape), net, device, totals)
         finally:
             if own:
                 self.denoiser.cpu()
 
-    def _fill(self, values, spec, options: ImputeConfig, piece: Piece, net, device):
+    def _fill(self, values, spec, options: ImputeConfig, piece: Piece, net, device, totals):
         observed = np.isfinite(values)
         tiling = self.tiling(options.overlap)
         tiled = tiling.size != tuple(piece.full[1:]) and self.denoiser.static.shape[0] > 0
@@ -496,7 +533,7 @@ class Engine:
                                 schedule=self.schedule, window=self.window, K=passes, stride=options.stride,
                                 batch_size=options.batch_size, device=device, seed=options.seed,
                                 autocast=mixed_precision(device), progress=options.progress, tiling=tiling,
-                                static=static, piece=piece, context=context)
+                                static=static, piece=piece, context=context, totals=totals)
         mean, std = run(net)
         (ya, yb), (xa, xb) = piece.box[1:]
         nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
@@ -540,7 +577,7 @@ class Engine:
                                       spec, self.window, n=n, steps=steps, K=K, eta=eta, handover=handover,
                                       domain=torch.as_tensor(self.valid)[None, :, None].to(device), seed=seed,
                                       batch_size=batch_size, device=device, autocast=mixed_precision(device),
-                                      progress=progress)
+                                      progress=progress, totals=self.totals(values))
         finally:
             self.denoiser.cpu()
         draws = draws * self.std[None, None, :, None, None, None] + self.mean[None, None, :, None, None, None]
@@ -639,8 +676,8 @@ def _with_window(config: ModelConfig, observed: np.ndarray, steps: int, init: En
 
 def _first_guess_only(net):
     """``net`` without its correction: the first guess from the context, as the network's output."""
-    def guess(values, mask, t, static=None):
-        return net.first_guess(values, mask)[0].to(values.dtype)
+    def guess(values, mask, t, static=None, history=None):
+        return net.guess(values, mask, history)[0].to(values.dtype)
     return guess
 
 
@@ -649,8 +686,8 @@ def _first_guess(validation, periodic: bool, init: Engine | None) -> tuple[str |
     candidate's NMSE there; None (the defaults) without held-back cells or with ``init`` (whose guess is kept)."""
     if init is not None or validation is None:
         return None, {}
-    xs, ms, hs, _ = validation
-    return choose_guess(xs, ms, hs, periodic=periodic)
+    xs, ms, hs, inputs = validation
+    return choose_guess(xs, ms, hs, periodic=periodic, history=inputs.get("history"))
 
 
 def _context_scores(net, validate, history: History) -> dict:
@@ -659,16 +696,16 @@ def _context_scores(net, validate, history: History) -> dict:
     return {"sampled": history.val[-1], "observed": validate(net, context="observed")}
 
 
-def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
-    """Score the EMA network on held-back observed cells ``hs`` of fixed windows, seeing ``ms``."""
+def _validator(xs, ms, hs, inputs, spec, device, seed, K: int = 4):
+    """Score the EMA network on held-back observed cells ``hs`` of fixed windows, seeing ``ms`` (and its
+    per-window ``inputs``)."""
+    inputs = {name: v.to(device) for name, v in inputs.items()}
 
     def validate(net, context: str = "sampled") -> dict:
         generator = torch.Generator(device=device).manual_seed(seed)
-        if tiles is not None:  # the ensemble's K x B batch repeats the windows k-major
-            net = functools.partial(net, static=tiles.repeat(K, 1, 1, 1).to(device))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision(device)):
             mean, _ = impute_ensemble(net, xs.to(device), ms.to(device), spec, VPSchedule(), K=K, generator=generator,
-                                      context=context)
+                                      context=context, **inputs)
         err = ((mean.float().cpu() - xs) ** 2 * hs).sum(dim=(0, 2, 3, 4))
         cells = hs.sum(dim=(0, 2, 3, 4)).clamp(min=1)
         ref = (xs**2 * hs).sum(dim=(0, 2, 3, 4))  # the observed-mean fill is 0 in normalised units
@@ -677,4 +714,4 @@ def _validator(xs, ms, hs, tiles, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["FLAGS", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["FLAGS", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

@@ -108,9 +108,10 @@ def with_flags(result, flags, layout: cube.Layout):
     return result.merge(flags)
 
 
-def _fill_block(engine: Engine, data, spec, piece: Piece, options: ImputeConfig) -> np.ndarray:
+def _fill_block(engine: Engine, data, spec, piece: Piece, options: ImputeConfig, totals) -> np.ndarray:
     device = resolve_device(options.device)
-    filled, spread = engine.fill(np.asarray(data), options, spec=spec, piece=piece, net=network(engine, device))
+    filled, spread = engine.fill(np.asarray(data), options, spec=spec, piece=piece, net=network(engine, device),
+                                 totals=totals)
     return np.stack([filled, spread])
 
 
@@ -125,7 +126,9 @@ def impute_lazy(engine: Engine, obj, values, layout: cube.Layout, options: Imput
     :func:`xrimpute.windows.plan` names: ``window - 1`` steps either side and
     the tiles reaching into it. ``values`` is ``cube.to_array(obj, lazy=True)``.
     With ``options.adapt`` and no ``options.observed_rate``, the rate is one
-    lazy reduction over the input that every block waits for.
+    lazy reduction over the input that every block waits for; so are each
+    cell's totals over the series when the model leans on history
+    (:meth:`Engine.totals`).
     """
     n, c, t, h, w = values.shape
     options = replace(options, progress=False).resolved()  # no progress bar per block
@@ -134,6 +137,7 @@ def impute_lazy(engine: Engine, obj, values, layout: cube.Layout, options: Imput
         engine.observed_rate(values)
     shared = dask.delayed(engine, name=f"xrimpute-model-{model_digest(engine)[:16]}")  # one copy in the graph
     spec = shared.imputation_spec(options, rate)  # one task, waiting for a lazy rate
+    totals = engine.totals(values)  # None, or one reduction over the input
 
     def block(n0, n1, box):  # (filled, spread) of one block, stacked
         times, lats, lons, piece = cut((t, h, w), box, engine, options)
@@ -142,7 +146,7 @@ def impute_lazy(engine: Engine, obj, values, layout: cube.Layout, options: Imput
         data = (data[..., x0 : x0 + lons.size] if x0 + lons.size <= w  # one slice, or two across the seam
                 else da.concatenate([data[..., x0:], data[..., : x0 + lons.size - w]], axis=-1))
         piece = Piece(piece.full, (n0, *piece.origin[1:]), piece.box)  # seeds know the sample
-        task = dask.delayed(_fill_block, pure=True)(shared, data, spec, piece, options)
+        task = dask.delayed(_fill_block, pure=True)(shared, data, spec, piece, options, totals)
         return da.from_delayed(task, (2, n1 - n0, c, *(b - a for a, b in box)), dtype=np.float32)
 
     rows = spans(values.chunks[3]) if tiled else [(0, h)]

@@ -162,6 +162,7 @@ class CtxDiffModel:
         init: CtxDiffModel | None = None,
         permanent_mask=None,
         positions: bool | None = None,
+        history: bool | None = None,
         compare_classical: bool = True,
         **train_options,
     ) -> CtxDiffModel:
@@ -247,6 +248,15 @@ class CtxDiffModel:
             (``mask="station"``), where the network learns each station from its
             neighbours only, so that what it learns between held-out stations
             carries over to every cell between them.
+        history : bool, optional
+            Let the first guess lean on each cell's observations outside the
+            window (its mean over the rest of the series, shrunk towards its
+            neighbours'), interpolating departures from it. Default: where the
+            window the observations need is longer than the shortest
+            (:func:`xrimpute.engine.needs_history`), e.g. swaths that leave
+            frames empty for hours; not for pixels, stations or blocks, which a
+            short window reaches. Imputation then reads the whole series once
+            more (a pass over a dask archive) for each cell's totals.
         compare_classical : bool, default True
             After training, also score the package's classical fillers
             (:mod:`xrimpute.baselines`: interpolation in time, Telea and
@@ -298,7 +308,7 @@ class CtxDiffModel:
                                                 lon=coords["lon"].astype(float).tolist()),
             degrees=degrees, tile=None if tile is None else list(tile),
             periodic=spans_globe(coords["lon"], degrees) if periodic is None else periodic,
-            positions=positions,
+            positions=positions, history=history,
         )
         # imported here: the baselines package imports this module
         from .baselines.heldout import scorer, warn_if_beaten
@@ -494,7 +504,9 @@ class CtxDiffModel:
             ("variables", ", ".join(self.channels)),
             ("grid", f"{len(self.info['grid']['lat'])} x {len(self.info['grid']['lon'])}, window {self.window}"),
             ("mask", repr(self.spec)),
-            ("network", f"{self.denoiser.config['preset']} U-Net, {self.n_parameters / 1e6:.2f} M parameters"),
+            ("network", f"{self.denoiser.config['preset']} U-Net, {self.n_parameters / 1e6:.2f} M parameters"
+                        + (", first guess leaning on each cell's history outside the window"
+                           if self.denoiser.uses_history else "")),
             ("training", f"{self.history.step[-1] if self.history.step else 0} steps in "
                          f"{self.history.seconds:.0f} s on {train_info.get('device', '?')}"),
         ]

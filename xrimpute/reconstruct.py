@@ -46,6 +46,7 @@ RECORDS = ".xrimpute"  # the suffix of the record folder beside the target: run 
 _lock = threading.Lock()
 _engines: dict[tuple, Engine] = {}  # (path, mtime, size) -> engine, one per worker process
 _sources: dict[str, xr.Dataset] = {}  # path -> lazily opened source, one per worker process
+_totals: dict[str, np.ndarray] = {}  # path -> the archive's totals (Engine.totals), one per worker process
 
 
 def record_folder(target) -> Path:
@@ -74,6 +75,7 @@ class _Job:
     return_std: bool
     run: str
     before_region: Callable[[int], None] | None
+    totals_path: str | None = None  # each cell's totals over the archive, for a model that leans on history
 
 
 def _record_path(target, index: int) -> Path:
@@ -87,6 +89,15 @@ def _cached_engine(path: str) -> Engine:
         if key not in _engines:
             _engines[key] = Engine.load(path)
         return _engines[key]
+
+
+def _cached_totals(path: str | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    with _lock:
+        if path not in _totals:
+            _totals[path] = np.load(path)
+        return _totals[path]
 
 
 def _cached_source(source) -> xr.Dataset:
@@ -123,7 +134,8 @@ def _fill_region(job: _Job, index: int, box, source) -> dict:
         part = ds[job.variables].isel({axes.time: times, axes.lat: lats, axes.lon: lons}).load()
     values, _ = cube.to_array(part, layout=job.layout)
     filled, spread = engine.fill(values, job.options, spec=engine.imputation_spec(job.options), piece=piece,
-                                 net=network(engine, resolve_device(job.options.device)))
+                                 net=network(engine, resolve_device(job.options.device)),
+                                 totals=_cached_totals(job.totals_path))
     (ta, tb), (ya, yb), (xa, xb) = box
     like = part.isel({axes.time: slice(ta - times.start, tb - times.start),  # the box's part of the cut
                      axes.lat: slice(ya - lats.start, yb - lats.start),
@@ -402,13 +414,14 @@ def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, 
             if path is None:
                 path = os.fspath(engine.save(book / "model.xri"))
             earlier = dict(settings, observed_rate=observed_rate if adapt else None, model_path=os.path.abspath(path),
+                           totals_path=_save_totals(engine, ds, layout, client, book),
                            started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             (book / "regions").mkdir(parents=True, exist_ok=True)
             _write_run(book, earlier)
         options = replace(options, observed_rate=earlier["observed_rate"])
         job = _Job(os.fspath(target.absolute()), earlier["model_path"], layout.variables, layout,
                    tuple(ds.sizes[d] for d in layout.axes.core), options, return_std, uuid.uuid4().hex[:12],
-                   before_region)
+                   before_region, earlier.get("totals_path"))
         failed = _run(client, job, boxes, pending, source, ds, progress)
     finally:
         if own:
@@ -435,6 +448,21 @@ def _estimate_rate(engine: Engine, ds: xr.Dataset, layout: cube.Layout, client, 
     sample = values[:, :, np.concatenate([np.arange(a, b) for a, b in picked])]
     rate = engine.observed_rate(sample)
     return float(rate) if isinstance(rate, float) else float(client.compute(rate).result())
+
+
+def _save_totals(engine: Engine, ds: xr.Dataset, layout: cube.Layout, client, book: Path) -> str | None:
+    """Each cell's totals over the archive (one pass on the cluster), saved in the record folder for the workers,
+    when the model leans on history; else None."""
+    totals = engine.totals(cube.to_array(ds, layout=layout, lazy=True)[0])
+    if totals is None:
+        return None
+    if dask.is_dask_collection(totals):
+        totals = client.compute(totals).result()
+    path = book / "totals.npy"
+    book.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as partial, open(partial, "wb") as file:
+        np.save(file, np.asarray(totals))
+    return os.fspath(path.absolute())
 
 
 def _run(client, job: _Job, boxes, pending: list[int], source, ds: xr.Dataset, progress: bool) -> list:

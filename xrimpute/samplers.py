@@ -2,7 +2,7 @@
 
 Both samplers take ``(N, C, T, H, W)`` data and offer one interface to
 :func:`xrimpute.training.train`: ``sample(batch_size, generator)`` draws a
-batch ``(x, observed[, static])``, ``read(jobs)`` cuts given windows,
+batch ``(x, observed, inputs)``, ``read(jobs)`` cuts given windows,
 ``validation`` holds the windows and held-back cells to score on (or None),
 ``validation_jobs`` where those windows lie, ``validation_context(pad)`` the
 series around them as training saw it (to score other fillers on the same
@@ -10,6 +10,11 @@ cells), and ``close()`` stops any background work. :func:`training_windows` buil
 the right one for a cube, holding back validation cells the same way for
 both. :func:`statistics` gives the normalisation of either kind from all or
 a sample of its time chunks. No xarray here.
+
+``inputs`` is a dict of the denoiser's per-window keyword inputs: ``static``,
+the tiles' cuts of full-grid static fields (e.g. position), and ``history``,
+the sums and counts of each cell's training observations outside the window
+(:func:`xrimpute.windows.outside_window`), each present only where needed.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from dask import compute, is_dask_collection
 from . import masks, robust
 from .geometry import evenly_spaced
 from .training import distributed_rank
-from .windows import window_starts
+from .windows import outside_window, series_totals, window_starts, window_sums
 
 STRUCTURE_STEPS = 32  # consecutive steps the mask structure is judged on (all of a shorter series)
 
@@ -120,6 +125,16 @@ class _Piece:
     observed: torch.Tensor  # (C, t, h, w) bool
     static: torch.Tensor | None  # (S, h, w)
     starts: list[int]  # window starts allowed for training, relative to the piece
+    origin: tuple[int, int, int]  # sample, first row and first column of the piece in the archive
+
+
+def _inputs(static=None, totals=None, x=None, observed=None) -> dict:
+    """The denoiser's per-window inputs of a batch: ``static`` cuts ``(B, S, h, w)``, and the history of windows
+    ``x`` with ``observed`` cells from their series' ``totals`` cuts ``(B, 2C, h, w)``; None: not needed."""
+    inputs = {} if static is None else {"static": static}
+    if totals is not None:
+        inputs["history"] = outside_window(totals, x, observed)
+    return inputs
 
 
 class ArrayWindows:
@@ -128,19 +143,23 @@ class ArrayWindows:
     ``values`` are normalised with 0 at unobserved cells; ``observed`` is boolean.
     With ``tile`` = (rows, cols) every window is cut to a random spatial tile,
     and with ``static`` (full-grid fields ``(S, H, W)``, e.g. position) each
-    batch also carries the tile's cut of them: ``(x, observed, static)``.
+    batch's inputs carry the tile's cut of them. With ``totals`` (the
+    :func:`~xrimpute.windows.series_totals` of the ``observed`` cells) they
+    carry each window's history.
     """
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
     validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
 
     def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
-                 tile: tuple[int, int] | None = None, static: np.ndarray | None = None):
+                 tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
+                 totals: np.ndarray | None = None):
         self.values = torch.as_tensor(values)
         self.observed = torch.as_tensor(observed)
         self.window = window
         self.tile = tile
         self.static = None if static is None or tile is None else torch.as_tensor(static)
+        self.totals = None if totals is None else torch.as_tensor(totals)
         n, _, t = values.shape[:3]
         self.index = [(i, s) for i in range(n) for s in window_starts(t, window)]
 
@@ -148,20 +167,10 @@ class ArrayWindows:
         return len(self.index)
 
     def get(self, picks, origins=None):
-        """Windows ``picks`` (indices into ``self.index``), cut to tiles at ``origins`` ``[(row, col), ...]``."""
+        """Windows ``picks`` (indices into ``self.index``), cut to tiles at ``origins`` ``[(row, col), ...]``:
+        ``(x, observed, inputs)``."""
         rows = [self.index[int(p)] for p in picks]
-        if origins is None:
-            x = torch.stack([self.values[i, :, s : s + self.window] for i, s in rows])
-            m = torch.stack([self.observed[i, :, s : s + self.window] for i, s in rows])
-            return x, m
-        (th, tw) = self.tile
-        cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw))
-                for (i, s), (r, c) in zip(rows, origins)]
-        x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
-        m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
-        if self.static is None:
-            return x, m
-        return x, m, torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
+        return self.read([(i, s, *origin) for (i, s), origin in zip(rows, origins or [(0, 0)] * len(rows))])
 
     def sample(self, batch_size: int, generator: torch.Generator):
         picks = torch.randint(0, len(self.index), (batch_size,), generator=generator)
@@ -172,14 +181,15 @@ class ArrayWindows:
         cols = torch.randint(0, w - self.tile[1] + 1, (batch_size,), generator=generator).tolist()
         return self.get(picks, list(zip(rows, cols)))
 
-    def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, static)``."""
+    def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``."""
         (th, tw) = self.tile or self.values.shape[-2:]
         cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)) for i, s, r, c in jobs]
         x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
         m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
         static = None if self.static is None else torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
-        return x, m, static
+        totals = None if self.totals is None else torch.stack([self.totals[i, :, y, z] for i, _, y, z in cuts])
+        return x, m, _inputs(static, totals, x, m)
 
     def validation_context(self, pad: int | None = None) -> list[tuple[np.ndarray, int, list]]:
         """The series around the validation windows as training saw it: normalised, NaN at every cell it did not
@@ -218,8 +228,10 @@ class ChunkedWindows:
     follows ``seed`` and the rank under torch.distributed (each rank reads its
     own), so runs are reproducible; a resumed run starts the order anew.
 
-    ``sample`` returns ``(x, observed)``, or ``(x, observed, static)`` with the
-    tiles' cuts of the full-grid ``static`` fields ``(S, H, W)``. Windows
+    ``sample`` returns ``(x, observed, inputs)``, the inputs holding the tiles'
+    cuts of the full-grid ``static`` fields ``(S, H, W)`` and, with ``totals``
+    (:func:`~xrimpute.windows.series_totals` of the training observations),
+    each window's history. Windows
     overlapping the ``reserved`` ones (``(sample, start, ...)``, kept for
     validation) are never drawn, and cells ``withheld`` (``(H, W)``, e.g.
     stations held out for validation) count as unobserved in training.
@@ -231,8 +243,9 @@ class ChunkedWindows:
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                  reserved=(), pool: int = 4, prefetch: int = 2, reuse: int = 4, seed: int = 0,
-                 pin_memory: bool = False, withheld: np.ndarray | None = None):
+                 pin_memory: bool = False, withheld: np.ndarray | None = None, totals: np.ndarray | None = None):
         self.values, self.window, self.tile, self.withheld = values, window, tile, withheld
+        self.totals = totals  # cut when a batch is drawn, so that training_windows may still take the reserved out
         self.mean = np.asarray(mean, np.float32)[:, None, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None, None]
         self.static = None if static is None or tile is None else np.asarray(static, np.float32)
@@ -272,7 +285,7 @@ class ChunkedWindows:
             observed &= ~self.withheld[row : row + bh, col : col + bw]
         x = np.where(observed, (raw - self.mean) / self.std, 0.0).astype(np.float32)
         static = None if self.static is None else torch.as_tensor(self.static[:, row : row + bh, col : col + bw])
-        return _Piece(torch.as_tensor(x), torch.as_tensor(observed), static, starts)
+        return _Piece(torch.as_tensor(x), torch.as_tensor(observed), static, starts, (i, row, col))
 
     def _read_ahead(self) -> None:
         h, w = self.values.shape[-2:]
@@ -301,7 +314,7 @@ class ChunkedWindows:
 
     # -- sampling ----------------------------------------------------------------
     def sample(self, batch_size: int, generator: torch.Generator):
-        """A batch of random windows (tiles) from the pool: ``(x, observed[, static])``."""
+        """A batch of random windows (tiles) from the pool: ``(x, observed, inputs)``."""
         while len(self._pool) < self.pool_size:
             self._pool.append(self._next_piece())
         if self._batches and self._batches % self.reuse == 0:
@@ -310,7 +323,7 @@ class ChunkedWindows:
         (bh, bw), (th, tw) = self.box, self.tile or self.box
         slots = torch.randint(0, len(self._pool), (batch_size,), generator=generator).tolist()
         draws = torch.rand(batch_size, 3, generator=generator).numpy()
-        xs, ms, statics = [], [], []
+        xs, ms, statics, totals = [], [], [], []
         for slot, (u, v, z) in zip(slots, draws):
             piece = self._pool[slot]
             s = piece.starts[int(u * len(piece.starts))]
@@ -320,15 +333,24 @@ class ChunkedWindows:
             ms.append(piece.observed[cut])
             if piece.static is not None:
                 statics.append(piece.static[:, r : r + th, c : c + tw])
-        batch = [torch.stack(xs), torch.stack(ms)] + ([torch.stack(statics)] if statics else [])
-        return tuple(b.pin_memory() for b in batch) if self.pin_memory else tuple(batch)
+            if self.totals is not None:
+                i, row, col = piece.origin
+                totals.append(self.totals[i, :, row + r : row + r + th, col + c : col + c + tw])
+        x, m = torch.stack(xs), torch.stack(ms)
+        inputs = _inputs(torch.stack(statics) if statics else None, np.stack(totals) if totals else None, x, m)
+        if self.pin_memory:
+            return x.pin_memory(), m.pin_memory(), {name: v.pin_memory() for name, v in inputs.items()}
+        return x, m, inputs
 
-    def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, static)``."""
-        size = self.tile or self.values.shape[-2:]
-        pieces = [self._read(i, s, s + self.window, r, c, size, [0]) for i, s, r, c in jobs]
+    def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``."""
+        (th, tw) = self.tile or self.values.shape[-2:]
+        pieces = [self._read(i, s, s + self.window, r, c, (th, tw), [0]) for i, s, r, c in jobs]
         static = None if self.static is None else torch.stack([p.static for p in pieces])
-        return torch.stack([p.x for p in pieces]), torch.stack([p.observed for p in pieces]), static
+        x, m = torch.stack([p.x for p in pieces]), torch.stack([p.observed for p in pieces])
+        totals = None if self.totals is None else np.stack([self.totals[i, :, r : r + th, c : c + tw]
+                                                            for i, _, r, c in jobs])
+        return x, m, _inputs(static, totals, x, m)
 
     def validation_context(self, pad: int = 0) -> list[tuple[np.ndarray, int, list]]:
         """Each validation window (tile) with up to ``pad`` steps either side that no other validation window
@@ -370,21 +392,20 @@ def context_spans(jobs, window: int, length: int, pad: int, apart: bool) -> list
     return spans
 
 
-def _validation_windows(x, train_observed, heldout, window, tile, static, seed, max_windows: int = 16):
-    """Up to ``max_windows`` windows (tiles) with held-back cells: ``(x, observed, heldout, static)`` tensors and
-    the ``(sample, start, row, col)`` of each."""
-    n, c, t, h, w = x.shape
-    (th, tw) = tile or (h, w)
+def _validation_windows(windows: ArrayWindows, heldout, seed, max_windows: int = 16):
+    """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
+    inputs)`` and the ``(sample, start, row, col)`` of each."""
+    n, c, t, h, w = windows.values.shape
+    (th, tw) = windows.tile or (h, w)
+    window = windows.window
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
     jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
     jobs = [jobs[k] for k in evenly_spaced(len(jobs), max_windows)]
     rng = np.random.default_rng(seed)
     placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))) for i, s in jobs]
-    cuts = [(i, slice(s, s + window), slice(r, r + th), slice(q, q + tw)) for i, s, r, q in placed]
-    xs, ms, hs = (torch.as_tensor(np.stack([a[i, :, ts, ys, zs] for i, ts, ys, zs in cuts]))
-                  for a in (x, train_observed, heldout))
-    tiles = None if tile is None else torch.as_tensor(np.stack([static[:, ys, zs] for _, _, ys, zs in cuts]))
-    return (xs, ms, hs, tiles), placed
+    xs, ms, inputs = windows.read(placed)
+    hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window, r : r + th, q : q + tw] for i, s, r, q in placed]))
+    return (xs, ms, hs, inputs), placed
 
 
 def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -404,7 +425,7 @@ def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> n
 def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.ndarray, *, window: int,
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
-                     valid: np.ndarray | None = None):
+                     valid: np.ndarray | None = None, history: bool = False):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -413,8 +434,11 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     :class:`ChunkedWindows`: a few windows spread over the archive
     (:func:`reserved_windows`) never enter training, and the held-back cells
     are drawn inside them. Either way ``validation`` is ``(x, observed, held
-    back, static)`` or None, ``validation_jobs`` their ``(sample, start, row,
-    col)``, and the caller closes the sampler when done.
+    back, inputs)`` or None, ``validation_jobs`` their ``(sample, start, row,
+    col)``, and the caller closes the sampler when done. With ``history`` the
+    inputs carry each window's history: sums and counts of the training
+    observations outside it (in an archive, one pass over it first); the
+    held-back cells, and in an archive the reserved windows, are not among them.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -430,20 +454,21 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         heldout = observed & withheld_stations(observed, val_fraction, seed) if stations else \
             (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
         train_observed = observed & ~heldout
-        windows = ArrayWindows(x, train_observed, window, tile=tile, static=static)
+        totals = series_totals(np.where(train_observed, values, np.nan), mean, std) if history else None
+        windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals)
         if heldout.any():
-            windows.validation, windows.validation_jobs = _validation_windows(x, train_observed, heldout, window,
-                                                                              tile, static, seed)
+            windows.validation, windows.validation_jobs = _validation_windows(windows, heldout, seed)
         return windows
     n, _, t, h, w = values.shape
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
     withheld = withheld_stations(valid[None, :, None], val_fraction, seed) if stations and valid is not None \
         and reserved else None
+    totals = np.asarray(series_totals(values, mean, std, withheld)) if history else None  # one pass
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
-                             pin_memory=pin_memory, withheld=withheld)
+                             pin_memory=pin_memory, withheld=withheld, totals=totals)
     if reserved:
         try:
-            xs, ms, tiles = windows.read(reserved)
+            xs, ms, inputs = windows.read(reserved)
         except BaseException:
             windows.close()
             raise
@@ -455,6 +480,11 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
             keep = ~torch.as_tensor(withheld_stations(ms.numpy(), val_fraction, seed))
         else:
             keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
-        windows.validation = (xs, ms & keep, ms & ~keep, tiles)
+        if totals is not None:  # training never sees the reserved windows, so their observations leave the totals
+            for (i, _, r, c), own in zip(reserved, window_sums(xs, ms).numpy()):
+                totals[i, :, r : r + th, c : c + tw] -= own
+            inputs["history"] = torch.as_tensor(np.stack([totals[i, :, r : r + th, c : c + tw]
+                                                          for i, _, r, c in reserved]), dtype=torch.float32)
+        windows.validation = (xs, ms & keep, ms & ~keep, inputs)
         windows.validation_jobs = reserved
     return windows

@@ -177,7 +177,8 @@ def train(
     """Train ``denoiser`` with the context-query loss on windows drawn from ``windows``.
 
     ``windows.sample(batch, generator) -> (x, observed)``, or ``(x, observed,
-    static)`` with per-sample static fields for tiles. Another objective goes in
+    inputs)`` with the denoiser's per-window keyword inputs (e.g. ``static``
+    fields for tiles, the windows' ``history``). Another objective goes in
     ``loss_fn(denoiser, x, observed, spec, schedule, generator) -> scalar loss``
     (default: :func:`~xrimpute.diffusion.context_query_loss`). ``validate(ema_net)``
     returns a dict of metrics, run every ``config.val_every`` steps and at the
@@ -267,9 +268,10 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * learning_rate_factor(config, step, time.perf_counter() - t0)
-        batch = [v.to(device, non_blocking=True) for v in windows.sample(config.batch_size, picks)]
-        x, observed = batch[:2]
-        net = model if len(batch) == 2 else functools.partial(model, static=batch[2])  # tiles bring their static fields
+        x, observed, *inputs = windows.sample(config.batch_size, picks)
+        x, observed = x.to(device, non_blocking=True), observed.to(device, non_blocking=True)
+        inputs = {name: v.to(device, non_blocking=True) for name, v in (inputs[0] if inputs else {}).items()}
+        net = functools.partial(model, **inputs) if inputs else model
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = loss_fn(net, x, observed, spec, schedule, noise)
         optimizer.zero_grad(set_to_none=True)

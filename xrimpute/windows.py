@@ -36,6 +36,38 @@ def window_seed(seed: int, sample: int, start: int, row: int = 0, col: int = 0) 
     return (int(high) << 31) ^ int(low)  # < 2**63: fits torch's manual_seed
 
 
+def series_totals(values, mean: np.ndarray, std: np.ndarray, withheld: np.ndarray | None = None) -> np.ndarray:
+    """``(N, 2C, H, W)`` float64: each cell's sum of normalised observations over its whole series, then their count.
+
+    ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), numpy, or
+    dask (then a lazy reduction: one pass over the archive when computed);
+    ``withheld`` ``(H, W)`` cells count as unobserved. Cut to a window and less the window's own observations
+    (:func:`outside_window`) they are the history a network's first guess may
+    lean on (:func:`xrimpute.nets.prior.history_baseline`).
+    """
+    mean = np.asarray(mean, np.float64)[None, :, None, None, None]
+    std = np.asarray(std, np.float64)[None, :, None, None, None]
+    seen = np.isfinite(values)
+    if withheld is not None:
+        seen = seen & ~np.asarray(withheld, bool)
+    sums = np.where(seen, (values.astype(np.float64) - mean) / std, 0.0).sum(axis=2)
+    return np.concatenate([sums, seen.sum(axis=2, dtype=np.float64)], axis=1)
+
+
+def window_sums(values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """``(B, 2C, H, W)`` float64: each cell's sum of ``values`` ``(B, C, T, H, W)`` over its ``observed`` steps, then
+    their count, as :func:`series_totals` counts a series."""
+    seen = observed.to(torch.float64)
+    return torch.cat([(values.to(torch.float64) * seen).sum(2), seen.sum(2)], dim=1)
+
+
+def outside_window(totals, values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """``(B, 2C, H, W)`` float32: the sums and counts of ``totals`` (:func:`series_totals` cut to each window,
+    ``(B, 2C, H, W)``) less those of the windows' own observations ``observed`` of ``values`` (normalised,
+    ``(B, C, T, H, W)``): what the series observed outside each window."""
+    return (torch.as_tensor(totals, dtype=torch.float64) - window_sums(values, observed)).to(torch.float32)
+
+
 @dataclass(frozen=True)
 class Tiling:
     """Spatial tiles of ``size`` (rows, cols) cells overlapping by ``overlap``; columns wrap when ``periodic``.
@@ -156,6 +188,7 @@ def impute_series(
     static: np.ndarray | None = None,
     piece: Piece | None = None,
     context: str = "sampled",
+    totals: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Impute every window (and tile) of every sample and blend the overlaps.
 
@@ -175,6 +208,9 @@ def impute_series(
         (default: the denoiser uses its own, for the untiled case).
     piece : where ``values`` sits in the series and which box to return.
     context : the contexts of each window's ensemble (:func:`~xrimpute.diffusion.impute_ensemble`).
+    totals : :func:`series_totals` of the whole series ``(N, 2C, H, W)`` (every sample, the whole grid), for a
+        denoiser whose guess leans on each window's history; with ``piece``, the samples of the series, not
+        of the cut.
 
     Returns
     -------
@@ -215,15 +251,18 @@ def impute_series(
         cuts = [places[job][0] for _, job in batch]
         x = torch.as_tensor(np.stack([values[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
         m = torch.as_tensor(np.stack([observed[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
-        tiles = None
+        tiles = history = None
         if static is not None:
             tiles = torch.as_tensor(np.stack([static[:, r : r + th][..., (col + np.arange(tw)) % w]
                                               for _, (_, r, col) in batch])).to(generator_device)
+        if totals is not None:
+            history = outside_window(np.stack([totals[sample0 + i, :, r : r + th][..., (col + np.arange(tw)) % w]
+                                               for i, (_, r, col) in batch]), x, m).to(generator_device)
         generators = [torch.Generator(device=generator_device).manual_seed(window_seed(seed, sample0 + i, s, r, col))
                       for i, (s, r, col) in batch]
         with torch.autocast(device_type=generator_device.type, dtype=torch.bfloat16, enabled=autocast):
             mean, std = impute_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, schedule,
-                                        K, generator=generators, static=tiles, context=context)
+                                        K, generator=generators, context=context, static=tiles, history=history)
         # float64 before the total-variance sums: in float32, sd**2 + mu**2 loses a spread far below the mean
         mean, std = mean.double().cpu().numpy(), std.double().cpu().numpy()
         for (i, job), mu, sd in zip(batch, mean, std):
@@ -241,14 +280,15 @@ def impute_series(
 def sample_series(denoiser, values: np.ndarray, observed: np.ndarray, schedule: VPSchedule, spec: MaskSpec,
                   imputation_spec: MaskSpec, window: int, *, n: int, steps: int, K: int, eta: float,
                   handover: float | None, domain: torch.Tensor, seed: int, batch_size: int,
-                  device: torch.device, autocast: bool = False, progress: bool = False) -> np.ndarray:
+                  device: torch.device, autocast: bool = False, progress: bool = False,
+                  totals: np.ndarray | None = None) -> np.ndarray:
     """``n`` members ``(n, N, C, T, H, W)`` of every sample by multi-step sampling, window by window.
 
     Windows tile the time axis (the last one overlaps the one before it,
     whose values are kept there) and are sampled independently, ``batch_size
     // n`` at a time from one random stream of ``seed``; ``values`` are
-    normalised (0 where unobserved). Arguments as for
-    :func:`xrimpute.diffusion.sample_multistep`.
+    normalised (0 where unobserved). ``totals`` as for :func:`impute_series`.
+    Other arguments as for :func:`xrimpute.diffusion.sample_multistep`.
     """
     total_steps = values.shape[2]
     starts = window_starts(total_steps, window, window)
@@ -261,10 +301,12 @@ def sample_series(denoiser, values: np.ndarray, observed: np.ndarray, schedule: 
         batch = jobs[first : first + per_call]
         xb = torch.as_tensor(np.stack([values[i, :, s : s + window] for i, s in batch])).to(device)
         mb = torch.as_tensor(np.stack([observed[i, :, s : s + window] for i, s in batch])).to(device)
+        history = None if totals is None else outside_window(totals[[i for i, _ in batch]], xb.cpu(), mb.cpu())
+        history = None if history is None else history.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             out = sample_multistep(denoiser, xb, mb, schedule, spec, imputation_spec=imputation_spec, K=K,
                                    members=n, steps=steps, eta=eta, handover=handover, domain=domain,
-                                   generator=generator, max_batch=batch_size)
+                                   generator=generator, max_batch=batch_size, history=history)
         out = out.float().cpu().numpy()
         for j, (i, s) in enumerate(batch):
             draws[:, i, :, s + new_from[s] : s + window] = out[:, j, :, new_from[s] :]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prior import DEFAULT_LEVELS, FirstGuess
+from .prior import DEFAULT_LEVELS, FirstGuess, history_baseline
 from .unet import PRESETS, UNet
 
 
@@ -26,19 +26,26 @@ class Denoiser(nn.Module):
     last layer starts at zero, predicts the correction to the guess.
     ``guess``: the :class:`~xrimpute.nets.prior.FirstGuess` options (default
     its defaults), e.g. one of :data:`~xrimpute.nets.prior.CANDIDATES`.
+    With ``history`` the guess leans on each cell's observations outside the
+    window (:func:`~xrimpute.nets.prior.history_baseline`), which every call
+    then passes as ``history`` ``(B, 2C, H, W)``: their sums and counts.
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
                  preset: str = "tiny", periodic: bool = False, first_guess: bool = False,
-                 guess: dict | None = None, **overrides):
+                 guess: dict | None = None, history: bool = False, **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if history and not first_guess:
+            raise ValueError("history= shapes the first guess; build the network with first_guess=True")
         self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
                            first_guess=first_guess, **overrides)
         if guess is not None:  # saved only when chosen, so older model files rebuild as they were
             guess = dict(guess, levels=[list(map(float, level)) for level in guess.get("levels", DEFAULT_LEVELS)])
             self.config["guess"] = guess
+        if history:  # likewise
+            self.config["history"] = True
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
@@ -46,16 +53,32 @@ class Denoiser(nn.Module):
         inputs = (4 if first_guess else 2) * cw + static.shape[0]
         self.unet = UNet(inputs, cw, periodic=periodic, zero_head=first_guess, **{**PRESETS[preset], **overrides})
 
+    @property
+    def uses_history(self) -> bool:
+        """Whether every call needs the windows' ``history``."""
+        return self.config.get("history", False)
+
+    def guess(self, values: torch.Tensor, mask: torch.Tensor,
+              history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first guess and its certainty ``(B, C, T, H, W)`` from the context (and the windows' history)."""
+        if self.uses_history and history is None:
+            raise ValueError("this network's first guess leans on each window's history; pass history= (the sums "
+                             "and counts of each cell's observations outside the window, windows.outside_window)")
+        baseline = history_baseline(history, self.config["periodic"]) if self.uses_history else None
+        return self.first_guess(values, mask, baseline)
+
     def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
-                static: torch.Tensor | None = None) -> torch.Tensor:
+                static: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         """``static`` ``(B, S, H, W)``: per-sample static fields (for tiles of a larger grid);
-        by default the full-grid fields given at construction, which must match the grid."""
+        by default the full-grid fields given at construction, which must match the grid. ``history``: see the
+        class."""
         b, c, w, h, wd = values.shape
         m = self.unet.multiple
         pad = (0, -wd % m, 0, -h % m)
         inputs = [values.reshape(b, c * w, h, wd), mask.to(values.dtype).reshape(b, c * w, h, wd)]
         if self.first_guess is not None:
-            guess, certainty = (v.to(values.dtype).reshape(b, c * w, h, wd) for v in self.first_guess(values, mask))
+            guess, certainty = (v.to(values.dtype).reshape(b, c * w, h, wd)
+                                for v in self.guess(values, mask, history))
             inputs += [guess, certainty]
         if self.static.shape[0]:
             if static is None:

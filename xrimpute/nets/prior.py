@@ -16,7 +16,13 @@ context never reaches the network's input.
 Which reach suits a cube depends on it (an hourly field is best filled from
 the same cell an hour away, a turbulent one from its neighbours now), so a fit
 chooses the levels among :data:`CANDIDATES` by their error on its held-back
-cells (:func:`choose_levels`), before training; it costs one pass per candidate.
+cells (:func:`choose_guess`), before training; it costs one pass per candidate.
+
+Where gaps lie far in time from any window's context (swaths that leave
+frames empty for hours), the guess can also lean on each cell's history: the
+observations of its series *outside* the window (:func:`history_baseline`).
+The guess then interpolates anomalies from that baseline. Observations outside
+the window are never query cells of the window's loss, so Theorem 1 holds.
 """
 from __future__ import annotations
 
@@ -83,15 +89,24 @@ class FirstGuess(nn.Module):
         x = torch.einsum("gh,nshw->nsgw", smoothing_matrix(space, h), x)
         return torch.einsum("nsgw,vw->nsgv", x, smoothing_matrix(space, w, self.periodic))
 
-    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, values: torch.Tensor, mask: torch.Tensor,
+                baseline: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``baseline`` ``(B, C, H, W)``: interpolate the departures from it instead of the values, and fall
+        back to it (not to 0) beyond every level's reach (:func:`history_baseline`)."""
         b, c, t, h, w = values.shape
+        values = values.to(torch.float32)
+        if baseline is not None:
+            baseline = baseline.to(torch.float32)[:, :, None]
+            values = values - baseline
         weight = mask.to(torch.float32).reshape(b * c, t, h, w)
-        signal = values.to(torch.float32).reshape(b * c, t, h, w) * weight
+        signal = values.reshape(b * c, t, h, w) * weight
         with torch.autocast(values.device.type, enabled=False):  # sums of many cells: float32 even under bf16
             guess, certainty = self._blend(signal, weight)
         guess = guess.reshape(b, c, t, h, w)
         if self.thin_plate:
-            guess = thin_plate(values.to(torch.float32), mask, fallback=guess)
+            guess = thin_plate(values, mask, fallback=guess)
+        if baseline is not None:
+            guess = guess + baseline
         return guess, certainty.reshape(b, c, t, h, w)
 
     def _blend(self, signal: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,6 +199,27 @@ def _spline_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 0.5 * r2 * torch.log(r2.clamp(min=1e-12))
 
 
+HISTORY_LEVELS: Levels = ((1.0, 0.0), (2.0, 0.0), (4.0, 0.0), (8.0, 0.0), (16.0, 0.0))
+"""The spatial scales that fill a history baseline where a cell has none of its own (no time axis: one field)."""
+HISTORY_SHRINK = 16.0
+"""Observations a cell needs before its own mean outweighs its neighbours' in a history baseline."""
+
+
+def history_baseline(history: torch.Tensor, periodic: bool = False) -> torch.Tensor:
+    """``(B, C, H, W)``: each cell's mean over the observations of its series outside the window, from ``history``
+    ``(B, 2C, H, W)`` = their sums and counts (normalised units; :func:`xrimpute.windows.outside_window`).
+
+    A cell with few observations of its own leans on its neighbours': its raw mean, filled over space by
+    normalised convolution at :data:`HISTORY_LEVELS` where it has none, is shrunk towards that fill by
+    :data:`HISTORY_SHRINK` observations. A series without observations outside the window gives 0 (the mean).
+    """
+    sums, counts = history.to(torch.float32).chunk(2, dim=1)
+    seen = counts > 0
+    raw = torch.where(seen, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    filled, _ = FirstGuess(HISTORY_LEVELS, periodic=periodic).to(history.device)(raw[:, :, None], seen[:, :, None])
+    return (sums + HISTORY_SHRINK * filled[:, :, 0]) / (counts + HISTORY_SHRINK)
+
+
 def widest_reach(candidates: dict[str, dict] = CANDIDATES) -> int:
     """Cells: how far in space the widest level of the ``candidates`` reaches (its kernel's radius)."""
     return max(gaussian_kernel(space).numel() // 2 for options in candidates.values() for space, _ in options["levels"])
@@ -191,16 +227,19 @@ def widest_reach(candidates: dict[str, dict] = CANDIDATES) -> int:
 
 @torch.no_grad()
 def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
-                 candidates: dict[str, dict] = CANDIDATES, periodic: bool = False) -> tuple[str, dict[str, float]]:
+                 candidates: dict[str, dict] = CANDIDATES, periodic: bool = False,
+                 history: torch.Tensor | None = None) -> tuple[str, dict[str, float]]:
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate one runs only where no frame holds more
-    than :data:`MAX_SPLINE_POINTS` context cells."""
+    than :data:`MAX_SPLINE_POINTS` context cells. ``history``: the windows' history (:func:`history_baseline`),
+    for a network that leans on it."""
     errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
+    baseline = None if history is None else history_baseline(history, periodic)
     for name, options in candidates.items():
         if options.get("thin_plate") and dense:
             continue
-        guess, _ = FirstGuess(**options, periodic=periodic)(values * mask, mask)
+        guess, _ = FirstGuess(**options, periodic=periodic)(values * mask, mask, baseline)
         errors[name] = float(((guess - values) ** 2 * held).sum()) / reference
     return min(errors, key=lambda name: (errors[name], list(candidates).index(name))), errors
