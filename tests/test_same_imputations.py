@@ -1,5 +1,5 @@
 """The restructuring into an array-level engine (issue 13) changed no imputation: same model file and seed,
-same bits as the code before it (fixtures written by tests/data/make_before_move.py)."""
+same bits as the code before it (fixtures written by tests/data/make_before_move.py), up to :data:`ROUNDING`."""
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,9 +26,21 @@ def load_before(name: str):
     return model
 
 
+ROUNDING = 2e-6
+"""Of each field's largest magnitude. Bitwise on CPUs whose kernels round as those that wrote the fixtures; on
+AVX2-only CPUs the convolutions round apart, by at most 7e-7 of the field's scale (measured), which a real change
+(another seed: about 1e-2) dwarfs."""
+
+
+def assert_same(result: np.ndarray, reference: np.ndarray, name: str):
+    assert result.dtype == reference.dtype == np.float32, name
+    scale = float(np.abs(reference).max())
+    np.testing.assert_allclose(result, reference, rtol=0, atol=ROUNDING * scale, err_msg=name)
+
+
 def assert_same_bits(result: xr.Dataset, reference: xr.Dataset, names):
     for name in names:
-        np.testing.assert_array_equal(result[name].values, reference[name].values, err_msg=name, strict=True)
+        assert_same(result[name].values, reference[name].values, name)
 
 
 @pytest.mark.parametrize("name", ["whole", "tiled"])
@@ -55,4 +67,4 @@ def test_sampling_from_a_saved_model_is_bitwise_what_it_was_before_the_move(data
     reference = xr.load_dataset(DATA / "before_move_whole_imputed.nc")
     members = model.sample(data, n=2, steps=3, K=2, seed=7, progress=False)
     for name in ("t2m", "u10"):
-        np.testing.assert_array_equal(members[name].values, reference[f"{name}_members"].values, strict=True)
+        assert_same(members[name].values, reference[f"{name}_members"].values, name)
