@@ -10,7 +10,7 @@ from test_lazy import FIT, archive
 from xrimpute.diffusion import VPSchedule, context_query_loss
 from xrimpute import cube
 from xrimpute.engine import Engine, ImputeConfig, WINDOWS, needs_history
-from xrimpute.masks import Pixel
+from xrimpute.masks import Pixel, Station
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import history_baseline
 from xrimpute.reconstruct import reconstruct
@@ -119,6 +119,23 @@ def test_training_history_leaves_out_held_back_cells_and_in_an_archive_the_reser
         assert drawn["history"].shape == (4, 2, 16, 16)
     finally:
         chunked.close()
+
+
+def test_stations_withheld_from_training_an_archive_are_in_no_totals():
+    rng = np.random.default_rng(4)
+    cells = np.zeros((16, 16), bool)
+    cells[rng.integers(0, 16, 20), rng.integers(0, 16, 20)] = True
+    values = np.where(cells, smooth_series(t=24), np.nan).astype(np.float32)
+    valid = np.isfinite(values).any(axis=(0, 2))
+    windows = training_windows(da.from_array(values, chunks=(1, 1, 8, 16, 16)), Station(), np.zeros(1),
+                               np.ones(1), window=4, val_fraction=0.2, seed=0, valid=valid, history=True)
+    try:
+        assert windows.withheld.any() and windows.validation_jobs
+        counts = windows.totals[:, 1]
+        assert counts.min() >= 0 and not counts[:, windows.withheld].any()
+        assert not windows.validation[3]["history"][:, 1][:, torch.as_tensor(windows.withheld)].any()
+    finally:
+        windows.close()
 
 
 def test_a_swath_that_leaves_frames_empty_for_hours_gets_history_and_pixels_do_not():

@@ -353,7 +353,7 @@ class Engine:
                    **({"history": True} if config.history else {}))
         if init is not None and {k: v for k, v in init.denoiser.config.items() if k != "guess"} != net:
             raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds {net}; pass the "
-                                "same window, preset and periodic")
+                                "same window, preset, periodic and history")
 
         config = replace(config, tile=None if tile is None else list(tile), train_rate=stats.rate,
                          statistics_chunks=list(stats.chunks), versions=_versions(),
@@ -509,8 +509,8 @@ class Engine:
                                         else self.observed_rate(values))
         if totals is None and self.denoiser.uses_history:
             if piece is not None:
-                raise ValueError("this model's first guess leans on each cell's history; pass totals= (Engine.totals "
-                                 "of the whole series) with a piece of it")
+                raise ArgumentError("this model's first guess leans on each cell's history; pass totals= "
+                                    "(Engine.totals of the whole series) with a piece of it")
             totals = self.totals(values)
         device = resolve_device(options.device)
         own = net is None

@@ -481,7 +481,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         else:
             keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
         if totals is not None:  # training never sees the reserved windows, so their observations leave the totals
-            for (i, _, r, c), own in zip(reserved, window_sums(xs, ms).numpy()):
+            counted = ms if withheld is None else ms & keep  # withheld stations are in no totals
+            for (i, _, r, c), own in zip(reserved, window_sums(xs, counted).numpy()):
                 totals[i, :, r : r + th, c : c + tw] -= own
             inputs["history"] = torch.as_tensor(np.stack([totals[i, :, r : r + th, c : c + tw]
                                                           for i, _, r, c in reserved]), dtype=torch.float32)

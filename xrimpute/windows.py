@@ -41,9 +41,9 @@ def series_totals(values, mean: np.ndarray, std: np.ndarray, withheld: np.ndarra
 
     ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), numpy, or
     dask (then a lazy reduction: one pass over the archive when computed);
-    ``withheld`` ``(H, W)`` cells count as unobserved. Cut to a window and less the window's own observations
-    (:func:`outside_window`) they are the history a network's first guess may
-    lean on (:func:`xrimpute.nets.prior.history_baseline`).
+    ``withheld`` ``(H, W)`` cells count as unobserved. Cut to a window and less
+    the window's own observations (:func:`outside_window`) they are the history
+    a network's first guess may lean on (:func:`xrimpute.nets.prior.history_baseline`).
     """
     mean = np.asarray(mean, np.float64)[None, :, None, None, None]
     std = np.asarray(std, np.float64)[None, :, None, None, None]
@@ -301,8 +301,9 @@ def sample_series(denoiser, values: np.ndarray, observed: np.ndarray, schedule: 
         batch = jobs[first : first + per_call]
         xb = torch.as_tensor(np.stack([values[i, :, s : s + window] for i, s in batch])).to(device)
         mb = torch.as_tensor(np.stack([observed[i, :, s : s + window] for i, s in batch])).to(device)
-        history = None if totals is None else outside_window(totals[[i for i, _ in batch]], xb.cpu(), mb.cpu())
-        history = None if history is None else history.to(device)
+        history = None
+        if totals is not None:
+            history = outside_window(totals[[i for i, _ in batch]], xb.cpu(), mb.cpu()).to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             out = sample_multistep(denoiser, xb, mb, schedule, spec, imputation_spec=imputation_spec, K=K,
                                    members=n, steps=steps, eta=eta, handover=handover, domain=domain,
