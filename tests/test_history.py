@@ -9,6 +9,7 @@ import xrimpute
 from test_lazy import FIT, archive
 from xrimpute.diffusion import VPSchedule, context_query_loss
 from xrimpute import cube
+from xrimpute.errors import ArgumentError
 from xrimpute.engine import Engine, ImputeConfig, WINDOWS, needs_history
 from xrimpute.masks import Pixel, Station
 from xrimpute.nets import Denoiser
@@ -148,6 +149,8 @@ def test_a_swath_that_leaves_frames_empty_for_hours_gets_history_and_pixels_do_n
     fit = dict(steps=2, batch_size=2, progress=False, verbose=False)
     auto = Engine.fit_array(values, "pixel", **fit)
     assert auto.window > WINDOWS[0] and auto.config.history and auto.denoiser.uses_history
+    with pytest.raises(ArgumentError, match="history must be True, False or None"):
+        Engine.fit_array(values, "pixel", history="yes", **fit)
     off = Engine.fit_array(values, "pixel", history=False, **fit)
     assert not off.config.history and not off.denoiser.uses_history
     filled, _ = auto.fill(values)

@@ -197,10 +197,12 @@ def grid_digest(grid: dict) -> str:
     return hashlib.sha256(values.tobytes()).hexdigest()[:16]
 
 
-def check_fit_options(window, tile, val_fraction, device) -> None:
+def check_fit_options(window, tile, val_fraction, device, history=None) -> None:
     """Refuse fit options that cannot work, before any data is read."""
     arguments.check(window=window, tile=tile, val_fraction=val_fraction)
     arguments.check_device(device)
+    if history not in (None, True, False):
+        raise ArgumentError(f"history must be True, False or None (decide from the observations), not {history!r}")
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,7 @@ class Engine:
         :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns joins
         the validation.
         """
-        check_fit_options(config.window, config.tile, val_fraction, device)
+        check_fit_options(config.window, config.tile, val_fraction, device, config.history)
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
