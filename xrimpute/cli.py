@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 USAGE_ERROR = 2
-PRESETS = ("auto", "tiny", "small", "base")
+PRESETS = ("auto", "lite", "tiny", "small", "base")  # the network's (cli must not import torch for --help)
+HISTORY_CHOICES = {"auto": None, "on": True, "off": False}
 DATASETS = {
     "era5": "ERA5 2 m temperature over the UK, hourly, March 2019 (2.5 MB download, then cached)",
     "advection": "tracers advected by random uniform winds on a periodic square (generated, cached)",
@@ -158,7 +159,8 @@ def _fit(args) -> None:
     ds = open_cube(args.source, args.variables)
     model = CtxDiffModel.fit(ds, mask=args.mask, window=args.window, preset=args.preset, steps=args.steps,
                              batch_size=args.batch_size, max_time=args.max_time, seed=args.seed, device=args.device,
-                             checkpoint=args.checkpoint, tile=args.tile or "auto", verbose=not args.quiet)
+                             checkpoint=args.checkpoint, tile=args.tile or "auto", verbose=not args.quiet,
+                             history=HISTORY_CHOICES[args.history])
     model.save(args.out)
     print(model)
     print(f"saved to {args.out}; fill gaps with: xrimpute impute {args.source} --model {args.out} --out filled.nc")
@@ -355,13 +357,16 @@ def _fit_parser(sub) -> None:
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                    help="stop training after this long (default on the CPU: 300)")
     p.add_argument("--preset", default="auto", choices=PRESETS,
-                   help="network size (default: auto, base on a GPU and tiny on the CPU)")
+                   help="network size (default: auto, base on a GPU and lite on the CPU)")
     p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per training step (default: 16)")
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to model (default: all with time/lat/lon dims)")
     p.add_argument("--tile", type=_size, default=None, metavar="ROWSxCOLS",
                    help="train on random spatial tiles, e.g. 128x128 (default: 128x128 tiles on a grid of "
                         "more than twice their cells, the whole grid otherwise)")
+    p.add_argument("--history", default="auto", choices=tuple(HISTORY_CHOICES),
+                   help="whether the first guess leans on each cell's observations outside the window (default: "
+                        "auto, on where the window is longer than 5 steps, as under swaths that leave hours empty)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="training state file, written as training goes and resumed if it exists")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
