@@ -1,3 +1,4 @@
+import collections
 import os
 import sys
 
@@ -8,7 +9,17 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/synthetic.py
 # subprocesses (the CLI, notebook kernels, dask workers) import this checkout, not whatever xrimpute is installed
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# under pytest-xdist each worker is a process of its own: one torch thread each, so that workers do not fight
+# over the cores (a spinning thread pool on a shared core slows down many times over)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(items):
+    """Files holding the most slow tests first, each file's tests in their order: pytest-xdist hands out whole
+    files in this order (``--dist loadfile``), so the long ones start early instead of keeping one worker busy at
+    the end."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ def gap_mse(filled, truth, observed):
     return float(((filled - truth) ** 2).where(observed.isnull()).mean())
 
 
+@pytest.mark.slow
 def test_imputation_beats_observed_mean_and_linear_interpolation_in_time(case):
     truth, observed, model = case
     filled = observed.ctxdiff.impute(model=model, K=10, progress=False)

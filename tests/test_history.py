@@ -170,6 +170,7 @@ def remembering(tmp_path_factory):
     return root, data, model
 
 
+@pytest.mark.slow
 def test_a_history_model_imputes_lazily_and_on_a_cluster_as_in_memory_and_survives_saving(remembering):
     root, data, model = remembering
     assert model.engine.denoiser.uses_history and xrimpute.load(root / "model.xri").engine.denoiser.uses_history

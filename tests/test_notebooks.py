@@ -36,6 +36,7 @@ def test_the_committed_notebooks_are_what_the_generator_writes():
         assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{name} has outputs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
 def test_notebook_runs(name, tmp_path, monkeypatch, request):
     if name in NEEDS_ERA5:

@@ -68,6 +68,7 @@ def copy_pair(seed: int, n: int, rate: float, size: int = 12):
     return truth, np.where(seen, truth, np.nan)
 
 
+@pytest.mark.slow
 def test_fit_with_per_variable_contexts_fills_a_variable_from_another_better_than_with_a_shared_pattern():
     # B's gaps are queried with A in the context only under per-variable patterns; at test B is wholly
     # missing, so the adapted context keeps all of A and B must come from A at the same cell

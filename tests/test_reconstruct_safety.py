@@ -58,6 +58,7 @@ def test_overwrite_refuses_a_plain_file_and_keeps_it(case, tmp_path):
     assert target.read_bytes() == b"not a store"
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_an_earlier_reconstruction(case, tmp_path):
     target = tmp_path / "filled.zarr"
     first = reconstruct(case / "source.zarr", case / "model.xri", target, progress=False, K=1, seed=0).load()
