@@ -117,6 +117,51 @@ def test_the_lite_preset_costs_under_a_third_of_tiny_per_step():
     assert flops("lite") < flops("tiny") / 3
 
 
+def test_an_exact_grid_network_spends_no_work_on_padding_and_matches_the_padded_one_on_multiples():
+    def step_flops(net, h, w):
+        x = torch.randn(4, 1, 5, h, w)
+        with FlopCounterMode(display=False) as counter:
+            net(x, x > 0, torch.rand(4)).square().mean().backward()
+        return counter.get_total_flops()
+
+    torch.manual_seed(0)
+    padded = Denoiser(1, 5, None, preset="lite", first_guess=True)
+    exact = Denoiser(1, 5, None, preset="lite", first_guess=True, exact_grid=True)
+    exact.load_state_dict(padded.state_dict())
+    for layer in exact.unet.modules():  # a trained head: the untrained one returns the guess whatever the body does
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.normal_(layer.weight, std=0.1)
+    padded.load_state_dict(exact.state_dict())
+    assert padded.unet.multiple == 8 and exact.unet.multiple == 1
+    # a 33 x 49 grid (the ERA5 sample's) is padded to 40 x 56, 1.39 times its cells; exactly, the coarse levels
+    # round up (17 x 25, 9 x 13, 5 x 7), so the work falls to 0.81 (the time measured to 0.68: RESULTS.md)
+    assert step_flops(exact, 33, 49) < 0.85 * step_flops(padded, 33, 49)
+    x, t = torch.randn(2, 1, 5, 33, 49), torch.rand(2)
+    mask = torch.rand(x.shape) < 0.3
+    with torch.no_grad():
+        out = exact(x * mask, mask, t)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        cut = (..., slice(0, 32), slice(0, 48))
+        assert torch.equal(exact(x[cut] * mask[cut], mask[cut], t), padded(x[cut] * mask[cut], mask[cut], t))
+
+
+@pytest.mark.filterwarnings("ignore:mask Pixel")  # a 12-step toy series leaves a few cells unlearnable
+def test_a_new_fit_builds_an_exact_grid_network_that_survives_saving_and_an_init_keeps_its_own(tmp_path):
+    from xrimpute.engine import Engine
+
+    values = np.random.default_rng(0).normal(size=(1, 1, 12, 13, 21)).astype(np.float32)
+    values[np.random.default_rng(1).random(values.shape) < 0.5] = np.nan
+    options = dict(mask="pixel", steps=1, batch_size=2, progress=False, verbose=False)
+    engine = Engine.fit_array(values, **options)
+    assert engine.denoiser.config["exact_grid"] and engine.denoiser.unet.multiple == 1
+    assert Engine.load(engine.save(tmp_path / "m.xri")).denoiser.unet.multiple == 1
+    older = Denoiser(**{k: v for k, v in engine.denoiser.config.items() if k not in ("exact_grid", "guess")},
+                     static=engine.denoiser.static)
+    engine.denoiser = older  # a network as files written before the option hold it
+    again = Engine.fit_array(values, init=engine, **options)
+    assert "exact_grid" not in again.denoiser.config and again.denoiser.unet.multiple == 8
+
+
 def test_a_time_budget_gets_a_whole_schedule():
     config = TrainConfig(steps=10**6, lr=1.0, max_time=100.0, warmup=0.1, final_lr=0.1)
     assert learning_rate_factor(config, 10, 5.0) == pytest.approx(0.5)  # half-way through the warm-up

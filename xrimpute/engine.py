@@ -350,9 +350,11 @@ class Engine:
         static = position_fields(np.asarray(config.grid["lat"], float), np.asarray(config.grid["lon"], float),
                                  config.degrees) if config.positions else np.zeros((0, h, w), np.float32)
         # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
+        # a new network works on the grid as it is, no cells padded (an init keeps its own way)
+        exact_grid = init is None or init.denoiser.config.get("exact_grid", False)
         net = dict(n_channels=len(config.channels), window=config.window, preset=preset,
                    periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True,
-                   **({"history": True} if config.history else {}))
+                   **({"history": True} if config.history else {}), **({"exact_grid": True} if exact_grid else {}))
         if init is not None and {k: v for k, v in init.denoiser.config.items() if k != "guess"} != net:
             raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds {net}; pass the "
                                 "same window, preset, periodic and history")

@@ -18,7 +18,8 @@ class Denoiser(nn.Module):
     are appended: the full-grid fields kept as a buffer, or per-sample fields
     cut for tiles of the grid and passed to :meth:`forward`. The grid is
     padded to the U-Net's multiple with cells that are never observed, and
-    cropped back.
+    cropped back (not at all with ``exact_grid=True``, which every fit now
+    builds: see :class:`~xrimpute.nets.unet.UNet`).
 
     With ``first_guess`` the network starts from a classical estimate made
     from the context alone (:class:`~xrimpute.nets.prior.FirstGuess`): the
