@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the ge
 from synthetic import blobs  # noqa: E402
 
 import xrimpute  # noqa: E402
-from xrimpute.baselines import METHODS  # noqa: E402
 
 
 def station_cube(seed: int, share: float, size: int, frames: int, samples: int):

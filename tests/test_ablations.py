@@ -1,7 +1,6 @@
 """The paper's ablations run in one call each, with every arm beside its peer; the paper settings follow the paper."""
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 

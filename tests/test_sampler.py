@@ -6,7 +6,6 @@ import pytest
 import torch
 import xarray as xr
 
-import xrimpute
 from synthetic import blobs
 from xrimpute import diffusion
 from xrimpute.diffusion import (VPSchedule, ddim_step, impute_ensemble, log_snr, sample_multistep,

@@ -56,5 +56,5 @@ __all__ = [
     "MaskSpec", "MaskSpecError", "Patches", "Pixel", "QueryDraws", "Station", "Swath", "TimeGap", "block_index",
     "find_block_grid", "holdout_keep", "infer", "infer_pixel_or_block", "learnability", "query_coverage",
     "query_probability", "resolve", "warn_if_unlearnable",
-    "Reach", "reach", "unreachable",
+    "Reach", "gaps_in_reach", "reach", "unreachable",
 ]
