@@ -94,6 +94,19 @@ class Attention(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+def upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour upsampling of ``x`` to the grid of ``like``: twice the size it halved, less the cell a
+    rounded-up halving of an odd size added."""
+    return F.interpolate(x, size=like.shape[-2:], mode="nearest")
+
+
+class Double(nn.Module):
+    """A U-Net level's upsampling back to the size of its skip connection (:func:`upsample_to`)."""
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return upsample_to(x, like)
+
+
 class UNet(nn.Module):
     """U-Net mapping ``(B, in_channels, H, W)`` and a noise time ``(B,)`` to ``(B, out_channels, H, W)``.
 
@@ -142,7 +155,7 @@ class UNet(nn.Module):
                 self.up.append(self._stage(width + widths.pop(), channels * mult, emb_dim, level in attention, dropout, periodic))
                 width = channels * mult
             if level > 0:
-                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                self.up.append(Double())
         head_width = width + (channels if stem_stride > 1 else 0)
         self.head = nn.Sequential(nn.GroupNorm(_groups(head_width), head_width), nn.SiLU(),
                                   Conv3x3(head_width, out_channels, periodic))
@@ -175,10 +188,10 @@ class UNet(nn.Module):
             skips.append(x)
         x = self._run(self.middle, x, emb)
         for stage in self.up:
-            if isinstance(stage, nn.Upsample):  # back to the size before the halving (rounded up) at this level
-                x = F.interpolate(x, size=skips[-1].shape[-2:], mode="nearest")
+            if isinstance(stage, Double):
+                x = stage(x, skips[-1])
             else:
                 x = self._run(stage, torch.cat([x, skips.pop()], dim=1), emb)
         if self.stem_stride > 1:
-            x = torch.cat([F.interpolate(x, size=full.shape[-2:], mode="nearest"), full], dim=1)
+            x = torch.cat([upsample_to(x, full), full], dim=1)
         return self.head(x)
