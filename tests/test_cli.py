@@ -158,12 +158,14 @@ def test_fit_offers_every_network_preset():
 def test_fit_then_impute_through_the_command_line(observed_file, tmp_path):
     model_path, out = tmp_path / "m.xri", tmp_path / "filled.nc"
     fit = run("fit", str(observed_file), "--out", str(model_path), "--mask", "pixel", "--steps", "5",
-              "--batch-size", "4", "--preset", "tiny", "--history", "on", "--device", "cpu", "-q")
+              "--batch-size", "4", "--preset", "tiny", "--history", "on", "--nearby", "on", "--device", "cpu", "-q")
     assert fit.returncode == 0, fit.stderr
     assert "saved to" in fit.stdout and "tiny U-Net" in fit.stdout and "history outside the window" in fit.stdout
+    assert "steps before and after the window" in fit.stdout
     model = xrimpute.load(model_path)
     assert model.history.step[-1] == 5  # steps taken
     assert model.engine.denoiser.uses_history  # pixels alone would not have chosen it
+    assert model.engine.denoiser.nearby_span and model.info["nearby"]  # nor this
 
     impute = run("impute", str(observed_file), "--model", str(model_path), "--out", str(out), "--K", "2", "--std",
                  "-q")

@@ -9,7 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import CANDIDATES, FirstGuess, choose_guess, gaussian_kernel, smoothing_matrix, thin_plate
+from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, choose_guess, gaussian_kernel,
+                                 nearby_guess, smoothing_matrix, thin_plate)
+from xrimpute.windows import nearby_observations
 from xrimpute.training import TrainConfig, learning_rate_factor
 
 
@@ -200,15 +202,20 @@ def test_the_chosen_guess_levels_survive_saving_and_an_untrained_network_returns
     values = np.repeat(rng.normal(size=(2, 1, 1, 12, 16)), 12, axis=2).astype(np.float32)  # still in time
     values[rng.random(values.shape) < 0.5] = np.nan
     engine = Engine.fit_array(values, mask="pixel", steps=1, lr=1e-12, batch_size=2, progress=False, verbose=False)
-    assert engine.config.validation["first_guess"] == "time first"
+    # still in time, a cell's own observations beyond the window are exact too
+    assert engine.config.validation["first_guess"] == "time first" + NEARBY_LABEL
     assert engine.denoiser.config["guess"]["levels"] == [list(level) for level in CANDIDATES["time first"]["levels"]]
     again = Engine.load(engine.save(tmp_path / "m.xri"))
     assert again.denoiser.first_guess.levels == engine.denoiser.first_guess.levels
+    assert again.denoiser.nearby_span == NEARBY_SPAN
     x = torch.as_tensor(np.nan_to_num(values[:, :, :5]))
     mask = torch.as_tensor(np.isfinite(values[:, :, :5]))
+    nearby = torch.as_tensor(np.stack([nearby_observations(np.nan_to_num(v), np.isfinite(v), 0, 5, NEARBY_SPAN)
+                                       for v in values]))
     with torch.no_grad():
-        out = again.denoiser(x, mask, torch.full((2,), 1e-3))
-    assert torch.allclose(out, FirstGuess(**CANDIDATES["time first"])(x, mask)[0], atol=1e-5)
+        out = again.denoiser(x, mask, torch.full((2,), 1e-3), nearby=nearby)
+    expected = nearby_guess(FirstGuess(**CANDIDATES["time first"]), x, mask, nearby, NEARBY_SPAN)[0]
+    assert torch.allclose(out, expected, atol=1e-5)
 
 
 def test_the_thin_plate_guess_is_the_spline_through_the_context_and_wins_on_scattered_stations_of_a_smooth_field():

@@ -11,6 +11,7 @@ import xarray as xr
 from dask.callbacks import Callback
 
 import xrimpute
+from xrimpute.nets.prior import NEARBY_SPAN
 from xrimpute import samplers
 from xrimpute.masks import Pixel
 from xrimpute.windows import Piece, Tiling, impute_series, plan
@@ -172,8 +173,11 @@ def test_fit_on_dask_input_reads_chunks_never_the_whole_archive(tmp_path):
     big = xr.open_zarr(tmp_path / "big.zarr")
     whole = sum(v.nbytes for v in big.data_vars.values())
     with Largest() as largest:
-        model = xrimpute.fit(big, tile=(16, 16), **dict(FIT, steps=12))
+        model = xrimpute.fit(big, tile=(16, 16), nearby=False, **dict(FIT, steps=12))
     assert 0 < largest.most <= whole / 8  # a time chunk (plus the window's steps after it), not the archive
+    with Largest() as largest:  # a first guess from nearby steps reads them too: 24 steps either side
+        near = xrimpute.fit(big, tile=(16, 16), nearby=True, **dict(FIT, steps=12))
+    assert 0 < largest.most <= whole * (4 + near.window - 1 + 2 * NEARBY_SPAN) / 96 < whole
     assert model.info["statistics_chunks"] == [8, 24]  # normalisation from 8 of the 24 chunks
     assert model.validation["cells"] > 0  # validated on windows kept out of training
     assert np.allclose(model.mean, [big["t2m"].mean().compute(), big["u10"].mean().compute()], atol=0.5)

@@ -28,7 +28,7 @@ from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
 from .nets import PRESETS, Denoiser
-from .nets.prior import CANDIDATES, choose_guess, widest_reach
+from .nets.prior import CANDIDATES, NEARBY_SPAN, candidate_label, choose_guess, widest_reach
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
@@ -124,6 +124,23 @@ def needs_history(observed: np.ndarray, steps: int) -> bool:
     return choose_window(observed, steps)[0] > WINDOWS[0]
 
 
+NEARBY_REACH = 0.5
+"""Share of the gaps that must have an observation of their own cell within half the nearby span for a fit to
+consider the nearby steps (:func:`offers_nearby`)."""
+
+
+def offers_nearby(observed: np.ndarray) -> bool:
+    """Whether a fit on a series observed as ``observed`` scores first guesses from each cell's nearby steps (and
+    may choose one): where at least :data:`NEARBY_REACH` of the gaps have an observation of their own cell within
+    half of :data:`~xrimpute.nets.prior.NEARBY_SPAN` steps (:func:`xrimpute.masks.gaps_near_in_time`).
+
+    The held-back cells a fit chooses on are observed cells, which nearly always have such observations; gaps
+    that have none (blocks that never move) would meet a network trained to trust a guess they do not get: on
+    the static Navier-Stokes blocks that took the gap error from 0.81 to 1.03 (``benchmarks/RESULTS.md``).
+    """
+    return masks.gaps_near_in_time(observed, NEARBY_SPAN // 2) >= NEARBY_REACH
+
+
 @dataclass
 class ModelConfig:
     """What a model is apart from its weights and normalisation; saved as JSON (the ``info`` of a model file).
@@ -137,7 +154,10 @@ class ModelConfig:
     the network sees each cell's position as static inputs (files older than
     the option: True). ``history``: whether the first guess leans on each
     cell's observations outside the window (None: :meth:`Engine.fit` decides,
-    :func:`needs_history`; files older than the option: False).
+    :func:`needs_history`; files older than the option: False). ``nearby``:
+    whether it starts from each cell's nearest observations either side of the
+    window (None: :meth:`Engine.fit` decides on the held-back cells; the
+    network's config says how many steps, ``Denoiser.nearby_span``).
     """
 
     channels: list[str]
@@ -151,6 +171,7 @@ class ModelConfig:
     periodic: bool = False
     positions: bool | None = True  # None: Engine.fit decides (no position inputs for station data)
     history: bool | None = False  # None: Engine.fit decides (needs_history)
+    nearby: bool | None = False  # None: Engine.fit decides (choose_guess on the held-back cells)
     train_rate: float = 1.0
     statistics_chunks: list[int] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
@@ -197,12 +218,14 @@ def grid_digest(grid: dict) -> str:
     return hashlib.sha256(values.tobytes()).hexdigest()[:16]
 
 
-def check_fit_options(window, tile, val_fraction, device, history=None) -> None:
+def check_fit_options(window, tile, val_fraction, device, history=None, nearby=None) -> None:
     """Refuse fit options that cannot work, before any data is read."""
     arguments.check(window=window, tile=tile, val_fraction=val_fraction)
     arguments.check_device(device)
     if history not in (None, True, False):
         raise ArgumentError(f"history must be True, False or None (decide from the observations), not {history!r}")
+    if nearby not in (None, True, False):
+        raise ArgumentError(f"nearby must be True, False or None (decide on the held-back cells), not {nearby!r}")
 
 
 @dataclass(frozen=True)
@@ -325,7 +348,7 @@ class Engine:
         :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns joins
         the validation.
         """
-        check_fit_options(config.window, config.tile, val_fraction, device, config.history)
+        check_fit_options(config.window, config.tile, val_fraction, device, config.history, config.nearby)
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
@@ -354,23 +377,43 @@ class Engine:
         exact_grid = init is None or init.denoiser.config.get("exact_grid", False)
         net = dict(n_channels=len(config.channels), window=config.window, preset=preset,
                    periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True,
-                   **({"history": True} if config.history else {}), **({"exact_grid": True} if exact_grid else {}))
+                   **({"history": True} if config.history else {}), **({"exact_grid": True} if exact_grid else {}),
+                   **({"nearby": init.denoiser.nearby_span} if init is not None and init.denoiser.nearby_span else {}))
         if init is not None and {k: v for k, v in init.denoiser.config.items() if k != "guess"} != net:
             raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds {net}; pass the "
                                 "same window, preset, periodic and history")
+        if init is not None and config.nearby is not None and config.nearby != bool(init.denoiser.nearby_span):
+            raise ModelMismatch(f"init= has a first guess {'with' if init.denoiser.nearby_span else 'without'} "
+                                f"nearby steps; pass nearby=None (keep the init's) or "
+                                f"nearby={bool(init.denoiser.nearby_span)}")
+        if init is not None:
+            offered = init.denoiser.nearby_span
+        elif config.nearby is None:
+            offered = NEARBY_SPAN if offers_nearby(stats.observed) else 0
+        else:
+            offered = NEARBY_SPAN if config.nearby else 0
 
         config = replace(config, tile=None if tile is None else list(tile), train_rate=stats.rate,
                          statistics_chunks=list(stats.chunks), versions=_versions(),
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
                                    val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda",
-                                   valid=stats.valid, history=bool(config.history))
+                                   valid=stats.valid, history=bool(config.history),
+                                   nearby_span=offered)
         try:
-            guess, guesses = _first_guess(windows.validation, net["periodic"], init)
+            guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby)
+            name, nearby = candidate_label(guess) if guess is not None else (None, bool(config.nearby))
+            if init is None and nearby:
+                net["nearby"] = NEARBY_SPAN
+            elif init is None:  # the network does without: no more nearby steps to cut
+                windows.nearby_span = 0
+                if windows.validation is not None:
+                    windows.validation[3].pop("nearby", None)
+            config = replace(config, nearby=bool(net.get("nearby")))
             with seeded(seed):  # the initial weights
                 denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), torch.as_tensor(static),
                                     guess=init.denoiser.config.get("guess") if init is not None else
-                                    None if guess is None else CANDIDATES[guess], **net)
+                                    None if name is None else CANDIDATES[name], **net)
             if init is not None:
                 denoiser.load_state_dict(init.denoiser.state_dict())
             fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config,
@@ -408,7 +451,7 @@ class Engine:
                   periodic: bool = False, preset: str = "auto", val_fraction: float = 0.05, device: str | None = None,
                   checkpoint=None, progress: bool | None = None, verbose: bool = True, init: Engine | None = None,
                   permanent_mask: np.ndarray | None = None, history: bool | None = None,
-                  **train_options) -> Engine:
+                  nearby: bool | None = None, **train_options) -> Engine:
         """:meth:`fit` on a plain array, with the options of :meth:`xrimpute.CtxDiffModel.fit`.
 
         Channels are named 0, 1, ...; the network sees the grid index as
@@ -418,7 +461,8 @@ class Engine:
         """
         values = np.asarray(values, dtype=np.float32)
         tile = training_tile(tile, *values.shape[-2:])
-        config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic, history=history)
+        config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic, history=history,
+                         nearby=nearby)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
                        val_fraction=val_fraction, device=or_option("device", device), checkpoint=checkpoint,
                        progress=or_option("progress", progress), verbose=verbose, init=init,
@@ -439,7 +483,7 @@ class Engine:
         tile = self.config.tile and tuple(self.config.tile)
         totals = self.totals(np.where(observed, values, np.nan)) if self.denoiser.uses_history else None
         windows = ArrayWindows(x, observed, self.window, tile=tile, static=self.denoiser.static.numpy(),
-                               totals=totals)
+                               totals=totals, nearby_span=self.denoiser.nearby_span)
         with torch_threads():
             ema, self.history = train(self.denoiser.train().requires_grad_(True), windows, self.spec,
                                       replace(self.train_config, **changes), device=resolve_device(device),
@@ -537,7 +581,8 @@ class Engine:
                                 schedule=self.schedule, window=self.window, K=passes, stride=options.stride,
                                 batch_size=options.batch_size, device=device, seed=options.seed,
                                 autocast=mixed_precision(device), progress=options.progress, tiling=tiling,
-                                static=static, piece=piece, context=context, totals=totals)
+                                static=static, piece=piece, context=context, totals=totals,
+                                nearby_span=self.denoiser.nearby_span)
         mean, std = run(net)
         (ya, yb), (xa, xb) = piece.box[1:]
         nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
@@ -581,7 +626,8 @@ class Engine:
                                       spec, self.window, n=n, steps=steps, K=K, eta=eta, handover=handover,
                                       domain=torch.as_tensor(self.valid)[None, :, None].to(device), seed=seed,
                                       batch_size=batch_size, device=device, autocast=mixed_precision(device),
-                                      progress=progress, totals=self.totals(values))
+                                      progress=progress, totals=self.totals(values),
+                                      nearby_span=self.denoiser.nearby_span)
         finally:
             self.denoiser.cpu()
         draws = draws * self.std[None, None, :, None, None, None] + self.mean[None, None, :, None, None, None]
@@ -680,18 +726,25 @@ def _with_window(config: ModelConfig, observed: np.ndarray, steps: int, init: En
 
 def _first_guess_only(net):
     """``net`` without its correction: the first guess from the context, as the network's output."""
-    def guess(values, mask, t, static=None, history=None):
-        return net.guess(values, mask, history)[0].to(values.dtype)
+    def guess(values, mask, t, static=None, history=None, nearby=None):
+        return net.guess(values, mask, history, nearby)[0].to(values.dtype)
     return guess
 
 
-def _first_guess(validation, periodic: bool, init: Engine | None) -> tuple[str | None, dict]:
-    """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES` that best fills the held-back cells, and every
-    candidate's NMSE there; None (the defaults) without held-back cells or with ``init`` (whose guess is kept)."""
+def _first_guess(validation, periodic: bool, init: Engine | None,
+                 nearby: bool | None = None) -> tuple[str | None, dict]:
+    """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES`, with or without the nearby steps the validation
+    inputs carry (``nearby`` True: with), that best fills the held-back cells (a label of
+    :func:`~xrimpute.nets.prior.choose_guess`), and every candidate's NMSE there; None (the defaults) without
+    held-back cells or with ``init`` (whose guess is kept)."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs = validation
-    return choose_guess(xs, ms, hs, periodic=periodic, history=inputs.get("history"))
+    label, errors = choose_guess(xs, ms, hs, periodic=periodic, history=inputs.get("history"),
+                                 nearby=inputs.get("nearby"), span=NEARBY_SPAN)
+    if nearby:  # the best of those with nearby steps
+        label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
+    return label, errors
 
 
 def _context_scores(net, validate, history: History) -> dict:
@@ -718,4 +771,4 @@ def _validator(xs, ms, hs, inputs, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["FLAGS", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["FLAGS", "NEARBY_REACH", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history", "offers_nearby", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

@@ -58,7 +58,7 @@ def network(engine: Engine, device: torch.device):
 def cut(full, box, engine: Engine, options: ImputeConfig):
     """``(time slice, row slice, columns, piece)``: what to read to impute ``box`` of a series of ``full`` (T, H, W)."""
     _, ((t0, t1), (r0, r1), (x0, width)) = plan(full, box, engine.window, options.stride,
-                                                engine.tiling(options.overlap))
+                                                engine.tiling(options.overlap), engine.denoiser.nearby_span)
     columns = (x0 + np.arange(width)) % full[2]
     return slice(t0, t1), slice(r0, r1), columns, Piece(tuple(full), (0, t0, r0, x0), box)
 

@@ -163,6 +163,7 @@ class CtxDiffModel:
         permanent_mask=None,
         positions: bool | None = None,
         history: bool | None = None,
+        nearby: bool | None = None,
         compare_classical: bool = True,
         **train_options,
     ) -> CtxDiffModel:
@@ -257,6 +258,14 @@ class CtxDiffModel:
             frames empty for hours; not for pixels, stations or blocks, which a
             short window reaches. Imputation then reads the whole series once
             more (a pass over a dask archive) for each cell's totals.
+        nearby : bool, optional
+            Let the first guess start from the straight line between each
+            cell's observations just before and just after the window (up to
+            24 steps either side), interpolating departures from it. Default:
+            where that fills the held-back cells better
+            (:func:`xrimpute.nets.prior.choose_guess`), as for gaps that move
+            every step (blocks, clouds); True or False decides it. Imputing an
+            archive then reads 24 more steps around every block.
         compare_classical : bool, default True
             After training, also score the package's classical fillers
             (:mod:`xrimpute.baselines`: interpolation in time, Telea and
@@ -285,7 +294,7 @@ class CtxDiffModel:
         read piece by piece in the background, and validation uses a few windows
         spread over the archive that training never sees.
         """
-        check_fit_options(window, tile, val_fraction, or_option("device", device), history)
+        check_fit_options(window, tile, val_fraction, or_option("device", device), history, nearby)
         options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
                                **train_options)
         values, layout = cube.to_array(obj, lazy=True)
@@ -308,7 +317,7 @@ class CtxDiffModel:
                                                 lon=coords["lon"].astype(float).tolist()),
             degrees=degrees, tile=None if tile is None else list(tile),
             periodic=spans_globe(coords["lon"], degrees) if periodic is None else periodic,
-            positions=positions, history=history,
+            positions=positions, history=history, nearby=nearby,
         )
         # imported here: the baselines package imports this module
         from .baselines.heldout import scorer, warn_if_beaten
@@ -506,7 +515,9 @@ class CtxDiffModel:
             ("mask", repr(self.spec)),
             ("network", f"{self.denoiser.config['preset']} U-Net, {self.n_parameters / 1e6:.2f} M parameters"
                         + (", first guess leaning on each cell's history outside the window"
-                           if self.denoiser.uses_history else "")),
+                           if self.denoiser.uses_history else "")
+                        + (f", first guess leaning on each cell's observations up to {self.denoiser.nearby_span} "
+                           "steps before and after the window" if self.denoiser.nearby_span else "")),
             ("training", f"{self.history.step[-1] if self.history.step else 0} steps in "
                          f"{self.history.seconds:.0f} s on {train_info.get('device', '?')}"),
         ]

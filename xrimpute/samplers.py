@@ -14,7 +14,12 @@ a sample of its time chunks. No xarray here.
 ``inputs`` is a dict of the denoiser's per-window keyword inputs: ``static``,
 the tiles' cuts of full-grid static fields (e.g. position), and ``history``,
 the sums and counts of each cell's training observations outside the window
-(:func:`xrimpute.windows.outside_window`), each present only where needed.
+(:func:`xrimpute.windows.outside_window`), and ``nearby``, each cell's
+nearest training observations before and after the window
+(:func:`xrimpute.windows.nearby_observations`), each present only where
+needed: ``history`` with ``totals``, ``nearby`` where ``nearby_span`` (an
+attribute of either sampler, which the caller may set to 0 once it knows the
+network does without) is not 0.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from dask import compute, is_dask_collection
 from . import masks, robust
 from .geometry import evenly_spaced
 from .training import distributed_rank
-from .windows import outside_window, series_totals, window_starts, window_sums
+from .windows import nearby_observations, outside_window, series_totals, window_starts, window_sums
 
 STRUCTURE_STEPS = 32  # consecutive steps the mask structure is judged on (all of a shorter series)
 
@@ -128,12 +133,15 @@ class _Piece:
     origin: tuple[int, int, int]  # sample, first row and first column of the piece in the archive
 
 
-def _inputs(static=None, totals=None, x=None, observed=None) -> dict:
-    """The denoiser's per-window inputs of a batch: ``static`` cuts ``(B, S, h, w)``, and the history of windows
-    ``x`` with ``observed`` cells from their series' ``totals`` cuts ``(B, 2C, h, w)``; None: not needed."""
+def _inputs(static=None, totals=None, x=None, observed=None, nearby=None) -> dict:
+    """The denoiser's per-window inputs of a batch: ``static`` cuts ``(B, S, h, w)``, the history of windows
+    ``x`` with ``observed`` cells from their series' ``totals`` cuts ``(B, 2C, h, w)``, and their ``nearby``
+    observations (a list of ``(4C, h, w)``); None: not needed."""
     inputs = {} if static is None else {"static": static}
     if totals is not None:
         inputs["history"] = outside_window(totals, x, observed)
+    if nearby is not None:
+        inputs["nearby"] = torch.as_tensor(np.stack(nearby))
     return inputs
 
 
@@ -145,7 +153,8 @@ class ArrayWindows:
     and with ``static`` (full-grid fields ``(S, H, W)``, e.g. position) each
     batch's inputs carry the tile's cut of them. With ``totals`` (the
     :func:`~xrimpute.windows.series_totals` of the ``observed`` cells) they
-    carry each window's history.
+    carry each window's history, and with ``nearby_span`` each cell's
+    nearest ``observed`` cells within that many steps either side of it.
     """
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
@@ -153,13 +162,14 @@ class ArrayWindows:
 
     def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
-                 totals: np.ndarray | None = None):
+                 totals: np.ndarray | None = None, nearby_span: int = 0):
         self.values = torch.as_tensor(values)
         self.observed = torch.as_tensor(observed)
         self.window = window
         self.tile = tile
         self.static = None if static is None or tile is None else torch.as_tensor(static)
         self.totals = None if totals is None else torch.as_tensor(totals)
+        self.nearby_span = nearby_span
         n, _, t = values.shape[:3]
         self.index = [(i, s) for i in range(n) for s in window_starts(t, window)]
 
@@ -189,7 +199,16 @@ class ArrayWindows:
         m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
         static = None if self.static is None else torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
         totals = None if self.totals is None else torch.stack([self.totals[i, :, y, z] for i, _, y, z in cuts])
-        return x, m, _inputs(static, totals, x, m)
+        nearby = [self._nearby(i, s, y, z) for (i, s, _, _), (_, _, y, z) in zip(jobs, cuts)] \
+            if self.nearby_span else None
+        return x, m, _inputs(static, totals, x, m, nearby)
+
+    def _nearby(self, sample: int, start: int, rows: slice, cols: slice) -> np.ndarray:
+        """:func:`~xrimpute.windows.nearby_observations` of one window (tile) from the series around it."""
+        first = max(0, start - self.nearby_span)
+        steps = slice(first, start + self.window + self.nearby_span)
+        values, observed = self.values[sample, :, steps, rows, cols], self.observed[sample, :, steps, rows, cols]
+        return nearby_observations(values, observed, start - first, self.window, self.nearby_span)
 
     def validation_context(self, pad: int | None = None) -> list[tuple[np.ndarray, int, list]]:
         """The series around the validation windows as training saw it: normalised, NaN at every cell it did not
@@ -216,7 +235,7 @@ class ArrayWindows:
 class ChunkedWindows:
     """Random training windows (and tiles) read piece by piece from an archive larger than memory.
 
-    A background thread reads *pieces*: one time chunk of one sample, plus
+    A background thread reads *pieces* from the first batch on: one time chunk of one sample, plus
     the ``window - 1`` steps after it so that windows may cross chunk edges,
     over the whole grid, or with ``tile`` over a random box of twice the tile
     size. It normalises them with ``mean`` and ``std`` (per channel) while
@@ -231,10 +250,13 @@ class ChunkedWindows:
     ``sample`` returns ``(x, observed, inputs)``, the inputs holding the tiles'
     cuts of the full-grid ``static`` fields ``(S, H, W)`` and, with ``totals``
     (:func:`~xrimpute.windows.series_totals` of the training observations),
-    each window's history. Windows
+    each window's history, and with ``nearby_span`` each cell's nearest
+    observations within that many steps either side (pieces are read with
+    that many more steps either side). Windows
     overlapping the ``reserved`` ones (``(sample, start, ...)``, kept for
-    validation) are never drawn, and cells ``withheld`` (``(H, W)``, e.g.
-    stations held out for validation) count as unobserved in training.
+    validation) are never drawn, nor are their observations nearby steps of
+    any window, and cells ``withheld`` (``(H, W)``, e.g. stations held out for
+    validation) count as unobserved in training.
     """
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
@@ -243,8 +265,10 @@ class ChunkedWindows:
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                  reserved=(), pool: int = 4, prefetch: int = 2, reuse: int = 4, seed: int = 0,
-                 pin_memory: bool = False, withheld: np.ndarray | None = None, totals: np.ndarray | None = None):
+                 pin_memory: bool = False, withheld: np.ndarray | None = None, totals: np.ndarray | None = None,
+                 nearby_span: int = 0):
         self.values, self.window, self.tile, self.withheld = values, window, tile, withheld
+        self.nearby_span = nearby_span
         self.totals = totals  # cut when a batch is drawn, so that training_windows may still take the reserved out
         self.mean = np.asarray(mean, np.float32)[:, None, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None, None]
@@ -253,8 +277,10 @@ class ChunkedWindows:
         n, _, t, h, w = values.shape
         self.box = (h, w) if tile is None else (min(h, 2 * tile[0]), min(w, 2 * tile[1]))
         self.blocked = {}  # sample -> starts of windows that would overlap a reserved one
+        self.reserved_starts = {}  # sample -> starts of the reserved windows
         for i, s, *_ in reserved:
             self.blocked.setdefault(i, set()).update(range(s - window + 1, s + window))
+            self.reserved_starts.setdefault(i, []).append(s)
         spans = time_chunks(values)
         spans = spans[spans[:, 0] <= t - window]  # chunks where a window can start
         pieces = np.concatenate([np.column_stack([np.full(len(spans), i), spans]) for i in range(n)])
@@ -268,7 +294,6 @@ class ChunkedWindows:
         self._thread = threading.Thread(target=self._read_ahead, name="xrimpute-prefetch", daemon=True)
         self._pool: list[_Piece] = []
         self._batches = 0
-        self._thread.start()
 
     # -- background reading ----------------------------------------------------
     def _starts(self, i: int, a: int, b: int) -> list[int]:
@@ -283,6 +308,9 @@ class ChunkedWindows:
         observed = np.isfinite(raw)
         if withhold and self.withheld is not None:
             observed &= ~self.withheld[row : row + bh, col : col + bw]
+        if withhold:  # the reserved windows' steps, which only nearby steps could reach
+            for s in self.reserved_starts.get(i, ()):
+                observed[:, max(s - a, 0) : max(s + self.window - a, 0)] = False
         x = np.where(observed, (raw - self.mean) / self.std, 0.0).astype(np.float32)
         static = None if self.static is None else torch.as_tensor(self.static[:, row : row + bh, col : col + bw])
         return _Piece(torch.as_tensor(x), torch.as_tensor(observed), static, starts, (i, row, col))
@@ -294,7 +322,9 @@ class ChunkedWindows:
                 i, a, b = (int(v) for v in self.pieces[self._rng.integers(len(self.pieces))])
                 row, col = (int(self._rng.integers(size - box + 1)) for size, box in zip((h, w), self.box))
                 stop = min(b + self.window - 1, self.values.shape[2])  # windows may run into the next chunk
-                item = self._read(i, a, stop, row, col, self.box, self._starts(i, a, b), withhold=True)
+                first, stop = max(0, a - self.nearby_span), min(stop + self.nearby_span, self.values.shape[2])
+                starts = [s + a - first for s in self._starts(i, a, b)]
+                item = self._read(i, first, stop, row, col, self.box, starts, withhold=True)
             except BaseException as err:  # handed to the training loop, which raises it
                 item = err
             while not self._stop.is_set():
@@ -307,6 +337,8 @@ class ChunkedWindows:
                 return
 
     def _next_piece(self) -> _Piece:
+        if self._thread.ident is None:  # from the first batch on, once a fit has settled what pieces carry
+            self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise RuntimeError("reading a piece of the archive for training failed") from item
@@ -323,7 +355,7 @@ class ChunkedWindows:
         (bh, bw), (th, tw) = self.box, self.tile or self.box
         slots = torch.randint(0, len(self._pool), (batch_size,), generator=generator).tolist()
         draws = torch.rand(batch_size, 3, generator=generator).numpy()
-        xs, ms, statics, totals = [], [], [], []
+        xs, ms, statics, totals, nearby = [], [], [], [], []
         for slot, (u, v, z) in zip(slots, draws):
             piece = self._pool[slot]
             s = piece.starts[int(u * len(piece.starts))]
@@ -331,13 +363,19 @@ class ChunkedWindows:
             cut = (slice(None), slice(s, s + self.window), slice(r, r + th), slice(c, c + tw))
             xs.append(piece.x[cut])
             ms.append(piece.observed[cut])
+            if self.nearby_span:
+                a = max(0, s - self.nearby_span)
+                stretch = (slice(None), slice(a, s + self.window + self.nearby_span), *cut[2:])
+                nearby.append(nearby_observations(piece.x[stretch], piece.observed[stretch], s - a, self.window,
+                                                  self.nearby_span))
             if piece.static is not None:
                 statics.append(piece.static[:, r : r + th, c : c + tw])
             if self.totals is not None:
                 i, row, col = piece.origin
                 totals.append(self.totals[i, :, row + r : row + r + th, col + c : col + c + tw])
         x, m = torch.stack(xs), torch.stack(ms)
-        inputs = _inputs(torch.stack(statics) if statics else None, np.stack(totals) if totals else None, x, m)
+        inputs = _inputs(torch.stack(statics) if statics else None, np.stack(totals) if totals else None, x, m,
+                         nearby or None)
         if self.pin_memory:
             return x.pin_memory(), m.pin_memory(), {name: v.pin_memory() for name, v in inputs.items()}
         return x, m, inputs
@@ -350,7 +388,15 @@ class ChunkedWindows:
         x, m = torch.stack([p.x for p in pieces]), torch.stack([p.observed for p in pieces])
         totals = None if self.totals is None else np.stack([self.totals[i, :, r : r + th, c : c + tw]
                                                             for i, _, r, c in jobs])
-        return x, m, _inputs(static, totals, x, m)
+        nearby = None
+        if self.nearby_span:  # read again with the steps around, as training sees them
+            span, length = self.nearby_span, self.values.shape[2]
+            nearby = []
+            for i, s, r, c in jobs:
+                a = max(0, s - span)
+                stretch = self._read(i, a, min(length, s + self.window + span), r, c, (th, tw), [0], withhold=True)
+                nearby.append(nearby_observations(stretch.x, stretch.observed, s - a, self.window, span))
+        return x, m, _inputs(static, totals, x, m, nearby)
 
     def validation_context(self, pad: int = 0) -> list[tuple[np.ndarray, int, list]]:
         """Each validation window (tile) with up to ``pad`` steps either side that no other validation window
@@ -375,7 +421,8 @@ class ChunkedWindows:
     def close(self) -> None:
         """Stop the background reader."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
 
 
 def context_spans(jobs, window: int, length: int, pad: int, apart: bool) -> list[tuple[int, int]]:
@@ -425,7 +472,7 @@ def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> n
 def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.ndarray, *, window: int,
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
-                     valid: np.ndarray | None = None, history: bool = False):
+                     valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -438,7 +485,9 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     col)``, and the caller closes the sampler when done. With ``history`` the
     inputs carry each window's history: sums and counts of the training
     observations outside it (in an archive, one pass over it first); the
-    held-back cells, and in an archive the reserved windows, are not among them.
+    held-back cells, and in an archive the reserved windows, are not among them;
+    likewise with ``nearby_span`` for each cell's nearest observations within
+    that many steps either side of the window.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -455,7 +504,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
             (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
         train_observed = observed & ~heldout
         totals = series_totals(np.where(train_observed, values, np.nan), mean, std) if history else None
-        windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals)
+        windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals,
+                               nearby_span=nearby_span)
         if heldout.any():
             windows.validation, windows.validation_jobs = _validation_windows(windows, heldout, seed)
         return windows
@@ -465,7 +515,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         and reserved else None
     totals = np.asarray(series_totals(values, mean, std, withheld)) if history else None  # one pass
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
-                             pin_memory=pin_memory, withheld=withheld, totals=totals)
+                             pin_memory=pin_memory, withheld=withheld, totals=totals, nearby_span=nearby_span)
     if reserved:
         try:
             xs, ms, inputs = windows.read(reserved)

@@ -68,6 +68,33 @@ def outside_window(totals, values: torch.Tensor, observed: torch.Tensor) -> torc
     return (torch.as_tensor(totals, dtype=torch.float64) - window_sums(values, observed)).to(torch.float32)
 
 
+def nearby_observations(values, observed, start: int, window: int, span: int) -> np.ndarray:
+    """``(4C, ...)`` float32: each cell's nearest observation before the window of ``window`` steps at ``start``
+    in a stretch ``values``, ``observed`` ``(C, T, ...)`` of a series, and how many steps before the window's
+    first step it lies, then the nearest after and how many steps after its last (0 steps and value: none within
+    ``span`` steps, or the stretch ends first). The input of a first guess that leans on nearby steps
+    (:func:`xrimpute.nets.prior.nearby_baseline`); a stretch holding ``span`` steps either side of the window, or
+    up to the series' ends, gives what the whole series gives.
+    """
+    values, observed = np.asarray(values), np.asarray(observed)
+    before = slice(max(0, start - span), start)
+    after = slice(start + window, min(values.shape[1], start + window + span))
+    parts = []
+    for part, last in ((before, True), (after, False)):
+        seen = observed[:, part]
+        steps = seen.shape[1]
+        if steps == 0:
+            parts += [np.zeros(values.shape[:1] + values.shape[2:], np.float32)] * 2
+            continue
+        index = np.arange(steps).reshape(1, steps, *[1] * (seen.ndim - 2))
+        nearest = np.where(seen, index, -1).max(1) if last else np.where(seen, index, steps).min(1)
+        found = (nearest >= 0) & (nearest < steps)
+        value = np.take_along_axis(values[:, part], np.clip(nearest, 0, steps - 1)[:, None], 1)[:, 0]
+        gap = steps - nearest if last else nearest + 1
+        parts += [np.where(found, value, 0.0).astype(np.float32), np.where(found, gap, 0).astype(np.float32)]
+    return np.concatenate(parts)
+
+
 @dataclass(frozen=True)
 class Tiling:
     """Spatial tiles of ``size`` (rows, cols) cells overlapping by ``overlap``; columns wrap when ``periodic``.
@@ -147,12 +174,14 @@ def _circular_cover(needed: np.ndarray) -> tuple[int, int]:
     return int(index[(widest + 1) % index.size]), int(needed.size - gaps[widest] + 1)
 
 
-def plan(full: tuple[int, int, int], box, window: int, stride: int, tiling: Tiling):
+def plan(full: tuple[int, int, int], box, window: int, stride: int, tiling: Tiling, halo: int = 0):
     """Windows and tiles touching ``box`` of a series, and the cut they read.
 
     Returns ``(jobs, cut)``: ``jobs`` lists ``(start, row, col)`` in a fixed
     order; ``cut`` = ``((t0, t1), (y0, y1), (x0, width))`` where the columns
-    are ``x0, x0 + 1, ...`` modulo ``W``, ``width`` of them.
+    are ``x0, x0 + 1, ...`` modulo ``W``, ``width`` of them, and the steps
+    reach ``halo`` beyond the windows either side (inside the series), for a
+    denoiser that leans on nearby steps.
     """
     t, h, w = full
     (ta, tb), (ya, yb), (xa, xb) = box
@@ -165,7 +194,8 @@ def plan(full: tuple[int, int, int], box, window: int, stride: int, tiling: Tili
     for c in cols:
         needed[(c + np.arange(tw)) % w] = True
     jobs = [(s, r, c) for s in starts for r in rows for c in cols]
-    return jobs, ((starts[0], starts[-1] + window), (rows[0], rows[-1] + th), _circular_cover(needed))
+    steps = (max(0, starts[0] - halo), min(t, starts[-1] + window + halo))
+    return jobs, (steps, (rows[0], rows[-1] + th), _circular_cover(needed))
 
 
 @torch.no_grad()
@@ -189,6 +219,7 @@ def impute_series(
     piece: Piece | None = None,
     context: str = "sampled",
     totals: np.ndarray | None = None,
+    nearby_span: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Impute every window (and tile) of every sample and blend the overlaps.
 
@@ -211,6 +242,9 @@ def impute_series(
     totals : :func:`series_totals` of the whole series ``(N, 2C, H, W)`` (every sample, the whole grid), for a
         denoiser whose guess leans on each window's history; with ``piece``, the samples of the series, not
         of the cut.
+    nearby_span : for a denoiser whose guess leans on each cell's nearest observations around the window, how
+        many steps either side it looks (:func:`nearby_observations`); a cut then holds them, as
+        :func:`plan` with that ``halo`` cuts it.
 
     Returns
     -------
@@ -223,7 +257,7 @@ def impute_series(
     (ta, tb), (ya, yb), (xa, xb) = piece.box
     tiling = tiling or Tiling((h, w))
     (th, tw), tile_weight = tiling.size, tiling.weight()
-    jobs, _ = plan(piece.full, piece.box, window, stride, tiling)
+    jobs, _ = plan(piece.full, piece.box, window, stride, tiling, nearby_span)
     column = np.full(w, -1)  # position in the cut of every column of the grid
     column[(x0 + np.arange(values.shape[-1])) % w] = np.arange(values.shape[-1])
 
@@ -251,18 +285,22 @@ def impute_series(
         cuts = [places[job][0] for _, job in batch]
         x = torch.as_tensor(np.stack([values[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
         m = torch.as_tensor(np.stack([observed[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
-        tiles = history = None
+        tiles = history = nearby = None
         if static is not None:
             tiles = torch.as_tensor(np.stack([static[:, r : r + th][..., (col + np.arange(tw)) % w]
                                               for _, (_, r, col) in batch])).to(generator_device)
         if totals is not None:
             history = outside_window(np.stack([totals[sample0 + i, :, r : r + th][..., (col + np.arange(tw)) % w]
                                                for i, (_, r, col) in batch]), x, m).to(generator_device)
+        if nearby_span:
+            nearby = torch.as_tensor(np.stack([_nearby(values[i], observed[i], rt, rr, rc, window, nearby_span)
+                                               for (i, _), (rt, rr, rc) in zip(batch, cuts)])).to(generator_device)
         generators = [torch.Generator(device=generator_device).manual_seed(window_seed(seed, sample0 + i, s, r, col))
                       for i, (s, r, col) in batch]
         with torch.autocast(device_type=generator_device.type, dtype=torch.bfloat16, enabled=autocast):
             mean, std = impute_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, schedule,
-                                        K, generator=generators, context=context, static=tiles, history=history)
+                                        K, generator=generators, context=context, static=tiles, history=history,
+                                        nearby=nearby)
         # float64 before the total-variance sums: in float32, sd**2 + mu**2 loses a spread far below the mean
         mean, std = mean.double().cpu().numpy(), std.double().cpu().numpy()
         for (i, job), mu, sd in zip(batch, mean, std):
@@ -276,18 +314,25 @@ def impute_series(
     return np.where(seen, piece.inside(values), mean).astype(np.float32), np.where(seen, 0.0, std).astype(np.float32)
 
 
+def _nearby(values, observed, steps: slice, rows: slice, cols: np.ndarray, window: int, span: int) -> np.ndarray:
+    """:func:`nearby_observations` of the window at ``steps`` of one sample's cut ``(C, T, H, W)``, on a tile."""
+    a, z = max(0, steps.start - span), min(values.shape[1], steps.stop + span)
+    return nearby_observations(values[:, a:z, rows][..., cols], observed[:, a:z, rows][..., cols], steps.start - a,
+                               window, span)
+
+
 @torch.no_grad()
 def sample_series(denoiser, values: np.ndarray, observed: np.ndarray, schedule: VPSchedule, spec: MaskSpec,
                   imputation_spec: MaskSpec, window: int, *, n: int, steps: int, K: int, eta: float,
                   handover: float | None, domain: torch.Tensor, seed: int, batch_size: int,
                   device: torch.device, autocast: bool = False, progress: bool = False,
-                  totals: np.ndarray | None = None) -> np.ndarray:
+                  totals: np.ndarray | None = None, nearby_span: int = 0) -> np.ndarray:
     """``n`` members ``(n, N, C, T, H, W)`` of every sample by multi-step sampling, window by window.
 
     Windows tile the time axis (the last one overlaps the one before it,
     whose values are kept there) and are sampled independently, ``batch_size
     // n`` at a time from one random stream of ``seed``; ``values`` are
-    normalised (0 where unobserved). ``totals`` as for :func:`impute_series`.
+    normalised (0 where unobserved). ``totals``, ``nearby_span`` as for :func:`impute_series`.
     Other arguments as for :func:`xrimpute.diffusion.sample_multistep`.
     """
     total_steps = values.shape[2]
@@ -301,13 +346,17 @@ def sample_series(denoiser, values: np.ndarray, observed: np.ndarray, schedule: 
         batch = jobs[first : first + per_call]
         xb = torch.as_tensor(np.stack([values[i, :, s : s + window] for i, s in batch])).to(device)
         mb = torch.as_tensor(np.stack([observed[i, :, s : s + window] for i, s in batch])).to(device)
-        history = None
+        history = nearby = None
         if totals is not None:
             history = outside_window(totals[[i for i, _ in batch]], xb.cpu(), mb.cpu()).to(device)
+        if nearby_span:
+            every = slice(None)
+            nearby = torch.as_tensor(np.stack([_nearby(values[i], observed[i], slice(s, s + window), every, every,
+                                                       window, nearby_span) for i, s in batch])).to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             out = sample_multistep(denoiser, xb, mb, schedule, spec, imputation_spec=imputation_spec, K=K,
                                    members=n, steps=steps, eta=eta, handover=handover, domain=domain,
-                                   generator=generator, max_batch=batch_size, history=history)
+                                   generator=generator, max_batch=batch_size, history=history, nearby=nearby)
         out = out.float().cpu().numpy()
         for j, (i, s) in enumerate(batch):
             draws[:, i, :, s + new_from[s] : s + window] = out[:, j, :, new_from[s] :]

@@ -102,9 +102,25 @@ def gaps_in_reach(observed: np.ndarray, steps: int, cells: int) -> float:
     return reached / gaps if gaps else 1.0
 
 
+def gaps_near_in_time(observed: np.ndarray, steps: int) -> float:
+    """Share of the gap cells of ``observed`` ``(N, C, T, H, W)`` whose own cell is observed within ``steps`` steps
+    before or after them: the gaps a baseline from each cell's nearby steps reaches.
+
+    Cells never observed in any series (land, say) are no gaps here; a cell observed in other series only (a
+    block that never moves in one trajectory) is. 1.0 when there are none.
+    """
+    observed = np.asarray(observed, dtype=bool)
+    gap = ~observed & observed.any(axis=(0, 2), keepdims=True)
+    if not gap.any():
+        return 1.0
+    near = ndimage.maximum_filter1d(observed.view(np.uint8), size=2 * steps + 1, axis=2, mode="constant")
+    return float((near.astype(bool) & gap).sum() / gap.sum())
+
+
 def unreachable(valid: np.ndarray) -> np.ndarray:
     """``(C, H, W)``: per variable, the never-observed cells beyond the observing system's reach (:func:`reach`)."""
     return np.stack([reach(channel).unreachable for channel in np.asarray(valid, dtype=bool)])
 
 
-__all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "gaps_in_reach", "reach", "unreachable"]
+__all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "gaps_in_reach", "gaps_near_in_time", "reach",
+           "unreachable"]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prior import DEFAULT_LEVELS, FirstGuess, history_baseline
+from .prior import DEFAULT_LEVELS, FirstGuess, history_baseline, nearby_guess
 from .unet import PRESETS, UNet
 
 
@@ -30,16 +30,21 @@ class Denoiser(nn.Module):
     With ``history`` the guess leans on each cell's observations outside the
     window (:func:`~xrimpute.nets.prior.history_baseline`), which every call
     then passes as ``history`` ``(B, 2C, H, W)``: their sums and counts.
+    With ``nearby`` (a span of steps) the guess leans on each cell's nearest
+    observations before and after the window
+    (:func:`~xrimpute.nets.prior.nearby_guess`), which every call then
+    passes as ``nearby`` ``(B, 4C, H, W)``
+    (:func:`xrimpute.windows.nearby_observations`).
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
                  preset: str = "tiny", periodic: bool = False, first_guess: bool = False,
-                 guess: dict | None = None, history: bool = False, **overrides):
+                 guess: dict | None = None, history: bool = False, nearby: int = 0, **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
-        if history and not first_guess:
-            raise ValueError("history= shapes the first guess; build the network with first_guess=True")
+        if (history or nearby) and not first_guess:
+            raise ValueError("history= and nearby= shape the first guess; build the network with first_guess=True")
         self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
                            first_guess=first_guess, **overrides)
         if guess is not None:  # saved only when chosen, so older model files rebuild as they were
@@ -47,6 +52,8 @@ class Denoiser(nn.Module):
             self.config["guess"] = guess
         if history:  # likewise
             self.config["history"] = True
+        if nearby:
+            self.config["nearby"] = int(nearby)
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
@@ -59,27 +66,39 @@ class Denoiser(nn.Module):
         """Whether every call needs the windows' ``history``."""
         return self.config.get("history", False)
 
-    def guess(self, values: torch.Tensor, mask: torch.Tensor,
-              history: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first guess and its certainty ``(B, C, T, H, W)`` from the context (and the windows' history)."""
+    @property
+    def nearby_span(self) -> int:
+        """Steps either side of a window whose observations every call passes as ``nearby`` (0: none)."""
+        return self.config.get("nearby", 0)
+
+    def guess(self, values: torch.Tensor, mask: torch.Tensor, history: torch.Tensor | None = None,
+              nearby: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first guess and its certainty ``(B, C, T, H, W)`` from the context (and the windows' history and
+        nearby observations)."""
         if self.uses_history and history is None:
             raise ValueError("this network's first guess leans on each window's history; pass history= (the sums "
                              "and counts of each cell's observations outside the window, windows.outside_window)")
+        if self.nearby_span and nearby is None:
+            raise ValueError("this network's first guess leans on each cell's observations near the window; pass "
+                             "nearby= (windows.nearby_observations)")
         baseline = history_baseline(history, self.config["periodic"]) if self.uses_history else None
+        if self.nearby_span:
+            return nearby_guess(self.first_guess, values, mask, nearby, self.nearby_span, baseline)
         return self.first_guess(values, mask, baseline)
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
-                static: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
+                static: torch.Tensor | None = None, history: torch.Tensor | None = None,
+                nearby: torch.Tensor | None = None) -> torch.Tensor:
         """``static`` ``(B, S, H, W)``: per-sample static fields (for tiles of a larger grid);
-        by default the full-grid fields given at construction, which must match the grid. ``history``: see the
-        class."""
+        by default the full-grid fields given at construction, which must match the grid. ``history``, ``nearby``:
+        see the class."""
         b, c, w, h, wd = values.shape
         m = self.unet.multiple
         pad = (0, -wd % m, 0, -h % m)
         inputs = [values.reshape(b, c * w, h, wd), mask.to(values.dtype).reshape(b, c * w, h, wd)]
         if self.first_guess is not None:
             guess, certainty = (v.to(values.dtype).reshape(b, c * w, h, wd)
-                                for v in self.guess(values, mask, history))
+                                for v in self.guess(values, mask, history, nearby))
             inputs += [guess, certainty]
         if self.static.shape[0]:
             if static is None:

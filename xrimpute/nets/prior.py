@@ -23,6 +23,13 @@ frames empty for hours), the guess can also lean on each cell's history: the
 observations of its series *outside* the window (:func:`history_baseline`).
 The guess then interpolates anomalies from that baseline. Observations outside
 the window are never query cells of the window's loss, so Theorem 1 holds.
+
+Where a cell is observed a few steps before and after the window (gaps drawn
+anew every step), the straight line between those two observations is a
+better baseline than any mean: :func:`nearby_baseline`, from each window's
+``nearby`` input (:func:`xrimpute.windows.nearby_observations`), used at the
+cells that have one (:func:`nearby_guess`). Those cells too lie outside the
+window. A fit scores every candidate with and without it and keeps the best.
 """
 from __future__ import annotations
 
@@ -91,12 +98,14 @@ class FirstGuess(nn.Module):
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor,
                 baseline: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``baseline`` ``(B, C, H, W)``: interpolate the departures from it instead of the values, and fall
-        back to it (not to 0) beyond every level's reach (:func:`history_baseline`)."""
+        """``baseline`` ``(B, C, H, W)`` or per step ``(B, C, T, H, W)``: interpolate the departures from it
+        instead of the values, and fall back to it (not to 0) beyond every level's reach (:func:`history_baseline`,
+        :func:`nearby_baseline`)."""
         b, c, t, h, w = values.shape
         values = values.to(torch.float32)
         if baseline is not None:
-            baseline = baseline.to(torch.float32)[:, :, None]
+            baseline = baseline.to(torch.float32)
+            baseline = baseline[:, :, None] if baseline.dim() == 4 else baseline
             values = values - baseline
         weight = mask.to(torch.float32).reshape(b * c, t, h, w)
         signal = values.reshape(b * c, t, h, w) * weight
@@ -225,21 +234,79 @@ def widest_reach(candidates: dict[str, dict] = CANDIDATES) -> int:
     return max(gaussian_kernel(space).numel() // 2 for options in candidates.values() for space, _ in options["levels"])
 
 
+NEARBY_SPAN = 24
+"""Steps: the widest gap between a cell's observations before and after a window that :func:`nearby_baseline`
+bridges with a straight line; half of it, how far one observation alone reaches."""
+NEARBY_LABEL = " + nearby steps"
+"""Appended to a candidate's name (:func:`choose_guess`) when its guess leans on :func:`nearby_baseline`."""
+
+
+def nearby_baseline(nearby: torch.Tensor, window: int, span: int = NEARBY_SPAN) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(baseline, known)`` ``(B, C, T, H, W)``: each cell's baseline at every step of the window from its nearest
+    observations outside it, and where it has one. ``nearby`` ``(B, 4C, H, W)``
+    (:func:`xrimpute.windows.nearby_observations`): the value before the window and how many steps before its
+    first step, the value after and how many steps after its last (0 steps: none within ``span``).
+
+    The straight line between the two where they lie at most ``span`` steps apart; else the nearer one within
+    ``span / 2`` steps of the step; else none (``known`` False, baseline 0).
+    """
+    before, gap_before, after, gap_after = nearby.to(torch.float32).chunk(4, dim=1)
+    k = torch.arange(window, device=nearby.device, dtype=torch.float32)[:, None, None]
+    to_before = gap_before[:, :, None] + k  # steps from each step of the window to the observation before
+    to_after = gap_after[:, :, None] + (window - 1 - k)
+    has_before, has_after = (gap_before > 0)[:, :, None], (gap_after > 0)[:, :, None]
+    line = before[:, :, None] + (after - before)[:, :, None] * to_before / (to_before + to_after).clamp(min=1)
+    bridged = has_before & has_after & (to_before + to_after <= span)
+    near_before = has_before & (to_before <= span / 2)
+    near_after = has_after & (to_after <= span / 2)
+    nearest = torch.where(near_before & (~near_after | (to_before <= to_after)), before[:, :, None],
+                          after[:, :, None])
+    known = bridged | near_before | near_after
+    return torch.where(bridged, line, torch.where(known, nearest, torch.zeros_like(line))), known
+
+
+def nearby_guess(first_guess: FirstGuess, values: torch.Tensor, mask: torch.Tensor, nearby: torch.Tensor,
+                 span: int = NEARBY_SPAN, baseline: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``first_guess`` of ``(values, mask)`` interpolating departures from :func:`nearby_baseline` at the cells that
+    have one, and the plain guess (from ``baseline`` ``(B, C, H, W)``, e.g. :func:`history_baseline`, or none)
+    at the others: a gap no observation comes near in time (a block that never moves) keeps what its neighbours
+    now say, which extrapolating their baselines into it did worse (``benchmarks/RESULTS.md``)."""
+    plain, certainty = first_guess(values, mask, baseline)
+    line, known = nearby_baseline(nearby, values.shape[2], span)
+    if not known.any():
+        return plain, certainty
+    rest = torch.zeros_like(line) if baseline is None else baseline.to(torch.float32)[:, :, None].expand_as(line)
+    guided, _ = first_guess(values, mask, torch.where(known, line, rest))
+    return torch.where(known, guided, plain), certainty
+
+
+def candidate_label(label: str) -> tuple[str, bool]:
+    """``(name in CANDIDATES, whether the guess leans on nearby steps)`` of a label :func:`choose_guess` gives."""
+    return (label[: -len(NEARBY_LABEL)], True) if label.endswith(NEARBY_LABEL) else (label, False)
+
+
 @torch.no_grad()
 def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                  candidates: dict[str, dict] = CANDIDATES, periodic: bool = False,
-                 history: torch.Tensor | None = None) -> tuple[str, dict[str, float]]:
+                 history: torch.Tensor | None = None, nearby: torch.Tensor | None = None,
+                 span: int = NEARBY_SPAN) -> tuple[str, dict[str, float]]:
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate one runs only where no frame holds more
     than :data:`MAX_SPLINE_POINTS` context cells. ``history``: the windows' history (:func:`history_baseline`),
-    for a network that leans on it."""
+    for a network that leans on it. ``nearby``: the windows' nearest observations outside them; then every
+    candidate is also scored on :func:`nearby_baseline` (labelled with :data:`NEARBY_LABEL`,
+    :func:`candidate_label`)."""
     errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
     baseline = None if history is None else history_baseline(history, periodic)
-    for name, options in candidates.items():
-        if options.get("thin_plate") and dense:
-            continue
-        guess, _ = FirstGuess(**options, periodic=periodic)(values * mask, mask, baseline)
-        errors[name] = float(((guess - values) ** 2 * held).sum()) / reference
-    return min(errors, key=lambda name: (errors[name], list(candidates).index(name))), errors
+    for label in ("",) if nearby is None else ("", NEARBY_LABEL):  # on a tie, a guess without the nearby steps
+        for name, options in candidates.items():
+            if options.get("thin_plate") and dense:
+                continue
+            first_guess = FirstGuess(**options, periodic=periodic)
+            guess, _ = (nearby_guess(first_guess, values * mask, mask, nearby, span, baseline) if label else
+                        first_guess(values * mask, mask, baseline))
+            errors[name + label] = float(((guess - values) ** 2 * held).sum()) / reference
+    order = list(errors)
+    return min(errors, key=lambda label: (errors[label], order.index(label))), errors
