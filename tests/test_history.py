@@ -3,10 +3,9 @@ import dask.array as da
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 
 import xrimpute
-from test_lazy import FIT, archive
+from test_lazy import FIT, archive, imputed_alike_on_every_path
 from xrimpute.diffusion import VPSchedule, context_query_loss
 from xrimpute import cube
 from xrimpute.errors import ArgumentError
@@ -14,7 +13,6 @@ from xrimpute.engine import Engine, ImputeConfig, WINDOWS, needs_history
 from xrimpute.masks import Pixel, Station
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import history_baseline
-from xrimpute.reconstruct import reconstruct
 from xrimpute.samplers import training_windows
 from xrimpute.windows import Piece, outside_window, series_totals, window_sums
 
@@ -175,14 +173,7 @@ def test_a_history_model_imputes_lazily_and_on_a_cluster_as_in_memory_and_surviv
     root, data, model = remembering
     assert model.engine.denoiser.uses_history and xrimpute.load(root / "model.xri").engine.denoiser.uses_history
     assert "history outside the window" in repr(model) and model.info["tile"] == [16, 16]
-    # one window per batch: float32 convolutions differ in the last bits with the batch's size (any model), and
-    # the blocks batch other windows together than the whole series does
-    same = dict(K=3, seed=2, batch_size=1)
-    reference = model.impute(data, progress=False, **same)
-    lazy = model.impute(data.chunk(time=5, latitude=10), progress=False, **same).compute()
-    xr.testing.assert_allclose(lazy, reference, rtol=1e-6, atol=1e-5)
-    rebuilt = reconstruct(root / "source.zarr", root / "model.xri", root / "target.zarr", progress=False, **same)
-    xr.testing.assert_allclose(rebuilt[["t2m", "u10"]].load(), reference, rtol=1e-6, atol=1e-5)
+    reference, same = imputed_alike_on_every_path(root, data, model)
     values, _ = cube.to_array(data)
     blind, _ = model.engine.fill(values, ImputeConfig(progress=False, **same),
                                  totals=np.zeros_like(model.engine.totals(values)))  # as if nothing were outside
