@@ -369,8 +369,8 @@ def _fit_parser(sub) -> None:
                         "auto, on where the window is longer than 5 steps, as under swaths that leave hours empty)")
     p.add_argument("--nearby", default="auto", choices=tuple(HISTORY_CHOICES),
                    help="whether the first guess starts from the line between each cell's observations just before "
-                        "and after the window (default: auto, where that fills the held-back cells better, as for "
-                        "gaps that move every step)")
+                        "and after the window (default: auto, where most gaps have such observations and that "
+                        "fills the held-back cells better, as for gaps that move every step)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="training state file, written as training goes and resumed if it exists")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -262,10 +262,11 @@ class CtxDiffModel:
             Let the first guess start from the straight line between each
             cell's observations just before and just after the window (up to
             24 steps either side), interpolating departures from it. Default:
-            where that fills the held-back cells better
-            (:func:`xrimpute.nets.prior.choose_guess`), as for gaps that move
-            every step (blocks, clouds); True or False decides it. Imputing an
-            archive then reads 24 more steps around every block.
+            where most gaps have an observation of their own within 12 steps
+            (:func:`xrimpute.engine.offers_nearby`) and that guess fills the
+            held-back cells better (:func:`xrimpute.nets.prior.choose_guess`),
+            as for gaps that move every step; True or False decides it.
+            Imputing an archive then reads 24 more steps around every block.
         compare_classical : bool, default True
             After training, also score the package's classical fillers
             (:mod:`xrimpute.baselines`: interpolation in time, Telea and

@@ -295,7 +295,7 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     mean fill is 0). A tie keeps the first candidate; the thin-plate one runs only where no frame holds more
     than :data:`MAX_SPLINE_POINTS` context cells. ``history``: the windows' history (:func:`history_baseline`),
     for a network that leans on it. ``nearby``: the windows' nearest observations outside them; then every
-    candidate is also scored on :func:`nearby_baseline` (labelled with :data:`NEARBY_LABEL`,
+    candidate is also scored through :func:`nearby_guess` (labelled with :data:`NEARBY_LABEL`,
     :func:`candidate_label`)."""
     errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
