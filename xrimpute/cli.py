@@ -16,7 +16,7 @@ from pathlib import Path
 
 USAGE_ERROR = 2
 PRESETS = ("auto", "lite", "tiny", "small", "base")  # the network's (cli must not import torch for --help)
-HISTORY_CHOICES = {"auto": None, "on": True, "off": False}  # also the choices of --nearby
+AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # --history and --nearby: None lets the fit decide
 DATASETS = {
     "era5": "ERA5 2 m temperature over the UK, hourly, March 2019 (2.5 MB download, then cached)",
     "advection": "tracers advected by random uniform winds on a periodic square (generated, cached)",
@@ -160,7 +160,7 @@ def _fit(args) -> None:
     model = CtxDiffModel.fit(ds, mask=args.mask, window=args.window, preset=args.preset, steps=args.steps,
                              batch_size=args.batch_size, max_time=args.max_time, seed=args.seed, device=args.device,
                              checkpoint=args.checkpoint, tile=args.tile or "auto", verbose=not args.quiet,
-                             history=HISTORY_CHOICES[args.history], nearby=HISTORY_CHOICES[args.nearby])
+                             history=AUTO_ON_OFF[args.history], nearby=AUTO_ON_OFF[args.nearby])
     model.save(args.out)
     print(model)
     print(f"saved to {args.out}; fill gaps with: xrimpute impute {args.source} --model {args.out} --out filled.nc")
@@ -364,10 +364,10 @@ def _fit_parser(sub) -> None:
     p.add_argument("--tile", type=_size, default=None, metavar="ROWSxCOLS",
                    help="train on random spatial tiles, e.g. 128x128 (default: 128x128 tiles on a grid of "
                         "more than twice their cells, the whole grid otherwise)")
-    p.add_argument("--history", default="auto", choices=tuple(HISTORY_CHOICES),
+    p.add_argument("--history", default="auto", choices=tuple(AUTO_ON_OFF),
                    help="whether the first guess leans on each cell's observations outside the window (default: "
                         "auto, on where the window is longer than 5 steps, as under swaths that leave hours empty)")
-    p.add_argument("--nearby", default="auto", choices=tuple(HISTORY_CHOICES),
+    p.add_argument("--nearby", default="auto", choices=tuple(AUTO_ON_OFF),
                    help="whether the first guess starts from the line between each cell's observations just before "
                         "and after the window (default: auto, where most gaps have such observations and that "
                         "fills the held-back cells better, as for gaps that move every step)")

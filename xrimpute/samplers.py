@@ -204,11 +204,9 @@ class ArrayWindows:
         return x, m, _inputs(static, totals, x, m, nearby)
 
     def _nearby(self, sample: int, start: int, rows: slice, cols: slice) -> np.ndarray:
-        """:func:`~xrimpute.windows.nearby_observations` of one window (tile) from the series around it."""
-        first = max(0, start - self.nearby_span)
-        steps = slice(first, start + self.window + self.nearby_span)
-        values, observed = self.values[sample, :, steps, rows, cols], self.observed[sample, :, steps, rows, cols]
-        return nearby_observations(values, observed, start - first, self.window, self.nearby_span)
+        """:func:`~xrimpute.windows.nearby_observations` of one window (tile), from views of its series."""
+        return nearby_observations(self.values[sample, :, :, rows, cols], self.observed[sample, :, :, rows, cols],
+                                   start, self.window, self.nearby_span)
 
     def validation_context(self, pad: int | None = None) -> list[tuple[np.ndarray, int, list]]:
         """The series around the validation windows as training saw it: normalised, NaN at every cell it did not
@@ -363,10 +361,9 @@ class ChunkedWindows:
             cut = (slice(None), slice(s, s + self.window), slice(r, r + th), slice(c, c + tw))
             xs.append(piece.x[cut])
             ms.append(piece.observed[cut])
-            if self.nearby_span:
-                a = max(0, s - self.nearby_span)
-                stretch = (slice(None), slice(a, s + self.window + self.nearby_span), *cut[2:])
-                nearby.append(nearby_observations(piece.x[stretch], piece.observed[stretch], s - a, self.window,
+            if self.nearby_span:  # the piece holds the span either side of its windows
+                tile = (slice(None), slice(None), *cut[2:])
+                nearby.append(nearby_observations(piece.x[tile], piece.observed[tile], s, self.window,
                                                   self.nearby_span))
             if piece.static is not None:
                 statics.append(piece.static[:, r : r + th, c : c + tw])

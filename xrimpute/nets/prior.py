@@ -271,12 +271,14 @@ def nearby_guess(first_guess: FirstGuess, values: torch.Tensor, mask: torch.Tens
     have one, and the plain guess (from ``baseline`` ``(B, C, H, W)``, e.g. :func:`history_baseline`, or none)
     at the others: a gap no observation comes near in time (a block that never moves) keeps what its neighbours
     now say, which extrapolating their baselines into it did worse (``benchmarks/RESULTS.md``)."""
-    plain, certainty = first_guess(values, mask, baseline)
     line, known = nearby_baseline(nearby, values.shape[2], span)
     if not known.any():
-        return plain, certainty
+        return first_guess(values, mask, baseline)
     rest = torch.zeros_like(line) if baseline is None else baseline.to(torch.float32)[:, :, None].expand_as(line)
-    guided, _ = first_guess(values, mask, torch.where(known, line, rest))
+    guided, certainty = first_guess(values, mask, torch.where(known, line, rest))  # the certainty: the mask's alone
+    if known.all():  # gaps drawn anew every step: no plain guess to compute
+        return guided, certainty
+    plain, _ = first_guess(values, mask, baseline)
     return torch.where(known, guided, plain), certainty
 
 
