@@ -90,6 +90,26 @@ def test_cells_no_loss_ever_reached_take_the_first_guess_and_the_others_the_netw
     assert np.abs(filled[outage] - guessed[outage]).min() > 0.1  # the correction stays where it was trained
 
 
+def test_cells_no_loss_ever_reached_take_the_guess_from_every_observation_whichever_context_imputes():
+    from xrimpute.engine import Engine, ImputeConfig
+
+    rng = np.random.default_rng(3)
+    truth = blobs(n=2, t=8, size=16, seed=4).values[:, None].astype(np.float32)
+    stations = rng.random((16, 16)) < 0.15
+    values = np.where(stations & (rng.random(truth.shape) < 0.8), truth, np.nan)
+    engine = Engine.fit_array(values, mask="station", steps=3, batch_size=2, progress=False, verbose=False)
+    options = dict(K=3, fill_never_observed=True, progress=False)
+    sampled, sampled_spread = engine.fill(values, ImputeConfig(context="sampled", **options))
+    observed, observed_spread = engine.fill(values, ImputeConfig(context="observed", **options))
+    untrained = ~engine.valid[None, :, None] & np.ones_like(values, bool)
+    outage = np.isnan(values) & engine.valid[None, :, None]
+    assert untrained.any() and outage.any()
+    # a sampled context leaves stations out, which the guess between them has no reason to
+    np.testing.assert_allclose(sampled[untrained], observed[untrained], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(sampled[outage], observed[outage], rtol=1e-3, atol=1e-3)  # the network's cells differ
+    assert sampled_spread[untrained].min() > 0  # their spread is still the sampled contexts'
+
+
 def test_observed_contexts_without_the_spread_run_one_pass_per_window_and_fill_the_same(fitted):
     observed, model = fitted  # a DataArray
     windows = []

@@ -300,7 +300,8 @@ class Engine:
 
         ``imputed_without_training_signal``: a gap in a cell never observed in training, which no context ever
         queried (zero query coverage): no loss ever reached it, so its value is the network's first guess there
-        (:class:`~xrimpute.nets.prior.FirstGuess`, from the same contexts), without the untrained correction.
+        (:class:`~xrimpute.nets.prior.FirstGuess`, from every observation whichever context imputes), without the
+        untrained correction.
         """
         (ya, yb), (xa, xb) = box or ((0, None), (0, None))
         nan = self.left_nan(fill_never_observed)[None, :, None, ya:yb, xa:xb]
@@ -588,8 +589,12 @@ class Engine:
         nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
         untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~nan
         if getattr(net, "first_guess", None) is not None and untrained.any():
-            # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess
-            guess_mean, guess_std = run(_first_guess_only(net))
+            # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess,
+            # made from every observation (a sampled context only leaves some out), with the sampled contexts' spread
+            guess = _first_guess_only(net)
+            guess_mean, guess_std = run(guess, context="observed", K=1)
+            if context != "observed":
+                guess_std = run(guess)[1]
             mean, std = np.where(untrained, guess_mean, mean), np.where(untrained, guess_std, std)
         seen = piece.inside(observed)
         scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]
