@@ -82,8 +82,9 @@ def reconstruct_rate(source: Path, model: Path, folder: Path, workers: int, K: i
     local cluster of ``workers`` processes."""
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        warm = write(xr.open_zarr(source, consolidated=False).isel(time=slice(0, chunk * workers)).load(),
-                     folder / f"warm-{workers}.zarr", chunk)  # a region per worker
+        regions = max(workers, -(-xrimpute.load(model).engine.window // chunk))  # a region per worker, a window
+        warm = write(xr.open_zarr(source, consolidated=False).isel(time=slice(0, chunk * regions)).load(),
+                     folder / f"warm-{workers}.zarr", chunk)
         reconstruct(warm, model, folder / f"warm-{workers}-out.zarr", client=client, K=K, overwrite=True,
                     progress=False)  # workers import xrimpute and load the model before the clock starts
         ds = xr.open_zarr(source, consolidated=False)
@@ -170,8 +171,9 @@ def accelerator(args) -> list[tuple]:
         start = time.perf_counter()
         model.impute(slab, **options)  # bf16 autocast on CUDA
         imputed = values / (time.perf_counter() - start)
-    # one worker runs read, imputation and write one after the other; halos add window - 1 steps per chunk read
-    halo = 1 + 2 * (model.window - 1) / args.steps
+    # one worker runs read, imputation and write one after the other; halos add window - 1 steps either side of
+    # each chunk read, and a model with nearby steps its span more
+    halo = 1 + 2 * (model.window - 1 + model.engine.denoiser.nearby_span) / args.steps
     per_value = halo / read + 1 / imputed + 1 / written
     hours = ERA5_YEAR * per_value / 3600
     where = f"{height}x{width}, {args.variables} variables, tiles {args.tile}, {args.preset}, K={args.K}"
