@@ -100,7 +100,7 @@ def test_cells_no_loss_ever_reached_take_the_guess_from_every_observation_whiche
     engine = Engine.fit_array(values, mask="station", steps=3, batch_size=2, progress=False, verbose=False)
     options = dict(K=3, fill_never_observed=True, progress=False)
     sampled, sampled_spread = engine.fill(values, ImputeConfig(context="sampled", **options))
-    observed, observed_spread = engine.fill(values, ImputeConfig(context="observed", **options))
+    observed, _ = engine.fill(values, ImputeConfig(context="observed", **options))
     untrained = ~engine.valid[None, :, None] & np.ones_like(values, bool)
     outage = np.isnan(values) & engine.valid[None, :, None]
     assert untrained.any() and outage.any()
