@@ -165,7 +165,7 @@ def accelerator(args) -> list[tuple]:
         read = values / (time.perf_counter() - start)
 
         options = dict(K=args.K, batch_size=args.batch_size, device=args.device, progress=False)
-        model.impute(slab.isel(time=slice(0, 3)), **options)  # warm up kernels and allocator
+        model.impute(slab.isel(time=slice(0, model.window)), **options)  # warm up kernels and allocator
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()

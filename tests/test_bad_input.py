@@ -30,6 +30,7 @@ from xrimpute.datasets import advection, generated
 from xrimpute.datasets.era5 import SAMPLE_FILE, era5_sample
 from xrimpute.errors import (ArgumentError, ArgumentTypeError, DataWarning, ModelFileError, NonFiniteLossError,
                              XrimputeError)
+from xrimpute.model import ModelMismatch
 from xrimpute.reconstruct import ResumeError
 from xrimpute.training import CheckpointMismatch
 
@@ -465,6 +466,19 @@ def test_impute_with_spread_refuses_a_taken_name_before_computing(small):
     data, model, _ = small
     with pytest.raises(cube.CubeError, match=r"already has \['t2m_std'\]"):
         model.impute(data.assign(t2m_std=data["t2m"].isel(time=0, drop=True)), K=2, return_std=True, progress=False)
+
+
+def test_impute_sample_and_reconstruct_refuse_fewer_steps_than_the_window_before_any_work(small, tmp_path):
+    data, model, path = small
+    short = data.isel(time=slice(0, model.window - 1))
+    fragment = f"{model.window - 1} time steps, fewer than this model's window of {model.window}"
+    for run in (model.impute, model.sample):
+        with pytest.raises(ModelMismatch, match=fragment):
+            run(short, progress=False)
+    short.to_zarr(tmp_path / "short.zarr", consolidated=False)
+    with pytest.raises(ModelMismatch, match=fragment):
+        xrimpute.reconstruct(tmp_path / "short.zarr", path, tmp_path / "target.zarr", progress=False)
+    assert not (tmp_path / "target.zarr").exists()
 
 
 # -- values that are not observations, end to end -------------------------------------------------------------------

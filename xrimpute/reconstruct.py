@@ -383,9 +383,6 @@ def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, 
     check_fits(engine, layout, ds)
     if return_std:
         cube.check_spread_names(ds, layout)
-    if ds.sizes[layout.axes.time] < engine.window:
-        raise cube.CubeError(f"the archive has {ds.sizes[layout.axes.time]} time steps, fewer than the model's "
-                             f"window of {engine.window}")
     target = Path(target)
     _check_apart(source, target)
     if overwrite:
