@@ -54,10 +54,6 @@ def permanent_cells(obj, layout: cube.Layout, permanent_mask) -> np.ndarray:
 
 def check_fits(engine: Engine, layout: cube.Layout, obj) -> None:
     """Raise :class:`ModelMismatch` unless ``obj`` has the engine's channels on its grid and a window's steps."""
-    steps = obj.sizes[layout.axes.time]
-    if steps < engine.window:
-        raise ModelMismatch(f"the data has {steps} time steps, fewer than this model's window of {engine.window}; "
-                            f"impute at least {engine.window} steps at once, or fit a model with window={steps}")
     if layout.channels != engine.config.channels:
         raise ModelMismatch(f"this model was trained on channels {engine.config.channels}, the data has "
                             f"{layout.channels}; select the same variables (ds[[...]]) or fit a new model")
@@ -70,6 +66,10 @@ def check_fits(engine: Engine, layout: cube.Layout, obj) -> None:
                 f"the {key} grid differs from the model's ({grid.size} points from {grid[0]:g} to {grid[-1]:g}; "
                 f"the data has {seen.size} from {seen[0]:g} to {seen[-1]:g}); regrid the data to the model's grid"
             )
+    steps = obj.sizes[layout.axes.time]
+    if steps < engine.window:
+        raise ModelMismatch(f"the data has {steps} time steps, fewer than this model's window of {engine.window}; "
+                            f"impute at least {engine.window} steps at once, or fit a model with window={steps}")
 
 
 class CtxDiffModel:
