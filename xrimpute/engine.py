@@ -141,6 +141,21 @@ def offers_nearby(observed: np.ndarray) -> bool:
     return masks.gaps_near_in_time(observed, NEARBY_SPAN // 2) >= NEARBY_REACH
 
 
+PERSISTENCE = 0.5
+"""Share of the cells observed at a step that must be observed at the next for a fit to consider the nearby steps
+along the flow (:func:`offers_flow`)."""
+
+
+def offers_flow(observed: np.ndarray) -> bool:
+    """Whether a fit on a series observed as ``observed`` scores first guesses from the nearby steps along the flow
+    (:func:`xrimpute.windows.along_flow`), where it does not consider them in place (:func:`offers_nearby`, asked
+    first): where the observations stay put (:func:`xrimpute.masks.observations_persist` at least
+    :data:`PERSISTENCE`), as blocks that never move do, so that the gaps do too and the flow may carry observations
+    into them. Sparse pixels drawn anew every step (ERA5 at 1 %) are left as they were: cells held back in a whole
+    window could not stand for their gaps."""
+    return masks.observations_persist(observed) >= PERSISTENCE
+
+
 @dataclass
 class ModelConfig:
     """What a model is apart from its weights and normalisation; saved as JSON (the ``info`` of a model file).
@@ -379,7 +394,8 @@ class Engine:
         net = dict(n_channels=len(config.channels), window=config.window, preset=preset,
                    periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True,
                    **({"history": True} if config.history else {}), **({"exact_grid": True} if exact_grid else {}),
-                   **({"nearby": init.denoiser.nearby_span} if init is not None and init.denoiser.nearby_span else {}))
+                   **({"nearby": init.denoiser.nearby_span} if init is not None and init.denoiser.nearby_span else {}),
+                   **({"flow": True} if init is not None and init.denoiser.flows else {}))
         if init is not None and {k: v for k, v in init.denoiser.config.items() if k != "guess"} != net:
             raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds {net}; pass the "
                                 "same window, preset, periodic and history")
@@ -387,10 +403,13 @@ class Engine:
             raise ModelMismatch(f"init= has a first guess {'with' if init.denoiser.nearby_span else 'without'} "
                                 f"nearby steps; pass nearby=None (keep the init's) or "
                                 f"nearby={bool(init.denoiser.nearby_span)}")
+        flow = False
         if init is not None:
-            offered = init.denoiser.nearby_span
+            offered, flow = init.denoiser.nearby_span, init.denoiser.flows
         elif config.nearby is None:
             offered = NEARBY_SPAN if offers_nearby(stats.observed) else 0
+            if not offered and not is_dask_collection(values) and offers_flow(stats.observed):  # gaps stay put
+                offered, flow = NEARBY_SPAN, True
         else:
             offered = NEARBY_SPAN if config.nearby else 0
 
@@ -400,12 +419,17 @@ class Engine:
         windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
                                    val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda",
                                    valid=stats.valid, history=bool(config.history),
-                                   nearby_span=offered)
+                                   nearby_span=offered, flow=flow)
         try:
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby)
-            name, nearby = candidate_label(guess) if guess is not None else (None, bool(config.nearby))
+            name, nearby, flow = candidate_label(guess) if guess is not None else (None, bool(config.nearby), False)
             if init is None and nearby:
                 net["nearby"] = NEARBY_SPAN
+                if flow:
+                    net["flow"] = True
+                    if verbose:
+                        log.info("the first guess follows the flow: the gaps stay put while the field moves "
+                                 "through them")
             elif init is None:  # the network does without: no more nearby steps to cut
                 windows.nearby_span = 0
                 if windows.validation is not None:
@@ -484,7 +508,8 @@ class Engine:
         tile = self.config.tile and tuple(self.config.tile)
         totals = self.totals(np.where(observed, values, np.nan)) if self.denoiser.uses_history else None
         windows = ArrayWindows(x, observed, self.window, tile=tile, static=self.denoiser.static.numpy(),
-                               totals=totals, nearby_span=self.denoiser.nearby_span)
+                               totals=totals, nearby_span=self.denoiser.nearby_span, flow=self.denoiser.flows,
+                               hide=self.spec)
         with torch_threads():
             ema, self.history = train(self.denoiser.train().requires_grad_(True), windows, self.spec,
                                       replace(self.train_config, **changes), device=resolve_device(device),
@@ -583,7 +608,7 @@ class Engine:
                                 batch_size=options.batch_size, device=device, seed=options.seed,
                                 autocast=mixed_precision(device), progress=options.progress, tiling=tiling,
                                 static=static, piece=piece, context=context, totals=totals,
-                                nearby_span=self.denoiser.nearby_span)
+                                nearby_span=self.denoiser.nearby_span, flow=self.denoiser.flows)
         mean, std = run(net)
         (ya, yb), (xa, xb) = piece.box[1:]
         nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
@@ -632,7 +657,7 @@ class Engine:
                                       domain=torch.as_tensor(self.valid)[None, :, None].to(device), seed=seed,
                                       batch_size=batch_size, device=device, autocast=mixed_precision(device),
                                       progress=progress, totals=self.totals(values),
-                                      nearby_span=self.denoiser.nearby_span)
+                                      nearby_span=self.denoiser.nearby_span, flow=self.denoiser.flows)
         finally:
             self.denoiser.cpu()
         draws = draws * self.std[None, None, :, None, None, None] + self.mean[None, None, :, None, None, None]
@@ -776,4 +801,5 @@ def _validator(xs, ms, hs, inputs, spec, device, seed, K: int = 4):
     return validate
 
 
-__all__ = ["FLAGS", "NEARBY_REACH", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history", "offers_nearby", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history",
+           "offers_flow", "offers_nearby", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

@@ -269,8 +269,14 @@ class CtxDiffModel:
             where most gaps have an observation of their own within 12 steps
             (:func:`xrimpute.engine.offers_nearby`) and that guess fills the
             held-back cells better (:func:`xrimpute.nets.prior.choose_guess`),
-            as for gaps that move every step; True or False decides it.
-            Imputing an archive then reads 24 more steps around every block.
+            as for gaps that move every step. Where gaps stay put instead,
+            a fit of an in-memory cube also scores the observations along the
+            flow (one displacement per step, estimated from the steps around
+            each window; :func:`xrimpute.windows.along_flow`), which carries
+            observations into the gaps of a field that moves through them, on
+            cells held back in the whole window; True or False decides it (in
+            place). Imputing an archive then reads 24 more steps around every
+            block.
         compare_classical : bool, default True
             After training, also score the package's classical fillers
             (:mod:`xrimpute.baselines`: interpolation in time, Telea and
@@ -522,7 +528,8 @@ class CtxDiffModel:
                         + (", first guess leaning on each cell's history outside the window"
                            if self.denoiser.uses_history else "")
                         + (f", first guess leaning on each cell's observations up to {self.denoiser.nearby_span} "
-                           "steps before and after the window" if self.denoiser.nearby_span else "")),
+                           f"steps before and after the window{' along the flow' if self.denoiser.flows else ''}"
+                           if self.denoiser.nearby_span else "")),
             ("training", f"{self.history.step[-1] if self.history.step else 0} steps in "
                          f"{self.history.seconds:.0f} s on {train_info.get('device', '?')}"),
         ]

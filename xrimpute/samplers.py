@@ -34,7 +34,7 @@ from dask import compute, is_dask_collection
 from . import masks, robust
 from .geometry import evenly_spaced
 from .training import distributed_rank
-from .windows import nearby_observations, outside_window, series_totals, window_starts, window_sums
+from .windows import flow_velocity, nearby_observations, outside_window, series_totals, window_starts, window_sums
 
 STRUCTURE_STEPS = 32  # consecutive steps the mask structure is judged on (all of a shorter series)
 
@@ -154,7 +154,11 @@ class ArrayWindows:
     batch's inputs carry the tile's cut of them. With ``totals`` (the
     :func:`~xrimpute.windows.series_totals` of the ``observed`` cells) they
     carry each window's history, and with ``nearby_span`` each cell's
-    nearest ``observed`` cells within that many steps either side of it.
+    nearest ``observed`` cells within that many steps either side of it
+    (with ``flow``, along the flow: :func:`~xrimpute.windows.nearby_observations`; then, with ``hide``, a
+    mask spec, each window that :meth:`sample` draws finds them among a context that the spec draws over the
+    steps around it, so that training, like gaps that stay put, meets cells whose cell and trajectory the
+    observations leave for many steps, and learns how far to trust a guess carried from far along the flow).
     """
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
@@ -162,51 +166,65 @@ class ArrayWindows:
 
     def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
-                 totals: np.ndarray | None = None, nearby_span: int = 0):
+                 totals: np.ndarray | None = None, nearby_span: int = 0, flow: bool = False,
+                 hide: masks.MaskSpec | None = None):
         self.values = torch.as_tensor(values)
         self.observed = torch.as_tensor(observed)
         self.window = window
         self.tile = tile
         self.static = None if static is None or tile is None else torch.as_tensor(static)
         self.totals = None if totals is None else torch.as_tensor(totals)
-        self.nearby_span = nearby_span
+        self.nearby_span, self.flow, self.hide = nearby_span, flow, hide
+        self._velocities = {}  # (sample, start, row, col): the flow of each window met, which hiding leaves alone
         n, _, t = values.shape[:3]
         self.index = [(i, s) for i in range(n) for s in window_starts(t, window)]
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def get(self, picks, origins=None):
+    def get(self, picks, origins=None, generator: torch.Generator | None = None):
         """Windows ``picks`` (indices into ``self.index``), cut to tiles at ``origins`` ``[(row, col), ...]``:
-        ``(x, observed, inputs)``."""
+        ``(x, observed, inputs)``; ``generator`` draws what ``hide`` hides."""
         rows = [self.index[int(p)] for p in picks]
-        return self.read([(i, s, *origin) for (i, s), origin in zip(rows, origins or [(0, 0)] * len(rows))])
+        return self.read([(i, s, *origin) for (i, s), origin in zip(rows, origins or [(0, 0)] * len(rows))],
+                         generator)
 
     def sample(self, batch_size: int, generator: torch.Generator):
         picks = torch.randint(0, len(self.index), (batch_size,), generator=generator)
         if self.tile is None:
-            return self.get(picks)
+            return self.get(picks, generator=generator)
         h, w = self.values.shape[-2:]
         rows = torch.randint(0, h - self.tile[0] + 1, (batch_size,), generator=generator).tolist()
         cols = torch.randint(0, w - self.tile[1] + 1, (batch_size,), generator=generator).tolist()
-        return self.get(picks, list(zip(rows, cols)))
+        return self.get(picks, list(zip(rows, cols)), generator)
 
-    def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``."""
+    def read(self, jobs, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``;
+        with ``generator``, the nearby observations of a sampler with ``hide`` leave some out."""
         (th, tw) = self.tile or self.values.shape[-2:]
         cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)) for i, s, r, c in jobs]
         x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
         m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
         static = None if self.static is None else torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
         totals = None if self.totals is None else torch.stack([self.totals[i, :, y, z] for i, _, y, z in cuts])
-        nearby = [self._nearby(i, s, y, z) for (i, s, _, _), (_, _, y, z) in zip(jobs, cuts)] \
+        nearby = [self._nearby(i, s, y, z, generator) for (i, s, _, _), (_, _, y, z) in zip(jobs, cuts)] \
             if self.nearby_span else None
         return x, m, _inputs(static, totals, x, m, nearby)
 
-    def _nearby(self, sample: int, start: int, rows: slice, cols: slice) -> np.ndarray:
-        """:func:`~xrimpute.windows.nearby_observations` of one window (tile), from views of its series."""
-        return nearby_observations(self.values[sample, :, :, rows, cols], self.observed[sample, :, :, rows, cols],
-                                   start, self.window, self.nearby_span)
+    def _nearby(self, sample: int, start: int, rows: slice, cols: slice,
+                generator: torch.Generator | None = None) -> np.ndarray:
+        """:func:`~xrimpute.windows.nearby_observations` of one window (tile), from its stretch of the series."""
+        first, stop = max(0, start - self.nearby_span), min(self.values.shape[2], start + self.window + self.nearby_span)
+        values, observed = self.values[sample, :, first:stop, rows, cols], self.observed[sample, :, first:stop, rows, cols]
+        if not self.flow:
+            return nearby_observations(values, observed, start - first, self.window, self.nearby_span)
+        key = (sample, start, rows.start, cols.start)
+        if key not in self._velocities:
+            self._velocities[key] = flow_velocity(values, observed, start - first, self.window)
+        if self.hide is not None and generator is not None:
+            observed = self.hide.context(observed[None], generator)[0]
+        return nearby_observations(values, observed, start - first, self.window, self.nearby_span, flow=True,
+                                   velocity=self._velocities[key])
 
     def validation_context(self, pad: int | None = None) -> list[tuple[np.ndarray, int, list]]:
         """The series around the validation windows as training saw it: normalised, NaN at every cell it did not
@@ -250,7 +268,7 @@ class ChunkedWindows:
     (:func:`~xrimpute.windows.series_totals` of the training observations),
     each window's history, and with ``nearby_span`` each cell's nearest
     observations within that many steps either side (pieces are read with
-    that many more steps either side). Windows
+    that many more steps either side; with ``flow``, along the flow). Windows
     overlapping the ``reserved`` ones (``(sample, start, ...)``, kept for
     validation) are never drawn, nor are their observations nearby steps of
     any window, and cells ``withheld`` (``(H, W)``, e.g. stations held out for
@@ -264,9 +282,9 @@ class ChunkedWindows:
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                  reserved=(), pool: int = 4, prefetch: int = 2, reuse: int = 4, seed: int = 0,
                  pin_memory: bool = False, withheld: np.ndarray | None = None, totals: np.ndarray | None = None,
-                 nearby_span: int = 0):
+                 nearby_span: int = 0, flow: bool = False):
         self.values, self.window, self.tile, self.withheld = values, window, tile, withheld
-        self.nearby_span = nearby_span
+        self.nearby_span, self.flow = nearby_span, flow
         self.totals = totals  # cut when a batch is drawn, so that training_windows may still take the reserved out
         self.mean = np.asarray(mean, np.float32)[:, None, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None, None]
@@ -364,7 +382,7 @@ class ChunkedWindows:
             if self.nearby_span:  # the piece holds the span either side of its windows
                 tile = (slice(None), slice(None), *cut[2:])
                 nearby.append(nearby_observations(piece.x[tile], piece.observed[tile], s, self.window,
-                                                  self.nearby_span))
+                                                  self.nearby_span, self.flow))
             if piece.static is not None:
                 statics.append(piece.static[:, r : r + th, c : c + tw])
             if self.totals is not None:
@@ -392,7 +410,7 @@ class ChunkedWindows:
             for i, s, r, c in jobs:
                 a = max(0, s - span)
                 stretch = self._read(i, a, min(length, s + self.window + span), r, c, (th, tw), [0], withhold=True)
-                nearby.append(nearby_observations(stretch.x, stretch.observed, s - a, self.window, span))
+                nearby.append(nearby_observations(stretch.x, stretch.observed, s - a, self.window, span, self.flow))
         return x, m, _inputs(static, totals, x, m, nearby)
 
     def validation_context(self, pad: int = 0) -> list[tuple[np.ndarray, int, list]]:
@@ -449,6 +467,18 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, max_windows: int =
     placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))) for i, s in jobs]
     xs, ms, inputs = windows.read(placed)
     hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window, r : r + th, q : q + tw] for i, s, r, q in placed]))
+    if windows.nearby_span and windows.flow:
+        # held-back cells are drawn anew every step, so a step away their own cells were observed; gaps that stay
+        # put have none: a cell held back anywhere in the window is held back at every step, and hidden throughout
+        # the steps around it
+        union = hs.any(2, keepdim=True)
+        ms, hs = ms & ~union, (ms | hs) & union
+        span = windows.nearby_span
+        inputs["nearby"] = torch.as_tensor(np.stack([
+            nearby_observations(windows.values[i, :, a:z, r : r + th, q : q + tw].numpy(),
+                                windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~hidden.numpy(),
+                                s - a, window, span, flow=True)
+            for (i, s, r, q), hidden, (a, z) in zip(placed, union, context_spans(placed, window, t, span, apart=False))]))
     return (xs, ms, hs, inputs), placed
 
 
@@ -469,7 +499,8 @@ def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> n
 def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.ndarray, *, window: int,
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
-                     valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0):
+                     valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0,
+                     flow: bool = False):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -484,7 +515,9 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     observations outside it (in an archive, one pass over it first); the
     held-back cells, and in an archive the reserved windows, are not among them;
     likewise with ``nearby_span`` for each cell's nearest observations within
-    that many steps either side of the window.
+    that many steps either side of the window (``flow``: along the flow; then
+    an array's validation inputs find them with every cell held back anywhere
+    in the window hidden at every step, :func:`_validation_windows`).
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -502,7 +535,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         train_observed = observed & ~heldout
         totals = series_totals(np.where(train_observed, values, np.nan), mean, std) if history else None
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals,
-                               nearby_span=nearby_span)
+                               nearby_span=nearby_span, flow=flow, hide=spec)
         if heldout.any():
             windows.validation, windows.validation_jobs = _validation_windows(windows, heldout, seed)
         return windows
@@ -512,7 +545,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         and reserved else None
     totals = np.asarray(series_totals(values, mean, std, withheld)) if history else None  # one pass
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
-                             pin_memory=pin_memory, withheld=withheld, totals=totals, nearby_span=nearby_span)
+                             pin_memory=pin_memory, withheld=withheld, totals=totals, nearby_span=nearby_span,
+                             flow=flow)
     if reserved:
         try:
             xs, ms, inputs = windows.read(reserved)

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import VPSchedule, impute_ensemble, sample_multistep
+from .flow import co_moving, displacement, shifted
 from .masks import MaskSpec
 
 
@@ -68,14 +69,20 @@ def outside_window(totals, values: torch.Tensor, observed: torch.Tensor) -> torc
     return (torch.as_tensor(totals, dtype=torch.float64) - window_sums(values, observed)).to(torch.float32)
 
 
-def nearby_observations(values, observed, start: int, window: int, span: int) -> np.ndarray:
+def nearby_observations(values, observed, start: int, window: int, span: int, flow: bool = False,
+                        velocity: tuple[float, float] | None = None) -> np.ndarray:
     """``(4C, ...)`` float32: each cell's nearest observation before the window of ``window`` steps at ``start``
     in a stretch ``values``, ``observed`` ``(C, T, ...)`` of a series, and how many steps before the window's
     first step it lies, then the nearest after and how many steps after its last (0 steps and value: none within
     ``span`` steps, or the stretch ends first). The input of a first guess that leans on nearby steps
     (:func:`xrimpute.nets.prior.nearby_baseline`); a stretch holding ``span`` steps either side of the window, or
     up to the series' ends, gives what the whole series gives.
+
+    With ``flow``, the nearest observations along the flow instead of in place (:func:`along_flow`, with its
+    ``velocity``): ``(4C, window, H, W)``, for every step of the window.
     """
+    if flow:
+        return along_flow(values, observed, start, window, span, velocity)
     values, observed = np.asarray(values), np.asarray(observed)
     before = slice(max(0, start - span), start)
     after = slice(start + window, min(values.shape[1], start + window + span))
@@ -94,6 +101,51 @@ def nearby_observations(values, observed, start: int, window: int, span: int) ->
         parts += [np.where(found, value, 0.0).astype(np.float32), np.where(found, gap, 0).astype(np.float32)]
     return np.concatenate(parts)
 
+
+
+def along_flow(values, observed, start: int, window: int, span: int,
+               velocity: tuple[float, float] | None = None) -> np.ndarray:
+    """``(4C, window, H, W)`` float32: for every step of the window of ``window`` steps at ``start`` in a stretch
+    ``values``, ``observed`` ``(C, T, H, W)``, each cell's nearest observation before the window along the flow and
+    how many steps before that step it lies, then the nearest after and how many steps after (0 steps and value:
+    none within ``span`` steps of the window, or the stretch ends first).
+
+    The flow is one displacement per step for the stretch's steps outside the window
+    (:func:`xrimpute.flow.displacement`), so that nothing here depends on the window's own cells; the series is read
+    along it from the window's middle (:func:`xrimpute.flow.co_moving`), where :func:`nearby_observations` finds the
+    nearest observations in place, and each step of the window reads those where its cells' trajectories pass.
+    ``velocity``: that displacement, where the caller already has it (:func:`flow_velocity`).
+    """
+    first = max(0, start - span)  # the stretch of the window and span steps either side: whatever a caller holds
+    stop = min(np.shape(values)[1], start + window + span)
+    values, observed, start = values[:, first:stop], observed[:, first:stop], start - first
+    if velocity is None:
+        velocity = flow_velocity(values, observed, start, window)
+    middle = (window - 1) / 2
+    moved, kept = co_moving(values, observed, start + middle, velocity)
+    found = torch.as_tensor(nearby_observations(moved, kept, start, window, span))
+    steps = torch.arange(window, dtype=torch.float32)
+    offsets = steps - middle  # a trajectory through a cell at step k passed its co-moving cell offset * velocity back
+    before, before_gap, after, after_gap = found.chunk(4)
+    parts = []
+    for value, gap, beyond_edge in ((before, before_gap, steps), (after, after_gap, window - 1 - steps)):
+        hit = (gap > 0).to(torch.float32)
+        maps = torch.cat([value * hit, gap * hit, hit])[None].expand(window, -1, -1, -1)
+        num, gaps, weight = shifted(maps, -offsets * velocity[0], -offsets * velocity[1]).transpose(0, 1).chunk(3)
+        reached = weight >= 0.5
+        parts += [torch.where(reached, num / weight.clamp(min=1e-6), 0.0),
+                  torch.where(reached, gaps / weight.clamp(min=1e-6) + beyond_edge[:, None, None], 0.0)]
+    return torch.cat(parts).numpy()
+
+
+
+def flow_velocity(values, observed, start: int, window: int) -> tuple[float, float]:
+    """The displacement per step of a stretch ``values``, ``observed`` ``(C, T, H, W)`` around the window of
+    ``window`` steps at ``start`` (:func:`xrimpute.flow.displacement`), from its steps outside the window, so
+    that nothing of :func:`along_flow` depends on the window's own cells (query cells among them)."""
+    outside = np.asarray(observed).copy()
+    outside[:, start : start + window] = False
+    return displacement(values, outside)
 
 @dataclass(frozen=True)
 class Tiling:
@@ -220,6 +272,7 @@ def impute_series(
     context: str = "sampled",
     totals: np.ndarray | None = None,
     nearby_span: int = 0,
+    flow: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Impute every window (and tile) of every sample and blend the overlaps.
 
@@ -244,7 +297,8 @@ def impute_series(
         of the cut.
     nearby_span : for a denoiser whose guess leans on each cell's nearest observations around the window, how
         many steps either side it looks (:func:`nearby_observations`); a cut then holds them, as
-        :func:`plan` with that ``halo`` cuts it.
+        :func:`plan` with that ``halo`` cuts it. ``flow``: those along the flow instead of in place
+        (``nearby_observations(..., flow=True)``).
 
     Returns
     -------
@@ -293,7 +347,7 @@ def impute_series(
             history = outside_window(np.stack([totals[sample0 + i, :, r : r + th][..., (col + np.arange(tw)) % w]
                                                for i, (_, r, col) in batch]), x, m).to(generator_device)
         if nearby_span:
-            nearby = torch.as_tensor(np.stack([_nearby(values[i], observed[i], rt, rr, rc, window, nearby_span)
+            nearby = torch.as_tensor(np.stack([_nearby(values[i], observed[i], rt, rr, rc, window, nearby_span, flow)
                                                for (i, _), (rt, rr, rc) in zip(batch, cuts)])).to(generator_device)
         generators = [torch.Generator(device=generator_device).manual_seed(window_seed(seed, sample0 + i, s, r, col))
                       for i, (s, r, col) in batch]
@@ -314,11 +368,12 @@ def impute_series(
     return np.where(seen, piece.inside(values), mean).astype(np.float32), np.where(seen, 0.0, std).astype(np.float32)
 
 
-def _nearby(values, observed, steps: slice, rows: slice, cols: np.ndarray, window: int, span: int) -> np.ndarray:
+def _nearby(values, observed, steps: slice, rows: slice, cols: np.ndarray, window: int, span: int,
+            flow: bool = False) -> np.ndarray:
     """:func:`nearby_observations` of the window at ``steps`` of one sample's cut ``(C, T, H, W)``, on a tile."""
     a, z = max(0, steps.start - span), min(values.shape[1], steps.stop + span)
     return nearby_observations(values[:, a:z, rows][..., cols], observed[:, a:z, rows][..., cols], steps.start - a,
-                               window, span)
+                               window, span, flow)
 
 
 @torch.no_grad()
@@ -326,13 +381,13 @@ def sample_series(denoiser, values: np.ndarray, observed: np.ndarray, schedule: 
                   imputation_spec: MaskSpec, window: int, *, n: int, steps: int, K: int, eta: float,
                   handover: float | None, domain: torch.Tensor, seed: int, batch_size: int,
                   device: torch.device, autocast: bool = False, progress: bool = False,
-                  totals: np.ndarray | None = None, nearby_span: int = 0) -> np.ndarray:
+                  totals: np.ndarray | None = None, nearby_span: int = 0, flow: bool = False) -> np.ndarray:
     """``n`` members ``(n, N, C, T, H, W)`` of every sample by multi-step sampling, window by window.
 
     Windows tile the time axis (the last one overlaps the one before it,
     whose values are kept there) and are sampled independently, ``batch_size
     // n`` at a time from one random stream of ``seed``; ``values`` are
-    normalised (0 where unobserved). ``totals``, ``nearby_span`` as for :func:`impute_series`.
+    normalised (0 where unobserved). ``totals``, ``nearby_span``, ``flow`` as for :func:`impute_series`.
     Other arguments as for :func:`xrimpute.diffusion.sample_multistep`.
     """
     total_steps = values.shape[2]
@@ -352,7 +407,7 @@ def sample_series(denoiser, values: np.ndarray, observed: np.ndarray, schedule: 
         if nearby_span:
             every = slice(None)
             nearby = torch.as_tensor(np.stack([_nearby(values[i], observed[i], slice(s, s + window), every, every,
-                                                       window, nearby_span) for i, s in batch])).to(device)
+                                                       window, nearby_span, flow) for i, s in batch])).to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             out = sample_multistep(denoiser, xb, mb, schedule, spec, imputation_spec=imputation_spec, K=K,
                                    members=n, steps=steps, eta=eta, handover=handover, domain=domain,

@@ -117,10 +117,20 @@ def gaps_near_in_time(observed: np.ndarray, steps: int) -> float:
     return float((near.astype(bool) & gap).sum() / gap.sum())
 
 
+def observations_persist(observed: np.ndarray) -> float:
+    """Share of the cells of ``observed`` ``(N, C, T, H, W)`` observed at a step that are observed at the next
+    too: 1 for blocks or stations that stay put, the coverage itself for pixels drawn anew every step. 1.0 for a
+    single step or no observation."""
+    observed = np.asarray(observed, dtype=bool)
+    now = observed[:, :, :-1]
+    count = now.sum()
+    return float((now & observed[:, :, 1:]).sum() / count) if count else 1.0
+
+
 def unreachable(valid: np.ndarray) -> np.ndarray:
     """``(C, H, W)``: per variable, the never-observed cells beyond the observing system's reach (:func:`reach`)."""
     return np.stack([reach(channel).unreachable for channel in np.asarray(valid, dtype=bool)])
 
 
-__all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "gaps_in_reach", "gaps_near_in_time", "reach",
-           "unreachable"]
+__all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "gaps_in_reach", "gaps_near_in_time",
+           "observations_persist", "reach", "unreachable"]

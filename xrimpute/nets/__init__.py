@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prior import DEFAULT_LEVELS, FirstGuess, history_baseline, nearby_guess
+from .prior import DEFAULT_LEVELS, FirstGuess, flow_closeness, history_baseline, nearby_guess
 from .unet import PRESETS, UNet
 
 
@@ -34,17 +34,24 @@ class Denoiser(nn.Module):
     observations before and after the window
     (:func:`~xrimpute.nets.prior.nearby_guess`), which every call then
     passes as ``nearby`` ``(B, 4C, H, W)``
-    (:func:`xrimpute.windows.nearby_observations`).
+    (:func:`xrimpute.windows.nearby_observations`); with ``flow`` too, the
+    nearest observations along the flow instead of in place, ``(B, 4C, T, H, W)``
+    (``nearby_observations(..., flow=True)``), and how far the flow carried
+    each cell's (:func:`~xrimpute.nets.prior.flow_closeness`) is one more
+    input channel.
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
                  preset: str = "tiny", periodic: bool = False, first_guess: bool = False,
-                 guess: dict | None = None, history: bool = False, nearby: int = 0, **overrides):
+                 guess: dict | None = None, history: bool = False, nearby: int = 0, flow: bool = False,
+                 **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
         if (history or nearby) and not first_guess:
             raise ValueError("history= and nearby= shape the first guess; build the network with first_guess=True")
+        if flow and not nearby:
+            raise ValueError("flow= says where the nearby steps come from; pass nearby= (a span of steps) too")
         self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
                            first_guess=first_guess, **overrides)
         if guess is not None:  # saved only when chosen, so older model files rebuild as they were
@@ -54,11 +61,13 @@ class Denoiser(nn.Module):
             self.config["history"] = True
         if nearby:
             self.config["nearby"] = int(nearby)
+        if flow:
+            self.config["flow"] = True
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
         self.first_guess = FirstGuess(**(guess or {}), periodic=periodic) if first_guess else None
-        inputs = (4 if first_guess else 2) * cw + static.shape[0]
+        inputs = (4 if first_guess else 2) * cw + (cw if flow else 0) + static.shape[0]
         self.unet = UNet(inputs, cw, periodic=periodic, zero_head=first_guess, **{**PRESETS[preset], **overrides})
 
     @property
@@ -71,6 +80,11 @@ class Denoiser(nn.Module):
         """Steps either side of a window whose observations every call passes as ``nearby`` (0: none)."""
         return self.config.get("nearby", 0)
 
+    @property
+    def flows(self) -> bool:
+        """Whether the ``nearby`` observations every call passes are those along the flow (one set per step)."""
+        return self.config.get("flow", False)
+
     def guess(self, values: torch.Tensor, mask: torch.Tensor, history: torch.Tensor | None = None,
               nearby: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first guess and its certainty ``(B, C, T, H, W)`` from the context (and the windows' history and
@@ -82,6 +96,10 @@ class Denoiser(nn.Module):
             raise ValueError("this network's first guess leans on each cell's observations near the window; pass "
                              "nearby= (windows.nearby_observations)")
         baseline = history_baseline(history, self.config["periodic"]) if self.uses_history else None
+        if self.nearby_span and (nearby.dim() == 5) != self.flows:
+            where = "along the flow" if self.flows else "in place"
+            raise ValueError(f"this network's first guess leans on the nearby steps {where}; pass "
+                             f"nearby=windows.nearby_observations(..., flow={self.flows})")
         if self.nearby_span:
             return nearby_guess(self.first_guess, values, mask, nearby, self.nearby_span, baseline)
         return self.first_guess(values, mask, baseline)
@@ -100,6 +118,8 @@ class Denoiser(nn.Module):
             guess, certainty = (v.to(values.dtype).reshape(b, c * w, h, wd)
                                 for v in self.guess(values, mask, history, nearby))
             inputs += [guess, certainty]
+        if self.flows:
+            inputs.append(flow_closeness(nearby).to(values.dtype).reshape(b, c * w, h, wd))
         if self.static.shape[0]:
             if static is None:
                 if any(n not in (1, size) for n, size in zip(self.static.shape[1:], (h, wd))):

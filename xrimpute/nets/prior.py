@@ -239,30 +239,48 @@ NEARBY_SPAN = 24
 bridges with a straight line; half of it, how far one observation alone reaches."""
 NEARBY_LABEL = " + nearby steps"
 """Appended to a candidate's name (:func:`choose_guess`) when its guess leans on :func:`nearby_baseline`."""
+FLOW_LABEL = " + flow"
+"""Appended instead when those nearby steps lie along the flow (:func:`xrimpute.windows.along_flow`)."""
 
 
 def nearby_baseline(nearby: torch.Tensor, window: int, span: int = NEARBY_SPAN) -> tuple[torch.Tensor, torch.Tensor]:
     """``(baseline, known)`` ``(B, C, T, H, W)``: each cell's baseline at every step of the window from its nearest
     observations outside it, and where it has one. ``nearby`` ``(B, 4C, H, W)``
     (:func:`xrimpute.windows.nearby_observations`): the value before the window and how many steps before its
-    first step, the value after and how many steps after its last (0 steps: none within ``span``).
+    first step, the value after and how many steps after its last (0 steps: none within ``span``); or along the
+    flow, ``(B, 4C, T, H, W)``, for every step of the window, the steps counted from that step.
 
     The straight line between the two where they lie at most ``span`` steps apart; else the nearer one within
-    ``span / 2`` steps of the step; else none (``known`` False, baseline 0).
+    ``span / 2`` steps of the step (along the flow, ``span`` steps: a gap the flow carries observations into lies
+    far from them in time, and the nearer one alone halved the error there, ``benchmarks/RESULTS.md``); else none
+    (``known`` False, baseline 0).
     """
     before, gap_before, after, gap_after = nearby.to(torch.float32).chunk(4, dim=1)
-    k = torch.arange(window, device=nearby.device, dtype=torch.float32)[:, None, None]
-    to_before = gap_before[:, :, None] + k  # steps from each step of the window to the observation before
-    to_after = gap_after[:, :, None] + (window - 1 - k)
-    has_before, has_after = (gap_before > 0)[:, :, None], (gap_after > 0)[:, :, None]
-    line = before[:, :, None] + (after - before)[:, :, None] * to_before / (to_before + to_after).clamp(min=1)
+    if nearby.dim() == 5:  # along the flow: per step
+        to_before, to_after, reach = gap_before, gap_after, span
+    else:
+        k = torch.arange(window, device=nearby.device, dtype=torch.float32)[:, None, None]
+        to_before = gap_before[:, :, None] + k  # steps from each step of the window to the observation before
+        to_after = gap_after[:, :, None] + (window - 1 - k)
+        before, gap_before, after, gap_after = (v[:, :, None] for v in (before, gap_before, after, gap_after))
+        reach = span / 2
+    has_before, has_after = gap_before > 0, gap_after > 0
+    line = before + (after - before) * to_before / (to_before + to_after).clamp(min=1)
     bridged = has_before & has_after & (to_before + to_after <= span)
-    near_before = has_before & (to_before <= span / 2)
-    near_after = has_after & (to_after <= span / 2)
-    nearest = torch.where(near_before & (~near_after | (to_before <= to_after)), before[:, :, None],
-                          after[:, :, None])
+    near_before = has_before & (to_before <= reach)
+    near_after = has_after & (to_after <= reach)
+    nearest = torch.where(near_before & (~near_after | (to_before <= to_after)), before, after)
     known = bridged | near_before | near_after
     return torch.where(bridged, line, torch.where(known, nearest, torch.zeros_like(line))), known
+
+
+def flow_closeness(nearby: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T, H, W)``: one over the steps from each cell to its nearer observation along the flow (0: none),
+    from ``nearby`` ``(B, 4C, T, H, W)`` (``xrimpute.windows.nearby_observations(..., flow=True)``): how far the
+    flow carried the baseline, which the guess itself does not show."""
+    _, before, _, after = nearby.to(torch.float32).chunk(4, dim=1)
+    nearer = torch.minimum(torch.where(before > 0, before, math.inf), torch.where(after > 0, after, math.inf))
+    return 1.0 / nearer
 
 
 def nearby_guess(first_guess: FirstGuess, values: torch.Tensor, mask: torch.Tensor, nearby: torch.Tensor,
@@ -282,9 +300,13 @@ def nearby_guess(first_guess: FirstGuess, values: torch.Tensor, mask: torch.Tens
     return torch.where(known, guided, plain), certainty
 
 
-def candidate_label(label: str) -> tuple[str, bool]:
-    """``(name in CANDIDATES, whether the guess leans on nearby steps)`` of a label :func:`choose_guess` gives."""
-    return (label[: -len(NEARBY_LABEL)], True) if label.endswith(NEARBY_LABEL) else (label, False)
+def candidate_label(label: str) -> tuple[str, bool, bool]:
+    """``(name in CANDIDATES, whether the guess leans on nearby steps, whether along the flow)`` of a label
+    :func:`choose_guess` gives."""
+    for suffix, flow in ((NEARBY_LABEL, False), (FLOW_LABEL, True)):
+        if label.endswith(suffix):
+            return label[: -len(suffix)], True, flow
+    return label, False, False
 
 
 @torch.no_grad()
@@ -297,12 +319,13 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     mean fill is 0). A tie keeps the first candidate; the thin-plate one runs only where no frame holds more
     than :data:`MAX_SPLINE_POINTS` context cells. ``history``: the windows' history (:func:`history_baseline`),
     for a network that leans on it. ``nearby``: the windows' nearest observations outside them; then every
-    candidate is also scored through :func:`nearby_guess` (labelled with :data:`NEARBY_LABEL`,
-    :func:`candidate_label`)."""
+    candidate is also scored through :func:`nearby_guess` (labelled with :data:`NEARBY_LABEL`, or
+    :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``; :func:`candidate_label`)."""
     errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
     baseline = None if history is None else history_baseline(history, periodic)
-    for label in ("",) if nearby is None else ("", NEARBY_LABEL):  # on a tie, a guess without the nearby steps
+    leaning = FLOW_LABEL if nearby is not None and nearby.dim() == 5 else NEARBY_LABEL
+    for label in ("",) if nearby is None else ("", leaning):  # on a tie, a guess without the nearby steps
         for name, options in candidates.items():
             if options.get("thin_plate") and dense:
                 continue
