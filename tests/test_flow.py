@@ -149,6 +149,9 @@ def test_a_fit_follows_the_flow_where_it_carries_observations_into_gaps_that_sta
     assert again.denoiser.flows
     options = ImputeConfig(K=2, seed=0, batch_size=4, progress=False)
     np.testing.assert_array_equal(again.fill(values, options)[0], engine.fill(values, options)[0])
+    with pytest.warns(UserWarning, match="small noise levels"):  # a CPU fit's; multi-step sampling still runs
+        draws = engine.sample(values[:1, :, :12], n=1, steps=2, K=1)
+    assert draws.shape == (1, 1, 1, 12, *values.shape[-2:]) and np.isfinite(draws).all()
 
 
 def test_a_fit_keeps_its_guess_in_place_where_the_flow_carries_nothing():

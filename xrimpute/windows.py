@@ -102,7 +102,6 @@ def nearby_observations(values, observed, start: int, window: int, span: int, fl
     return np.concatenate(parts)
 
 
-
 def along_flow(values, observed, start: int, window: int, span: int,
                velocity: tuple[float, float] | None = None) -> np.ndarray:
     """``(4C, window, H, W)`` float32: for every step of the window of ``window`` steps at ``start`` in a stretch
@@ -138,7 +137,6 @@ def along_flow(values, observed, start: int, window: int, span: int,
     return torch.cat(parts).numpy()
 
 
-
 def flow_velocity(values, observed, start: int, window: int) -> tuple[float, float]:
     """The displacement per step of a stretch ``values``, ``observed`` ``(C, T, H, W)`` around the window of
     ``window`` steps at ``start`` (:func:`xrimpute.flow.displacement`), from its steps outside the window, so
@@ -146,6 +144,7 @@ def flow_velocity(values, observed, start: int, window: int) -> tuple[float, flo
     outside = np.asarray(observed).copy()
     outside[:, start : start + window] = False
     return displacement(values, outside)
+
 
 @dataclass(frozen=True)
 class Tiling:
