@@ -113,7 +113,7 @@ def test_a_baseline_along_the_flow_draws_each_steps_own_line():
     nearby[0, :, 1, 0, 0] = torch.tensor([0.0, 0.0, 3.0, 20.0])  # step 1: 3 twenty steps after, nothing before
     line, known = nearby_baseline(nearby, 2, span=24)
     assert line[0, 0, 0, 0, 0] == pytest.approx(1 + 3 * 2 / 6) and known[0, 0, 0].all()
-    assert line[0, 0, 1, 0, 0] == pytest.approx(3.0) and known[0, 0, 1].all()  # along the flow a single one reaches span
+    assert line[0, 0, 1, 0, 0] == pytest.approx(3.0) and known[0, 0, 1].all()  # along the flow one reaches span
     assert not nearby_baseline(nearby, 2, span=16)[1][0, 0, 1].any()
 
 

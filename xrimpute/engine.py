@@ -802,4 +802,5 @@ def _validator(xs, ms, hs, inputs, spec, device, seed, K: int = 4):
 
 
 __all__ = ["FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history",
-           "offers_flow", "offers_nearby", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+           "offers_flow", "offers_nearby", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch",
+           "position_fields", "spans_globe", "train_config"]

@@ -214,16 +214,18 @@ class ArrayWindows:
     def _nearby(self, sample: int, start: int, rows: slice, cols: slice,
                 generator: torch.Generator | None = None) -> np.ndarray:
         """:func:`~xrimpute.windows.nearby_observations` of one window (tile), from its stretch of the series."""
-        first, stop = max(0, start - self.nearby_span), min(self.values.shape[2], start + self.window + self.nearby_span)
-        values, observed = self.values[sample, :, first:stop, rows, cols], self.observed[sample, :, first:stop, rows, cols]
+        span = self.nearby_span
+        first, stop = max(0, start - span), min(self.values.shape[2], start + self.window + span)
+        values = self.values[sample, :, first:stop, rows, cols]
+        observed = self.observed[sample, :, first:stop, rows, cols]
         if not self.flow:
-            return nearby_observations(values, observed, start - first, self.window, self.nearby_span)
+            return nearby_observations(values, observed, start - first, self.window, span)
         key = (sample, start, rows.start, cols.start)
         if key not in self._velocities:
             self._velocities[key] = flow_velocity(values, observed, start - first, self.window)
         if self.hide is not None and generator is not None:
             observed = self.hide.context(observed[None], generator)[0]
-        return nearby_observations(values, observed, start - first, self.window, self.nearby_span, flow=True,
+        return nearby_observations(values, observed, start - first, self.window, span, flow=True,
                                    velocity=self._velocities[key])
 
     def validation_context(self, pad: int | None = None) -> list[tuple[np.ndarray, int, list]]:
@@ -474,11 +476,12 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, max_windows: int =
         union = hs.any(2, keepdim=True)
         ms, hs = ms & ~union, (ms | hs) & union
         span = windows.nearby_span
+        stretches = context_spans(placed, window, t, span, apart=False)
         inputs["nearby"] = torch.as_tensor(np.stack([
             nearby_observations(windows.values[i, :, a:z, r : r + th, q : q + tw].numpy(),
                                 windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~hidden.numpy(),
                                 s - a, window, span, flow=True)
-            for (i, s, r, q), hidden, (a, z) in zip(placed, union, context_spans(placed, window, t, span, apart=False))]))
+            for (i, s, r, q), hidden, (a, z) in zip(placed, union, stretches)]))
     return (xs, ms, hs, inputs), placed
 
 
