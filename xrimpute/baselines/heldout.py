@@ -125,8 +125,10 @@ def score(windows, budget: float, times: np.ndarray | None = None, fillers: dict
         scores[name] = error / max(reference, 1e-12)
     return dict(classical=scores, best_classical=min(scores, key=scores.get) if scores else None,
                 classical_skipped=skipped, classical_seconds=time.perf_counter() - started,
-                classical_context="the whole series" if in_memory else
-                f"each validation window with up to {wide} steps either side (archive input)")
+                classical_context=(f"each validation window with up to {windows.nearby_span} steps either side, its "
+                                   "held-back cells hidden throughout" if in_memory and
+                                   windows.validation_hidden is not None else "the whole series" if in_memory else
+                                   f"each validation window with up to {wide} steps either side (archive input)"))
 
 
 def warn_if_beaten(validation: dict) -> None:
