@@ -6,9 +6,11 @@ saw it (every held-back cell hidden) with each classical filler, and scores
 the fill on the network's validation cells: the same windows, cells and
 normalisation, and the same normalised MSE (MSE / MSE of the mean fill). In
 memory a filler sees the whole series (or, for one that fills frame by
-frame, the validation frames, which gives the same fill); from an archive,
-each validation window with the steps around it that no other validation
-window shares. Fillers run from the cheapest while their estimated cost fits
+frame, the validation frames, which gives the same fill), but where the fit
+held cells back in a whole window (gaps that stay put), each window apart
+with them hidden around it as the network had them; from an archive, each
+validation window with the steps around it that no other validation window
+shares. Fillers run from the cheapest while their estimated cost fits
 in a time budget, small next to training; the others are skipped with the
 reason.
 """
