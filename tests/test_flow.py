@@ -168,10 +168,15 @@ def test_a_fit_keeps_its_guess_in_place_where_the_flow_carries_nothing():
     rough = np.random.default_rng(1).standard_normal((1, 24, 28))
     standing = np.sin(0.2 * steps + 3 * rough)[None, None].repeat(2, 0).astype(np.float32)  # moves nowhere
     values = np.where(static_gap(standing.shape), standing, np.nan).astype(np.float32)
-    engine = Engine.fit_array(values, mask="block", steps=1, batch_size=2, progress=False, verbose=False)
+    config = replace(ModelConfig.for_array(values.shape, None, None), nearby=None)
+    engine = Engine.fit(values, config, "block", train_config=train_config(steps=1, batch_size=2, seed=0),
+                        progress=False, verbose=False, compare=scorer())
     scored = engine.config.validation["first_guess_nmse"]
     assert any(label.endswith(FLOW_LABEL) for label in scored)  # offered: the gaps stay put
     assert not engine.denoiser.flows and not engine.denoiser.nearby_span, scored
+    # the fit stopped reading the nearby steps, but the fillers see each window as far as its cells were hidden
+    context = engine.config.validation["classical_context"]
+    assert f"up to {NEARBY_SPAN} steps either side" in context, context
 
 
 @pytest.mark.slow

@@ -403,13 +403,13 @@ class Engine:
             raise ModelMismatch(f"init= has a first guess {'with' if init.denoiser.nearby_span else 'without'} "
                                 f"nearby steps; pass nearby=None (keep the init's) or "
                                 f"nearby={bool(init.denoiser.nearby_span)}")
-        flow = False
+        flow_offered = False
         if init is not None:
-            offered, flow = init.denoiser.nearby_span, init.denoiser.flows
+            offered, flow_offered = init.denoiser.nearby_span, init.denoiser.flows
         elif config.nearby is None:
             offered = NEARBY_SPAN if offers_nearby(stats.observed) else 0
             if not offered and not is_dask_collection(values) and offers_flow(stats.observed):  # gaps stay put
-                offered, flow = NEARBY_SPAN, True
+                offered, flow_offered = NEARBY_SPAN, True
         else:
             offered = NEARBY_SPAN if config.nearby else 0
 
@@ -419,7 +419,7 @@ class Engine:
         windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
                                    val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda",
                                    valid=stats.valid, history=bool(config.history),
-                                   nearby_span=offered, flow=flow)
+                                   nearby_span=offered, flow=flow_offered)
         try:
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby)
             name, nearby, flow = candidate_label(guess) if guess is not None else (None, bool(config.nearby), False)

@@ -164,6 +164,7 @@ class ArrayWindows:
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
     validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
     validation_hidden = None  # per validation window, (C, 1, h, w) cells hidden at every step around it, or None
+    validation_hidden_span = 0  # ... up to this many steps either side of the window
 
     def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -236,13 +237,14 @@ class ArrayWindows:
         ``pad`` None: the whole series, once; else the steps of each window with up to ``pad`` steps either side,
         over the whole grid. Items ``(series (n, C, t, H, W), first step, [(window, cut), ...])``: ``series[cut]``
         is validation window (tile) ``window``. Where each window's held-back cells are hidden at every step around
-        it (:attr:`validation_hidden`), each window comes apart with them hidden, ``pad`` None meaning the nearby
-        span.
+        it (:attr:`validation_hidden`), each window comes apart with them hidden, ``pad`` None meaning as far as
+        they are hidden (:attr:`validation_hidden_span`: a fit that turns the nearby steps down stops reading them,
+        but its validation windows keep what they were built with).
         """
         seen = np.where(self.observed.numpy(), self.values.numpy(), np.float32(np.nan))
         (th, tw) = self.tile or seen.shape[-2:]
         if self.validation_hidden is not None:
-            pad = self.nearby_span if pad is None else pad
+            pad = self.validation_hidden_span if pad is None else pad
             items = []
             spans = context_spans(self.validation_jobs, self.window, seen.shape[2], pad, apart=False)
             for b, ((i, s, r, c), (a, z)) in enumerate(zip(self.validation_jobs, spans)):
@@ -489,8 +491,8 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, max_windows: int =
         # the steps around it
         union = hs.any(2, keepdim=True)
         ms, hs = ms & ~union, (ms | hs) & union
-        windows.validation_hidden = union.numpy()
         span = windows.nearby_span
+        windows.validation_hidden, windows.validation_hidden_span = union.numpy(), span
         stretches = context_spans(placed, window, t, span, apart=False)
         inputs["nearby"] = torch.as_tensor(np.stack([
             nearby_observations(windows.values[i, :, a:z, r : r + th, q : q + tw].numpy(),

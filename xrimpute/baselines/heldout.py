@@ -125,12 +125,15 @@ def score(windows, budget: float, times: np.ndarray | None = None, fillers: dict
             skipped[name] = f"failed: {err}"
             continue
         scores[name] = error / max(reference, 1e-12)
+    if not in_memory:
+        context = f"each validation window with up to {wide} steps either side (archive input)"
+    elif windows.validation_hidden is not None:
+        context = (f"each validation window with up to {windows.validation_hidden_span} steps either side, its "
+                   "held-back cells hidden throughout")
+    else:
+        context = "the whole series"
     return dict(classical=scores, best_classical=min(scores, key=scores.get) if scores else None,
-                classical_skipped=skipped, classical_seconds=time.perf_counter() - started,
-                classical_context=(f"each validation window with up to {windows.nearby_span} steps either side, its "
-                                   "held-back cells hidden throughout" if in_memory and
-                                   windows.validation_hidden is not None else "the whole series" if in_memory else
-                                   f"each validation window with up to {wide} steps either side (archive input)"))
+                classical_skipped=skipped, classical_seconds=time.perf_counter() - started, classical_context=context)
 
 
 def warn_if_beaten(validation: dict) -> None:
