@@ -37,3 +37,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One dask client on two worker processes for every test that reconstructs on a cluster: each worker
+    imports torch and the package once, not once per test (``reconstruct``'s own cluster, made when no client is
+    given, is tested in ``tests/test_distributed.py``)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
+            Client(local) as client:
+        yield client

@@ -180,7 +180,7 @@ def test_a_fit_keeps_its_guess_in_place_where_the_flow_carries_nothing():
 
 
 @pytest.mark.slow
-def test_a_model_along_the_flow_imputes_lazily_and_by_reconstruct_as_in_memory(tmp_path):
+def test_a_model_along_the_flow_imputes_lazily_and_by_reconstruct_as_in_memory(tmp_path, cluster):
     data = archive(t=30, missing=0.0)
     for k, (name, velocity) in enumerate(zip(data.data_vars, [(0.5, 1.0), (-1.0, 0.5)])):
         field = advected(velocity, t=30, h=24, w=24, seed=k)[0, 0]
@@ -191,4 +191,4 @@ def test_a_model_along_the_flow_imputes_lazily_and_by_reconstruct_as_in_memory(t
     assert model.engine.denoiser.flows, model.validation["first_guess_nmse"]
     assert "along the flow" in repr(model)
     model.save(tmp_path / "model.xri")
-    imputed_alike_on_every_path(tmp_path, data, model)
+    imputed_alike_on_every_path(tmp_path, data, model, cluster)

@@ -169,11 +169,11 @@ def remembering(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_history_model_imputes_lazily_and_on_a_cluster_as_in_memory_and_survives_saving(remembering):
+def test_a_history_model_imputes_lazily_and_on_a_cluster_as_in_memory_and_survives_saving(remembering, cluster):
     root, data, model = remembering
     assert model.engine.denoiser.uses_history and xrimpute.load(root / "model.xri").engine.denoiser.uses_history
     assert "history outside the window" in repr(model) and model.info["tile"] == [16, 16]
-    reference, same = imputed_alike_on_every_path(root, data, model)
+    reference, same = imputed_alike_on_every_path(root, data, model, cluster)
     values, _ = cube.to_array(data)
     blind, _ = model.engine.fill(values, ImputeConfig(progress=False, **same),
                                  totals=np.zeros_like(model.engine.totals(values)))  # as if nothing were outside

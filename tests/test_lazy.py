@@ -36,9 +36,9 @@ def archive(t: int = 24, n: int = 24, seed: int = 0, missing: float = 0.6) -> xr
     return xr.Dataset(data, coords=coords, attrs={"title": "test archive"})
 
 
-def imputed_alike_on_every_path(root, data: xr.Dataset, model) -> tuple[xr.Dataset, dict]:
+def imputed_alike_on_every_path(root, data: xr.Dataset, model, client) -> tuple[xr.Dataset, dict]:
     """``model`` (saved as ``root / "model.xri"``) imputes ``data`` (saved as ``root / "source.zarr"``) in memory,
-    lazily and with :func:`xrimpute.reconstruct` alike; the in-memory result and the options used."""
+    lazily and with :func:`xrimpute.reconstruct` on ``client`` alike; the in-memory result and the options used."""
     from xrimpute.reconstruct import reconstruct
 
     # one window per batch: float32 convolutions differ in the last bits with the batch's size (any model), and
@@ -47,7 +47,8 @@ def imputed_alike_on_every_path(root, data: xr.Dataset, model) -> tuple[xr.Datas
     reference = model.impute(data, progress=False, **same)
     lazy = model.impute(data.chunk(time=5, latitude=10), progress=False, **same).compute()
     xr.testing.assert_allclose(lazy, reference, rtol=1e-6, atol=1e-5)
-    rebuilt = reconstruct(root / "source.zarr", root / "model.xri", root / "target.zarr", progress=False, **same)
+    rebuilt = reconstruct(root / "source.zarr", root / "model.xri", root / "target.zarr", client=client, progress=False,
+                          **same)
     xr.testing.assert_allclose(rebuilt[list(data.data_vars)].load(), reference, rtol=1e-6, atol=1e-5)
     return reference, same
 

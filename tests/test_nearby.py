@@ -173,13 +173,13 @@ def nearby_model(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_nearby_model_imputes_lazily_and_on_a_cluster_as_in_memory_and_survives_saving(nearby_model):
+def test_a_nearby_model_imputes_lazily_and_on_a_cluster_as_in_memory_and_survives_saving(nearby_model, cluster):
     root, data, model = nearby_model
     assert candidate_label(model.validation["first_guess"])[1], model.validation["first_guess_nmse"]
     assert model.engine.denoiser.nearby_span == NEARBY_SPAN
     assert xrimpute.load(root / "model.xri").engine.denoiser.nearby_span == NEARBY_SPAN
     assert f"up to {NEARBY_SPAN} steps before and after" in repr(model)
-    reference, _ = imputed_alike_on_every_path(root, data, model)
+    reference, _ = imputed_alike_on_every_path(root, data, model, cluster)
     values, _ = cube.to_array(data)
     truth = cube.to_array(archive(t=30, missing=0.0))[0]
     gaps = np.isnan(values)

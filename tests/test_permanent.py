@@ -160,7 +160,7 @@ def test_station_validation_holds_out_whole_stations_for_every_step():
     assert not (windows.observed.numpy()[:, :, :, held_cells]).any()  # never in training, at any step
 
 
-def test_reconstruct_always_writes_the_flags_of_the_in_memory_imputation(tmp_path):
+def test_reconstruct_always_writes_the_flags_of_the_in_memory_imputation(tmp_path, cluster):
     from xrimpute.reconstruct import reconstruct
 
     observed, land = land_cube()
@@ -170,7 +170,7 @@ def test_reconstruct_always_writes_the_flags_of_the_in_memory_imputation(tmp_pat
     model.save(tmp_path / "model.xri")
     reference = model.impute(ds, K=2, progress=False, return_flags=True)
     result = reconstruct(tmp_path / "source.zarr", tmp_path / "model.xri", tmp_path / "out.zarr", K=2,
-                         progress=False).load()
+                         client=cluster, progress=False).load()
     assert result["u_flag"].dtype == np.int8 and result["u"].attrs["ancillary_variables"] == "u_flag"
     assert result["u_flag"].attrs["flag_meanings"] == reference["u_flag"].attrs["flag_meanings"]
     np.testing.assert_array_equal(result["u_flag"].values, reference["u_flag"].values)

@@ -59,9 +59,10 @@ def test_overwrite_refuses_a_plain_file_and_keeps_it(case, tmp_path):
 
 
 @pytest.mark.slow
-def test_overwrite_replaces_an_earlier_reconstruction(case, tmp_path):
+def test_overwrite_replaces_an_earlier_reconstruction(case, tmp_path, cluster):
     target = tmp_path / "filled.zarr"
-    first = reconstruct(case / "source.zarr", case / "model.xri", target, progress=False, K=1, seed=0).load()
-    again = reconstruct(case / "source.zarr", case / "model.xri", target, overwrite=True, progress=False, K=1,
+    first = reconstruct(case / "source.zarr", case / "model.xri", target, client=cluster, progress=False, K=1,
                         seed=0).load()
+    again = reconstruct(case / "source.zarr", case / "model.xri", target, overwrite=True, client=cluster,
+                        progress=False, K=1, seed=0).load()
     xr.testing.assert_identical(first, again)

@@ -159,34 +159,54 @@ def thin_plate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor,
     Coordinates are cell indices scaled by the larger side; ``ridge`` keeps
     the solve regular. Frames with fewer than three cells keep ``fallback``.
     Frames with the same number of cells are solved together, so a frame's
-    spline does not depend on the frames batched with it.
+    spline does not depend on the frames batched with it. The spline is
+    evaluated everywhere as one FFT convolution of its weights with the
+    kernel, not a sum over cells per cell, and solved in double precision
+    where the device has it (float32 on MPS).
     """
     *lead, h, w = values.shape
+    device = values.device
+    precise = torch.float32 if device.type == "mps" else torch.float64
     flat, seen = values.reshape(-1, h * w), mask.reshape(-1, h * w)
     out = fallback.reshape(-1, h * w).clone()
     counts = seen.sum(1)
-    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    grid = torch.stack([rows.flatten(), cols.flatten()], 1).to(values.device, torch.float32) / max(h, w)
-    everywhere = torch.cat([torch.ones_like(grid[:, :1]), grid], 1)  # (H*W, 3)
+    table = _spline_table(h, w, device, precise)
+    spectrum = torch.fft.rfft2(table)
+    scale = 1.0 / max(h, w)
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    plane = torch.stack([torch.ones(h * w, device=device), rows * scale, cols * scale]).to(precise)  # (3, H*W)
     for n in counts.unique().tolist():
         if n < 3:
             continue
         frames = torch.nonzero(counts == n)[:, 0]
         cells = torch.nonzero(seen[frames])[:, 1].view(len(frames), n)  # row-major, so each frame's n cells
-        points = grid[cells]  # (F, n, 2)
-        trend = torch.cat([torch.ones_like(points[..., :1]), points], -1)  # (F, n, 3)
-        system = torch.zeros(len(frames), n + 3, n + 3, device=values.device)
-        system[:, :n, :n] = _spline_kernel(points, points) + ridge * torch.eye(n, device=values.device)
+        r, c = rows[cells], cols[cells]  # (F, n)
+        trend = plane[:, cells].permute(1, 2, 0)  # (F, n, 3)
+        system = torch.zeros(len(frames), n + 3, n + 3, device=device, dtype=precise)
+        system[:, :n, :n] = table[r[:, :, None] - r[:, None, :], c[:, :, None] - c[:, None, :]]  # negative: wraps
+        system[:, :n, :n] += ridge * torch.eye(n, device=device, dtype=precise)
         system[:, :n, n:], system[:, n:, :n] = trend, trend.transpose(1, 2)
-        system[:, n:, n:] = -ridge * torch.eye(3, device=values.device)
-        target = torch.cat([flat[frames].gather(1, cells), torch.zeros(len(frames), 3, device=values.device)], 1)
+        system[:, n:, n:] = -ridge * torch.eye(3, device=device, dtype=precise)
+        target = torch.zeros(len(frames), n + 3, device=device, dtype=precise)
+        target[:, :n] = flat[frames].gather(1, cells)
         weights = _solve(system, target[..., None])[..., 0]
-        per_chunk = max(1, 2**22 // (h * w * n))  # frames at a time: a few million kernel values
-        for i in range(0, len(frames), per_chunk):
-            part = slice(i, i + per_chunk)
-            basis = _spline_kernel(grid.expand(len(points[part]), -1, -1), points[part])  # (f, H*W, n)
-            out[frames[part]] = (basis @ weights[part, :n, None])[..., 0] + weights[part, n:] @ everywhere.T
+        image = torch.zeros(len(frames), 2 * h, 2 * w, device=device, dtype=precise)
+        image[torch.arange(len(frames), device=device)[:, None], r, c] = weights[:, :n]
+        spline = torch.fft.irfft2(torch.fft.rfft2(image) * spectrum, s=(2 * h, 2 * w))[:, :h, :w]
+        out[frames] = (spline.reshape(len(frames), h * w) + weights[:, n:] @ plane).to(out.dtype)
     return out.reshape(*lead, h, w)
+
+
+def _spline_table(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(2H, 2W)``: the thin-plate kernel ``r^2 log r`` at every offset between two cells of an ``H x W`` grid,
+    offset ``(i, j)`` at ``(i mod 2H, j mod 2W)``, so that a circular convolution of that size is the plain sum
+    over cells (offsets never wrap onto one another)."""
+    scale = 1.0 / max(h, w)
+    di, dj = torch.arange(2 * h, device=device, dtype=dtype), torch.arange(2 * w, device=device, dtype=dtype)
+    di, dj = torch.where(di < h, di, di - 2 * h) * scale, torch.where(dj < w, dj, dj - 2 * w) * scale
+    r2 = di[:, None] ** 2 + dj[None, :] ** 2
+    return 0.5 * r2 * torch.log(r2.clamp(min=torch.finfo(dtype).tiny))
 
 
 def _solve(system: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -200,12 +220,6 @@ def _solve(system: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.linalg.solve(system, target)
     finally:
         torch.set_num_threads(threads)
-
-
-def _spline_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The thin-plate kernel ``r^2 log r`` between point sets ``(F, m, 2)`` and ``(F, n, 2)``."""
-    r2 = torch.cdist(a, b).square()
-    return 0.5 * r2 * torch.log(r2.clamp(min=1e-12))
 
 
 HISTORY_LEVELS: Levels = ((1.0, 0.0), (2.0, 0.0), (4.0, 0.0), (8.0, 0.0), (16.0, 0.0))
