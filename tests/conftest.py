@@ -47,5 +47,5 @@ def cluster():
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local, \
-            Client(local) as client:
+            Client(local, set_as_default=False) as client:  # other tests keep dask's own scheduler
         yield client

@@ -163,6 +163,36 @@ def test_a_fit_follows_the_flow_where_it_carries_observations_into_gaps_that_sta
     assert draws.shape == (1, 1, 1, 12, *values.shape[-2:]) and np.isfinite(draws).all()
 
 
+def test_an_archive_trains_along_the_flow_with_the_nearby_steps_a_drawn_context_keeps_as_an_array_does(monkeypatch):
+    import dask.array as da
+
+    from xrimpute import samplers, windows
+    from xrimpute.masks import Block
+
+    truth = advected((0.75, -1.0), t=40, seed=1)
+    values = np.where(static_gap(truth.shape), truth, np.nan).astype(np.float32)
+    archive_values = da.from_array(values, chunks=(1, 1, 10, 24, 28))
+    options = dict(window=5, mean=np.zeros(1), std=np.ones(1), nearby_span=NEARBY_SPAN, flow=True, seed=0)
+    found, flows = {}, []
+
+    def recorded(*args):
+        flows.append(original(*args))
+        return flows[-1]
+
+    original = windows.flow_velocity
+    monkeypatch.setattr(windows, "flow_velocity", recorded)
+    monkeypatch.setattr(samplers, "flow_velocity", recorded)
+    for name, hide in (("hidden", Block(grid=(3, 3), static=True)), ("all", None)):
+        sampler = samplers.ChunkedWindows(archive_values, hide=hide, **options)
+        try:  # the same windows: they are drawn before anything is hidden
+            found[name] = sampler.sample(8, torch.Generator().manual_seed(0))[2]["nearby"]
+        finally:
+            sampler.close()
+    hidden, everything = (found[name].chunk(4, dim=1) for name in ("hidden", "all"))
+    assert 0 < (hidden[1] > 0).sum() < (everything[1] > 0).sum()  # a drawn context leaves some out, as gaps do
+    assert len(flows) == 16 and flows[:8] == flows[8:]  # the flow itself from every training observation
+
+
 def test_a_fit_keeps_its_guess_in_place_where_the_flow_carries_nothing():
     steps = np.arange(30)[:, None, None]
     rough = np.random.default_rng(1).standard_normal((1, 24, 28))

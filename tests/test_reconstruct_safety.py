@@ -60,6 +60,10 @@ def test_overwrite_refuses_a_plain_file_and_keeps_it(case, tmp_path):
 
 @pytest.mark.slow
 def test_overwrite_replaces_an_earlier_reconstruction(case, tmp_path, cluster):
+    from distributed import default_client
+
+    with pytest.raises(ValueError, match="No clients found"):
+        default_client()  # the client given is not dask's default one: reconstruct waits on its own client's loop
     target = tmp_path / "filled.zarr"
     first = reconstruct(case / "source.zarr", case / "model.xri", target, client=cluster, progress=False, K=1,
                         seed=0).load()

@@ -472,7 +472,7 @@ def _run(client, job: _Job, boxes, pending: list[int], source, ds: xr.Dataset, p
     failed = []
     with tqdm(total=len(boxes), initial=len(boxes) - len(pending), desc="reconstructing", unit="region",
               disable=not progress) as bar:
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):  # this client's, default or not
             if future.status == "error":
                 failed.append((futures[future], future.exception()))
             bar.update()

@@ -300,9 +300,9 @@ class ChunkedWindows:
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                  reserved=(), pool: int = 4, prefetch: int = 2, reuse: int = 4, seed: int = 0,
                  pin_memory: bool = False, withheld: np.ndarray | None = None, totals: np.ndarray | None = None,
-                 nearby_span: int = 0, flow: bool = False):
+                 nearby_span: int = 0, flow: bool = False, hide: masks.MaskSpec | None = None):
         self.values, self.window, self.tile, self.withheld = values, window, tile, withheld
-        self.nearby_span, self.flow = nearby_span, flow
+        self.nearby_span, self.flow, self.hide = nearby_span, flow, hide
         self.totals = totals  # cut when a batch is drawn, so that training_windows may still take the reserved out
         self.mean = np.asarray(mean, np.float32)[:, None, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None, None]
@@ -399,8 +399,7 @@ class ChunkedWindows:
             ms.append(piece.observed[cut])
             if self.nearby_span:  # the piece holds the span either side of its windows
                 tile = (slice(None), slice(None), *cut[2:])
-                nearby.append(nearby_observations(piece.x[tile], piece.observed[tile], s, self.window,
-                                                  self.nearby_span, self.flow))
+                nearby.append(self._nearby(piece.x[tile], piece.observed[tile], s, generator))
             if piece.static is not None:
                 statics.append(piece.static[:, r : r + th, c : c + tw])
             if self.totals is not None:
@@ -412,6 +411,19 @@ class ChunkedWindows:
         if self.pin_memory:
             return x.pin_memory(), m.pin_memory(), {name: v.pin_memory() for name, v in inputs.items()}
         return x, m, inputs
+
+    def _nearby(self, values, observed, start: int, generator: torch.Generator) -> np.ndarray:
+        """:func:`~xrimpute.windows.nearby_observations` of the window at ``start`` of a stretch; along the flow
+        with ``hide``, as :meth:`ArrayWindows._nearby` finds them: the flow from every training observation, the
+        nearest observations among those a context the spec draws over the stretch keeps."""
+        if not (self.flow and self.hide is not None):
+            return nearby_observations(values, observed, start, self.window, self.nearby_span, self.flow)
+        first = max(0, start - self.nearby_span)  # the window's own stretch, as an array sampler cuts it
+        stretch = slice(first, start + self.window + self.nearby_span)
+        values, observed, start = values[:, stretch], observed[:, stretch], start - first
+        velocity = flow_velocity(values, observed, start, self.window)
+        kept = self.hide.context(observed[None], generator)[0]
+        return nearby_observations(values, kept, start, self.window, self.nearby_span, flow=True, velocity=velocity)
 
     def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``."""
@@ -566,7 +578,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     totals = np.asarray(series_totals(values, mean, std, withheld)) if history else None  # one pass
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
                              pin_memory=pin_memory, withheld=withheld, totals=totals, nearby_span=nearby_span,
-                             flow=flow)
+                             flow=flow, hide=spec)
     if reserved:
         try:
             xs, ms, inputs = windows.read(reserved)
