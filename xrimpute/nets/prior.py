@@ -191,10 +191,13 @@ def thin_plate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor,
         target = torch.zeros(len(frames), n + 3, device=device, dtype=precise)
         target[:, :n] = flat[frames].gather(1, cells)
         weights = _solve(system, target[..., None])[..., 0]
-        image = torch.zeros(len(frames), 2 * h, 2 * w, device=device, dtype=precise)
-        image[torch.arange(len(frames), device=device)[:, None], r, c] = weights[:, :n]
-        spline = torch.fft.irfft2(torch.fft.rfft2(image) * spectrum, s=(2 * h, 2 * w))[:, :h, :w]
-        out[frames] = (spline.reshape(len(frames), h * w) + weights[:, n:] @ plane).to(out.dtype)
+        per_chunk = max(1, 2**24 // (4 * h * w))  # frames at a time: images of a few million cells
+        for i in range(0, len(frames), per_chunk):
+            part = slice(i, i + per_chunk)
+            image = torch.zeros(len(frames[part]), 2 * h, 2 * w, device=device, dtype=precise)
+            image[torch.arange(len(image), device=device)[:, None], r[part], c[part]] = weights[part, :n]
+            spline = torch.fft.irfft2(torch.fft.rfft2(image) * spectrum, s=(2 * h, 2 * w))[:, :h, :w]
+            out[frames[part]] = (spline.reshape(len(image), h * w) + weights[part, n:] @ plane).to(out.dtype)
     return out.reshape(*lead, h, w)
 
 
