@@ -145,6 +145,17 @@ def _inputs(static=None, totals=None, x=None, observed=None, nearby=None) -> dic
     return inputs
 
 
+def _along_flow_kept(values, observed, start: int, window: int, span: int, velocity, hide: masks.MaskSpec | None,
+                     generator: torch.Generator | None) -> np.ndarray:
+    """The nearest observations along the flow ``velocity`` (found by the caller from every training observation
+    of the stretch) among those a context ``hide`` draws over the stretch keeps: training meets observations left
+    out for many steps, as the gaps do, and learns how far to trust a guess carried from far. All of them without
+    ``hide`` or ``generator``."""
+    if hide is not None and generator is not None:
+        observed = hide.context(observed[None], generator)[0]
+    return nearby_observations(values, observed, start, window, span, flow=True, velocity=velocity)
+
+
 class ArrayWindows:
     """Random training windows from an in-memory array.
 
@@ -225,10 +236,8 @@ class ArrayWindows:
         key = (sample, start, rows.start, cols.start)
         if key not in self._velocities:
             self._velocities[key] = flow_velocity(values, observed, start - first, self.window)
-        if self.hide is not None and generator is not None:
-            observed = self.hide.context(observed[None], generator)[0]
-        return nearby_observations(values, observed, start - first, self.window, span, flow=True,
-                                   velocity=self._velocities[key])
+        return _along_flow_kept(values, observed, start - first, self.window, span, self._velocities[key],
+                                self.hide, generator)
 
     def validation_context(self, pad: int | None = None) -> list[tuple[np.ndarray, int, list]]:
         """The series around the validation windows as training saw it: normalised, NaN at every cell it did not
@@ -413,17 +422,16 @@ class ChunkedWindows:
         return x, m, inputs
 
     def _nearby(self, values, observed, start: int, generator: torch.Generator) -> np.ndarray:
-        """:func:`~xrimpute.windows.nearby_observations` of the window at ``start`` of a stretch; along the flow
-        with ``hide``, as :meth:`ArrayWindows._nearby` finds them: the flow from every training observation, the
-        nearest observations among those a context the spec draws over the stretch keeps."""
-        if not (self.flow and self.hide is not None):
-            return nearby_observations(values, observed, start, self.window, self.nearby_span, self.flow)
-        first = max(0, start - self.nearby_span)  # the window's own stretch, as an array sampler cuts it
+        """:func:`~xrimpute.windows.nearby_observations` of the window at ``start`` of a piece, as
+        :meth:`ArrayWindows._nearby` finds them (along the flow, over the window's own stretch)."""
+        if not self.flow:
+            return nearby_observations(values, observed, start, self.window, self.nearby_span)
+        first = max(0, start - self.nearby_span)
         stretch = slice(first, start + self.window + self.nearby_span)
         values, observed, start = values[:, stretch], observed[:, stretch], start - first
         velocity = flow_velocity(values, observed, start, self.window)
-        kept = self.hide.context(observed[None], generator)[0]
-        return nearby_observations(values, kept, start, self.window, self.nearby_span, flow=True, velocity=velocity)
+        return _along_flow_kept(values, observed, start, self.window, self.nearby_span, velocity, self.hide,
+                                generator)
 
     def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``."""
