@@ -10,7 +10,7 @@ from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, choose_guess, gaussian_kernel,
-                                 nearby_guess, smoothing_matrix, thin_plate)
+                                 _bending_gradient, bend, nearby_guess, smoothing_matrix, thin_plate)
 from xrimpute.windows import nearby_observations
 from xrimpute.training import TrainConfig, learning_rate_factor
 
@@ -181,13 +181,13 @@ def test_low_noise_training_draws_that_share_of_times_below_the_threshold():
     assert float(t[:250].max()) <= LOW_NOISE_T and float(t[250:].max()) > 0.9
 
 
-def test_a_fit_chooses_the_time_first_guess_for_a_field_still_in_time_and_the_spatial_one_for_a_field_white_in_time():
+def test_a_fit_chooses_time_first_for_a_field_still_in_time_and_bending_for_one_smooth_in_space_white_in_time():
     still = smooth_field(5, 24, 32).expand(4, 1, 5, 24, 32).clone()
     still += 0.5 * torch.randn(4, 1, 1, 24, 32, generator=torch.Generator().manual_seed(0))  # rough in space
     white = torch.stack([smooth_field(5, 24, 32, seed=s)[0] for s in range(4)])
     white = white[:, :, torch.randperm(5, generator=torch.Generator().manual_seed(1))] * torch.randn(4, 1, 5, 1, 1)
     rng = torch.Generator().manual_seed(2)
-    for field, expected in ((still, "time first"), (white, "space")):
+    for field, expected in ((still, "time first"), (white, "bending")):
         observed = torch.rand(field.shape, generator=rng) < 0.5
         held = observed & (torch.rand(field.shape, generator=rng) < 0.2)
         chosen, errors = choose_guess(field, observed & ~held, held)
@@ -250,7 +250,53 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
     assert torch.equal(out[0, 0, 1], fallback[0, 0, 1]) and torch.isfinite(out).all()
     dense = torch.ones(1, 1, 1, 20, 20, dtype=torch.bool)  # 400 cells > MAX_SPLINE_POINTS
     _, errors = choose_guess(torch.randn(1, 1, 1, 20, 20), dense, dense)
-    assert "thin plate" not in errors
+    assert "thin plate" not in errors and "bending" in errors
+    history = torch.cat([torch.zeros(1, 1, 20, 20), torch.ones(1, 1, 20, 20)], 1)  # sums and counts
+    _, errors = choose_guess(torch.randn(1, 1, 1, 20, 20), dense, dense, history=history)
+    assert "bending" not in errors  # frames empty for hours: a surface bent through a strip overshoots
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_the_bending_energy_gradient_is_symmetric(periodic):
+    u, v = torch.randn(2, 3, 7, 9, dtype=torch.float64).unbind()
+    left, right = (_bending_gradient(u, periodic) * v).sum(), (u * _bending_gradient(v, periodic)).sum()
+    assert abs(float(left - right)) < 1e-10 and float((u * _bending_gradient(u, periodic)).sum()) > 0
+
+
+def test_bending_holds_the_context_reproduces_a_plane_and_nears_the_thin_plate_spline():
+    rng = torch.Generator().manual_seed(5)
+    rows, cols = torch.meshgrid(torch.arange(16.0), torch.arange(20.0), indexing="ij")
+    plane = (0.3 + 0.05 * rows - 0.02 * cols)[None, None, None]
+    mask = torch.rand(plane.shape, generator=rng) < 0.1
+    start = torch.zeros_like(plane)
+    bent = bend(plane * mask, mask, start, steps=300)
+    assert torch.equal(bent[mask], plane[mask])  # the context is held
+    assert float((bent - plane).abs().max()) < 1e-3  # a plane bends nowhere: the smoothest surface through it
+    x = smooth_field(2, 20, 28)
+    context = torch.rand(x.shape, generator=rng) < 0.15
+    context[0, 0, 1] = False
+    context[0, 0, 1, 3, 4] = context[0, 0, 1, 9, 9] = True  # two cells: the frame keeps its start
+    start = torch.full_like(x, 0.5)
+    bent = bend(x * context, context, start, steps=400)
+    assert torch.equal(bent[0, 0, 1], start[0, 0, 1])
+    spline = thin_plate(x * context, context, start)
+    gaps = ~context[0, 0, 0]
+    to_spline = float(((bent - spline)[0, 0, 0][gaps] ** 2).mean() / x[0, 0, 0][gaps].var())
+    to_truth = float(((bent - x)[0, 0, 0][gaps] ** 2).mean() / x[0, 0, 0][gaps].var())
+    assert to_spline < 0.02 and to_truth < 0.05, (to_spline, to_truth)
+
+
+def test_periodic_bending_reads_across_the_seam():
+    cols = torch.arange(24.0)
+    x = torch.sin(2 * math.pi * cols / 24).expand(1, 1, 1, 10, 24).clone()  # round the globe along columns
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[..., ::3, 4:20:2] = True  # nothing within 4 columns of the seam
+    errors = {}
+    for periodic in (False, True):
+        bent = bend(x * mask, mask, torch.zeros_like(x), steps=300, periodic=periodic)
+        seam = (bent - x)[..., [0, 1, 22, 23]]
+        errors[periodic] = float((seam**2).mean())
+    assert errors[True] < 0.1 * errors[False], errors
 
 
 def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():

@@ -48,6 +48,7 @@ CANDIDATES: dict[str, dict] = {
     "space, wide": dict(levels=(*DEFAULT_LEVELS, (8.0, 2.0))),
     "time first, wide": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0))),
     "thin plate": dict(levels=DEFAULT_LEVELS, thin_plate=True),
+    "bending": dict(levels=DEFAULT_LEVELS, bending=30),  # the smoothest surface through the context, roughly
 }
 """The first guesses a fit chooses among (:func:`choose_guess`, in this order on a tie): :class:`FirstGuess` options."""
 MAX_SPLINE_POINTS = 256
@@ -75,14 +76,17 @@ class FirstGuess(nn.Module):
     normalised mean). ``thin_plate``: in every frame with at least three
     context cells, the guess is instead the thin-plate spline through them
     (:func:`thin_plate`), which suits sparse, scattered stations; the
-    certainty stays that of the finest level.
+    certainty stays that of the finest level. ``bending``: that many steps
+    bending the guess towards the smoothest surface through the context
+    (:func:`bend`), which suits smooth fields observed too densely for the
+    thin plate's solve.
     """
 
     def __init__(self, levels: Levels = DEFAULT_LEVELS, threshold: float = 0.01, periodic: bool = False,
-                 thin_plate: bool = False):
+                 thin_plate: bool = False, bending: int = 0):
         super().__init__()
         self.levels = tuple(sorted((float(s), float(t)) for s, t in levels))[::-1]  # widest to narrowest
-        self.threshold, self.periodic, self.thin_plate = threshold, periodic, thin_plate
+        self.threshold, self.periodic, self.thin_plate, self.bending = threshold, periodic, thin_plate, bending
         for i, (space, time) in enumerate(self.levels):
             self.register_buffer(f"space{i}", gaussian_kernel(space), persistent=False)
             self.register_buffer(f"time{i}", gaussian_kernel(time), persistent=False)
@@ -114,6 +118,8 @@ class FirstGuess(nn.Module):
         guess = guess.reshape(b, c, t, h, w)
         if self.thin_plate:
             guess = thin_plate(values, mask, fallback=guess)
+        if self.bending:
+            guess = bend(values, mask, guess, self.bending, self.periodic)
         if baseline is not None:
             guess = guess + baseline
         return guess, certainty.reshape(b, c, t, h, w)
@@ -199,6 +205,58 @@ def thin_plate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor,
             spline = torch.fft.irfft2(torch.fft.rfft2(image) * spectrum, s=(2 * h, 2 * w))[:, :h, :w]
             out[frames[part]] = (spline.reshape(len(image), h * w) + weights[part, n:] @ plane).to(out.dtype)
     return out.reshape(*lead, h, w)
+
+
+def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: int,
+         periodic: bool = False) -> torch.Tensor:
+    """``start`` bent towards the smoothest surface through the mask's cells, frame by frame on ``(..., H, W)``.
+
+    ``steps`` conjugate-gradient steps, from ``start`` with the mask's cells set
+    to ``values``, on the grid's thin-plate bending energy (the sum of
+    ``u_xx^2 + 2 u_xy^2 + u_yy^2`` over the cells, by finite differences; rows
+    end at the edges, columns wrap round when ``periodic``), the mask's cells
+    held. Converged, this is the thin-plate spline's counterpart on the grid,
+    whatever the number of mask cells: each step costs a few passes over the
+    frame, not a dense solve. Stopped early from a smooth ``start`` it stays
+    nearer to it in the middle of large gaps, where a converged spline
+    overshoots (``benchmarks/RESULTS.md``). Frames with fewer than three mask
+    cells keep ``start``.
+    """
+    *lead, h, w = values.shape
+    with torch.autocast(values.device.type, enabled=False):
+        frames = mask.reshape(-1, h, w)
+        enough = (frames.flatten(1).sum(1) >= 3)[:, None, None]
+        x = torch.where(frames, values.reshape(-1, h, w), start.reshape(-1, h, w)).to(torch.float32)
+        free = (~frames & enough).to(torch.float32)
+        residual = -free * _bending_gradient(x, periodic)
+        direction, norm = residual, (residual**2).sum((1, 2), keepdim=True)
+        for _ in range(steps):
+            curve = free * _bending_gradient(direction, periodic)
+            along = (direction * curve).sum((1, 2), keepdim=True)
+            alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
+            x, residual = x + alpha * direction, residual - alpha * curve
+            new = (residual**2).sum((1, 2), keepdim=True)
+            direction = residual + torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new)) * direction
+            norm = new
+    return torch.where(enough, x, start.reshape(-1, h, w).to(torch.float32)).reshape(*lead, h, w)
+
+
+def _bending_gradient(u: torch.Tensor, periodic: bool) -> torch.Tensor:
+    """Half the gradient of the bending energy of :func:`bend` at ``(N, H, W)`` fields: ``D'D u`` summed over the
+    second differences ``D`` (along rows, across them twice over, along columns)."""
+    def diff(x, dim):  # forward differences: one fewer along rows, as many round a periodic column axis
+        return x.roll(-1, dim) - x if periodic and dim == -1 else torch.diff(x, dim=dim)
+
+    def diff_t(x, dim):  # their adjoint
+        if periodic and dim == -1:
+            return x.roll(1, dim) - x
+        pad = (1, 1) if dim == -1 else (0, 0, 1, 1)
+        padded = torch.nn.functional.pad(x, pad)
+        return -torch.diff(padded, dim=dim)
+
+    across = diff(diff(u, -2), -1)
+    return (diff_t(diff_t(diff(diff(u, -1), -1), -1), -1) + 2 * diff_t(diff_t(across, -1), -2)
+            + diff_t(diff_t(diff(diff(u, -2), -2), -2), -2))
 
 
 def _spline_table(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -334,7 +392,9 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate one runs only where no frame holds more
-    than :data:`MAX_SPLINE_POINTS` context cells. ``history``: the windows' history (:func:`history_baseline`),
+    than :data:`MAX_SPLINE_POINTS` context cells, the bending one only without ``history``: frames left
+    empty for hours hold a strip of context, which a surface bent through it overshoots far from it, where
+    the held-back cells beside the strip cannot tell (the swath, ``benchmarks/RESULTS.md``). ``history``: the windows' history (:func:`history_baseline`),
     for a network that leans on it. ``nearby``: the windows' nearest observations outside them; then every
     candidate is also scored through :func:`nearby_guess` (labelled with :data:`NEARBY_LABEL`, or
     :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``; :func:`candidate_label`)."""
@@ -344,7 +404,7 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     leaning = FLOW_LABEL if nearby is not None and nearby.dim() == 5 else NEARBY_LABEL
     for label in ("",) if nearby is None else ("", leaning):  # on a tie, a guess without the nearby steps
         for name, options in candidates.items():
-            if options.get("thin_plate") and dense:
+            if options.get("thin_plate") and dense or options.get("bending") and history is not None:
                 continue
             first_guess = FirstGuess(**options, periodic=periodic)
             guess, _ = (nearby_guess(first_guess, values * mask, mask, nearby, span, baseline) if label else
