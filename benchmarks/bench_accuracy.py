@@ -71,8 +71,6 @@ def truth_of(name: str, era5_file: str | None, monthly_file: str | None = None):
     import xrimpute
 
     if name == "monthly":
-        if monthly_file is None:
-            raise SystemExit("the ostia-pixel10 case needs --monthly-file (see CASES)")
         truth = xr.open_dataset(monthly_file)[["surface_temperature"]].load()
         return truth.drop_vars([c for c in truth.coords if c not in ("time", "latitude", "longitude")])
     if name == "era5":
@@ -216,6 +214,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.cases is None:
         args.cases = [c for c in CASES if args.monthly_file or CASES[c][0] != "monthly"]
+    if not args.monthly_file and any(CASES[c][0] == "monthly" for c in args.cases):
+        parser.error("the ostia-pixel10 case needs --monthly-file (see CASES)")  # before any worker starts
     settings = dict(max_time=args.max_time, steps=args.steps, era5_file=args.era5_file, monthly_file=args.monthly_file,
                     dineof=args.dineof, fit_options=dict(args.fit_option))
     jobs = [(case, seed, settings) for case in args.cases for seed in args.seeds]

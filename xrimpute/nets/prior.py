@@ -404,7 +404,7 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     leaning = FLOW_LABEL if nearby is not None and nearby.dim() == 5 else NEARBY_LABEL
     for label in ("",) if nearby is None else ("", leaning):  # on a tie, a guess without the nearby steps
         for name, options in candidates.items():
-            if options.get("thin_plate") and dense or options.get("bending") and history is not None:
+            if (options.get("thin_plate") and dense) or (options.get("bending") and history is not None):
                 continue
             first_guess = FirstGuess(**options, periodic=periodic)
             guess, _ = (nearby_guess(first_guess, values * mask, mask, nearby, span, baseline) if label else
