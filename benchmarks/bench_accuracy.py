@@ -137,8 +137,20 @@ def run_case(job) -> dict:
                           impute_seconds=time.perf_counter() - start - fitted,
                           steps=model.history.step[-1] if model.history.step else 0, mask=repr(model.spec),
                           validation=model.validation.get("nmse"), context=model.validation.get("context"),
-                          first_guess=model.validation.get("first_guess"))
+                          first_guess=model.validation.get("first_guess"), tile=model.engine.config.tile,
+                          correction=model.validation.get("correction_weight"))
     return row
+
+
+def tile_text(row: dict) -> str:
+    tile = row["ctxdiff"].get("tile")
+    return "whole grid" if tile is None else f"{tile[0]}x{tile[1]}"
+
+
+def kept_text(row: dict) -> str:
+    """The share of the network's correction each variable keeps (all, where the fit stored none)."""
+    shares = row["ctxdiff"].get("correction")
+    return "all" if shares is None else " ".join(f"{share:.2f}" for share in shares.values())
 
 
 def best_classical(row: dict) -> tuple[str, float]:
@@ -151,7 +163,8 @@ def best_classical(row: dict) -> tuple[str, float]:
 def table(rows: list[dict]) -> str:
     """One line per case: means over seeds (and the spread between them)."""
     lines = ["| case | observed | best classical | its gap NMSE | its s | ctxdiff gap NMSE | ratio | ctxdiff steps | "
-             "ctxdiff s (fit + impute) | unfilled (ctxdiff) | first guess; contexts (per seed) | kriging / RBF |",
+             "ctxdiff s (fit + impute) | unfilled (ctxdiff) | first guess; contexts; tile; correction kept (per seed) | "
+             "kriging / RBF |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = [r for r in rows if r["case"] == case]
@@ -167,7 +180,8 @@ def table(rows: list[dict]) -> str:
         seconds = np.mean([r["ctxdiff"]["fit_seconds"] + r["ctxdiff"]["impute_seconds"] for r in mine])
         peer_seconds = np.mean([r["classical"][name]["seconds"] for r, (name, _) in zip(mine, best)])
         steps = np.mean([r["ctxdiff"]["steps"] for r in mine])
-        choices = ", ".join(f"{r['ctxdiff'].get('first_guess')}; {r['ctxdiff'].get('context')}" for r in mine)
+        choices = ", ".join(f"{r['ctxdiff'].get('first_guess')}; {r['ctxdiff'].get('context')}; {tile_text(r)}; "
+                            f"{kept_text(r)}" for r in mine)
         station = ""
         if any("kriging" in r["classical"] for r in mine):  # station rows
             station = ", ".join(f"{m} {np.mean([r['classical'][m]['nmse'] for r in mine]):.4f}"

@@ -300,14 +300,20 @@ def test_periodic_bending_reads_across_the_seam():
 
 
 def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
-    from xrimpute.engine import TILE, Engine, training_tile
+    from xrimpute.engine import CPU_TILE, TILE, Engine, training_tile
 
-    assert training_tile("auto", 64, 128) is None and training_tile("auto", 2 * TILE[0], TILE[1]) is None
-    assert training_tile("auto", 721, 1440) == TILE and training_tile("auto", 100, 400) == (100, TILE[1])
-    assert training_tile((32, 32), 721, 1440) == (32, 32) and training_tile(None, 721, 1440) is None
-    values = np.random.default_rng(0).normal(size=(1, 1, 5, 150, 300)).astype(np.float32)
+    gpu = "cuda"  # the rule of the device named, whether or not this machine has one
+    assert training_tile("auto", 64, 128, gpu) is None and training_tile("auto", 2 * TILE[0], TILE[1], gpu) is None
+    assert training_tile("auto", 721, 1440, gpu) == TILE and training_tile("auto", 100, 400, gpu) == (100, TILE[1])
+    assert training_tile((32, 32), 721, 1440, gpu) == (32, 32) and training_tile(None, 721, 1440, gpu) is None
+    # the CPU's: tiles of a few thousand cells, whole rows of a narrow band
+    assert training_tile("auto", 33, 49) is None and training_tile("auto", 64, 64) == (32, 64)
+    assert training_tile("auto", 18, 432) == (18, 113) and training_tile("auto", 721, 1440) == (32, 64)
+    assert training_tile((16, 16), 721, 1440) == (16, 16) and training_tile(None, 64, 64) is None
+    rows, cells = CPU_TILE
+    values = np.random.default_rng(0).normal(size=(1, 1, 5, 70, 90)).astype(np.float32)
     values[:, :, :, ::2] = np.nan
-    tiled = Engine.fit_array(values, mask="pixel", steps=1, batch_size=1, progress=False, verbose=False)
-    whole = Engine.fit_array(values[..., :64, :128], mask="pixel", steps=1, batch_size=1, progress=False,
-                             verbose=False)
-    assert tiled.config.tile == list(TILE) and whole.config.tile is None
+    tiled = Engine.fit_array(values, mask="pixel", steps=1, batch_size=1, progress=False, verbose=False, device="cpu")
+    whole = Engine.fit_array(values[..., :40, :50], mask="pixel", steps=1, batch_size=1, progress=False,
+                             verbose=False, device="cpu")
+    assert tiled.config.tile == [rows, cells // rows] and whole.config.tile is None

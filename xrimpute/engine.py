@@ -78,14 +78,26 @@ def spans_globe(lon: np.ndarray, degrees: bool) -> bool:
 
 TILE = (128, 128)
 """The training tile of a grid with more than twice its cells, unless a fit names one (``tile="auto"``)."""
+CPU_TILE = (32, 2048)
+"""On the CPU: rows and cells of the training tile of a grid with more cells (``tile="auto"``)."""
 
 
-def training_tile(tile, rows: int, cols: int) -> tuple[int, int] | None:
-    """The tile a fit trains on: ``tile`` itself, or for ``"auto"`` none on a ``rows`` x ``cols`` grid of up to
-    twice :data:`TILE`'s cells and :data:`TILE` beyond, so a step's cost stays that of a few hundred thousand
-    cells on a global grid."""
+def training_tile(tile, rows: int, cols: int, device: str | torch.device = "cpu") -> tuple[int, int] | None:
+    """The tile a fit on ``device`` trains on: ``tile`` itself, or for ``"auto"``:
+
+    * on the CPU, tiles of at most :data:`CPU_TILE`'s rows and cells on a ``rows`` x ``cols`` grid of more cells:
+      at a budget of minutes a step on a tile of a few thousand cells is several times cheaper, and the many more
+      steps fill better (``benchmarks/RESULTS.md``);
+    * on a GPU, none on a grid of up to twice :data:`TILE`'s cells and :data:`TILE` beyond, so a step's cost stays
+      that of a few hundred thousand cells on a global grid.
+    """
     if not (isinstance(tile, str) and tile == "auto"):
         return tile
+    if resolve_device(device).type == "cpu":
+        if rows * cols <= CPU_TILE[1]:
+            return None
+        side = min(rows, CPU_TILE[0])
+        return side, min(cols, CPU_TILE[1] // side)
     if rows * cols <= 2 * TILE[0] * TILE[1]:
         return None
     return min(rows, TILE[0]), min(cols, TILE[1])
@@ -173,6 +185,9 @@ class ModelConfig:
     whether it starts from each cell's nearest observations either side of the
     window (None: :meth:`Engine.fit` decides on the held-back cells; the
     network's config says how many steps, ``Denoiser.nearby_span``).
+    ``correction``: per channel, the share of the network's correction to its
+    first guess that imputation keeps, fitted on the held-back cells (None:
+    all of it; see :meth:`HeldBack.correction_weights`).
     """
 
     channels: list[str]
@@ -193,6 +208,7 @@ class ModelConfig:
     created: str = ""
     train: dict = field(default_factory=dict)
     validation: dict | None = None
+    correction: list[float] | None = None  # per channel, the share of the network's correction imputation keeps
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -445,27 +461,31 @@ class Engine:
                                spec=spec.to_dict(), grid=grid_digest(config.grid))
             if tile is not None:
                 fingerprint["tile"] = list(tile)
-            validate = None if windows.validation is None else _validator(*windows.validation, spec, device, seed)
+            validate = None if windows.validation is None else HeldBack(*windows.validation, spec, device, seed)
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
                 ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
             compared = compare(windows, history) if compare is not None and history.val else {}
             scores = _context_scores(ema, validate, history) if validate is not None and history.val else {}
+            # a tie keeps the sampled contexts, the paper's estimate
+            context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled")) if scores else None
+            weights, weighted = validate.correction_weights(ema, context) if scores else (None, None)
         finally:
             windows.close()
         validation = None
         if history.val:
-            # a tie keeps the sampled contexts, the paper's estimate
-            context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled"))
-            final = scores[context]
+            final = weighted or scores[context]
             rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i])
                     for i, name in enumerate(config.channels)}
             validation = dict(nmse=final["nmse"], skill=1 - final["nmse"], rmse=rmse,
                               cells=int(windows.validation[2].sum()), context=context,
                               context_nmse={name: score["nmse"] for name, score in scores.items()},
                               first_guess=guess, first_guess_nmse=guesses, **compared)
-        config = replace(config, validation=validation, train=dict(asdict(train_config), preset=preset,
-                                                                    device=str(device)))
+            if weights is not None:
+                validation.update(network_nmse=scores[context]["nmse"],
+                                  correction_weight=dict(zip(config.channels, weights)))
+        config = replace(config, validation=validation, correction=weights,
+                         train=dict(asdict(train_config), preset=preset, device=str(device)))
         permanent = masks.unreachable(stats.valid)
         if permanent_mask is not None:
             permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
@@ -485,7 +505,7 @@ class Engine:
         ``lr``, ``max_time``, ``seed``, ...).
         """
         values = np.asarray(values, dtype=np.float32)
-        tile = training_tile(tile, *values.shape[-2:])
+        tile = training_tile(tile, *values.shape[-2:], or_option("device", device))
         config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic, history=history,
                          nearby=nearby)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
@@ -515,7 +535,8 @@ class Engine:
                                       replace(self.train_config, **changes), device=resolve_device(device),
                                       loss_fn=loss_fn, progress=progress)
         self.denoiser = ema.cpu().eval()
-        self.config = replace(self.config, validation=None, extra={**self.config.extra, **(facts or {})})
+        self.config = replace(self.config, validation=None, correction=None,
+                              extra={**self.config.extra, **(facts or {})})
         return self.history
 
     # -- imputation ------------------------------------------------------------
@@ -613,13 +634,19 @@ class Engine:
         (ya, yb), (xa, xb) = piece.box[1:]
         nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
         untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~nan
-        if getattr(net, "first_guess", None) is not None and untrained.any():
+        guess = _first_guess_only(net) if getattr(net, "first_guess", None) is not None else None
+        corrected = None
+        if guess is not None and self.config.correction is not None:
+            # the share of the network's correction that its held-back cells trust, on the guess it corrected
+            corrected = run(guess)
+            weights = np.asarray(self.config.correction, np.float32)[None, :, None, None, None]
+            mean = corrected[0] + weights * (mean - corrected[0])
+        if guess is not None and untrained.any():
             # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess,
             # made from every observation (a sampled context only leaves some out), with the sampled contexts' spread
-            guess = _first_guess_only(net)
             guess_mean, guess_std = run(guess, context="observed", K=1)
             if context != "observed":
-                guess_std = run(guess)[1]
+                guess_std = (corrected or run(guess))[1]
             mean, std = np.where(untrained, guess_mean, mean), np.where(untrained, guess_std, std)
         seen = piece.inside(observed)
         scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]
@@ -777,30 +804,55 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     return label, errors
 
 
-def _context_scores(net, validate, history: History) -> dict:
+def _context_scores(net, held_back: HeldBack, history: History) -> dict:
     """The final network's scores on the held-back cells with each context of imputation (the sampled contexts'
     is training's last validation)."""
-    return {"sampled": history.val[-1], "observed": validate(net, context="observed")}
+    return {"sampled": history.val[-1], "observed": held_back(net, context="observed")}
 
 
-def _validator(xs, ms, hs, inputs, spec, device, seed, K: int = 4):
-    """Score the EMA network on held-back observed cells ``hs`` of fixed windows, seeing ``ms`` (and its
-    per-window ``inputs``)."""
-    inputs = {name: v.to(device) for name, v in inputs.items()}
+class HeldBack:
+    """Held-back observed cells ``hs`` of fixed windows ``xs`` that a network sees through ``ms`` (and its
+    per-window ``inputs``): calling it scores a network there (``validate`` of training)."""
 
-    def validate(net, context: str = "sampled") -> dict:
-        generator = torch.Generator(device=device).manual_seed(seed)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision(device)):
-            mean, _ = impute_ensemble(net, xs.to(device), ms.to(device), spec, VPSchedule(), K=K, generator=generator,
-                                      context=context, **inputs)
-        err = ((mean.float().cpu() - xs) ** 2 * hs).sum(dim=(0, 2, 3, 4))
-        cells = hs.sum(dim=(0, 2, 3, 4)).clamp(min=1)
-        ref = (xs**2 * hs).sum(dim=(0, 2, 3, 4))  # the observed-mean fill is 0 in normalised units
+    def __init__(self, xs, ms, hs, inputs, spec, device, seed, K: int = 4):
+        self.xs, self.ms, self.hs, self.spec, self.device, self.seed, self.K = xs, ms, hs, spec, device, seed, K
+        self.inputs = {name: v.to(device) for name, v in inputs.items()}
+
+    def estimate(self, net, context: str = "sampled") -> torch.Tensor:
+        """``net``'s single-step estimate of the windows, the same contexts drawn for every network."""
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=mixed_precision(self.device)):
+            mean, _ = impute_ensemble(net, self.xs.to(self.device), self.ms.to(self.device), self.spec, VPSchedule(),
+                                      K=self.K, generator=generator, context=context, **self.inputs)
+        return mean.float().cpu()
+
+    def score(self, estimate: torch.Tensor) -> dict:
+        """The NMSE of ``estimate`` on the held-back cells, and its MSE per variable (normalised units)."""
+        err = ((estimate - self.xs) ** 2 * self.hs).sum(dim=(0, 2, 3, 4))
+        cells = self.hs.sum(dim=(0, 2, 3, 4)).clamp(min=1)
+        ref = (self.xs**2 * self.hs).sum(dim=(0, 2, 3, 4))  # the observed-mean fill is 0 in normalised units
         return dict(nmse=float(err.sum() / ref.sum().clamp(min=1e-12)), mse_per_channel=(err / cells).tolist())
 
-    return validate
+    def __call__(self, net, context: str = "sampled") -> dict:
+        return self.score(self.estimate(net, context))
+
+    def correction_weights(self, net, context: str) -> tuple[list[float] | None, dict | None]:
+        """The share of ``net``'s correction to its first guess that best fills the held-back cells, per variable
+        (least squares, between 0 and 1, to two decimals), and the scores of the fill with those shares; ``(None,
+        None)`` for a network without a first guess or where every share is 1."""
+        if getattr(net, "first_guess", None) is None:
+            return None, None
+        guess = self.estimate(_first_guess_only(net), context)
+        correction, residual = self.estimate(net, context) - guess, self.xs - guess
+        dims = (0, 2, 3, 4)
+        weights = ((correction * residual * self.hs).sum(dims)
+                   / (correction.square() * self.hs).sum(dims).clamp(min=1e-12)).clamp(0, 1)
+        weights = torch.round(weights * 100) / 100
+        if bool((weights == 1).all()):
+            return None, None
+        return [round(w, 2) for w in weights.tolist()], self.score(guess + weights.view(1, -1, 1, 1, 1) * correction)
 
 
-__all__ = ["FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history",
+__all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history",
            "offers_flow", "offers_nearby", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch",
            "position_fields", "spans_globe", "train_config"]

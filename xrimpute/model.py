@@ -227,9 +227,11 @@ class CtxDiffModel:
             ``(rows, cols)``: train on random spatial tiles of a large grid (e.g.
             ``(128, 128)``), with the cells' position as an input so that one
             model serves the whole grid; imputation then blends overlapping tiles.
-            ``"auto"``: 128 x 128 tiles on a grid of more than twice their cells
-            (:func:`xrimpute.engine.training_tile`), the whole grid otherwise;
-            None: always the whole grid.
+            ``"auto"`` (:func:`xrimpute.engine.training_tile`): on the CPU,
+            tiles of at most 32 rows and 2048 cells on a grid of more cells,
+            as a budget of minutes fills better with many cheap steps; on a
+            GPU, 128 x 128 tiles on a grid of more than twice their cells; the
+            whole grid otherwise. None: always the whole grid.
         progress : bool, optional
             Show a progress bar; default the ``progress`` of
             :func:`xrimpute.set_options` (True).
@@ -296,7 +298,10 @@ class CtxDiffModel:
         -------
         CtxDiffModel
             The trained model; ``model.validation`` holds its skill on the
-            held-back cells.
+            held-back cells, and where all of the network's correction to its
+            first guess fills them worse than a share of it, the share that
+            imputation keeps per variable (``correction_weight``; the
+            network's own score is ``network_nmse``).
 
         Notes
         -----
@@ -320,7 +325,7 @@ class CtxDiffModel:
         if init is not None:
             check_fits(init.engine, layout, obj)
         coords = cube.coordinates(obj, layout)
-        tile = training_tile(tile, coords["lat"].size, coords["lon"].size)
+        tile = training_tile(tile, coords["lat"].size, coords["lon"].size, or_option("device", device))
         degrees = layout.axes.lat in obj.coords and _is_degrees(obj[layout.axes.lat].attrs)
         config = ModelConfig(
             channels=layout.channels, window=window, variables=layout.variables, channel_of=layout.channel_of,
@@ -547,6 +552,10 @@ class CtxDiffModel:
             if "context_nmse" in v:
                 scored = ", ".join(f"{name} {1 - nmse:.3f}" for name, nmse in v["context_nmse"].items())
                 rows.append(("imputes", f"with {v['context']} contexts by default (skill by context: {scored})"))
+            if "correction_weight" in v:
+                kept = ", ".join(f"{name} {w:.2f}" for name, w in v["correction_weight"].items())
+                rows.append(("correction", f"keeps a share of the network's correction to its first guess ({kept}), "
+                                           f"fitted on the held-back cells; all of it: skill {1 - v['network_nmse']:.3f}"))
             if "classical" in v:  # the skill of the classical fillers on the same cells, best first
                 ranked = sorted(v["classical"].items(), key=lambda item: item[1])
                 skipped = ", ".join(v["classical_skipped"])
