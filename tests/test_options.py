@@ -69,7 +69,7 @@ def test_fit_and_impute_read_device_and_progress_from_the_options(observed, monk
     with xrimpute.set_options(device="cpu", progress=False):
         model = xrimpute.fit(observed, **TINY)
         filled = model.impute(observed, K=2)
-    assert devices == ["cpu", "cpu"]  # fit, impute: the option, not the built-in "auto"
+    assert devices == ["cpu", "cpu", "cpu"]  # fit (its tile, its training), impute: the option, not "auto"
     assert "training" not in capsys.readouterr().err  # no progress bar
 
     model.impute(observed, K=2, device="cpu")
@@ -84,7 +84,7 @@ def test_an_explicit_argument_wins_over_the_option(observed, monkeypatch, capsys
     monkeypatch.setattr(model_module, "resolve_device", lambda d: devices.append(d) or real(d))
     with xrimpute.set_options(device="cuda", progress=False):
         xrimpute.fit(observed, device="cpu", progress=True, **TINY)
-    assert devices == ["cpu"]
+    assert devices == ["cpu", "cpu"]  # its tile, its training: the argument, not the option
     assert "training" in capsys.readouterr().err
 
 
