@@ -300,7 +300,7 @@ def test_periodic_bending_reads_across_the_seam():
 
 
 def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
-    from xrimpute.engine import CPU_TILE, TILE, Engine, training_tile
+    from xrimpute.engine import CPU_TILE, TILE, Engine, ImputeConfig, training_tile
 
     gpu = "cuda"  # the rule of the device named, whether or not this machine has one
     assert training_tile("auto", 64, 128, gpu) is None and training_tile("auto", 2 * TILE[0], TILE[1], gpu) is None
@@ -317,3 +317,7 @@ def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
     whole = Engine.fit_array(values[..., :40, :50], mask="pixel", steps=1, batch_size=1, progress=False,
                              verbose=False, device="cpu")
     assert tiled.config.tile == [rows, cells // rows] and whole.config.tile is None
+    # tiled for the steps, not for memory: imputed whole, so no gap is cut by a tile's edge
+    assert tiled.tiling().size == (70, 90) and tiled.tiling(overlap=4).size == (70, 90)
+    filled, _ = tiled.fill(values, ImputeConfig(K=1, progress=False))
+    assert np.isfinite(filled).all() and np.array_equal(filled[:, :, :, 1::2], values[:, :, :, 1::2])

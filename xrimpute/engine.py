@@ -542,10 +542,14 @@ class Engine:
     # -- imputation ------------------------------------------------------------
     def tiling(self, overlap: int | None = None) -> Tiling:
         """Tiles of imputation: the training tile, neighbours sharing ``overlap`` cells (default a quarter
-        of the tile), wrapping round a global grid; one tile of the whole grid for an untiled model."""
+        of the tile), wrapping round a global grid; one tile of the whole grid for an untiled model, and for a
+        tiled one on a grid of at most twice :data:`TILE`'s cells (tiled for the steps, as by :data:`CPU_TILE`, not
+        for memory) whose network wraps as the grid does: the network is convolutional, its position inputs cover
+        the grid, and a gap that a tile's edge would cut is filled from every side."""
         grid = self.config.grid_shape
         tile = tuple(self.config.tile or grid)
-        if tile == grid:
+        small = grid[0] * grid[1] <= 2 * TILE[0] * TILE[1]
+        if tile == grid or (small and self.denoiser.config["periodic"] == self.config.periodic):
             return Tiling(grid)
         shared = [size // 4 if overlap is None else min(overlap, size - 1) for size in tile]
         return Tiling(tile, tuple(shared), periodic=self.config.periodic)

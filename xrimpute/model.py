@@ -394,8 +394,11 @@ class CtxDiffModel:
         spec : xrimpute.masks.MaskSpec, optional
             The context sampler at inference; default the one of training.
         overlap : int, optional
-            Cells shared by neighbouring tiles of a model fitted with ``tile``;
-            default a quarter of the tile.
+            Cells shared by neighbouring tiles of a model that imputes in tiles
+            (fitted with ``tile`` on a grid of more than twice 128 x 128 cells,
+            or on tiles narrower than a global grid; a smaller grid is imputed
+            whole, :meth:`xrimpute.engine.Engine.tiling`); default a quarter of
+            the tile.
         observed_rate : float, optional
             Share of observed cells, for ``adapt``; default measured on ``obj``.
             For dask-backed input that is a lazy pass over all of it, so pass it
