@@ -143,6 +143,7 @@ def run_case(job) -> dict:
 
 
 def tile_text(row: dict) -> str:
+    """The tile a fit trained on."""
     tile = row["ctxdiff"].get("tile")
     return "whole grid" if tile is None else f"{tile[0]}x{tile[1]}"
 
@@ -163,8 +164,8 @@ def best_classical(row: dict) -> tuple[str, float]:
 def table(rows: list[dict]) -> str:
     """One line per case: means over seeds (and the spread between them)."""
     lines = ["| case | observed | best classical | its gap NMSE | its s | ctxdiff gap NMSE | ratio | ctxdiff steps | "
-             "ctxdiff s (fit + impute) | unfilled (ctxdiff) | first guess; contexts; tile; correction kept (per seed) | "
-             "kriging / RBF |",
+             "ctxdiff s (fit + impute) | unfilled (ctxdiff) | "
+             "first guess; contexts; tile; correction kept (per seed) | kriging / RBF |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = [r for r in rows if r["case"] == case]

@@ -849,14 +849,14 @@ class HeldBack:
         guess = self.estimate(_first_guess_only(net), context)
         correction, residual = self.estimate(net, context) - guess, self.xs - guess
         dims = (0, 2, 3, 4)
-        weights = ((correction * residual * self.hs).sum(dims)
-                   / (correction.square() * self.hs).sum(dims).clamp(min=1e-12)).clamp(0, 1)
-        weights = torch.round(weights * 100) / 100
-        if bool((weights == 1).all()):
+        fitted = ((correction * residual * self.hs).sum(dims)
+                  / (correction.square() * self.hs).sum(dims).clamp(min=1e-12)).clamp(0, 1)
+        weights = [round(w, 2) for w in fitted.tolist()]
+        if all(w == 1 for w in weights):
             return None, None
-        return [round(w, 2) for w in weights.tolist()], self.score(guess + weights.view(1, -1, 1, 1, 1) * correction)
+        return weights, self.score(guess + torch.tensor(weights).view(1, -1, 1, 1, 1) * correction)
 
 
-__all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window", "needs_history",
-           "offers_flow", "offers_nearby", "training_tile", "Engine", "ImputeConfig", "ModelConfig", "ModelMismatch",
-           "position_fields", "spans_globe", "train_config"]
+__all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window",
+           "needs_history", "offers_flow", "offers_nearby", "training_tile", "Engine", "HeldBack", "ImputeConfig",
+           "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

@@ -557,8 +557,9 @@ class CtxDiffModel:
                 rows.append(("imputes", f"with {v['context']} contexts by default (skill by context: {scored})"))
             if "correction_weight" in v:
                 kept = ", ".join(f"{name} {w:.2f}" for name, w in v["correction_weight"].items())
+                whole = 1 - v["network_nmse"]
                 rows.append(("correction", f"keeps a share of the network's correction to its first guess ({kept}), "
-                                           f"fitted on the held-back cells; all of it: skill {1 - v['network_nmse']:.3f}"))
+                                           f"fitted on the held-back cells; all of it: skill {whole:.3f}"))
             if "classical" in v:  # the skill of the classical fillers on the same cells, best first
                 ranked = sorted(v["classical"].items(), key=lambda item: item[1])
                 skipped = ", ".join(v["classical_skipped"])
