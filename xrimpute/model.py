@@ -226,7 +226,8 @@ class CtxDiffModel:
         tile : tuple of int or "auto", default "auto"
             ``(rows, cols)``: train on random spatial tiles of a large grid (e.g.
             ``(128, 128)``), with the cells' position as an input so that one
-            model serves the whole grid; imputation then blends overlapping tiles.
+            model serves the whole grid; imputation then blends overlapping tiles
+            (a grid of at most twice 128 x 128 cells is imputed whole).
             ``"auto"`` (:func:`xrimpute.engine.training_tile`): on the CPU,
             tiles of at most 32 rows and 2048 cells on a grid of more cells,
             as a budget of minutes fills better with many cheap steps; on a
