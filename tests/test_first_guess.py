@@ -256,11 +256,31 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
     assert "bending" not in errors  # frames empty for hours: a surface bent through a strip overshoots
 
 
+SPACE = {-2: 1.0, -1: 1.0}
+SPACE_TIME = {-3: 0.7, -2: 1.0, -1: 1.0}
+
+
 @pytest.mark.parametrize("periodic", [False, True])
-def test_the_bending_energy_gradient_is_symmetric(periodic):
-    u, v = torch.randn(2, 3, 7, 9, dtype=torch.float64).unbind()
-    left, right = (_bending_gradient(u, periodic) * v).sum(), (u * _bending_gradient(v, periodic)).sum()
-    assert abs(float(left - right)) < 1e-10 and float((u * _bending_gradient(u, periodic)).sum()) > 0
+@pytest.mark.parametrize("weights", [SPACE, SPACE_TIME])
+def test_the_bending_energy_gradient_is_symmetric(periodic, weights):
+    u, v = torch.randn(2, 3, 5, 7, 9, dtype=torch.float64).unbind()
+    def gradient(x):
+        return _bending_gradient(x, weights, periodic)
+
+    assert abs(float((gradient(u) * v).sum() - (u * gradient(v)).sum())) < 1e-10 and float((u * gradient(u)).sum()) > 0
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+@pytest.mark.parametrize("weights", [SPACE, SPACE_TIME])
+def test_the_bending_gradient_is_half_the_gradient_of_the_weighted_second_differences_squared(periodic, weights):
+    def diff(x, dim):
+        return x.roll(-1, dim) - x if periodic and dim == -1 else torch.diff(x, dim=dim)
+
+    u = torch.randn(3, 5, 7, 9, dtype=torch.float64, requires_grad=True)
+    energy = sum((weights[a] * weights[b]) ** 2 * (1 if a == b else 2) * (diff(diff(u, a), b) ** 2).sum()
+                 for a in weights for b in weights if a >= b)
+    energy.backward()
+    assert torch.allclose(_bending_gradient(u.detach(), weights, periodic), u.grad / 2)
 
 
 def test_bending_holds_the_context_reproduces_a_plane_and_nears_the_thin_plate_spline():
@@ -284,6 +304,29 @@ def test_bending_holds_the_context_reproduces_a_plane_and_nears_the_thin_plate_s
     to_spline = float(((bent - spline)[0, 0, 0][gaps] ** 2).mean() / x[0, 0, 0][gaps].var())
     to_truth = float(((bent - x)[0, 0, 0][gaps] ** 2).mean() / x[0, 0, 0][gaps].var())
     assert to_spline < 0.02 and to_truth < 0.05, (to_spline, to_truth)
+
+
+def test_bending_across_steps_fills_a_frame_of_two_cells_from_the_steps_either_side():
+    t, rows, cols = torch.meshgrid(torch.arange(5.0), torch.arange(12.0), torch.arange(14.0), indexing="ij")
+    field = (0.2 + 0.05 * rows - 0.03 * cols + 0.1 * t)[None, None]  # no bending in space or time
+    mask = torch.rand(field.shape, generator=torch.Generator().manual_seed(3)) < 0.1
+    mask[0, 0, 2] = False
+    mask[0, 0, 2, 4, 5] = mask[0, 0, 2, 8, 1] = True  # two cells: frame by frame, the frame keeps its start
+    start = torch.zeros_like(field)
+    by_frame = bend(field * mask, mask, start, steps=300)
+    across = bend(field * mask, mask, start, steps=300, across=1.0)
+    assert torch.equal(by_frame[0, 0, 2], start[0, 0, 2])
+    assert torch.equal(across[mask], field[mask]) and float((across - field).abs().max()) < 1e-3
+
+
+def test_a_fit_chooses_a_guess_bent_across_steps_for_a_smooth_slow_field_seen_in_few_cells():
+    field = smooth_field(5, 24, 32)  # drifts a tenth of its wavelength a step
+    rng = torch.Generator().manual_seed(4)
+    observed = torch.rand(field.shape, generator=rng) < 0.05  # a frame alone holds too little
+    held = observed & (torch.rand(field.shape, generator=rng) < 0.3)
+    chosen, errors = choose_guess(field, observed & ~held, held)
+    assert chosen.startswith("bending across steps"), errors
+    assert errors[chosen] < 0.7 * errors["bending"], errors
 
 
 def test_periodic_bending_reads_across_the_seam():

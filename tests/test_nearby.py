@@ -160,14 +160,16 @@ def test_a_network_with_nearby_steps_asks_for_them():
 
 @pytest.fixture(scope="module")
 def nearby_model(tmp_path_factory):
-    """A model of an archive whose blocks move every step, which chooses the nearby guess, saved beside it."""
+    """A model of an archive whose blocks move every step, with the nearby guess, saved beside it (named: on these
+    smooth waves a guess bent across the window's steps fills the moving blocks about as well without)."""
     root = tmp_path_factory.mktemp("nearby")
     data = archive(t=30, missing=0.0)
     for name in data.data_vars:
         values = blocks_anew(data[name].values[None, None], seed=len(name), size=(12, 12))[0, 0]
         data[name] = data[name].copy(data=values)
     data.chunk(time=4).to_zarr(root / "source.zarr", consolidated=False)
-    model = xrimpute.fit(data, mask="block", steps=20, batch_size=4, progress=False, verbose=False, seed=0)
+    model = xrimpute.fit(data, mask="block", steps=20, batch_size=4, progress=False, verbose=False, seed=0,
+                         nearby=True)
     model.save(root / "model.xri")
     return root, data, model
 

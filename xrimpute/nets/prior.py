@@ -42,6 +42,8 @@ from torch import nn
 Levels = tuple[tuple[float, float], ...]
 DEFAULT_LEVELS: Levels = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0))
 """(space, time) Gaussian widths in cells and steps, one per level: three spatial scales, one step in time."""
+ACROSS_STEPS = 40
+"""Conjugate-gradient steps of the guesses bent across a window's steps (more cells to settle than a frame's)."""
 CANDIDATES: dict[str, dict] = {
     "space": dict(levels=DEFAULT_LEVELS),
     "time first": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS)),  # the same cell at nearby steps before any neighbour
@@ -49,6 +51,9 @@ CANDIDATES: dict[str, dict] = {
     "time first, wide": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS, (8.0, 2.0))),
     "thin plate": dict(levels=DEFAULT_LEVELS, thin_plate=True),
     "bending": dict(levels=DEFAULT_LEVELS, bending=30),  # the smoothest surface through the context, roughly
+    # the smoothest surface through the window's context in space and time, a step counting as 0.5, 1 or 2 cells
+    **{f"bending across steps {across:g}": dict(levels=DEFAULT_LEVELS, bending=ACROSS_STEPS, across=across)
+       for across in (0.5, 1.0, 2.0)},
 }
 """The first guesses a fit chooses among (:func:`choose_guess`, in this order on a tie): :class:`FirstGuess` options."""
 MAX_SPLINE_POINTS = 256
@@ -79,14 +84,16 @@ class FirstGuess(nn.Module):
     certainty stays that of the finest level. ``bending``: that many steps
     bending the guess towards the smoothest surface through the context
     (:func:`bend`), which suits smooth fields observed too densely for the
-    thin plate's solve.
+    thin plate's solve; frame by frame, or with ``across`` (the cells one
+    step counts as) over the window's steps at once.
     """
 
     def __init__(self, levels: Levels = DEFAULT_LEVELS, threshold: float = 0.01, periodic: bool = False,
-                 thin_plate: bool = False, bending: int = 0):
+                 thin_plate: bool = False, bending: int = 0, across: float = 0.0):
         super().__init__()
         self.levels = tuple(sorted((float(s), float(t)) for s, t in levels))[::-1]  # widest to narrowest
         self.threshold, self.periodic, self.thin_plate, self.bending = threshold, periodic, thin_plate, bending
+        self.across = across
         for i, (space, time) in enumerate(self.levels):
             self.register_buffer(f"space{i}", gaussian_kernel(space), persistent=False)
             self.register_buffer(f"time{i}", gaussian_kernel(time), persistent=False)
@@ -119,7 +126,7 @@ class FirstGuess(nn.Module):
         if self.thin_plate:
             guess = thin_plate(values, mask, fallback=guess)
         if self.bending:
-            guess = bend(values, mask, guess, self.bending, self.periodic)
+            guess = bend(values, mask, guess, self.bending, self.periodic, self.across)
         if baseline is not None:
             guess = guess + baseline
         return guess, certainty.reshape(b, c, t, h, w)
@@ -208,8 +215,9 @@ def thin_plate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor,
 
 
 def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: int,
-         periodic: bool = False) -> torch.Tensor:
-    """``start`` bent towards the smoothest surface through the mask's cells, frame by frame on ``(..., H, W)``.
+         periodic: bool = False, across: float = 0.0) -> torch.Tensor:
+    """``start`` bent towards the smoothest surface through the mask's cells, frame by frame on ``(..., H, W)``,
+    or with ``across`` over each window ``(..., T, H, W)`` at once.
 
     ``steps`` conjugate-gradient steps, from ``start`` with the mask's cells set
     to ``values``, on the grid's thin-plate bending energy (the sum of
@@ -221,42 +229,70 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
     nearer to it in the middle of large gaps, where a converged spline
     overshoots (``benchmarks/RESULTS.md``). Frames with fewer than three mask
     cells keep ``start``.
+
+    ``across`` > 0: the energy of the space-time surface, one step counting as
+    ``across`` cells (the terms with ``k`` derivatives along time weighed by
+    ``across ** (2 k)``; steps end at the window's edges), so that a gap leans
+    on the observations of its own and nearby cells at the steps either side:
+    where the gaps move from step to step, a window holds several times the
+    observations of one frame (``benchmarks/RESULTS.md``).
     """
     *lead, h, w = values.shape
+    # a "frame" is what is bent as one: a window when bending across steps
+    shape = (-1, *values.shape[-3:]) if across else (-1, h, w)
+    weights = {-3: across, -2: 1.0, -1: 1.0} if across else {-2: 1.0, -1: 1.0}
+    axes = tuple(range(1, len(shape)))
     with torch.autocast(values.device.type, enabled=False):
-        frames = mask.reshape(-1, h, w)
-        enough = (frames.flatten(1).sum(1) >= 3)[:, None, None]
-        x = torch.where(frames, values.reshape(-1, h, w), start.reshape(-1, h, w)).to(torch.float32)
+        frames = mask.reshape(shape)
+        enough = (frames.flatten(1).sum(1) >= 3).reshape(-1, *(1,) * len(axes))
+        x = torch.where(frames, values.reshape(shape), start.reshape(shape)).to(torch.float32)
         free = (~frames & enough).to(torch.float32)
-        residual = -free * _bending_gradient(x, periodic)
-        direction, norm = residual, (residual**2).sum((1, 2), keepdim=True)
+        residual = -free * _bending_gradient(x, weights, periodic)
+        direction, norm = residual, (residual**2).sum(axes, keepdim=True)
         for _ in range(steps):
-            curve = free * _bending_gradient(direction, periodic)
-            along = (direction * curve).sum((1, 2), keepdim=True)
+            curve = free * _bending_gradient(direction, weights, periodic)
+            along = (direction * curve).sum(axes, keepdim=True)
             alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
             x, residual = x + alpha * direction, residual - alpha * curve
-            new = (residual**2).sum((1, 2), keepdim=True)
+            new = (residual**2).sum(axes, keepdim=True)
             direction = residual + torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new)) * direction
             norm = new
-    return torch.where(enough, x, start.reshape(-1, h, w).to(torch.float32)).reshape(*lead, h, w)
+    return torch.where(enough, x, start.reshape(shape).to(torch.float32)).reshape(values.shape)
 
 
-def _bending_gradient(u: torch.Tensor, periodic: bool) -> torch.Tensor:
-    """Half the gradient of the bending energy of :func:`bend` at ``(N, H, W)`` fields: ``D'D u`` summed over the
-    second differences ``D`` (along rows, across them twice over, along columns)."""
-    def diff(x, dim):  # forward differences: one fewer along rows, as many round a periodic column axis
-        return x.roll(-1, dim) - x if periodic and dim == -1 else torch.diff(x, dim=dim)
+def _bending_gradient(u: torch.Tensor, weights: dict[int, float], periodic: bool) -> torch.Tensor:
+    """Half the gradient of the bending energy of :func:`bend` at fields ``u``: ``D'D u`` summed over the second
+    differences ``D`` along and across the axes of ``weights`` (axis: weight of one of its steps against one cell),
+    each pair of axes weighed by the product of their weights squared, twice over for two axes."""
+    def wraps(dim):
+        return periodic and dim == -1
 
-    def diff_t(x, dim):  # their adjoint
-        if periodic and dim == -1:
+    def diff(x, dim):  # forward differences: one fewer, or as many round a periodic column axis
+        if wraps(dim):
+            return x.roll(-1, dim) - x
+        n = x.shape[dim]
+        return x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1) if n > 1 else x.narrow(dim, 0, 0)
+
+    def diff_t(x, dim, n):  # their adjoint, back to n cells
+        if wraps(dim):
             return x.roll(1, dim) - x
-        pad = (1, 1) if dim == -1 else (0, 0, 1, 1)
-        padded = torch.nn.functional.pad(x, pad)
-        return -torch.diff(padded, dim=dim)
+        shape = list(x.shape)
+        shape[dim] = n
+        out = x.new_zeros(shape)
+        if n > 1:
+            out.narrow(dim, 0, n - 1).sub_(x)
+            out.narrow(dim, 1, n - 1).add_(x)
+        return out
 
-    across = diff(diff(u, -2), -1)
-    return (diff_t(diff_t(diff(diff(u, -1), -1), -1), -1) + 2 * diff_t(diff_t(across, -1), -2)
-            + diff_t(diff_t(diff(diff(u, -2), -2), -2), -2))
+    axes = list(weights)
+    first = {a: diff(u, a) for a in axes}
+    total = None
+    for i, a in enumerate(axes):
+        for b in axes[i:]:
+            scale = (weights[a] * weights[b]) ** 2 * (1 if a == b else 2)
+            term = diff_t(diff_t(diff(first[a], b) * scale, b, first[a].shape[b]), a, u.shape[a])
+            total = term if total is None else total.add_(term)
+    return total
 
 
 def _spline_table(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -392,10 +428,10 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate one runs only where no frame holds more
-    than :data:`MAX_SPLINE_POINTS` context cells, the bending one only without ``history``: frames left
+    than :data:`MAX_SPLINE_POINTS` context cells, the bending ones only without ``history``: frames left
     empty for hours hold a strip of context, which a surface bent through it overshoots far from it, where
-    the held-back cells beside the strip cannot tell (the swath, ``benchmarks/RESULTS.md``). ``history``: the windows' history (:func:`history_baseline`),
-    for a network that leans on it. ``nearby``: the windows' nearest observations outside them; then every
+    the held-back cells beside the strip cannot tell (the swath, ``benchmarks/RESULTS.md``). ``history``: the
+    windows' history (:func:`history_baseline`), for a network that leans on it. ``nearby``: the windows' nearest observations outside them; then every
     candidate is also scored through :func:`nearby_guess` (labelled with :data:`NEARBY_LABEL`, or
     :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``; :func:`candidate_label`)."""
     errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
