@@ -227,8 +227,8 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
     whatever the number of mask cells: each step costs a few passes over the
     frame, not a dense solve. Stopped early from a smooth ``start`` it stays
     nearer to it in the middle of large gaps, where a converged spline
-    overshoots (``benchmarks/RESULTS.md``). Frames with fewer than three mask
-    cells keep ``start``.
+    overshoots (``benchmarks/RESULTS.md``). Frames (windows, when bending
+    across steps) with fewer than three mask cells keep ``start``.
 
     ``across`` > 0: the energy of the space-time surface, one step counting as
     ``across`` cells (the terms with ``k`` derivatives along time weighed by
@@ -237,9 +237,8 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
     where the gaps move from step to step, a window holds several times the
     observations of one frame (``benchmarks/RESULTS.md``).
     """
-    *lead, h, w = values.shape
     # a "frame" is what is bent as one: a window when bending across steps
-    shape = (-1, *values.shape[-3:]) if across else (-1, h, w)
+    shape = (-1, *values.shape[-3:]) if across else (-1, *values.shape[-2:])
     weights = {-3: across, -2: 1.0, -1: 1.0} if across else {-2: 1.0, -1: 1.0}
     axes = tuple(range(1, len(shape)))
     with torch.autocast(values.device.type, enabled=False):
