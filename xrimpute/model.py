@@ -555,8 +555,8 @@ class CtxDiffModel:
                                        f"held-back cells (RMSE {rmse}){versus}"))
             if v.get("first_guess") in v.get("first_guess_nmse", {}):
                 alone = 1 - v["first_guess_nmse"][v["first_guess"]]
-                rows.append(("guess", f"first guess {v['first_guess']}, the best of {len(v['first_guess_nmse'])} "
-                                            f"candidates on the held-back cells (skill alone {alone:.3f})"))
+                rows.append(("guess", f"first guess {v['first_guess']}, chosen among {len(v['first_guess_nmse'])} "
+                                      f"on the held-back cells (skill alone {alone:.3f})"))
             if "context_nmse" in v:
                 scored = ", ".join(f"{name} {1 - nmse:.3f}" for name, nmse in v["context_nmse"].items())
                 rows.append(("imputes", f"with {v['context']} contexts by default (skill by context: {scored})"))
