@@ -272,11 +272,13 @@ def test_the_bending_energy_gradient_is_symmetric(periodic, weights):
 
 @pytest.mark.parametrize("periodic", [False, True])
 @pytest.mark.parametrize("weights", [SPACE, SPACE_TIME])
-def test_the_bending_gradient_is_half_the_gradient_of_the_weighted_second_differences_squared(periodic, weights):
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 2, 3, 1), (2, 1, 2, 3)])  # axes of one to three cells too
+def test_the_bending_gradient_is_half_the_gradient_of_the_weighted_second_differences_squared(periodic, weights,
+                                                                                              shape):
     def diff(x, dim):
         return x.roll(-1, dim) - x if periodic and dim == -1 else torch.diff(x, dim=dim)
 
-    u = torch.randn(3, 5, 7, 9, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     energy = sum((weights[a] * weights[b]) ** 2 * (1 if a == b else 2) * (diff(diff(u, a), b) ** 2).sum()
                  for a in weights for b in weights if a >= b)
     energy.backward()

@@ -246,52 +246,63 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
         enough = (frames.flatten(1).sum(1) >= 3).reshape(-1, *(1,) * len(axes))
         x = torch.where(frames, values.reshape(shape), start.reshape(shape)).to(torch.float32)
         free = (~frames & enough).to(torch.float32)
-        residual = -free * _bending_gradient(x, weights, periodic)
-        direction, norm = residual, (residual**2).sum(axes, keepdim=True)
-        for _ in range(steps):
-            curve = free * _bending_gradient(direction, weights, periodic)
-            along = (direction * curve).sum(axes, keepdim=True)
+        residual = _bending_gradient(x, weights, periodic).mul_(free).neg_()
+        direction, norm = residual.clone(), _dot(residual, residual)
+        for _ in range(steps):  # in place: the vector updates cost as much as the gradient on small grids
+            curve = _bending_gradient(direction, weights, periodic).mul_(free)
+            along = _dot(direction, curve)
             alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
-            x, residual = x + alpha * direction, residual - alpha * curve
-            new = (residual**2).sum(axes, keepdim=True)
-            direction = residual + torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new)) * direction
+            x.addcmul_(alpha, direction)
+            residual.addcmul_(alpha, curve, value=-1)
+            new = _dot(residual, residual)
+            direction.mul_(torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new))).add_(residual)
             norm = new
     return torch.where(enough, x, start.reshape(shape).to(torch.float32)).reshape(values.shape)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, ...)``: the dot products of the frames of ``a`` and ``b`` ``(N, ...)``, without a product's copy."""
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1)).reshape(-1, *(1,) * (a.dim() - 1))
 
 
 def _bending_gradient(u: torch.Tensor, weights: dict[int, float], periodic: bool) -> torch.Tensor:
     """Half the gradient of the bending energy of :func:`bend` at fields ``u``: ``D'D u`` summed over the second
     differences ``D`` along and across the axes of ``weights`` (axis: weight of one of its steps against one cell),
-    each pair of axes weighed by the product of their weights squared, twice over for two axes."""
+    each pair of axes weighed by the product of their weights squared, twice over for two axes.
+
+    Computed as ``M(M u)``, ``M`` the weighted Laplacian ``sum_a w_a^2 L_a`` (``L_a = D_a'D_a``, first differences
+    ``D_a``), plus ``sum_a w_a^4 (P_a - L_a^2) u`` (``P_a`` of the second differences along ``a``), which differs
+    from 0 only in the two cells at either end of an axis that does not wrap: about 14 passes over the fields
+    instead of one per difference and adjoint of every pair (57), which had made the bending solve a third of a
+    training step on the ERA5 sample (``benchmarks/RESULTS.md``)."""
     def wraps(dim):
         return periodic and dim == -1
 
-    def diff(x, dim):  # forward differences: one fewer, or as many round a periodic column axis
-        if wraps(dim):
-            return x.roll(-1, dim) - x
-        n = x.shape[dim]
-        return x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1) if n > 1 else x.narrow(dim, 0, 0)
-
-    def diff_t(x, dim, n):  # their adjoint, back to n cells
-        if wraps(dim):
-            return x.roll(1, dim) - x
-        shape = list(x.shape)
-        shape[dim] = n
-        out = x.new_zeros(shape)
-        if n > 1:
-            out.narrow(dim, 0, n - 1).sub_(x)
-            out.narrow(dim, 1, n - 1).add_(x)
+    def laplacian(x):
+        out = x * (2 * sum(w * w for w in weights.values()))
+        for dim, w in weights.items():
+            n, c = x.shape[dim], w * w
+            out.narrow(dim, 1, n - 1).sub_(x.narrow(dim, 0, n - 1), alpha=c)
+            out.narrow(dim, 0, n - 1).sub_(x.narrow(dim, 1, n - 1), alpha=c)
+            if wraps(dim):  # the neighbours across the seam
+                out.narrow(dim, 0, 1).sub_(x.narrow(dim, n - 1, 1), alpha=c)
+                out.narrow(dim, n - 1, 1).sub_(x.narrow(dim, 0, 1), alpha=c)
+            else:  # an end cell has one neighbour: L_a's diagonal is 1 there, not 2
+                out.narrow(dim, 0, 1).sub_(x.narrow(dim, 0, 1), alpha=c)
+                out.narrow(dim, n - 1, 1).sub_(x.narrow(dim, n - 1, 1), alpha=c)
         return out
 
-    axes = list(weights)
-    first = {a: diff(u, a) for a in axes}
-    total = None
-    for i, a in enumerate(axes):
-        for b in axes[i:]:
-            scale = (weights[a] * weights[b]) ** 2 * (1 if a == b else 2)
-            term = diff_t(diff_t(diff(first[a], b) * scale, b, first[a].shape[b]), a, u.shape[a])
-            total = term if total is None else total.add_(term)
-    return total
+    out = laplacian(laplacian(u))
+    for dim, w in weights.items():
+        n = u.shape[dim]
+        if wraps(dim) or n < 2:
+            continue
+        # P_a - L_a^2 = -D_a' E D_a, E picking the first and last difference
+        for first, second in ((0, 1), (n - 1, n - 2)):
+            edge = u.narrow(dim, second, 1) - u.narrow(dim, first, 1)
+            out.narrow(dim, first, 1).add_(edge, alpha=w**4)
+            out.narrow(dim, second, 1).sub_(edge, alpha=w**4)
+    return out
 
 
 def _spline_table(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
