@@ -248,7 +248,7 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
         free = (~frames & enough).to(torch.float32)
         residual = _bending_gradient(x, weights, periodic).mul_(free).neg_()
         direction, norm = residual.clone(), _dot(residual, residual)
-        for _ in range(steps):  # in place: the vector updates cost as much as the gradient on small grids
+        for _ in range(steps):  # in place: a fifth off a solve on the ERA5 grid (benchmarks/RESULTS.md)
             curve = _bending_gradient(direction, weights, periodic).mul_(free)
             along = _dot(direction, curve)
             alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
