@@ -46,6 +46,15 @@ def test_a_correction_unrelated_to_the_truth_is_dropped_and_a_right_one_kept_who
     assert cells.correction_weights(Corrector(xs), "sampled") == (None, None)  # every share 1: nothing to keep
 
 
+def test_an_estimate_the_caller_already_has_is_used_instead_of_running_the_network_again():
+    xs, cells = held_back()
+    made = cells.estimate(Corrector(2 * xs), "observed")
+    assert cells.correction_weights(Corrector(2 * xs), "observed", made) == cells.correction_weights(
+        Corrector(2 * xs), "observed")
+    weights, _ = cells.correction_weights(Corrector(-xs), "observed", made)  # the network is not run again
+    assert weights == [0.5, 0.5]
+
+
 def test_a_variable_whose_correction_helps_keeps_it_and_one_whose_correction_harms_drops_it():
     xs, cells = held_back()
     target = torch.stack([xs[:, 0], -xs[:, 1]], dim=1)

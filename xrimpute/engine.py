@@ -466,10 +466,12 @@ class Engine:
                 ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
             compared = compare(windows, history) if compare is not None and history.val else {}
-            scores = _context_scores(ema, validate, history) if validate is not None and history.val else {}
+            scores, estimates = (_context_scores(ema, validate, history) if validate is not None and history.val
+                                 else ({}, {}))
             # a tie keeps the sampled contexts, the paper's estimate
             context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled")) if scores else None
-            weights, weighted = validate.correction_weights(ema, context) if scores else (None, None)
+            weights, weighted = (validate.correction_weights(ema, context, estimates.get(context)) if scores
+                                 else (None, None))
         finally:
             windows.close()
         validation = None
@@ -808,10 +810,12 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     return label, errors
 
 
-def _context_scores(net, held_back: HeldBack, history: History) -> dict:
+def _context_scores(net, held_back: HeldBack, history: History) -> tuple[dict, dict]:
     """The final network's scores on the held-back cells with each context of imputation (the sampled contexts'
-    is training's last validation)."""
-    return {"sampled": history.val[-1], "observed": held_back(net, context="observed")}
+    is training's last validation), and the estimates behind them that were made here (the observed context's),
+    for :meth:`HeldBack.correction_weights` to reuse."""
+    observed = held_back.estimate(net, context="observed")
+    return {"sampled": history.val[-1], "observed": held_back.score(observed)}, {"observed": observed}
 
 
 class HeldBack:
@@ -840,14 +844,17 @@ class HeldBack:
     def __call__(self, net, context: str = "sampled") -> dict:
         return self.score(self.estimate(net, context))
 
-    def correction_weights(self, net, context: str) -> tuple[list[float] | None, dict | None]:
+    def correction_weights(self, net, context: str,
+                           estimate: torch.Tensor | None = None) -> tuple[list[float] | None, dict | None]:
         """The share of ``net``'s correction to its first guess that best fills the held-back cells, per variable
         (least squares, between 0 and 1, to two decimals), and the scores of the fill with those shares; ``(None,
-        None)`` for a network without a first guess or where every share is 1."""
+        None)`` for a network without a first guess or where every share is 1. ``estimate``: ``net``'s
+        :meth:`estimate` with ``context`` where the caller has it (an ensemble fewer to run)."""
         if getattr(net, "first_guess", None) is None:
             return None, None
         guess = self.estimate(_first_guess_only(net), context)
-        correction, residual = self.estimate(net, context) - guess, self.xs - guess
+        estimate = self.estimate(net, context) if estimate is None else estimate
+        correction, residual = estimate - guess, self.xs - guess
         dims = (0, 2, 3, 4)
         fitted = ((correction * residual * self.hs).sum(dims)
                   / (correction.square() * self.hs).sum(dims).clamp(min=1e-12)).clamp(0, 1)
