@@ -240,10 +240,9 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
     # a "frame" is what is bent as one: a window when bending across steps
     shape = (-1, *values.shape[-3:]) if across else (-1, *values.shape[-2:])
     weights = {-3: across, -2: 1.0, -1: 1.0} if across else {-2: 1.0, -1: 1.0}
-    axes = tuple(range(1, len(shape)))
     with torch.autocast(values.device.type, enabled=False):
         frames = mask.reshape(shape)
-        enough = (frames.flatten(1).sum(1) >= 3).reshape(-1, *(1,) * len(axes))
+        enough = (frames.flatten(1).sum(1) >= 3).reshape(-1, *(1,) * (len(shape) - 1))
         x = torch.where(frames, values.reshape(shape), start.reshape(shape)).to(torch.float32)
         free = (~frames & enough).to(torch.float32)
         residual = _bending_gradient(x, weights, periodic).mul_(free).neg_()
@@ -261,7 +260,7 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(N, 1, ...)``: the dot products of the frames of ``a`` and ``b`` ``(N, ...)``, without a product's copy."""
+    """``(N, 1, ...)``: the dot products of the frames of ``a`` and ``b`` ``(N, ...)``."""
     return torch.linalg.vecdot(a.flatten(1), b.flatten(1)).reshape(-1, *(1,) * (a.dim() - 1))
 
 
@@ -284,12 +283,10 @@ def _bending_gradient(u: torch.Tensor, weights: dict[int, float], periodic: bool
             n, c = x.shape[dim], w * w
             out.narrow(dim, 1, n - 1).sub_(x.narrow(dim, 0, n - 1), alpha=c)
             out.narrow(dim, 0, n - 1).sub_(x.narrow(dim, 1, n - 1), alpha=c)
-            if wraps(dim):  # the neighbours across the seam
-                out.narrow(dim, 0, 1).sub_(x.narrow(dim, n - 1, 1), alpha=c)
-                out.narrow(dim, n - 1, 1).sub_(x.narrow(dim, 0, 1), alpha=c)
-            else:  # an end cell has one neighbour: L_a's diagonal is 1 there, not 2
-                out.narrow(dim, 0, 1).sub_(x.narrow(dim, 0, 1), alpha=c)
-                out.narrow(dim, n - 1, 1).sub_(x.narrow(dim, n - 1, 1), alpha=c)
+            # an end cell's other neighbour: across the seam, or none (L_a's diagonal is 1 there, not 2)
+            before, after = (n - 1, 0) if wraps(dim) else (0, n - 1)
+            out.narrow(dim, 0, 1).sub_(x.narrow(dim, before, 1), alpha=c)
+            out.narrow(dim, n - 1, 1).sub_(x.narrow(dim, after, 1), alpha=c)
         return out
 
     out = laplacian(laplacian(u))
