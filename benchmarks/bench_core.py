@@ -1,6 +1,6 @@
 """Core speed: training steps/s and imputation values/s for the network presets.
 
-    python benchmarks/bench_core.py                 # CPU, tiny, lite and small presets
+    python benchmarks/bench_core.py                 # CPU, tiny, lite, narrow and small presets
     python benchmarks/bench_core.py --device cuda --presets tiny base
     python benchmarks/bench_core.py --grid 33x49 --presets lite --padded   # against padding to a multiple of 8
 
@@ -76,7 +76,7 @@ def interpolate_rate(grid, frames):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--presets", nargs="+", default=["tiny", "lite", "small"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "lite", "narrow", "small"])
     parser.add_argument("--size", type=int, default=64, help="a square grid of this many cells a side")
     parser.add_argument("--grid", default=None, metavar="ROWSxCOLS", help="another grid, e.g. 33x49")
     parser.add_argument("--padded", action="store_true", help="also measure each preset padded to its multiple")

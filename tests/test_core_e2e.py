@@ -55,6 +55,10 @@ def test_validation_skill_is_reported_from_held_back_observations(case):
     assert "skill" in repr(model) and "<table>" in model._repr_html_()
 
 
+def test_the_cpu_default_network_is_the_narrow_preset(case):
+    assert case[2].denoiser.config["preset"] == "narrow" and case[2].info["train"]["preset"] == "narrow"
+
+
 def test_fit_remembers_the_model_on_the_same_accessor(case):
     _, observed, model = case
     small = observed.isel(sample=[0])

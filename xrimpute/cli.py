@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 USAGE_ERROR = 2
-PRESETS = ("auto", "lite", "tiny", "small", "base")  # the network's (cli must not import torch for --help)
+PRESETS = ("auto", "narrow", "lite", "tiny", "small", "base")  # the network's (cli must not import torch for --help)
 AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # --history and --nearby: None lets the fit decide
 DATASETS = {
     "era5": "ERA5 2 m temperature over the UK, hourly, March 2019 (2.5 MB download, then cached)",
@@ -357,7 +357,7 @@ def _fit_parser(sub) -> None:
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                    help="stop training after this long (default on the CPU: 300)")
     p.add_argument("--preset", default="auto", choices=PRESETS,
-                   help="network size (default: auto, base on a GPU and lite on the CPU)")
+                   help="network size (default: auto, base on a GPU and narrow on the CPU)")
     p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per training step (default: 16)")
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to model (default: all with time/lat/lon dims)")

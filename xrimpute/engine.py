@@ -395,7 +395,7 @@ class Engine:
         masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
         device = resolve_device(device)
         train_config = with_budget(train_config, device)
-        preset = ("base" if device.type == "cuda" else "lite") if preset == "auto" else preset
+        preset = ("base" if device.type == "cuda" else "narrow") if preset == "auto" else preset
         mean, std = (stats.mean, stats.std) if init is None else (init.mean, init.std)
 
         if config.positions is None:  # station data: no position, so that a station learned from its neighbours

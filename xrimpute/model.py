@@ -190,9 +190,9 @@ class CtxDiffModel:
             (swaths that leave frames empty for hours), never more than the
             series has (:func:`xrimpute.engine.choose_window`). The first guess
             the network starts from looks along them.
-        preset : {"auto", "lite", "tiny", "small", "base"}, default "auto"
-            Network size; ``"auto"`` is ``"base"`` on a GPU and ``"lite"`` (its body
-            at half resolution) on the CPU. Every network starts from a classical
+        preset : {"auto", "narrow", "lite", "tiny", "small", "base"}, default "auto"
+            Network size; ``"auto"`` is ``"base"`` on a GPU and ``"narrow"`` (its body
+            at half resolution, 16 channels wide) on the CPU. Every network starts from a classical
             first guess made from its context and learns the correction to it.
         steps : int, optional
             Training steps (optimiser updates). Default: on the CPU, as many as
