@@ -190,10 +190,11 @@ class CtxDiffModel:
             (swaths that leave frames empty for hours), never more than the
             series has (:func:`xrimpute.engine.choose_window`). The first guess
             the network starts from looks along them.
-        preset : {"auto", "narrow", "lite", "tiny", "small", "base"}, default "auto"
-            Network size; ``"auto"`` is ``"base"`` on a GPU and ``"narrow"`` (its body
-            at half resolution, 16 channels wide) on the CPU. Every network starts from a classical
-            first guess made from its context and learns the correction to it.
+        preset : {"auto", "narrow", "lite", "tiny", "small", "base"}
+            Network size, default ``"auto"``: ``"base"`` on a GPU and ``"narrow"`` (its
+            body at half resolution, 16 channels wide) on the CPU. Every network starts
+            from a classical first guess made from its context and learns the correction
+            to it.
         steps : int, optional
             Training steps (optimiser updates). Default: on the CPU, as many as
             ``max_time`` allows (5 minutes unless given); on a GPU, 2000. Only an
