@@ -409,6 +409,7 @@ FIT_ARGUMENTS = [
     (dict(max_time=-1.0), ArgumentError, "max_time must be > 0"),
     (dict(lr=0.0), ArgumentError, "lr must be > 0"),
     (dict(device="tpu"), ArgumentError, "device='tpu' is not a torch device"),
+    (dict(preset="narow"), ArgumentError, "unknown network preset 'narow'; choose 'auto'"),
     pytest.param(dict(device="cuda"), ArgumentError, "no usable CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
 ]

@@ -249,10 +249,13 @@ def grid_digest(grid: dict) -> str:
     return hashlib.sha256(values.tobytes()).hexdigest()[:16]
 
 
-def check_fit_options(window, tile, val_fraction, device, history=None, nearby=None) -> None:
+def check_fit_options(window, tile, val_fraction, device, history=None, nearby=None, preset="auto") -> None:
     """Refuse fit options that cannot work, before any data is read."""
     arguments.check(window=window, tile=tile, val_fraction=val_fraction)
     arguments.check_device(device)
+    if preset != "auto" and preset not in PRESETS:
+        raise ArgumentError(f"unknown network preset {preset!r}; choose 'auto' (narrow on the CPU, base on a GPU) "
+                            f"or one of {sorted(PRESETS)}")
     if history not in (None, True, False):
         raise ArgumentError(f"history must be True, False or None (decide from the observations), not {history!r}")
     if nearby not in (None, True, False):
@@ -380,7 +383,7 @@ class Engine:
         :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns joins
         the validation.
         """
-        check_fit_options(config.window, config.tile, val_fraction, device, config.history, config.nearby)
+        check_fit_options(config.window, config.tile, val_fraction, device, config.history, config.nearby, preset)
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
         spec = masks.resolve(mask, stats.observed, verbose=verbose)

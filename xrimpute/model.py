@@ -312,7 +312,7 @@ class CtxDiffModel:
         read piece by piece in the background, and validation uses a few windows
         spread over the archive that training never sees.
         """
-        check_fit_options(window, tile, val_fraction, or_option("device", device), history, nearby)
+        check_fit_options(window, tile, val_fraction, or_option("device", device), history, nearby, preset)
         options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
                                **train_options)
         values, layout = cube.to_array(obj, lazy=True)
