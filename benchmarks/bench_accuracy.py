@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-CLASSICAL = ("mean", "interpolate", "temporal", "telea", "ns_inpaint", "normalised_convolution", "rbf")
+CLASSICAL = ("mean", "interpolate", "akima", "temporal", "telea", "ns_inpaint", "normalised_convolution", "rbf")
 STATION_PEERS = ("kriging", "rbf")  # also shown in a column of their own on station rows
 PDE = dict(n_samples=8, frames=32)  # trajectories x frames of the generated cubes (64 x 64 cells)
 CASES = {

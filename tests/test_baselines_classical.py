@@ -8,6 +8,7 @@ import xarray as xr
 from xrimpute import baselines
 from xrimpute.baselines import (
     METHODS,
+    akima_array,
     dineof_array,
     fill,
     interpolate_array,
@@ -16,7 +17,7 @@ from xrimpute.baselines import (
     temporal_array,
 )
 
-CLASSICAL = ["interpolate", "telea", "ns_inpaint", "temporal", "dineof"]
+CLASSICAL = ["interpolate", "akima", "telea", "ns_inpaint", "temporal", "dineof"]
 
 
 def smooth_field(n_steps=12, height=16, width=20):
@@ -163,6 +164,45 @@ def test_interpolate_uses_the_time_coordinate(descending):
 def test_interpolate_extrapolates_with_the_nearest_observation():
     series = np.array([np.nan, np.nan, 2.0, np.nan, 4.0, np.nan])[:, None, None]
     np.testing.assert_array_equal(interpolate_array(series).ravel(), [2, 2, 2, 3, 4, 4])
+
+
+# ---------------------------------------------------------------- akima
+
+
+def test_akima_draws_scipys_spline_through_each_cell_and_the_nearest_beyond_the_ends():
+    from scipy.interpolate import Akima1DInterpolator
+
+    rng = np.random.default_rng(5)
+    times = np.sort(rng.uniform(0, 50, 40))  # irregular steps
+    field = np.sin(times / 3)[:, None, None] * rng.normal(size=(1, 4, 5)) + rng.normal(size=(40, 4, 5))
+    observed = rng.random(field.shape) < rng.uniform(0.1, 0.9, (1, 4, 5))  # cells from sparse to dense
+    observed[[0, -1], 0, 0] = False  # ends to extrapolate
+    observed[:, 1, 1] = False
+    observed[[7, 20], 1, 1] = True  # two observations: a straight line
+    filled = akima_array(np.where(observed, field, np.nan), times=times)
+    for i, j in np.ndindex(4, 5):
+        steps = np.flatnonzero(observed[:, i, j])
+        inner = slice(steps[0], steps[-1] + 1)
+        if len(steps) >= 3:
+            expected = Akima1DInterpolator(times[steps], field[steps, i, j])(times[inner])
+        else:
+            expected = np.interp(times[inner], times[steps], field[steps, i, j])
+        np.testing.assert_allclose(filled[inner, i, j], expected, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(filled[: steps[0], i, j], field[steps[0], i, j])
+        np.testing.assert_array_equal(filled[steps[-1] + 1 :, i, j], field[steps[-1], i, j])
+
+
+def test_akima_follows_a_curve_that_straight_lines_cut_across():
+    times = np.arange(48.0)
+    daily = np.sin(2 * np.pi * times / 24)[:, None, None] * np.ones((1, 3, 3))
+    observed = np.zeros(daily.shape, bool)
+    observed[::3] = True  # every third hour, the last at hour 45
+    values = np.where(observed, daily, np.nan)
+    gaps = ~observed
+    gaps[46:] = False  # beyond the last observation both take it
+    error = {name: np.sqrt(np.mean((core(values) - daily)[gaps] ** 2)) for name, core in
+             (("akima", akima_array), ("interpolate", interpolate_array))}
+    assert error["akima"] < 0.5 * error["interpolate"], error  # measured 0.020 against 0.049
 
 
 # ---------------------------------------------------------------- temporal

@@ -18,6 +18,7 @@ import xarray as xr
 from xrimpute import cube
 from xrimpute.baselines.classical import (
     DineofResult,
+    akima_array,
     dineof_array,
     interpolate_array,
     kriging_array,
@@ -35,12 +36,14 @@ __all__ = [
     "METHODS",
     "fill",
     "interpolate",
+    "akima",
     "telea",
     "ns_inpaint",
     "temporal",
     "dineof",
     "DineofResult",
     "interpolate_array",
+    "akima_array",
     "telea_array",
     "ns_inpaint_array",
     "temporal_array",
@@ -62,6 +65,7 @@ def _dineof_filled(values, **options):
 
 METHODS = {
     "interpolate": interpolate_array,
+    "akima": akima_array,
     "telea": telea_array,
     "ns_inpaint": ns_inpaint_array,
     "temporal": temporal_array,
@@ -90,7 +94,8 @@ def fill(obj: xr.DataArray | xr.Dataset, method: str = "interpolate", axes: cube
         A cube with time, latitude and longitude dims in any order, optionally a
         sample dim (each sample is filled on its own).
     method : str
-        A key of :data:`METHODS`: ``"interpolate"``, ``"telea"``, ``"ns_inpaint"``,
+        A key of :data:`METHODS`: ``"interpolate"``, ``"akima"`` (an Akima spline
+        in time), ``"telea"``, ``"ns_inpaint"``,
         ``"temporal"``, ``"dineof"``, ``"rbf"`` (thin-plate spline),
         ``"normalised_convolution"``, ``"kriging"`` (ordinary, with PyKrige), or
         one registered by another module.
@@ -120,6 +125,14 @@ def interpolate(obj, *, axes: cube.Axes | None = None):
     See :func:`fill` for ``obj`` and ``axes`` and :func:`interpolate_array` for the method.
     """
     return fill(obj, "interpolate", axes=axes)
+
+
+def akima(obj, *, axes: cube.Axes | None = None):
+    """An Akima spline in time at each cell, then in space for cells never observed.
+
+    See :func:`fill` for ``obj`` and ``axes`` and :func:`akima_array` for the method.
+    """
+    return fill(obj, "akima", axes=axes)
 
 
 def telea(obj, radius: int = 3, *, axes: cube.Axes | None = None):

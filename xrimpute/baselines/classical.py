@@ -108,10 +108,55 @@ def _fill_space(field: np.ndarray, known: np.ndarray, linear: bool) -> np.ndarra
     return field
 
 
-def _time_then_space(field, times, linear):
-    """Fill along time at each cell, then the cells never observed from the others in space."""
+def _fill_time_akima(series: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Fill a ``(T, S)`` array along time with the Akima spline through each cell's observations, as
+    ``scipy.interpolate.Akima1DInterpolator`` draws it (and ``xarray``'s ``interpolate_na(method="akima")``),
+    all cells at once; nearest beyond a cell's first and last observation, linear where a cell has only two.
+    Cells never observed stay NaN."""
+    filled = _fill_time(series, times, linear=True)  # the ends, and cells with too few observations for a spline
+    observed = np.isfinite(series)
+    counts = observed.sum(axis=0)
+    cells = np.flatnonzero(counts >= 3)
+    if not len(cells):
+        return filled
+    seen, n = observed[:, cells], counts[cells]
+    order = np.argsort(~seen, axis=0, kind="stable")[: n.max()]  # each cell's observed steps first, in order
+    x, y = times[order], np.take_along_axis(series[:, cells], order, axis=0)
+    k = np.arange(len(order))[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):  # past a cell's last observation: unused
+        secant = np.diff(y, axis=0) / np.diff(x, axis=0)
+    # secants padded by two extrapolated ones at either end (Akima 1970): m[j] is secant j - 2
+    m = np.empty((len(order) + 3, len(cells)))
+    m[2:-2] = secant
+    m[1], m[0] = 2 * m[2] - m[3], 3 * m[2] - 2 * m[3]
+    last = np.take_along_axis(m, n[None], axis=0)[0], np.take_along_axis(m, n[None] - 1, axis=0)[0]
+    np.put_along_axis(m, n[None] + 1, 2 * last[0] - last[1], axis=0)
+    np.put_along_axis(m, n[None] + 2, 3 * last[0] - 2 * last[1], axis=0)
+    left, right = np.abs(m[1:-2] - m[:-3]), np.abs(m[3:] - m[2:-1])
+    weight = left + right
+    tiny = 1e-9 * np.where(k < n, weight, -np.inf).max(axis=0)  # where a slope is undefined, as scipy decides
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = np.where(weight > tiny, (right * m[1:-2] + left * m[2:-1]) / weight, 0.5 * (m[3:] + m[:-3]))
+    # every step between two observations of its cell: the cubic Hermite piece through them
+    before = np.cumsum(seen, axis=0) - 1  # rank of the last observation at or before each step
+    inside = ~seen & (before >= 0) & (before < n - 1)
+    rank, column = np.nonzero(inside)[0], np.nonzero(inside)[1]
+    i0 = before[rank, column]
+    x0, x1, y0, y1 = x[i0, column], x[i0 + 1, column], y[i0, column], y[i0 + 1, column]
+    step = x1 - x0
+    s = (times[rank] - x0) / step
+    value = ((2 * s**3 - 3 * s**2 + 1) * y0 + (s**3 - 2 * s**2 + s) * step * slope[i0, column]
+             + (3 * s**2 - 2 * s**3) * y1 + (s**3 - s**2) * step * slope[i0 + 1, column])
+    filled[rank, cells[column]] = value
+    return filled
+
+
+def _time_then_space(field, times, linear, akima=False):
+    """Fill along time at each cell (an Akima spline with ``akima``), then the cells never observed from the
+    others in space."""
     n_steps = field.shape[0]
-    series = _fill_time(field.reshape(n_steps, -1).astype(np.float64), _time_positions(times, n_steps), linear)
+    series, times = field.reshape(n_steps, -1).astype(np.float64), _time_positions(times, n_steps)
+    series = _fill_time_akima(series, times) if akima else _fill_time(series, times, linear)
     known = np.isfinite(series).all(axis=0).reshape(field.shape[1:])
     return _keep_observed(field, _fill_space(series.reshape(field.shape), known, linear))
 
@@ -138,6 +183,31 @@ def interpolate_array(values: np.ndarray, times=None) -> np.ndarray:
         Same shape and dtype, gaps filled.
     """
     return _per_field(_time_then_space, values, times=times, linear=True)
+
+
+def akima_array(values: np.ndarray, times=None) -> np.ndarray:
+    """An Akima spline in time at each cell, then in space for cells never observed.
+
+    Along time: the Akima spline through the observations of a cell, as
+    ``xarray``'s ``interpolate_na(method="akima")`` draws it (less prone to
+    overshoot than a cubic spline; it follows a diurnal cycle that straight
+    lines cut across), the nearest observation beyond the first and last,
+    linear where a cell has only two. Cells never observed are then filled as
+    :func:`interpolate_array` fills them.
+
+    Parameters
+    ----------
+    values : ndarray
+        ``(T, H, W)`` or ``(N, C, T, H, W)``, NaN where unobserved.
+    times : array_like of float, optional
+        Positions of the ``T`` time steps (default: the step index).
+
+    Returns
+    -------
+    ndarray
+        Same shape and dtype, gaps filled.
+    """
+    return _per_field(_time_then_space, values, times=times, linear=True, akima=True)
 
 
 def temporal_array(values: np.ndarray, times=None) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from xrimpute.baselines.classical import (dineof_array, interpolate_array, normalised_convolution_array,
+from xrimpute.baselines.classical import (akima_array, dineof_array, interpolate_array, normalised_convolution_array,
                                           ns_inpaint_array, rbf_array, telea_array, temporal_array)
 from xrimpute.errors import SkillWarning
 from xrimpute.samplers import ArrayWindows
@@ -64,6 +64,7 @@ FILLERS = {  # cheapest first (per cell, measured on one core)
     "temporal": Filler(temporal_array, None, _per_cell(0.3), takes_times=True),
     "normalised_convolution": Filler(normalised_convolution_array, 4, _per_cell(0.3)),  # 4 sigma_time = 4 steps
     "interpolate": Filler(interpolate_array, None, _per_cell(1.0), takes_times=True),
+    "akima": Filler(akima_array, None, _per_cell(1.5), takes_times=True),
     "ns_inpaint": Filler(ns_inpaint_array, 0, _per_cell(2.5)),
     "telea": Filler(telea_array, 0, _per_cell(3.0)),
     "rbf": Filler(rbf_array, 0, _per_cell(5.0)),
