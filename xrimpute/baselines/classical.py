@@ -140,14 +140,14 @@ def _fill_time_akima(series: np.ndarray, times: np.ndarray) -> np.ndarray:
     # every step between two observations of its cell: the cubic Hermite piece through them
     before = np.cumsum(seen, axis=0) - 1  # rank of the last observation at or before each step
     inside = ~seen & (before >= 0) & (before < n - 1)
-    rank, column = np.nonzero(inside)[0], np.nonzero(inside)[1]
-    i0 = before[rank, column]
+    at, column = np.nonzero(inside)
+    i0 = before[at, column]
     x0, x1, y0, y1 = x[i0, column], x[i0 + 1, column], y[i0, column], y[i0 + 1, column]
-    step = x1 - x0
-    s = (times[rank] - x0) / step
-    value = ((2 * s**3 - 3 * s**2 + 1) * y0 + (s**3 - 2 * s**2 + s) * step * slope[i0, column]
-             + (3 * s**2 - 2 * s**3) * y1 + (s**3 - s**2) * step * slope[i0 + 1, column])
-    filled[rank, cells[column]] = value
+    span = x1 - x0
+    s = (times[at] - x0) / span
+    value = ((2 * s**3 - 3 * s**2 + 1) * y0 + (s**3 - 2 * s**2 + s) * span * slope[i0, column]
+             + (3 * s**2 - 2 * s**3) * y1 + (s**3 - s**2) * span * slope[i0 + 1, column])
+    filled[at, cells[column]] = value
     return filled
 
 
