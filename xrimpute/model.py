@@ -283,10 +283,10 @@ class CtxDiffModel:
             block.
         compare_classical : bool, default True
             After training, also score the package's classical fillers
-            (:mod:`xrimpute.baselines`: interpolation in time, Telea and
-            Navier-Stokes inpainting, normalised convolution, ..., DINEOF when it
-            fits the time budget) on the same held-back cells, within a budget of
-            a tenth of the training time (at least 10 s), into
+            (:mod:`xrimpute.baselines`: interpolation in time, linear and Akima,
+            Telea and Navier-Stokes inpainting, normalised convolution, ..., DINEOF
+            when it fits the time budget) on the same held-back cells, within a
+            budget of a tenth of the training time (at least 10 s), into
             ``model.validation["classical"]``; if the best of them beats the
             network, warn (:class:`~xrimpute.errors.SkillWarning`, unless
             ``verbose=False``) with the call that runs it
