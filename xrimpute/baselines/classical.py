@@ -134,7 +134,7 @@ def _fill_time_akima(series: np.ndarray, times: np.ndarray) -> np.ndarray:
     np.put_along_axis(m, n[None] + 2, 3 * last[0] - 2 * last[1], axis=0)
     left, right = np.abs(m[1:-2] - m[:-3]), np.abs(m[3:] - m[2:-1])
     weight = left + right
-    tiny = 1e-9 * np.where(k < n, weight, -np.inf).max(axis=0)  # where a slope is undefined, as scipy decides
+    tiny = 1e-9 * np.where(k < n, weight, -np.inf).max(axis=0)  # scipy's rule for an undefined slope, per cell
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where(weight > tiny, (right * m[1:-2] + left * m[2:-1]) / weight, 0.5 * (m[3:] + m[:-3]))
     # every step between two observations of its cell: the cubic Hermite piece through them

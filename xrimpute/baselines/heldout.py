@@ -64,7 +64,7 @@ FILLERS = {  # cheapest first (per cell, measured on one core)
     "temporal": Filler(temporal_array, None, _per_cell(0.3), takes_times=True),
     "normalised_convolution": Filler(normalised_convolution_array, 4, _per_cell(0.3)),  # 4 sigma_time = 4 steps
     "interpolate": Filler(interpolate_array, None, _per_cell(1.0), takes_times=True),
-    "akima": Filler(akima_array, None, _per_cell(1.5), takes_times=True),
+    "akima": Filler(akima_array, None, _per_cell(2.5), takes_times=True),  # 2-3 times interpolate
     "ns_inpaint": Filler(ns_inpaint_array, 0, _per_cell(2.5)),
     "telea": Filler(telea_array, 0, _per_cell(3.0)),
     "rbf": Filler(rbf_array, 0, _per_cell(5.0)),
