@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from dask import is_dask_collection
+from tqdm.auto import tqdm
 
 from . import arguments, masks
 from .diffusion import VPSchedule, impute_ensemble
@@ -469,12 +470,13 @@ class Engine:
                 ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
             compared = compare(windows, history) if compare is not None and history.val else {}
-            scores, estimates = (_context_scores(ema, validate, history) if validate is not None and history.val
-                                 else ({}, {}))
-            # a tie keeps the sampled contexts, the paper's estimate
-            context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled")) if scores else None
-            weights, weighted = (validate.correction_weights(ema, context, estimates.get(context)) if scores
-                                 else (None, None))
+            scores, estimates, weights, weighted, context = {}, {}, None, None, None
+            if validate is not None and history.val:
+                imputed = ImputedHeldBack(validate, windows, ema.nearby_span, ema.flows, progress)
+                scores, estimates = _context_scores(ema, imputed)
+                # a tie keeps the sampled contexts, the paper's estimate
+                context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled"))
+                weights, weighted = imputed.correction_weights(ema, context, estimates[context])
         finally:
             windows.close()
         validation = None
@@ -813,12 +815,11 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     return label, errors
 
 
-def _context_scores(net, held_back: HeldBack, history: History) -> tuple[dict, dict]:
-    """The final network's scores on the held-back cells with each context of imputation (the sampled contexts'
-    is training's last validation), and the estimates behind them that were made here (the observed context's),
-    for :meth:`HeldBack.correction_weights` to reuse."""
-    observed = held_back.estimate(net, context="observed")
-    return {"sampled": history.val[-1], "observed": held_back.score(observed)}, {"observed": observed}
+def _context_scores(net, held_back: HeldBack) -> tuple[dict, dict]:
+    """The final network's scores on the held-back cells with each context of imputation, and the estimates
+    behind them, for :meth:`HeldBack.correction_weights` to reuse."""
+    estimates = {context: held_back.estimate(net, context) for context in ("sampled", "observed")}
+    return {context: held_back.score(estimate) for context, estimate in estimates.items()}, estimates
 
 
 class HeldBack:
@@ -867,6 +868,48 @@ class HeldBack:
         return weights, self.score(guess + torch.tensor(weights).view(1, -1, 1, 1, 1) * correction)
 
 
+class ImputedHeldBack(HeldBack):
+    """The held-back cells of a :class:`HeldBack` estimated as imputation fills them: each validation window
+    imputed with every window overlapping it (stride 1, overlaps blended), from the steps around it as training
+    saw them (``windows.validation_context``, the series the classical fillers are scored on). A single window
+    guesses its edge steps from one side; imputation averages the windows around each step, so scoring one
+    window would rank the network below what it fills, most where the gaps move."""
+
+    def __init__(self, held_back: HeldBack, windows, nearby_span: int = 0, flow: bool = False,
+                 progress: bool = False):
+        super().__init__(held_back.xs, held_back.ms, held_back.hs, {}, held_back.spec, held_back.device,
+                         held_back.seed, held_back.K)
+        self.nearby_span, self.flow, self.progress = nearby_span, flow, progress
+        window = self.xs.shape[2]
+        static = held_back.inputs.get("static")
+        totals = getattr(windows, "totals", None)
+        self.stretches = []  # per validation window: values, observed, first step of the window, static, totals
+        for series, _, places in windows.validation_context(window - 1 + nearby_span):
+            for b, (sample, _, steps, *box) in places:
+                cut = series[sample][(slice(None), slice(None), *box)]
+                i, _, r, c = windows.validation_jobs[b]
+                th, tw = cut.shape[-2:]
+                own = None if totals is None else np.asarray(totals[i, :, r : r + th, c : c + tw])[None]
+                self.stretches.append((np.nan_to_num(cut)[None], np.isfinite(cut)[None], steps.start,
+                                       None if static is None else static[b].cpu().numpy(), own))
+
+    def estimate(self, net, context: str = "sampled") -> torch.Tensor:
+        """``net``'s imputation of the validation windows, the same contexts drawn for every network; the
+        observed context's estimate is one pass, as imputation makes it."""
+        window, estimates = self.xs.shape[2], []
+        for b, (values, observed, start, static, totals) in enumerate(
+                tqdm(self.stretches, desc="scoring held-back cells", disable=not self.progress, leave=False)):
+            steps, h, w = values.shape[2:]
+            piece = Piece((steps, h, w), (0, 0, 0, 0), ((start, start + window), (0, h), (0, w)))
+            mean, _ = impute_series(net, values, observed, self.spec, VPSchedule(), window,
+                                    K=1 if context == "observed" else self.K, device=self.device,
+                                    seed=self.seed + b, autocast=mixed_precision(self.device), progress=False,
+                                    static=static, piece=piece, context=context, totals=totals,
+                                    nearby_span=self.nearby_span, flow=self.flow)
+            estimates.append(mean[0])
+        return torch.as_tensor(np.stack(estimates))
+
+
 __all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window",
-           "needs_history", "offers_flow", "offers_nearby", "training_tile", "Engine", "HeldBack", "ImputeConfig",
+           "needs_history", "offers_flow", "offers_nearby", "training_tile", "Engine", "HeldBack", "ImputeConfig", "ImputedHeldBack",
            "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

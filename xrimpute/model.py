@@ -300,7 +300,8 @@ class CtxDiffModel:
         -------
         CtxDiffModel
             The trained model; ``model.validation`` holds its skill on the
-            held-back cells, and where all of the network's correction to its
+            held-back cells (filled as :meth:`impute` fills them, every window
+            overlapping theirs blended), and where all of the network's correction to its
             first guess fills them worse than a share of it, the share that
             imputation keeps per variable (``correction_weight``; the
             network's own score is ``network_nmse``).

@@ -1,0 +1,57 @@
+"""A fit scores its final network on the held-back cells as imputation fills them: overlapping windows blended."""
+import numpy as np
+import torch
+
+from synthetic import blobs
+from xrimpute.engine import Engine, HeldBack, ImputedHeldBack
+from xrimpute.masks import Pixel
+from xrimpute.samplers import training_windows
+
+WINDOW, STEPS = 4, 30
+
+
+def window_position(values, mask, t, **inputs):
+    """A stand-in network whose estimate at every cell is the cell's step within its window."""
+    return torch.arange(values.shape[2], dtype=values.dtype).view(1, 1, -1, 1, 1).expand_as(values)
+
+
+def sampler(**options):
+    values = blobs(n=2, t=STEPS, size=12, seed=3).values[:, None].astype(np.float32)
+    values = np.where(np.random.default_rng(0).random(values.shape) < 0.5, values, np.nan)
+    mean, std = np.nanmean(values, keepdims=True)[0, 0], np.nanstd(values, keepdims=True)[0, 0]
+    return training_windows(values, Pixel(0.7), mean.ravel(), std.ravel(), window=WINDOW, val_fraction=0.2,
+                            seed=0, **options)
+
+
+def blended_position(step: int) -> float:
+    """The mean step within its window of ``step`` over every window of the series that holds it (stride 1)."""
+    starts = range(max(0, step - WINDOW + 1), min(step, STEPS - WINDOW) + 1)
+    return float(np.mean([step - start for start in starts]))
+
+
+def test_each_held_back_cell_takes_the_mean_of_every_window_holding_it_where_one_window_gives_its_own_guess():
+    windows = sampler()
+    held_back = HeldBack(*windows.validation, Pixel(0.7), torch.device("cpu"), seed=0)
+    imputed = ImputedHeldBack(held_back, windows)
+    single, blended = held_back.estimate(window_position, "sampled"), imputed.estimate(window_position, "sampled")
+    hs = held_back.hs.bool()
+    assert hs.any() and len(windows.validation_jobs) > 2
+    for b, (_, start, _, _) in enumerate(windows.validation_jobs):
+        for k in range(WINDOW):
+            cells = hs[b, :, k]
+            if cells.any():
+                assert torch.all(single[b, :, k][cells] == k)
+                np.testing.assert_allclose(blended[b, :, k][cells].numpy(), blended_position(start + k), rtol=1e-6)
+    middle = [b for b, (_, start, _, _) in enumerate(windows.validation_jobs) if WINDOW <= start <= STEPS - 2 * WINDOW]
+    assert middle and torch.all(blended[middle][hs[middle]] == (WINDOW - 1) / 2)  # the edges of a window no worse
+    assert torch.equal(held_back.xs, imputed.xs) and torch.equal(held_back.hs, imputed.hs)  # the same cells
+
+
+def test_tiles_history_and_nearby_steps_reach_the_network_as_imputation_cuts_them():
+    values = blobs(n=1, t=24, size=16, seed=1).values[:, None].astype(np.float32)
+    values = np.where(np.random.default_rng(2).random(values.shape) < 0.3, values, np.nan)
+    engine = Engine.fit_array(values, mask="pixel", window=4, tile=(8, 8), history=True, nearby=True, steps=2,
+                              batch_size=2, progress=False, verbose=False)
+    v = engine.config.validation
+    assert engine.denoiser.uses_history and engine.denoiser.nearby_span and engine.config.tile == [8, 8]
+    assert 0 < v["context_nmse"]["sampled"] < 10 and 0 < v["context_nmse"]["observed"] < 10
