@@ -92,7 +92,7 @@ def test_along_the_flow_the_cells_of_a_gap_that_stays_put_meet_their_upstream_ob
 
 def in_place_reach(values, observed, start, window) -> float:
     """Share of the window's gap cells with an observation of their own cell either side."""
-    _, before_steps, _, after_steps = nearby_observations(values, observed, start, window, NEARBY_SPAN)
+    _, before_steps, _, after_steps = nearby_observations(values, observed, start, window, NEARBY_SPAN, depth=1)
     gap = ~observed[0, start]
     return float(((before_steps > 0) | (after_steps > 0))[gap].mean())
 
@@ -103,7 +103,7 @@ def test_at_rest_the_flow_gives_the_nearby_observations_in_place_counted_from_ea
     observed = rng.random(values.shape) < 0.3
     start, window = 10, 4
     flow = nearby_observations(values, observed, start, window, NEARBY_SPAN, flow=True)
-    still = nearby_observations(values, observed, start, window, NEARBY_SPAN)
+    still = nearby_observations(values, observed, start, window, NEARBY_SPAN, depth=1)
     k = np.arange(window)[:, None, None]
     np.testing.assert_allclose(flow[0], np.broadcast_to(still[0], flow[0].shape), atol=1e-5)
     np.testing.assert_allclose(flow[1], np.where(still[1] > 0, still[1] + k, 0), atol=1e-5)

@@ -45,19 +45,24 @@ def test_the_nearest_observations_either_side_and_their_distances_from_a_stretch
     observed = np.zeros(values.shape, bool)
     observed[0, [1, 3, 9], 0] = True  # cell 0: before and after
     observed[0, [10], 1] = True  # cell 1: after only, 5 steps beyond the window's last step
-    out = nearby_observations(values, observed, 4, 2, span=24)  # the window holds steps 4 and 5
+    out = nearby_observations(values, observed, 4, 2, span=24, depth=1)  # the window holds steps 4 and 5
     assert out.shape == (4, 2, 1)
     np.testing.assert_array_equal(out[:, 0, 0], [3, 1, 9, 4])  # value 3 one step before step 4; 9 four after 5
     np.testing.assert_array_equal(out[:, 1, 0], [0, 0, 10, 5])
-    np.testing.assert_array_equal(nearby_observations(values, observed, 4, 2, span=3)[:, 0, 0], [3, 1, 0, 0])
-    np.testing.assert_array_equal(nearby_observations(values, observed, 0, 2, span=24)[:2, 0, 0], [0, 0])
+    np.testing.assert_array_equal(nearby_observations(values, observed, 4, 2, 3, depth=1)[:, 0, 0], [3, 1, 0, 0])
+    np.testing.assert_array_equal(nearby_observations(values, observed, 0, 2, 24, depth=1)[:2, 0, 0], [0, 0])
+    deep = nearby_observations(values, observed, 4, 2, span=24)  # three either side, the nearest first
+    assert deep.shape == (12, 2, 1)
+    np.testing.assert_array_equal(deep[:, 0, 0], [3, 1, 0, 1, 3, 0, 9, 0, 0, 4, 0, 0])
+    np.testing.assert_array_equal(deep[:, 1, 0], [0, 0, 0, 0, 0, 0, 10, 0, 0, 5, 0, 0])
     stretch = slice(1, 12)  # a cut holding the span either side gives the same
-    np.testing.assert_array_equal(nearby_observations(values[:, stretch], observed[:, stretch], 3, 2, 24), out)
+    np.testing.assert_array_equal(nearby_observations(values[:, stretch], observed[:, stretch], 3, 2, 24), deep)
     inside = values.copy()
     inside[:, 4:6] += 100.0  # the window's own cells (every query cell) never reach it
-    np.testing.assert_array_equal(nearby_observations(inside, observed | True, 4, 2, 24)[[1, 3]],
-                                  nearby_observations(values, observed | True, 4, 2, 24)[[1, 3]])
-    np.testing.assert_array_equal(nearby_observations(inside, observed, 4, 2, 24), out)
+    steps = [3, 4, 5, 9, 10, 11]
+    np.testing.assert_array_equal(nearby_observations(inside, observed | True, 4, 2, 24)[steps],
+                                  nearby_observations(values, observed | True, 4, 2, 24)[steps])
+    np.testing.assert_array_equal(nearby_observations(inside, observed, 4, 2, 24), deep)
 
 
 def test_the_baseline_is_the_line_between_the_two_or_a_lone_one_nearby_and_the_plain_guess_is_kept_elsewhere():
@@ -83,6 +88,54 @@ def test_the_baseline_is_the_line_between_the_two_or_a_lone_one_nearby_and_the_p
     far, far_mask = values[:, :, :, 2:] * mask[:, :, :, 2:], mask[:, :, :, 2:]  # no cell with a line: the plain guess
     assert torch.equal(nearby_guess(first_guess, far, far_mask, nearby[:, :, 2:], 24)[0],
                        first_guess(far, far_mask)[0])
+
+
+def test_the_curved_baseline_is_the_akima_spline_through_three_observations_either_side_or_the_line_through_two():
+    from scipy.interpolate import Akima1DInterpolator
+
+    rng = np.random.default_rng(4)
+    values = rng.standard_normal((2, 50, 6, 7)).cumsum(1).astype(np.float32)
+    observed = rng.random(values.shape) < 0.3
+    start, window = 22, 5
+    observed[:, start : start + window] = False
+    observed[0, :, 0, 0] = False
+    observed[0, [20, 29], 0, 0] = True  # one observation either side: the straight line
+    nearby = torch.as_tensor(nearby_observations(values, observed, start, window, NEARBY_SPAN))[None]
+    curve, known = nearby_baseline(nearby, window, NEARBY_SPAN, depth=3, curve=True)
+    line, _ = nearby_baseline(nearby, window, NEARBY_SPAN, depth=3)
+    steps, checked = np.arange(start, start + window), 0
+    for c, y, x in np.ndindex(2, 6, 7):
+        before = [s for s in range(start - 1, start - NEARBY_SPAN - 1, -1) if s >= 0 and observed[c, s, y, x]][:3]
+        after = [s for s in range(start + window, start + window + NEARBY_SPAN) if s < 50 and observed[c, s, y, x]]
+        if not before or not after[:1] or after[0] - before[0] > NEARBY_SPAN:
+            continue
+        knots = sorted(before) + after[:3]
+        expected = (np.interp(steps, knots, values[c, knots, y, x]) if len(knots) == 2 else
+                    Akima1DInterpolator(np.array(knots, float), values[c, knots, y, x].astype(float))(steps))
+        assert known[0, c, :, y, x].all()
+        np.testing.assert_allclose(curve[0, c, :, y, x], expected, rtol=1e-5, atol=1e-5)
+        checked += 1
+    assert checked > 40
+    np.testing.assert_allclose(curve[0, 0, :, 0, 0], line[0, 0, :, 0, 0], rtol=1e-6)
+    assert (known & ~torch.isclose(curve, line)).any()  # the curve bends where three observations either side say so
+    nearest = torch.as_tensor(nearby_observations(values, observed, start, window, NEARBY_SPAN, depth=1))[None]
+    np.testing.assert_array_equal(line, nearby_baseline(nearest, window, NEARBY_SPAN)[0])  # the nearest alone
+
+
+def test_a_new_fit_curves_the_baseline_and_a_model_file_without_the_curve_keeps_its_straight_line(tmp_path):
+    values = blocks_anew(slow_waves(t=30))
+    engine = Engine.fit_array(values, mask="block", nearby=True, steps=1, batch_size=2, progress=False,
+                              verbose=False)
+    assert engine.denoiser.config["curve"] and not engine.denoiser.flows
+    assert Engine.load(engine.save(tmp_path / "curved.xri")).denoiser.config["curve"]
+    options = ImputeConfig(K=1, context="observed", progress=False)
+    curved, _ = engine.fill(values, options)
+    del engine.denoiser.config["curve"]  # as a file written before the curve reads
+    straight = Engine.load(engine.save(tmp_path / "straight.xri"))
+    assert "curve" not in straight.denoiser.config
+    gaps = np.isnan(values)
+    assert not np.allclose(straight.fill(values, options)[0][gaps], curved[gaps])
+    np.testing.assert_array_equal(straight.fill(values, options)[0], engine.fill(values, options)[0])
 
 
 def test_the_nearby_guess_wins_on_blocks_drawn_anew_each_step_and_not_on_pixels_of_a_field_white_in_time():
@@ -113,7 +166,7 @@ def test_training_windows_carry_nearby_steps_without_held_back_cells_or_an_archi
         expected = nearby_observations(x[i], train_observed[i], s, 4, 6)
         np.testing.assert_array_equal(windows.validation[3]["nearby"][b].numpy(), expected)
     _, _, batch = windows.sample(3, torch.Generator().manual_seed(0))
-    assert batch["nearby"].shape == (3, 4, 16, 20) and float(batch["nearby"][:, 1].max()) > 0
+    assert batch["nearby"].shape == (3, 12, 16, 20) and float(batch["nearby"][:, 3].max()) > 0
 
     chunked = training_windows(da.from_array(values, chunks=(1, 1, 8, 16, 20)), Pixel(0.5), mean, std, window=4,
                                val_fraction=0.2, seed=0, nearby_span=6)
@@ -128,7 +181,7 @@ def test_training_windows_carry_nearby_steps_without_held_back_cells_or_an_archi
                                           nearby_observations(x[i], outside[i], s, 4, 6))
         for _ in range(3):  # pieces carry the span beyond their chunk: as from the whole series
             x_b, m_b, drawn = chunked.sample(4, torch.Generator().manual_seed(1))
-            assert drawn["nearby"].shape == (4, 4, 16, 20)
+            assert drawn["nearby"].shape == (4, 12, 16, 20)
             for b in range(4):  # the drawn window is found by its values; one of its places gives its input
                 places = [(k, s) for k in range(2) for s in range(27) if np.array_equal(x[k, :, s : s + 4],
                                                                                       x_b[b].numpy())]

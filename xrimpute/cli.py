@@ -368,7 +368,7 @@ def _fit_parser(sub) -> None:
                    help="whether the first guess leans on each cell's observations outside the window (default: "
                         "auto, on where the window is longer than 5 steps, as under swaths that leave hours empty)")
     p.add_argument("--nearby", default="auto", choices=tuple(AUTO_ON_OFF),
-                   help="whether the first guess starts from the line between each cell's observations just before "
+                   help="whether the first guess starts from a curve through each cell's observations just before "
                         "and after the window (default: auto, where most gaps have such observations and that "
                         "fills the held-back cells better, as for gaps that move every step)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",

@@ -415,7 +415,8 @@ class Engine:
                    periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True,
                    **({"history": True} if config.history else {}), **({"exact_grid": True} if exact_grid else {}),
                    **({"nearby": init.denoiser.nearby_span} if init is not None and init.denoiser.nearby_span else {}),
-                   **({"flow": True} if init is not None and init.denoiser.flows else {}))
+                   **({"flow": True} if init is not None and init.denoiser.flows else {}),
+                   **({"curve": True} if init is not None and init.denoiser.config.get("curve") else {}))
         if init is not None and {k: v for k, v in init.denoiser.config.items() if k != "guess"} != net:
             raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds {net}; pass the "
                                 "same window, preset, periodic and history")
@@ -450,6 +451,8 @@ class Engine:
                     if verbose:
                         log.info("the first guess follows the flow: the gaps stay put while the field moves "
                                  "through them")
+                else:
+                    net["curve"] = True
             elif init is None:  # the network does without: no more nearby steps to cut
                 windows.nearby_span = 0
                 if windows.validation is not None:
@@ -809,7 +812,7 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
         return None, {}
     xs, ms, hs, inputs = validation
     label, errors = choose_guess(xs, ms, hs, periodic=periodic, history=inputs.get("history"),
-                                 nearby=inputs.get("nearby"), span=NEARBY_SPAN)
+                                 nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True)
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
     return label, errors

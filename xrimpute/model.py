@@ -267,9 +267,10 @@ class CtxDiffModel:
             short window reaches. Imputation then reads the whole series once
             more (a pass over a dask archive) for each cell's totals.
         nearby : bool, optional
-            Let the first guess start from the straight line between each
-            cell's observations just before and just after the window (up to
-            24 steps either side), interpolating departures from it. Default:
+            Let the first guess start from the Akima spline through each
+            cell's three observations just before and three just after the
+            window (up to 24 steps either side; the line with one either
+            side), interpolating departures from it. Default:
             where most gaps have an observation of their own within 12 steps
             (:func:`xrimpute.engine.offers_nearby`) and that guess fills the
             held-back cells better (:func:`xrimpute.nets.prior.choose_guess`),
@@ -540,6 +541,7 @@ class CtxDiffModel:
                            if self.denoiser.uses_history else "")
                         + (f", first guess leaning on each cell's observations up to {self.denoiser.nearby_span} "
                            f"steps before and after the window{' along the flow' if self.denoiser.flows else ''}"
+                           + (" (a curve through three on either side)" if self.denoiser.config.get("curve") else "")
                            if self.denoiser.nearby_span else "")),
             ("training", f"{self.history.step[-1] if self.history.step else 0} steps in "
                          f"{self.history.seconds:.0f} s on {train_info.get('device', '?')}"),

@@ -69,16 +69,23 @@ def outside_window(totals, values: torch.Tensor, observed: torch.Tensor) -> torc
     return (torch.as_tensor(totals, dtype=torch.float64) - window_sums(values, observed)).to(torch.float32)
 
 
-def nearby_observations(values, observed, start: int, window: int, span: int, flow: bool = False,
-                        velocity: tuple[float, float] | None = None) -> np.ndarray:
-    """``(4C, ...)`` float32: each cell's nearest observation before the window of ``window`` steps at ``start``
-    in a stretch ``values``, ``observed`` ``(C, T, ...)`` of a series, and how many steps before the window's
-    first step it lies, then the nearest after and how many steps after its last (0 steps and value: none within
-    ``span`` steps, or the stretch ends first). The input of a first guess that leans on nearby steps
-    (:func:`xrimpute.nets.prior.nearby_baseline`); a stretch holding ``span`` steps either side of the window, or
-    up to the series' ends, gives what the whole series gives.
+NEARBY_DEPTH = 3
+"""Observations :func:`nearby_observations` passes on either side of a window, nearest first: the nearest for a
+straight baseline, three for a curve whose slopes at the nearest two lean on their neighbours
+(:func:`xrimpute.nets.prior.nearby_baseline`)."""
 
-    With ``flow``, the nearest observations along the flow instead of in place (:func:`along_flow`, with its
+
+def nearby_observations(values, observed, start: int, window: int, span: int, flow: bool = False,
+                        velocity: tuple[float, float] | None = None, depth: int = NEARBY_DEPTH) -> np.ndarray:
+    """``(4 depth C, ...)`` float32: each cell's ``depth`` nearest observations before the window of ``window``
+    steps at ``start`` in a stretch ``values``, ``observed`` ``(C, T, ...)`` of a series (nearest first, ``depth``
+    blocks of ``C`` channels) and how many steps before the window's first step each lies, then the nearest after
+    and how many steps after its last (0 steps and value: none within ``span`` steps, or the stretch ends first).
+    The input of a first guess that leans on nearby steps (:func:`xrimpute.nets.prior.nearby_baseline`); a
+    stretch holding ``span`` steps either side of the window, or up to the series' ends, gives what the whole
+    series gives.
+
+    With ``flow``, the nearest observation along the flow instead of in place (:func:`along_flow`, with its
     ``velocity``): ``(4C, window, H, W)``, for every step of the window.
     """
     if flow:
@@ -87,18 +94,22 @@ def nearby_observations(values, observed, start: int, window: int, span: int, fl
     before = slice(max(0, start - span), start)
     after = slice(start + window, min(values.shape[1], start + window + span))
     parts = []
-    for part, last in ((before, True), (after, False)):
-        seen = observed[:, part]
-        steps = seen.shape[1]
-        if steps == 0:
-            parts += [np.zeros(values.shape[:1] + values.shape[2:], np.float32)] * 2
+    for part, outward in ((before, True), (after, False)):
+        seen, near = observed[:, part], values[:, part]
+        if seen.shape[1] == 0:
+            parts += [np.zeros((depth * values.shape[0], *values.shape[2:]), np.float32)] * 2
             continue
-        index = np.arange(steps).reshape(1, steps, *[1] * (seen.ndim - 2))
-        nearest = np.where(seen, index, -1).max(1) if last else np.where(seen, index, steps).min(1)
-        found = (nearest >= 0) & (nearest < steps)
-        value = np.take_along_axis(values[:, part], np.clip(nearest, 0, steps - 1)[:, None], 1)[:, 0]
-        gap = steps - nearest if last else nearest + 1
-        parts += [np.where(found, value, 0.0).astype(np.float32), np.where(found, gap, 0).astype(np.float32)]
+        if outward:  # counted from the window outwards
+            seen, near = seen[:, ::-1], near[:, ::-1]
+        rank = np.cumsum(seen, axis=1)  # the how-many-th observation from the window each step holds
+        found_values, found_steps = [], []
+        for k in range(1, depth + 1):
+            hit = seen & (rank == k)
+            found, index = hit.any(1), np.argmax(hit, axis=1)
+            value = np.take_along_axis(near, index[:, None], 1)[:, 0]
+            found_values.append(np.where(found, value, 0.0).astype(np.float32))
+            found_steps.append(np.where(found, index + 1, 0).astype(np.float32))
+        parts += [np.concatenate(found_values), np.concatenate(found_steps)]
     return np.concatenate(parts)
 
 
@@ -122,7 +133,7 @@ def along_flow(values, observed, start: int, window: int, span: int,
         velocity = flow_velocity(values, observed, start, window)
     middle = (window - 1) / 2
     moved, kept = co_moving(values, observed, start + middle, velocity)
-    found = torch.as_tensor(nearby_observations(moved, kept, start, window, span))
+    found = torch.as_tensor(nearby_observations(moved, kept, start, window, span, depth=1))
     steps = torch.arange(window, dtype=torch.float32)
     offsets = steps - middle  # a trajectory through a cell at step k passed its co-moving cell offset * velocity back
     before, before_gap, after, after_gap = found.chunk(4)

@@ -33,8 +33,9 @@ class Denoiser(nn.Module):
     With ``nearby`` (a span of steps) the guess leans on each cell's nearest
     observations before and after the window
     (:func:`~xrimpute.nets.prior.nearby_guess`), which every call then
-    passes as ``nearby`` ``(B, 4C, H, W)``
-    (:func:`xrimpute.windows.nearby_observations`); with ``flow`` too, the
+    passes as ``nearby`` ``(B, 4 depth C, H, W)``
+    (:func:`xrimpute.windows.nearby_observations`), with ``curve`` through the
+    ``depth`` nearest either side, else the nearest; with ``flow`` too, the
     nearest observations along the flow instead of in place, ``(B, 4C, T, H, W)``
     (``nearby_observations(..., flow=True)``), and how far the flow carried
     each cell's (:func:`~xrimpute.nets.prior.flow_closeness`) is one more
@@ -44,7 +45,7 @@ class Denoiser(nn.Module):
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
                  preset: str = "tiny", periodic: bool = False, first_guess: bool = False,
                  guess: dict | None = None, history: bool = False, nearby: int = 0, flow: bool = False,
-                 **overrides):
+                 curve: bool = False, **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -63,6 +64,8 @@ class Denoiser(nn.Module):
             self.config["nearby"] = int(nearby)
         if flow:
             self.config["flow"] = True
+        if curve:
+            self.config["curve"] = True
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
@@ -101,7 +104,8 @@ class Denoiser(nn.Module):
             raise ValueError(f"this network's first guess leans on the nearby steps {where}; pass "
                              f"nearby=windows.nearby_observations(..., flow={self.flows})")
         if self.nearby_span:
-            return nearby_guess(self.first_guess, values, mask, nearby, self.nearby_span, baseline)
+            return nearby_guess(self.first_guess, values, mask, nearby, self.nearby_span, baseline,
+                                self.config.get("curve", False))
         return self.first_guess(values, mask, baseline)
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,

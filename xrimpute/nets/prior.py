@@ -25,8 +25,8 @@ The guess then interpolates anomalies from that baseline. Observations outside
 the window are never query cells of the window's loss, so Theorem 1 holds.
 
 Where a cell is observed a few steps before and after the window (gaps drawn
-anew every step), the straight line between those two observations is a
-better baseline than any mean: :func:`nearby_baseline`, from each window's
+anew every step), a curve through those observations is a better baseline
+than any mean: :func:`nearby_baseline`, from each window's
 ``nearby`` input (:func:`xrimpute.windows.nearby_observations`), used at the
 cells that have one (:func:`nearby_guess`). Those cells too lie outside the
 window. A fit scores every candidate with and without it and keeps the best.
@@ -354,42 +354,98 @@ def widest_reach(candidates: dict[str, dict] = CANDIDATES) -> int:
 
 NEARBY_SPAN = 24
 """Steps: the widest gap between a cell's observations before and after a window that :func:`nearby_baseline`
-bridges with a straight line; half of it, how far one observation alone reaches."""
+bridges; half of it, how far one observation alone reaches."""
 NEARBY_LABEL = " + nearby steps"
 """Appended to a candidate's name (:func:`choose_guess`) when its guess leans on :func:`nearby_baseline`."""
 FLOW_LABEL = " + flow"
 """Appended instead when those nearby steps lie along the flow (:func:`xrimpute.windows.along_flow`)."""
 
 
-def nearby_baseline(nearby: torch.Tensor, window: int, span: int = NEARBY_SPAN) -> tuple[torch.Tensor, torch.Tensor]:
+def nearby_baseline(nearby: torch.Tensor, window: int, span: int = NEARBY_SPAN, depth: int = 1,
+                    curve: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(baseline, known)`` ``(B, C, T, H, W)``: each cell's baseline at every step of the window from its nearest
-    observations outside it, and where it has one. ``nearby`` ``(B, 4C, H, W)``
-    (:func:`xrimpute.windows.nearby_observations`): the value before the window and how many steps before its
-    first step, the value after and how many steps after its last (0 steps: none within ``span``); or along the
-    flow, ``(B, 4C, T, H, W)``, for every step of the window, the steps counted from that step.
+    observations outside it, and where it has one. ``nearby`` ``(B, 4 depth C, H, W)``
+    (:func:`xrimpute.windows.nearby_observations`): the ``depth`` values before the window, nearest first, and how
+    many steps before its first step each lies, then those after and how many steps after its last (0 steps:
+    none within ``span``); or along the flow, ``(B, 4C, T, H, W)``, for every step of the window, the steps
+    counted from that step.
 
-    The straight line between the two where they lie at most ``span`` steps apart; else the nearer one within
-    ``span / 2`` steps of the step (along the flow, ``span`` steps: a gap the flow carries observations into lies
-    far from them in time; on the advected static blocks that reached 52 % of the gaps instead of 39 % and took the
-    guess's error there from 0.50 to 0.40, ``benchmarks/RESULTS.md``); else none (``known`` False, baseline 0).
+    Between the nearest observation before and the nearest after, where they lie at most ``span`` steps apart:
+    the straight line, or with ``curve`` the Akima spline through up to ``depth`` observations either side as
+    ``scipy.interpolate.Akima1DInterpolator`` draws it through them (:func:`_akima_piece`). Else the nearer one
+    within ``span / 2`` steps of the step (along the flow, ``span`` steps: a gap the flow carries observations
+    into lies far from them in time; on the advected static blocks that reached 52 % of the gaps instead of 39 %
+    and took the guess's error there from 0.50 to 0.40, ``benchmarks/RESULTS.md``); else none (``known``
+    False, baseline 0).
     """
-    before, gap_before, after, gap_after = nearby.to(torch.float32).chunk(4, dim=1)
+    groups = nearby.to(torch.float32).chunk(4, dim=1)
     if nearby.dim() == 5:  # along the flow: per step
+        before, gap_before, after, gap_after = groups
         to_before, to_after, reach = gap_before, gap_after, span
     else:
+        b, _, h, w = nearby.shape
+        # (B, depth, C, 1, H, W), the nearest first
+        before, gap_before, after, gap_after = (g.reshape(b, depth, -1, 1, h, w) for g in groups)
         k = torch.arange(window, device=nearby.device, dtype=torch.float32)[:, None, None]
-        to_before = gap_before[:, :, None] + k  # steps from each step of the window to the observation before
-        to_after = gap_after[:, :, None] + (window - 1 - k)
-        before, gap_before, after, gap_after = (v[:, :, None] for v in (before, gap_before, after, gap_after))
+        to_before = gap_before[:, 0] + k  # steps from each step of the window to the observation before
+        to_after = gap_after[:, 0] + (window - 1 - k)
         reach = span / 2
+        if curve and depth > 1:
+            curved = _akima_piece((-gap_before, before, gap_before > 0),
+                                  (window - 1 + gap_after, after, gap_after > 0), k)
+        before, gap_before, after, gap_after = before[:, 0], gap_before[:, 0], after[:, 0], gap_after[:, 0]
     has_before, has_after = gap_before > 0, gap_after > 0
     line = before + (after - before) * to_before / (to_before + to_after).clamp(min=1)
+    if nearby.dim() == 4 and curve and depth > 1:
+        line = curved
     bridged = has_before & has_after & (to_before + to_after <= span)
     near_before = has_before & (to_before <= reach)
     near_after = has_after & (to_after <= reach)
     nearest = torch.where(near_before & (~near_after | (to_before <= to_after)), before, after)
     known = bridged | near_before | near_after
     return torch.where(bridged, line, torch.where(known, nearest, torch.zeros_like(line))), known
+
+
+def _akima_piece(before: tuple[torch.Tensor, ...], after: tuple[torch.Tensor, ...], at: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T, H, W)``: the piece of the Akima spline through a cell's observations either side of a gap that
+    spans the gap, at the steps ``at`` ``(T, 1, 1)``. ``before``, ``after``: ``(steps, values, seen)`` of up to
+    ``D`` observations ``(B, D, C, 1, H, W)``, the nearest to the gap first. The slopes at the two beside the gap
+    lean on the secants either side of them, those missing extrapolated as scipy does at the ends of a series
+    (Akima 1970); with one observation either side the piece is the straight line."""
+    (xb, yb, sb), (xa, ya, sa) = before, after
+    depth = xb.shape[1]
+
+    def secant(x0, y0, x1, y1, seen):
+        return torch.where(seen, (y1 - y0) / torch.where(seen, x1 - x0, torch.ones_like(x0)), torch.zeros_like(y0))
+
+    def side(x, y, seen, j):  # the secant between observations j - 1 and j of one side, and whether j exists
+        if j >= depth:
+            return torch.zeros_like(y[:, 0]), torch.zeros_like(seen[:, 0])
+        return secant(x[:, j], y[:, j], x[:, j - 1], y[:, j - 1], seen[:, j]), seen[:, j]
+
+    middle = secant(xb[:, 0], yb[:, 0], xa[:, 0], ya[:, 0], sb[:, 0] & sa[:, 0])
+    (left2, has_left2), (left3, has_left3) = side(xb, yb, sb, 1), side(xb, yb, sb, 2)
+    (right2, has_right2), (right3, has_right3) = side(xa, ya, sa, 1), side(xa, ya, sa, 2)
+    right2 = torch.where(has_right2, right2, 2 * middle - left2)
+    left2 = torch.where(has_left2, left2, 2 * middle - right2)
+    right3 = torch.where(has_right3, right3, 2 * right2 - middle)
+    left3 = torch.where(has_left3, left3, 2 * left2 - middle)
+
+    def slope(m0, m1, m2, m3):  # at the knot between secants m1 and m2
+        f1, f2 = (m3 - m2).abs(), (m1 - m0).abs()
+        return f1, f2, (f1 * m1 + f2 * m2), 0.5 * (m3 + m0)
+
+    slopes = [slope(left3, left2, middle, right2), slope(left2, middle, right2, right3)]
+    tiny = 1e-9 * torch.maximum(*(f1 + f2 for f1, f2, _, _ in slopes))
+    d0, d1 = (torch.where(f1 + f2 > tiny, weighted / (f1 + f2).clamp(min=1e-30), fallback)
+              for f1, f2, weighted, fallback in slopes)
+    straight = ~(has_left2 | has_right2)  # two observations: the line
+    d0, d1 = torch.where(straight, middle, d0), torch.where(straight, middle, d1)
+    x0, x1, y0, y1 = xb[:, 0], xa[:, 0], yb[:, 0], ya[:, 0]
+    width = torch.where(sb[:, 0] & sa[:, 0], x1 - x0, torch.ones_like(x0))
+    t = (at - x0) / width
+    return ((2 * t**3 - 3 * t**2 + 1) * y0 + (t**3 - 2 * t**2 + t) * width * d0
+            + (3 * t**2 - 2 * t**3) * y1 + (t**3 - t**2) * width * d1)
 
 
 def flow_closeness(nearby: torch.Tensor) -> torch.Tensor:
@@ -402,12 +458,15 @@ def flow_closeness(nearby: torch.Tensor) -> torch.Tensor:
 
 
 def nearby_guess(first_guess: FirstGuess, values: torch.Tensor, mask: torch.Tensor, nearby: torch.Tensor,
-                 span: int = NEARBY_SPAN, baseline: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``first_guess`` of ``(values, mask)`` interpolating departures from :func:`nearby_baseline` at the cells that
-    have one, and the plain guess (from ``baseline`` ``(B, C, H, W)``, e.g. :func:`history_baseline`, or none)
-    at the others: a gap no observation comes near in time (a block that never moves) keeps what its neighbours
-    now say, which extrapolating their baselines into it did worse (``benchmarks/RESULTS.md``)."""
-    line, known = nearby_baseline(nearby, values.shape[2], span)
+                 span: int = NEARBY_SPAN, baseline: torch.Tensor | None = None,
+                 curve: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``first_guess`` of ``(values, mask)`` interpolating departures from :func:`nearby_baseline` (with
+    ``curve``, curved) at the cells that have one, and the plain guess (from ``baseline`` ``(B, C, H, W)``, e.g.
+    :func:`history_baseline`, or none) at the others: a gap no observation comes near in time (a block that never
+    moves) keeps what its neighbours now say, which extrapolating their baselines into it did worse
+    (``benchmarks/RESULTS.md``)."""
+    depth = nearby.shape[1] // (4 * values.shape[1]) if nearby.dim() == 4 else 1
+    line, known = nearby_baseline(nearby, values.shape[2], span, depth, curve)
     if not known.any():
         return first_guess(values, mask, baseline)
     rest = torch.zeros_like(line) if baseline is None else baseline.to(torch.float32)[:, :, None].expand_as(line)
@@ -431,7 +490,7 @@ def candidate_label(label: str) -> tuple[str, bool, bool]:
 def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                  candidates: dict[str, dict] = CANDIDATES, periodic: bool = False,
                  history: torch.Tensor | None = None, nearby: torch.Tensor | None = None,
-                 span: int = NEARBY_SPAN) -> tuple[str, dict[str, float]]:
+                 span: int = NEARBY_SPAN, curve: bool = False) -> tuple[str, dict[str, float]]:
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate one runs only where no frame holds more
@@ -440,7 +499,8 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     the held-back cells beside the strip cannot tell (the swath, ``benchmarks/RESULTS.md``). ``history``: the
     windows' history (:func:`history_baseline`), for a network that leans on it. ``nearby``: the windows' nearest observations outside them; then every
     candidate is also scored through :func:`nearby_guess` (labelled with :data:`NEARBY_LABEL`, or
-    :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``; :func:`candidate_label`)."""
+    :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``; :func:`candidate_label`), in place
+    with the curved baseline where ``curve``."""
     errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
     baseline = None if history is None else history_baseline(history, periodic)
@@ -450,7 +510,7 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
             if (options.get("thin_plate") and dense) or (options.get("bending") and history is not None):
                 continue
             first_guess = FirstGuess(**options, periodic=periodic)
-            guess, _ = (nearby_guess(first_guess, values * mask, mask, nearby, span, baseline) if label else
+            guess, _ = (nearby_guess(first_guess, values * mask, mask, nearby, span, baseline, curve) if label else
                         first_guess(values * mask, mask, baseline))
             errors[name + label] = float(((guess - values) ** 2 * held).sum()) / reference
     order = list(errors)
