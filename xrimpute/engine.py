@@ -885,7 +885,7 @@ class ImputedHeldBack(HeldBack):
         self.nearby_span, self.flow, self.progress = nearby_span, flow, progress
         window = self.xs.shape[2]
         static = held_back.inputs.get("static")
-        totals = getattr(windows, "totals", None)
+        totals = windows.totals
         self.stretches = []  # per validation window: values, observed, first step of the window, static, totals
         for series, _, places in windows.validation_context(window - 1 + nearby_span):
             for b, (sample, _, steps, *box) in places:
@@ -914,5 +914,5 @@ class ImputedHeldBack(HeldBack):
 
 
 __all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window",
-           "needs_history", "offers_flow", "offers_nearby", "training_tile", "Engine", "HeldBack", "ImputeConfig", "ImputedHeldBack",
-           "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+           "needs_history", "offers_flow", "offers_nearby", "training_tile", "Engine", "HeldBack", "ImputeConfig",
+           "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]

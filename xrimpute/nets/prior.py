@@ -378,7 +378,7 @@ def nearby_baseline(nearby: torch.Tensor, window: int, span: int = NEARBY_SPAN, 
     and took the guess's error there from 0.50 to 0.40, ``benchmarks/RESULTS.md``); else none (``known``
     False, baseline 0).
     """
-    groups = nearby.to(torch.float32).chunk(4, dim=1)
+    groups, curved = nearby.to(torch.float32).chunk(4, dim=1), None
     if nearby.dim() == 5:  # along the flow: per step
         before, gap_before, after, gap_after = groups
         to_before, to_after, reach = gap_before, gap_after, span
@@ -395,9 +395,7 @@ def nearby_baseline(nearby: torch.Tensor, window: int, span: int = NEARBY_SPAN, 
                                   (window - 1 + gap_after, after, gap_after > 0), k)
         before, gap_before, after, gap_after = before[:, 0], gap_before[:, 0], after[:, 0], gap_after[:, 0]
     has_before, has_after = gap_before > 0, gap_after > 0
-    line = before + (after - before) * to_before / (to_before + to_after).clamp(min=1)
-    if nearby.dim() == 4 and curve and depth > 1:
-        line = curved
+    line = before + (after - before) * to_before / (to_before + to_after).clamp(min=1) if curved is None else curved
     bridged = has_before & has_after & (to_before + to_after <= span)
     near_before = has_before & (to_before <= reach)
     near_after = has_after & (to_after <= reach)
@@ -433,7 +431,7 @@ def _akima_piece(before: tuple[torch.Tensor, ...], after: tuple[torch.Tensor, ..
 
     def slope(m0, m1, m2, m3):  # at the knot between secants m1 and m2
         f1, f2 = (m3 - m2).abs(), (m1 - m0).abs()
-        return f1, f2, (f1 * m1 + f2 * m2), 0.5 * (m3 + m0)
+        return f1, f2, f1 * m1 + f2 * m2, 0.5 * (m3 + m0)
 
     slopes = [slope(left3, left2, middle, right2), slope(left2, middle, right2, right3)]
     tiny = 1e-9 * torch.maximum(*(f1 + f2 for f1, f2, _, _ in slopes))
