@@ -75,6 +75,18 @@ def test_the_first_guess_is_summed_in_float32_under_bfloat16_autocast():
     torch.testing.assert_close(autocast, plain)
 
 
+@pytest.mark.parametrize("name", ["space, wide", "time first, wide"])
+def test_the_wide_guesses_reach_gaps_hours_from_the_context(name):
+    # a swath leaves frames empty for hours: a cell 8 steps from the one observed frame takes that frame's
+    # value, not the mean fill of 0 that a reach of 2.5 Gaussian widths of 2 steps would leave it
+    x = torch.ones(1, 1, 13, 8, 8)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[:, :, 0] = True
+    guess, _ = FirstGuess(**CANDIDATES[name])(x * mask, mask)
+    torch.testing.assert_close(guess[:, :, 8], torch.ones(1, 1, 8, 8))
+    assert float(guess[:, :, 12].abs().max()) < 1e-6  # beyond the reach of 4 steps' Gaussian
+
+
 def test_changing_a_query_value_leaves_the_network_input_unchanged():
     torch.manual_seed(0)
     net = Denoiser(1, 3, torch.zeros(3, 16, 16), preset="lite", first_guess=True)
