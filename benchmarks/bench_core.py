@@ -60,7 +60,7 @@ def impute_rate(net, device, grid, window, frames, K):
     observed = np.random.default_rng(1).random(values.shape) < 0.3
     values = np.where(observed, values, 0.0).astype(np.float32)
     t0 = time.perf_counter()
-    impute_series(net.eval(), values, observed, Pixel(), VPSchedule(), window, K=K, stride=window,
+    impute_series(net.eval(), values, observed, Pixel(), window, K=K, stride=window,
                   batch_size=16, device=device, autocast=device.type == "cuda", progress=False)
     return values.size / (time.perf_counter() - t0)
 

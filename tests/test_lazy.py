@@ -138,7 +138,7 @@ def test_overlapping_tiles_blend_without_seams():
     observed = np.zeros_like(values, dtype=bool)
 
     def jumps(overlap):
-        mean, _ = impute_series(per_tile_constant, values, observed, Pixel(), xrimpute.diffusion.VPSchedule(), 3,
+        mean, _ = impute_series(per_tile_constant, values, observed, Pixel(), 3,
                                 K=1, progress=False, tiling=Tiling((16, 16), (overlap, overlap)), static=static)
         return np.abs(np.diff(mean[0, 0, 0], axis=1)).max()
 
@@ -159,7 +159,7 @@ def test_a_spread_far_below_the_value_survives_the_blending():
 
     observed = np.random.default_rng(0).random((1, 1, 3, 8, 8)) < 0.5
     values = np.zeros(observed.shape, np.float32)
-    _, std = impute_series(shifted_by_context, values, observed, Pixel(), xrimpute.diffusion.VPSchedule(), 3,
+    _, std = impute_series(shifted_by_context, values, observed, Pixel(), 3,
                            K=2, progress=False)  # one window: the spread is that of its K answers
     expected = np.std(answers[0].numpy().astype(np.float64))
     assert expected > 1e-5

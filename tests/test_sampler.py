@@ -173,7 +173,7 @@ def test_imputation_expectation_steers_a_prior_only_model_to_the_posterior_mean(
     blended_err, _ = moments_error(blended, mean, post, ~known)
     assert blended_err < 0.5 * plain_err and blended_err < 0.3, (plain_err, blended_err)
     x = torch.where(known, values, 0.0).float().view(1, 1, 1, 1, D)
-    anchor, _ = impute_ensemble(prior, x, known.view(1, 1, 1, 1, D), FULL, SCHEDULE, K=1,
+    anchor, _ = impute_ensemble(prior, x, known.view(1, 1, 1, 1, D), FULL, K=1,
                                 generator=torch.Generator().manual_seed(0))
     assert torch.allclose(anchor.view(D).double()[~known], mean[~known], atol=0.02)  # the posterior mean
 

@@ -85,7 +85,6 @@ def impute_ensemble(
     x: torch.Tensor,
     observed: torch.Tensor,
     spec: MaskSpec,
-    schedule: VPSchedule,
     K: int = 10,
     delta: float = 1e-3,
     max_batch: int | None = None,
@@ -95,11 +94,14 @@ def impute_ensemble(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Single-step ensemble imputation: mean and spread over ``K`` context masks.
 
-    The observations are noised once to ``t = delta``; ``K`` contexts drawn
-    inside ``observed`` go through the denoiser as one batch of ``K * B``
+    The network is asked at ``t = delta``, its lowest noise level, with the
+    observations as they are: the paper noises them to ``delta`` first, about
+    1 % of a standard deviation on every context value, which a first guess
+    through the context passes on to the gaps (``docs/method.md``). ``K``
+    contexts drawn inside ``observed`` go through the denoiser as one batch of ``K * B``
     (split into pieces of at most ``max_batch`` only when memory demands);
     observed cells are put back exactly and get zero spread. ``generator`` may
-    be a list with one generator per window: then window ``b``'s noise and
+    be a list with one generator per window: then window ``b``'s
     contexts come from ``generator[b]`` alone, so its result does not depend on
     the windows batched with it. ``inputs`` are the denoiser's per-window
     keyword inputs ``(B, ...)``, e.g. ``static`` fields for tiles or ``history``
@@ -116,15 +118,13 @@ def impute_ensemble(
     b = x.shape[0]
     t = torch.full((b,), delta, device=x.device)
     if isinstance(generator, (list, tuple)):
-        x_delta = torch.cat([noised(x[j : j + 1], t[j : j + 1], schedule, g) for j, g in enumerate(generator)])
         contexts = torch.stack([spec.context(observed[j : j + 1].expand(K, *x.shape[1:]), g)
                                 for j, g in enumerate(generator)], dim=1).flatten(0, 1)  # (K * B, ...), k major
     else:
-        x_delta = noised(x, t, schedule, generator)
         contexts = spec.context(observed.repeat(K, 1, 1, 1, 1), generator)
     if context == "observed":  # member 0 sees every observation; the others still give the spread
         contexts = torch.cat([observed.to(contexts.dtype), contexts[b:]])
-    xs, t_k = x_delta.repeat(K, 1, 1, 1, 1), t.repeat(K)
+    xs, t_k = x.repeat(K, 1, 1, 1, 1), t.repeat(K)
     preds = _predict(denoiser, xs * contexts, contexts, t_k, max_batch, _repeated(inputs, K)).view(K, *x.shape)
     if context == "observed":  # the spread around the estimate of the members that leave observations out
         estimate = preds[0]
@@ -288,7 +288,7 @@ def sample_multistep(
     b = x.shape[0]
     anchor = None
     if imputation_spec is not None and handover is not None:
-        anchor, _ = impute_ensemble(denoiser, x, observed, imputation_spec, schedule, K=K,
+        anchor, _ = impute_ensemble(denoiser, x, observed, imputation_spec, K=K,
                                     max_batch=max_batch, generator=generator, **inputs)
         anchor = anchor.float().repeat(members, 1, 1, 1, 1)
     xs = x.float().repeat(members, 1, 1, 1, 1)

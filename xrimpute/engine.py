@@ -639,7 +639,7 @@ class Engine:
         context = options.context or self.context
         passes = 1 if context == "observed" and not options.spread else options.K  # the rest only give the spread
         run = functools.partial(impute_series, values=self._normalise(values), observed=observed, spec=spec,
-                                schedule=self.schedule, window=self.window, K=passes, stride=options.stride,
+                                window=self.window, K=passes, stride=options.stride,
                                 batch_size=options.batch_size, device=device, seed=options.seed,
                                 autocast=mixed_precision(device), progress=options.progress, tiling=tiling,
                                 static=static, piece=piece, context=context, totals=totals,
@@ -837,7 +837,7 @@ class HeldBack:
         """``net``'s single-step estimate of the windows, the same contexts drawn for every network."""
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=mixed_precision(self.device)):
-            mean, _ = impute_ensemble(net, self.xs.to(self.device), self.ms.to(self.device), self.spec, VPSchedule(),
+            mean, _ = impute_ensemble(net, self.xs.to(self.device), self.ms.to(self.device), self.spec,
                                       K=self.K, generator=generator, context=context, **self.inputs)
         return mean.float().cpu()
 
@@ -904,7 +904,7 @@ class ImputedHeldBack(HeldBack):
                 tqdm(self.stretches, desc="scoring held-back cells", disable=not self.progress, leave=False)):
             steps, h, w = values.shape[2:]
             piece = Piece((steps, h, w), (0, 0, 0, 0), ((start, start + window), (0, h), (0, w)))
-            mean, _ = impute_series(net, values, observed, self.spec, VPSchedule(), window,
+            mean, _ = impute_series(net, values, observed, self.spec, window,
                                     K=1 if context == "observed" else self.K, device=self.device,
                                     seed=self.seed + b, autocast=mixed_precision(self.device), progress=False,
                                     static=static, piece=piece, context=context, totals=totals,

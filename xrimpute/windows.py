@@ -266,7 +266,6 @@ def impute_series(
     values: np.ndarray,
     observed: np.ndarray,
     spec: MaskSpec,
-    schedule: VPSchedule,
     window: int,
     K: int = 10,
     stride: int = 1,
@@ -362,8 +361,8 @@ def impute_series(
         generators = [torch.Generator(device=generator_device).manual_seed(window_seed(seed, sample0 + i, s, r, col))
                       for i, (s, r, col) in batch]
         with torch.autocast(device_type=generator_device.type, dtype=torch.bfloat16, enabled=autocast):
-            mean, std = impute_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, schedule,
-                                        K, generator=generators, context=context, static=tiles, history=history,
+            mean, std = impute_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, K,
+                                        generator=generators, context=context, static=tiles, history=history,
                                         nearby=nearby)
         # float64 before the total-variance sums: in float32, sd**2 + mu**2 loses a spread far below the mean
         mean, std = mean.double().cpu().numpy(), std.double().cpu().numpy()
