@@ -1,5 +1,9 @@
 """The restructuring into an array-level engine (issue 13) changed no imputation: same model file and seed,
-same bits as the code before it (fixtures written by tests/data/make_before_move.py), up to :data:`ROUNDING`."""
+same bits as the code before it (fixtures written by tests/data/make_before_move.py), up to :data:`ROUNDING`.
+
+Changes of what imputation returns, made on purpose, redraw the references from the same model files
+(``make_before_move.py --references``): 5c02d61, the network reads the observations unnoised (and the
+contexts come first from each window's generator)."""
 from dataclasses import replace
 from pathlib import Path
 

@@ -4,7 +4,13 @@ It ran once, on commit 0b98ddf (``python tests/data/make_before_move.py``; its i
 the files it wrote are the reference that later code must reproduce bit for bit from the same model file
 and seed. The fitted network is swapped for a narrow one (8 channels) trained briefly, so that the model
 files stay small. Rerunning it now writes new fixtures, not the ones from before the move.
+
+``python tests/data/make_before_move.py --references`` redraws only the imputed references, from the
+stored model files and input, after a deliberate change of what imputation returns (the changes are
+listed in tests/test_same_imputations.py).
 """
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +56,19 @@ def narrow(model, data) -> Denoiser:
     return ema.eval()
 
 
+def write_references(name: str, model) -> None:
+    """The imputations, lazy imputations and (for ``whole``) draws of ``model`` that the test compares with."""
+    data = xr.load_dataset(HERE / "before_move_input.nc")
+    out = model.impute(data, K=3, seed=5, stride=2, return_std=True, progress=False)
+    lazy = model.impute(data.chunk(time=3, latitude=6, longitude=6), K=3, seed=5, stride=2, return_std=True,
+                        progress=False).compute()
+    out = out.merge(lazy.rename({v: f"{v}_lazy" for v in lazy.data_vars}))
+    if name == "whole":
+        members = model.sample(data, n=2, steps=3, K=2, seed=7, progress=False)
+        out = out.merge({f"{v}_members": members[v] for v in members.data_vars})
+    out.to_netcdf(HERE / f"before_move_{name}_imputed.nc")
+
+
 def main():
     torch.set_num_threads(1)
     data = cube()
@@ -59,16 +78,17 @@ def main():
         model = xrimpute.fit(data, **options, **extra)
         model.engine.denoiser = narrow(model, data)
         model.save(HERE / f"before_move_{name}.xri")
+        write_references(name, xrimpute.load(HERE / f"before_move_{name}.xri"))
+
+
+def redraw_references():
+    """The references from the stored model files, contexts drawn as the test draws them (one for all variables)."""
+    torch.set_num_threads(1)
+    for name in ("whole", "tiled"):
         model = xrimpute.load(HERE / f"before_move_{name}.xri")
-        out = model.impute(data, K=3, seed=5, stride=2, return_std=True, progress=False)
-        lazy = model.impute(data.chunk(time=3, latitude=6, longitude=6), K=3, seed=5, stride=2, return_std=True,
-                            progress=False).compute()
-        out = out.merge(lazy.rename({v: f"{v}_lazy" for v in lazy.data_vars}))
-        if name == "whole":
-            members = model.sample(data, n=2, steps=3, K=2, seed=7, progress=False)
-            out = out.merge({f"{v}_members": members[v] for v in members.data_vars})
-        out.to_netcdf(HERE / f"before_move_{name}_imputed.nc")
+        model.engine.spec = replace(model.spec, shared=True)
+        write_references(name, model)
 
 
 if __name__ == "__main__":
-    main()
+    redraw_references() if "--references" in sys.argv[1:] else main()
