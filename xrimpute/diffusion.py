@@ -98,11 +98,11 @@ def impute_ensemble(
     observations as they are: the paper noises them to ``delta`` first, about
     1 % of a standard deviation on every context value, which a first guess
     through the context passes on to the gaps (``docs/method.md``). ``K``
-    contexts drawn inside ``observed`` go through the denoiser as one batch of ``K * B``
-    (split into pieces of at most ``max_batch`` only when memory demands);
+    contexts drawn inside ``observed`` go through the denoiser as one batch
+    of ``K * B`` (split into pieces of at most ``max_batch`` only when memory demands);
     observed cells are put back exactly and get zero spread. ``generator`` may
-    be a list with one generator per window: then window ``b``'s
-    contexts come from ``generator[b]`` alone, so its result does not depend on
+    be a list with one generator per window: then window ``b``'s contexts
+    come from ``generator[b]`` alone, so its result does not depend on
     the windows batched with it. ``inputs`` are the denoiser's per-window
     keyword inputs ``(B, ...)``, e.g. ``static`` fields for tiles or ``history``
     (None: not given).
