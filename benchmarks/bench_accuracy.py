@@ -2,6 +2,7 @@
 
     python benchmarks/bench_accuracy.py --era5-file ../shared/data/era5-2mt-2019-03-uk.grib
     python benchmarks/bench_accuracy.py --cases ostia-pixel10 --monthly-file ostia_monthly.nc
+    python benchmarks/bench_accuracy.py --cases a1b-pixel10 a1b-block5/9 --annual-file A1B_north_america.nc
     python benchmarks/bench_accuracy.py --cases era5-pixel10 ns-pixel20 --seeds 0 --max-time 60
     python benchmarks/bench_accuracy.py --jobs 2 --append benchmarks/RESULTS.md
     python benchmarks/bench_accuracy.py --cases era5-block5/9 --max-time 150 --fit-option batch_size=8
@@ -63,15 +64,25 @@ CASES = {
     # 5 S - 4 N round the globe (18 x 432 cells, land never observed), the file ostia_monthly.nc of the
     # PyPI package iris-sample-data (pip download --no-deps iris-sample-data, then unzip)
     "ostia-pixel10": ("monthly", "pixel", dict(rate=0.1)),
+    # a real annual cube, only with --annual-file, kept out of tuning to check that the defaults carry: a climate
+    # model's June air temperature under the A1B scenario, 240 years (1860-2099, a 360-day calendar) over North
+    # America (37 x 49 cells), A1B_north_america.nc of the same package
+    "a1b-pixel10": ("annual", "pixel", dict(rate=0.1)),
+    "a1b-pixel1": ("annual", "pixel", dict(rate=0.01)),
+    "a1b-block5/9": ("annual", "block", dict(grid=(3, 3), observed=5)),
 }
+FILE_OF = {"monthly": "monthly_file", "annual": "annual_file"}
+"""The option naming the file of each real cube that is not the ERA5 sample (their cases run only with it)."""
+VARIABLE_OF = {"monthly": "surface_temperature", "annual": "air_temperature"}
 
 
-def truth_of(name: str, era5_file: str | None, monthly_file: str | None = None):
+def truth_of(name: str, era5_file: str | None, monthly_file: str | None = None, annual_file: str | None = None):
     import xarray as xr
     import xrimpute
 
-    if name == "monthly":
-        truth = xr.open_dataset(monthly_file)[["surface_temperature"]].load()
+    if name in FILE_OF:
+        path = monthly_file if name == "monthly" else annual_file
+        truth = xr.open_dataset(path)[[VARIABLE_OF[name]]].load()
         return truth.drop_vars([c for c in truth.coords if c not in ("time", "latitude", "longitude")])
     if name == "era5":
         return (xrimpute.datasets.open_era5(era5_file) if era5_file else xrimpute.datasets.era5_sample()).load()
@@ -107,7 +118,7 @@ def run_case(job) -> dict:
     from xrimpute.baselines import METHODS
 
     name, kind, options = CASES[case]
-    truth = truth_of(name, args["era5_file"], args["monthly_file"])
+    truth = truth_of(name, args["era5_file"], args["monthly_file"], args["annual_file"])
     observed = xrimpute.observe(truth, kind, seed=seed, **options)
     true_values, _ = cube.to_array(truth)
     values, _ = cube.to_array(observed)
@@ -211,7 +222,7 @@ def fit_option(text: str) -> tuple[str, object]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="*", default=None, choices=list(CASES), metavar="CASE",
-                        help="default: every case, the monthly one only with --monthly-file")
+                        help="default: every case, the monthly and annual ones only with their files")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     parser.add_argument("--max-time", type=float, default=None, help="ctxdiff time budget (default: the package's)")
     parser.add_argument("--steps", type=int, default=None, help="ctxdiff steps (default: the package's)")
@@ -219,6 +230,8 @@ def main(argv=None) -> int:
     parser.add_argument("--era5-file", default=None, help="a local copy of the ERA5 sample (offline machines)")
     parser.add_argument("--monthly-file", default=None, help="ostia_monthly.nc of iris-sample-data (the real "
                         "monthly case)")
+    parser.add_argument("--annual-file", default=None, help="A1B_north_america.nc of iris-sample-data (the real "
+                        "annual cases)")
     parser.add_argument("--dineof", action=argparse.BooleanOptionalAction, default=True,
                         help="run DINEOF among the classical fillers (the default; up to 7 minutes per case on one "
                              "core, the best filler of ERA5 10 %% pixels); --no-dineof skips it")
@@ -228,11 +241,12 @@ def main(argv=None) -> int:
     parser.add_argument("--append", default=None, help="append a section with the table to this markdown file")
     args = parser.parse_args(argv)
     if args.cases is None:
-        args.cases = [c for c in CASES if args.monthly_file or CASES[c][0] != "monthly"]
-    if not args.monthly_file and any(CASES[c][0] == "monthly" for c in args.cases):
-        parser.error("the ostia-pixel10 case needs --monthly-file (see CASES)")  # before any worker starts
+        args.cases = [c for c in CASES if CASES[c][0] not in FILE_OF or getattr(args, FILE_OF[CASES[c][0]])]
+    for case in args.cases:  # before any worker starts
+        if CASES[case][0] in FILE_OF and not getattr(args, FILE_OF[CASES[case][0]]):
+            parser.error(f"the {case} case needs --{FILE_OF[CASES[case][0]].replace('_', '-')} (see CASES)")
     settings = dict(max_time=args.max_time, steps=args.steps, era5_file=args.era5_file, monthly_file=args.monthly_file,
-                    dineof=args.dineof, fit_options=dict(args.fit_option))
+                    annual_file=args.annual_file, dineof=args.dineof, fit_options=dict(args.fit_option))
     jobs = [(case, seed, settings) for case in args.cases for seed in args.seeds]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
