@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_thin_plate.py --frames 80 --repeats 5
 
 Each case is a batch of frames shaped like one training step's windows (16 windows of 5 steps by default) with
-context cells drawn at a rate; :func:`xrimpute.nets.prior.thin_plate` fills every frame, and
+context cells drawn at a rate; :func:`xrimpute.nets.prior.spline` fills every frame, and
 ``scipy.interpolate.RBFInterpolator(kernel="thin_plate_spline")`` fills the same frames one at a time on the same
 coordinates. The table gives both times, their ratio and the largest difference between the two fills (the
 field has unit variance). One torch thread (``torch.set_num_threads(1)``; set ``OMP_NUM_THREADS=1`` too, so that
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.interpolate import RBFInterpolator
 
-from xrimpute.nets.prior import thin_plate
+from xrimpute.nets.prior import spline
 
 CASES = {  # name: (rows, columns, share of cells in the context)
     "ERA5 stations 33 x 49, 2.5 %": (33, 49, 0.025),
@@ -59,8 +59,8 @@ def scipy_fill(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     for f in range(frames):
         cells = np.argwhere(mask[f])
         if len(cells) >= 3:
-            spline = RBFInterpolator(cells / max(h, w), values[f][mask[f]], kernel="thin_plate_spline")
-            out[f] = spline(everywhere).reshape(h, w)
+            rbf = RBFInterpolator(cells / max(h, w), values[f][mask[f]], kernel="thin_plate_spline")
+            out[f] = rbf(everywhere).reshape(h, w)
     return out
 
 
@@ -72,13 +72,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
-    lines = ["| case | context cells per frame | xrimpute thin_plate ms | SciPy RBFInterpolator ms | ratio | "
+    lines = ["| case | context cells per frame | xrimpute spline ms | SciPy RBFInterpolator ms | ratio | "
              "largest difference |", "|---|---:|---:|---:|---:|---:|"]
     for name, (h, w, rate) in CASES.items():
         values = smooth_frames(args.frames, h, w, rng)
         mask = rng.random(values.shape) < rate
         tensor, seen = torch.from_numpy(values * mask), torch.from_numpy(mask)
-        ours_s, ours = timed(lambda: thin_plate(tensor, seen, torch.zeros_like(tensor)), args.repeats)
+        ours_s, ours = timed(lambda: spline(tensor, seen, torch.zeros_like(tensor)), args.repeats)
         peer_s, peer = timed(lambda: scipy_fill(values, mask), args.repeats)
         difference = float(np.abs(ours.numpy() - peer).max())
         lines.append(f"| {name} | {mask.sum((1, 2)).mean():.0f} | {1e3 * ours_s:.0f} | {1e3 * peer_s:.0f} | "

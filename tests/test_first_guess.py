@@ -10,7 +10,7 @@ from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, choose_guess, gaussian_kernel,
-                                 _bending_gradient, bend, nearby_guess, smoothing_matrix, thin_plate)
+                                 _bending_gradient, bend, nearby_guess, smoothing_matrix, spline)
 from xrimpute.windows import nearby_observations
 from xrimpute.training import TrainConfig, learning_rate_factor
 
@@ -205,7 +205,8 @@ def test_a_fit_chooses_time_first_for_a_field_still_in_time_and_bending_for_one_
         held = observed & (torch.rand(field.shape, generator=rng) < 0.2)
         chosen, errors = choose_guess(field, observed & ~held, held)
         assert chosen == expected, errors
-        assert set(errors) == set(CANDIDATES) - {"thin plate"} and errors[chosen] == min(errors.values())  # dense
+        solved = {"thin plate", "kriging"}  # dense: no solve per frame
+        assert set(errors) == set(CANDIDATES) - solved and errors[chosen] == min(errors.values())
 
 
 def test_the_chosen_guess_levels_survive_saving_and_an_untrained_network_returns_that_guess(tmp_path):
@@ -241,16 +242,49 @@ def test_the_thin_plate_guess_is_the_spline_through_the_context_and_wins_on_scat
     context = stations & ~held
     guess, _ = FirstGuess(**CANDIDATES["thin plate"])(x * context, context)
     points = np.argwhere(context[0, 0, 0].numpy()) / 28
-    spline = RBFInterpolator(points, x[0, 0, 0].numpy()[context[0, 0, 0].numpy()], kernel="thin_plate_spline")
+    rbf = RBFInterpolator(points, x[0, 0, 0].numpy()[context[0, 0, 0].numpy()], kernel="thin_plate_spline")
     everywhere = np.argwhere(np.ones((20, 28))) / 28
-    np.testing.assert_allclose(guess[0, 0, 0].numpy().ravel(), spline(everywhere), atol=2e-4)  # solved in float64
+    np.testing.assert_allclose(guess[0, 0, 0].numpy().ravel(), rbf(everywhere), atol=2e-4)  # solved in float64
     others = torch.roll(x, 5, dims=-1) * torch.roll(context, 3, dims=-2)  # frames of the same count, other cells
-    batched = thin_plate(torch.cat([x * context, others], 1), torch.cat([context, torch.roll(context, 3, dims=-2)], 1),
-                         torch.zeros(1, 2, *x.shape[2:]))
-    alone = thin_plate(x * context, context, torch.zeros_like(x))
+    batched = spline(torch.cat([x * context, others], 1), torch.cat([context, torch.roll(context, 3, dims=-2)], 1),
+                     torch.zeros(1, 2, *x.shape[2:]))
+    alone = spline(x * context, context, torch.zeros_like(x))
     assert torch.equal(batched[:, :1], alone)  # a frame's spline does not depend on the frames solved with it
     chosen, errors = choose_guess(x, context, held)
     assert chosen == "thin plate", errors
+
+
+def rough_field(t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """``(1, 1, T, H, W)`` frames of a field with the exponential covariance ``exp(-r / 0.3)`` (r in the grid's larger
+    side): continuous but nowhere smooth, as temperature between stations is at their spacing."""
+    cells = np.argwhere(np.ones((h, w))) / max(h, w)
+    distance = np.sqrt(((cells[:, None] - cells[None]) ** 2).sum(-1))
+    root = np.linalg.cholesky(np.exp(-distance / 0.3) + 1e-9 * np.eye(h * w))
+    noise = np.random.default_rng(seed).standard_normal((h * w, t))
+    return torch.as_tensor((root @ noise).T.reshape(t, h, w), dtype=torch.float32)[None, None]
+
+
+def test_the_kriging_guess_is_ordinary_kriging_through_the_context_and_wins_between_stations_of_a_rough_field():
+    x = rough_field(6, 20, 28)
+    rng = torch.Generator().manual_seed(2)
+    stations = (torch.rand(1, 1, 1, 20, 28, generator=rng) < 0.08).expand_as(x)
+    held = stations & (torch.rand(1, 1, 1, 20, 28, generator=rng) < 0.3).expand_as(x)
+    context = stations & ~held
+    guess, _ = FirstGuess(**CANDIDATES["kriging"])(x * context, context)
+    # ordinary kriging by hand: covariance exp(-r), r in the larger side, weights summing to one
+    points = np.argwhere(context[0, 0, 0].numpy()) / 28
+    everywhere = np.argwhere(np.ones((20, 28))) / 28
+    n = len(points)
+    system = np.ones((n + 1, n + 1))
+    system[:n, :n] = np.exp(-np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)))
+    system[n, n] = 0.0
+    target = np.concatenate([np.exp(-np.sqrt(((everywhere[:, None] - points[None]) ** 2).sum(-1))).T,
+                             np.ones((1, len(everywhere)))])
+    weights = np.linalg.solve(system, target)[:n]
+    expected = x[0, 0, 0].numpy()[context[0, 0, 0].numpy()] @ weights
+    np.testing.assert_allclose(guess[0, 0, 0].numpy().ravel(), expected, atol=1e-4)
+    chosen, errors = choose_guess(x, context, held)
+    assert chosen == "kriging" and errors["kriging"] < 0.95 * errors["thin plate"], errors
 
 
 def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three_cells_and_is_skipped_when_dense():
@@ -259,11 +293,11 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
     mask[0, 0, 0, :3, :3] = True
     mask[0, 0, 1, 0, :2] = True  # two cells: no plane through them
     fallback = torch.full_like(x, 7.0)
-    out = thin_plate(x * mask, mask, fallback)
+    out = spline(x * mask, mask, fallback)
     assert torch.equal(out[0, 0, 1], fallback[0, 0, 1]) and torch.isfinite(out).all()
     dense = torch.ones(1, 1, 1, 20, 20, dtype=torch.bool)  # 400 cells > MAX_SPLINE_POINTS
     _, errors = choose_guess(torch.randn(1, 1, 1, 20, 20), dense, dense)
-    assert "thin plate" not in errors and "bending" in errors
+    assert "thin plate" not in errors and "kriging" not in errors and "bending" in errors
     history = torch.cat([torch.zeros(1, 1, 20, 20), torch.ones(1, 1, 20, 20)], 1)  # sums and counts
     _, errors = choose_guess(torch.randn(1, 1, 1, 20, 20), dense, dense, history=history)
     assert "bending" not in errors  # frames empty for hours: a surface bent through a strip overshoots
@@ -314,9 +348,9 @@ def test_bending_holds_the_context_reproduces_a_plane_and_nears_the_thin_plate_s
     start = torch.full_like(x, 0.5)
     bent = bend(x * context, context, start, steps=400)
     assert torch.equal(bent[0, 0, 1], start[0, 0, 1])
-    spline = thin_plate(x * context, context, start)
+    surface = spline(x * context, context, start)
     gaps = ~context[0, 0, 0]
-    to_spline = float(((bent - spline)[0, 0, 0][gaps] ** 2).mean() / x[0, 0, 0][gaps].var())
+    to_spline = float(((bent - surface)[0, 0, 0][gaps] ** 2).mean() / x[0, 0, 0][gaps].var())
     to_truth = float(((bent - x)[0, 0, 0][gaps] ** 2).mean() / x[0, 0, 0][gaps].var())
     assert to_spline < 0.02 and to_truth < 0.05, (to_spline, to_truth)
 
