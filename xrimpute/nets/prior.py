@@ -88,7 +88,8 @@ class FirstGuess(nn.Module):
     context cells, the guess is instead the thin-plate spline through them
     (:func:`spline`), which suits scattered pixels of a smooth field; the
     certainty stays that of the finest level. ``kriging``: instead the
-    ordinary kriging through them, which suits sparse, scattered stations. ``bending``: that many steps
+    ordinary kriging through them, which suits sparse stations of a field
+    that is not smooth at their spacing. ``bending``: that many steps
     bending the guess towards the smoothest surface through the context
     (:func:`bend`), which suits smooth fields observed too densely for the
     thin plate's solve; frame by frame, or with ``across`` (the cells one
@@ -185,6 +186,8 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
     kernel, not a sum over cells per cell, and solved in double precision
     where the device has it (float32 on MPS).
     """
+    if kernel not in SPLINE_KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(SPLINE_KERNELS)}, not {kernel!r}")
     *lead, h, w = values.shape
     device = values.device
     precise = torch.float32 if device.type == "mps" else torch.float64
