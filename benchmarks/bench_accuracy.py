@@ -70,6 +70,7 @@ CASES = {
     "a1b-pixel10": ("annual", "pixel", dict(rate=0.1)),
     "a1b-pixel1": ("annual", "pixel", dict(rate=0.01)),
     "a1b-block5/9": ("annual", "block", dict(grid=(3, 3), observed=5)),
+    "a1b-station": ("annual", "station", dict(n=40)),
 }
 FILE_OF = {"monthly": "monthly_file", "annual": "annual_file"}
 """The option naming the file of each real cube that is not the ERA5 sample (their cases run only with it)."""

@@ -515,9 +515,11 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate and kriging ones run only where no frame
-    holds more than :data:`MAX_SPLINE_POINTS` context cells, the bending ones only without ``history``: frames left
-    empty for hours hold a strip of context, which a surface bent through it overshoots far from it, where
-    the held-back cells beside the strip cannot tell (the swath, ``benchmarks/RESULTS.md``). ``history``: the
+    holds more than :data:`MAX_SPLINE_POINTS` context cells, and the bending frame by frame, the spline's stand-in,
+    only where one does: stopped early from a smooth start, it won the held-back cells of sparse frames and then
+    filled their gaps worse than the spline (``benchmarks/RESULTS.md``). The bending ones run only without
+    ``history``: frames left empty for hours hold a strip of context, which a surface bent through it
+    overshoots far from it, where the held-back cells beside the strip cannot tell (the swath). ``history``: the
     windows' history (:func:`history_baseline`), for a network that leans on it. ``nearby``: the windows' nearest
     observations outside them; then every candidate is also scored through :func:`nearby_guess` (labelled with
     :data:`NEARBY_LABEL`, or :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``;
@@ -529,7 +531,9 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     for label in ("",) if nearby is None else ("", leaning):  # on a tie, a guess without the nearby steps
         for name, options in candidates.items():
             solved = options.get("thin_plate") or options.get("kriging")
-            if (solved and dense) or (options.get("bending") and history is not None):
+            frame_by_frame = options.get("bending") and not options.get("across")  # the spline's stand-in
+            if (solved and dense) or (frame_by_frame and not dense) or (
+                    options.get("bending") and history is not None):
                 continue
             first_guess = FirstGuess(**options, periodic=periodic)
             guess, _ = (nearby_guess(first_guess, values * mask, mask, nearby, span, baseline, curve) if label else
