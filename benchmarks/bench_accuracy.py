@@ -82,7 +82,7 @@ def truth_of(name: str, era5_file: str | None, monthly_file: str | None = None, 
     import xrimpute
 
     if name in FILE_OF:
-        path = monthly_file if name == "monthly" else annual_file
+        path = {"monthly": monthly_file, "annual": annual_file}[name]
         truth = xr.open_dataset(path)[[VARIABLE_OF[name]]].load()
         return truth.drop_vars([c for c in truth.coords if c not in ("time", "latitude", "longitude")])
     if name == "era5":

@@ -286,6 +286,10 @@ def test_the_kriging_guess_is_ordinary_kriging_through_the_context_and_wins_betw
     np.testing.assert_allclose(guess[0, 0, 0].numpy().ravel(), expected, atol=1e-4)
     chosen, errors = choose_guess(x, context, held)
     assert chosen == "kriging" and errors["kriging"] < 0.95 * errors["thin plate"], errors
+    with pytest.raises(ValueError, match="not both"):
+        FirstGuess(thin_plate=True, kriging=True)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        spline(x * context, context, guess, kernel="gaussian")
 
 
 def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three_cells_and_is_skipped_when_dense():

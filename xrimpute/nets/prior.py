@@ -99,6 +99,9 @@ class FirstGuess(nn.Module):
     def __init__(self, levels: Levels = DEFAULT_LEVELS, threshold: float = 0.01, periodic: bool = False,
                  thin_plate: bool = False, bending: int = 0, across: float = 0.0, kriging: bool = False):
         super().__init__()
+        if thin_plate and kriging:
+            raise ValueError("a first guess draws one spline through the context: pass thin_plate=True or "
+                             "kriging=True, not both")
         self.levels = tuple(sorted((float(s), float(t)) for s, t in levels))[::-1]  # widest to narrowest
         self.threshold, self.periodic, self.thin_plate, self.bending = threshold, periodic, thin_plate, bending
         self.across, self.kriging = across, kriging
