@@ -6,7 +6,9 @@ import xarray as xr
 
 import xrimpute
 from synthetic import blobs, latlon_cube
+from test_nearby import blocks_anew, slow_waves
 from xrimpute.cube import CubeError
+from xrimpute.engine import Engine, choose_preset
 from xrimpute.masks import MaskSpecError
 from xrimpute.model import ModelMismatch
 
@@ -57,6 +59,24 @@ def test_validation_skill_is_reported_from_held_back_observations(case):
 
 def test_the_cpu_default_network_is_the_narrow_preset(case):
     assert case[2].denoiser.config["preset"] == "narrow" and case[2].info["train"]["preset"] == "narrow"
+
+
+def test_the_cpu_network_is_wider_where_the_gaps_lie_far_in_time_from_their_own_cells_observations():
+    moving = np.isfinite(blocks_anew(np.zeros((2, 1, 30, 16, 20), np.float32)))
+    still = np.ones((2, 1, 30, 16, 20), bool)
+    still[0, :, :, :8, :10] = False  # blocks that never move, each observed in the other trajectory
+    still[1, :, :, 8:, 10:] = False
+    cpu = torch.device("cpu")
+    assert choose_preset(cpu, moving) == "narrow" and choose_preset(cpu, still) == "lite"
+    assert choose_preset(torch.device("cuda"), still) == "base"
+    values = np.where(still, np.concatenate([slow_waves(t=30)] * 2), np.nan).astype(np.float32)
+    fit = dict(mask="block", steps=1, batch_size=2, progress=False, verbose=False)
+    wide = Engine.fit_array(values, **fit)
+    assert wide.denoiser.config["preset"] == "lite"
+    pixels = np.where(moving, np.concatenate([slow_waves(t=30)] * 2), np.nan).astype(np.float32)
+    assert Engine.fit_array(pixels, init=wide, **fit).denoiser.config["preset"] == "lite"  # an init keeps its own
+    with pytest.raises(ModelMismatch, match="preset"):
+        Engine.fit_array(pixels, init=wide, preset="narrow", **fit)
 
 
 def test_fit_remembers_the_model_on_the_same_accessor(case):

@@ -357,7 +357,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                    help="stop training after this long (default on the CPU: 300)")
     p.add_argument("--preset", default="auto", choices=PRESETS,
-                   help="network size (default: auto, base on a GPU and narrow on the CPU)")
+                   help="network size (default: auto, base on a GPU; narrow on the CPU, or lite where the "
+                        "gaps lie far in time from observations of their own cell)")
     p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per training step (default: 16)")
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to model (default: all with time/lat/lon dims)")

@@ -154,6 +154,20 @@ def offers_nearby(observed: np.ndarray) -> bool:
     return masks.gaps_near_in_time(observed, NEARBY_SPAN // 2) >= NEARBY_REACH
 
 
+def choose_preset(device: torch.device, observed: np.ndarray, init: Engine | None = None) -> str:
+    """The network of ``preset="auto"`` for a series observed as ``observed`` ``(N, C, T, H, W)``: ``init``'s own
+    when given; ``"base"`` on a GPU; on the CPU ``"narrow"``, or ``"lite"`` (twice as wide, a third of the steps
+    in the same time) where the gaps lie far in time from observations of their own cell (:func:`offers_nearby`
+    false: blocks that never move). There the network, not the first guess, fills the gaps from the field round
+    them, and at a budget of minutes its width counted for more than its steps; elsewhere the steps count for
+    more (``benchmarks/RESULTS.md``)."""
+    if init is not None:
+        return init.denoiser.config["preset"]
+    if device.type == "cuda":
+        return "base"
+    return "narrow" if offers_nearby(observed) else "lite"
+
+
 PERSISTENCE = 0.5
 """Share of the cells observed at a step that must be observed at the next for a fit to consider the nearby steps
 along the flow (:func:`offers_flow`)."""
@@ -255,8 +269,8 @@ def check_fit_options(window, tile, val_fraction, device, history=None, nearby=N
     arguments.check(window=window, tile=tile, val_fraction=val_fraction)
     arguments.check_device(device)
     if preset != "auto" and preset not in PRESETS:
-        raise ArgumentError(f"unknown network preset {preset!r}; choose 'auto' (narrow on the CPU, base on a GPU) "
-                            f"or one of {sorted(PRESETS)}")
+        raise ArgumentError(f"unknown network preset {preset!r}; choose 'auto' (narrow or lite on the CPU, base on "
+                            f"a GPU) or one of {sorted(PRESETS)}")
     if history not in (None, True, False):
         raise ArgumentError(f"history must be True, False or None (decide from the observations), not {history!r}")
     if nearby not in (None, True, False):
@@ -399,7 +413,11 @@ class Engine:
         masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
         device = resolve_device(device)
         train_config = with_budget(train_config, device)
-        preset = ("base" if device.type == "cuda" else "narrow") if preset == "auto" else preset
+        if preset == "auto":
+            preset = choose_preset(device, stats.observed, init)
+            if verbose and preset == "lite" and init is None:
+                log.info("a network twice as wide as the CPU's usual (preset='lite'): the gaps lie far in time from "
+                         "observations of their own cell, so the network fills them from the field round them")
         mean, std = (stats.mean, stats.std) if init is None else (init.mean, init.std)
 
         if config.positions is None:  # station data: no position, so that a station learned from its neighbours

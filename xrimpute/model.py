@@ -191,8 +191,11 @@ class CtxDiffModel:
             series has (:func:`xrimpute.engine.choose_window`). The first guess
             the network starts from looks along them.
         preset : {"auto", "narrow", "lite", "tiny", "small", "base"}
-            Network size, default ``"auto"``: ``"base"`` on a GPU and ``"narrow"`` (its
-            body at half resolution, 16 channels wide) on the CPU. Every network starts
+            Network size, default ``"auto"``: ``"base"`` on a GPU; on the CPU ``"narrow"``
+            (its body at half resolution, 16 channels wide), or ``"lite"`` (32 channels)
+            where the gaps lie far in time from observations of their own cell (blocks
+            that never move), which the network rather than its first guess fills
+            (:func:`xrimpute.engine.choose_preset`); an ``init`` keeps its own. Every network starts
             from a classical first guess made from its context and learns the correction
             to it.
         steps : int, optional
