@@ -156,11 +156,11 @@ def offers_nearby(observed: np.ndarray) -> bool:
 
 def choose_preset(device: torch.device, observed: np.ndarray, init: Engine | None = None) -> str:
     """The network of ``preset="auto"`` for a series observed as ``observed`` ``(N, C, T, H, W)``: ``init``'s own
-    when given; ``"base"`` on a GPU; on the CPU ``"narrow"``, or ``"lite"`` (twice as wide, a third of the steps
+    when given; ``"base"`` on a GPU; on the CPU ``"narrow"``, or ``"lite"`` (twice as wide, 55-65 % of the steps
     in the same time) where the gaps lie far in time from observations of their own cell (:func:`offers_nearby`
     false: blocks that never move). There the network, not the first guess, fills the gaps from the field round
-    them, and at a budget of minutes its width counted for more than its steps; elsewhere the steps count for
-    more (``benchmarks/RESULTS.md``)."""
+    them, and at a budget of minutes the width filled them 2 % better on average side by side; elsewhere the steps
+    count for more (``benchmarks/RESULTS.md``)."""
     if init is not None:
         return init.denoiser.config["preset"]
     if device.type == "cuda":
