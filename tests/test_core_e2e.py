@@ -8,7 +8,7 @@ import xrimpute
 from synthetic import blobs, latlon_cube
 from test_nearby import blocks_anew, slow_waves
 from xrimpute.cube import CubeError
-from xrimpute.engine import Engine, choose_preset
+from xrimpute.engine import Engine, choose_preset, offers_nearby
 from xrimpute.masks import MaskSpecError
 from xrimpute.model import ModelMismatch
 
@@ -67,8 +67,8 @@ def test_the_cpu_network_is_wider_where_the_gaps_lie_far_in_time_from_their_own_
     still[0, :, :, :8, :10] = False  # blocks that never move, each observed in the other trajectory
     still[1, :, :, 8:, 10:] = False
     cpu = torch.device("cpu")
-    assert choose_preset(cpu, moving) == "narrow" and choose_preset(cpu, still) == "lite"
-    assert choose_preset(torch.device("cuda"), still) == "base"
+    assert choose_preset(cpu, offers_nearby(moving)) == "narrow" and choose_preset(cpu, offers_nearby(still)) == "lite"
+    assert choose_preset(torch.device("cuda"), offers_nearby(still)) == "base"
     values = np.where(still, np.concatenate([slow_waves(t=30)] * 2), np.nan).astype(np.float32)
     fit = dict(mask="block", steps=1, batch_size=2, progress=False, verbose=False)
     wide = Engine.fit_array(values, **fit)

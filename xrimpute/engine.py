@@ -154,18 +154,18 @@ def offers_nearby(observed: np.ndarray) -> bool:
     return masks.gaps_near_in_time(observed, NEARBY_SPAN // 2) >= NEARBY_REACH
 
 
-def choose_preset(device: torch.device, observed: np.ndarray, init: Engine | None = None) -> str:
-    """The network of ``preset="auto"`` for a series observed as ``observed`` ``(N, C, T, H, W)``: ``init``'s own
-    when given; ``"base"`` on a GPU; on the CPU ``"narrow"``, or ``"lite"`` (twice as wide, 55-65 % of the steps
-    in the same time) where the gaps lie far in time from observations of their own cell (:func:`offers_nearby`
-    false: blocks that never move). There the network, not the first guess, fills the gaps from the field round
+def choose_preset(device: torch.device, gaps_near: bool, init: Engine | None = None) -> str:
+    """The network of ``preset="auto"``: ``init``'s own when given; ``"base"`` on a GPU; on the CPU ``"narrow"``,
+    or ``"lite"`` (twice as wide, 55-65 % of the steps in the same time) where the gaps lie far in time from
+    observations of their own cell (``gaps_near``, :func:`offers_nearby` of the observations, false: blocks that
+    never move). There the network, not the first guess, fills the gaps from the field round
     them, and at a budget of minutes the width filled them 2 % better on average side by side; elsewhere the steps
     count for more (``benchmarks/RESULTS.md``)."""
     if init is not None:
         return init.denoiser.config["preset"]
     if device.type == "cuda":
         return "base"
-    return "narrow" if offers_nearby(observed) else "lite"
+    return "narrow" if gaps_near else "lite"
 
 
 PERSISTENCE = 0.5
@@ -413,8 +413,9 @@ class Engine:
         masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
         device = resolve_device(device)
         train_config = with_budget(train_config, device)
+        gaps_near = offers_nearby(stats.observed) if init is None else None  # for the network and its first guess
         if preset == "auto":
-            preset = choose_preset(device, stats.observed, init)
+            preset = choose_preset(device, gaps_near, init)
             if verbose and preset == "lite" and init is None:
                 log.info("a network twice as wide as the CPU's usual (preset='lite'): the gaps lie far in time from "
                          "observations of their own cell, so the network fills them from the field round them")
@@ -446,7 +447,7 @@ class Engine:
         if init is not None:
             offered, flow_offered = init.denoiser.nearby_span, init.denoiser.flows
         elif config.nearby is None:
-            offered = NEARBY_SPAN if offers_nearby(stats.observed) else 0
+            offered = NEARBY_SPAN if gaps_near else 0
             if not offered and not is_dask_collection(values) and offers_flow(stats.observed):  # gaps stay put
                 offered, flow_offered = NEARBY_SPAN, True
         else:
