@@ -29,7 +29,8 @@ from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
 from .nets import PRESETS, Denoiser
-from .nets.prior import CANDIDATES, NEARBY_SPAN, candidate_label, choose_guess, widest_reach
+from .nets.prior import (CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess, spatial_modes,
+                         widest_reach)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
@@ -436,7 +437,7 @@ class Engine:
                    **({"nearby": init.denoiser.nearby_span} if init is not None and init.denoiser.nearby_span else {}),
                    **({"flow": True} if init is not None and init.denoiser.flows else {}),
                    **({"curve": True} if init is not None and init.denoiser.config.get("curve") else {}))
-        if init is not None and {k: v for k, v in init.denoiser.config.items() if k != "guess"} != net:
+        if init is not None and {k: v for k, v in init.denoiser.config.items() if k not in ("guess", "modes")} != net:
             raise ModelMismatch(f"init= has the network {init.denoiser.config}, this fit builds {net}; pass the "
                                 "same window, preset, periodic and history")
         if init is not None and config.nearby is not None and config.nearby != bool(init.denoiser.nearby_span):
@@ -461,8 +462,20 @@ class Engine:
                                    valid=stats.valid, history=bool(config.history),
                                    nearby_span=offered, flow=flow_offered)
         try:
-            guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby)
+            # the series' spatial modes, a baseline the guess may lean on: in memory, on the whole grid, and where the
+            # gaps' cells are observed near them, as the held-back cells' are (a cell never observed has no modes)
+            offers_modes = (gaps_near and isinstance(windows, ArrayWindows) and tile is None
+                            and not config.history)
+            modes = spatial_modes(windows.values, windows.observed) if offers_modes else None
+            guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes)
             name, nearby, flow = candidate_label(guess) if guess is not None else (None, bool(config.nearby), False)
+            if init is not None:
+                modes = init.denoiser.modes
+            elif guess is None or not guess.endswith(MODES_LABEL):
+                modes = None
+            elif verbose:
+                log.info(f"the first guess leans on the series' {len(modes) - 1} leading spatial modes, fitted to "
+                         "each frame's observations")
             if init is None and nearby:
                 net["nearby"] = NEARBY_SPAN
                 if flow:
@@ -480,7 +493,7 @@ class Engine:
             with seeded(seed):  # the initial weights
                 denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), torch.as_tensor(static),
                                     guess=init.denoiser.config.get("guess") if init is not None else
-                                    None if name is None else CANDIDATES[name], **net)
+                                    None if name is None else CANDIDATES[name], modes=modes, **net)
             if init is not None:
                 denoiser.load_state_dict(init.denoiser.state_dict())
             fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config,
@@ -747,7 +760,9 @@ class Engine:
         config = _model_config(payload, str(path))
         net = dict(config["net"])
         try:
-            denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), payload["state"]["static"], **net)
+            modes = payload["state"]["modes"] if net.pop("modes", None) else None
+            denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), payload["state"]["static"], modes=modes,
+                                **net)
             denoiser.load_state_dict(payload["state"])
             spec = masks.MaskSpec.from_dict(config["spec"])
             history, schedule = History(**config["history"]), VPSchedule(**config["schedule"])
@@ -822,16 +837,17 @@ def _first_guess_only(net):
 
 
 def _first_guess(validation, periodic: bool, init: Engine | None,
-                 nearby: bool | None = None) -> tuple[str | None, dict]:
+                 nearby: bool | None = None, modes=None) -> tuple[str | None, dict]:
     """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES`, with or without the nearby steps the validation
-    inputs carry (``nearby`` True: with), that best fills the held-back cells (a label of
+    inputs carry (``nearby`` True: with), or leaning on ``modes`` (the series' spatial modes, or None), that best
+    fills the held-back cells (a label of
     :func:`~xrimpute.nets.prior.choose_guess`), and every candidate's NMSE there; None (the defaults) without
     held-back cells or with ``init`` (whose guess is kept)."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs = validation
     label, errors = choose_guess(xs, ms, hs, periodic=periodic, history=inputs.get("history"),
-                                 nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True)
+                                 nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes)
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
     return label, errors

@@ -197,7 +197,9 @@ class CtxDiffModel:
             that never move), which the network rather than its first guess fills
             (:func:`xrimpute.engine.choose_preset`); an ``init`` keeps its own. Every network starts
             from a classical first guess made from its context and learns the correction
-            to it.
+            to it; a fit of a cube in memory on its whole grid may let that guess lean on
+            the series' leading spatial modes, where they fill the held-back cells better
+            (:func:`xrimpute.nets.prior.spatial_modes`).
         steps : int, optional
             Training steps (optimiser updates). Default: on the CPU, as many as
             ``max_time`` allows (5 minutes unless given); on a GPU, 2000. Only an
@@ -545,7 +547,9 @@ class CtxDiffModel:
                         + (f", first guess leaning on each cell's observations up to {self.denoiser.nearby_span} "
                            f"steps before and after the window{' along the flow' if self.denoiser.flows else ''}"
                            + (" (a curve through three on either side)" if self.denoiser.config.get("curve") else "")
-                           if self.denoiser.nearby_span else "")),
+                           if self.denoiser.nearby_span else "")
+                        + (f", first guess leaning on the series' {self.denoiser.config['modes']} leading spatial modes"
+                           if self.denoiser.modes is not None else "")),
             ("training", f"{self.history.step[-1] if self.history.step else 0} steps in "
                          f"{self.history.seconds:.0f} s on {train_info.get('device', '?')}"),
         ]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prior import DEFAULT_LEVELS, FirstGuess, flow_closeness, history_baseline, nearby_guess
+from .prior import DEFAULT_LEVELS, FirstGuess, flow_closeness, history_baseline, modes_baseline, nearby_guess
 from .unet import PRESETS, UNet
 
 
@@ -40,17 +40,23 @@ class Denoiser(nn.Module):
     (``nearby_observations(..., flow=True)``), and how far the flow carried
     each cell's (:func:`~xrimpute.nets.prior.flow_closeness`) is one more
     input channel.
+    With ``modes`` ``(1 + K, C, H, W)`` (:func:`~xrimpute.nets.prior.spatial_modes` of the training series) the
+    guess interpolates each frame's departures from the modes that best fit its context
+    (:func:`~xrimpute.nets.prior.modes_baseline`), on the grid the modes cover.
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
                  preset: str = "tiny", periodic: bool = False, first_guess: bool = False,
                  guess: dict | None = None, history: bool = False, nearby: int = 0, flow: bool = False,
-                 curve: bool = False, **overrides):
+                 curve: bool = False, modes: torch.Tensor | None = None, **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
         if (history or nearby) and not first_guess:
             raise ValueError("history= and nearby= shape the first guess; build the network with first_guess=True")
+        if modes is not None and (history or nearby or not first_guess):
+            raise ValueError("modes= is a baseline of the first guess of its own: build the network with "
+                             "first_guess=True and without history= or nearby=")
         if flow and not nearby:
             raise ValueError("flow= says where the nearby steps come from; pass nearby= (a span of steps) too")
         self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
@@ -66,6 +72,11 @@ class Denoiser(nn.Module):
             self.config["flow"] = True
         if curve:
             self.config["curve"] = True
+        if modes is not None:
+            self.config["modes"] = len(modes) - 1
+            self.register_buffer("modes", torch.as_tensor(modes, dtype=torch.float32))
+        else:
+            self.modes = None
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
@@ -106,6 +117,11 @@ class Denoiser(nn.Module):
         if self.nearby_span:
             return nearby_guess(self.first_guess, values, mask, nearby, self.nearby_span, baseline,
                                 self.config.get("curve", False))
+        if self.modes is not None:
+            if tuple(self.modes.shape[-2:]) != tuple(values.shape[-2:]):
+                raise ValueError(f"this network's first guess leans on modes of a {tuple(self.modes.shape[-2:])} "
+                                 f"grid; pass windows of that whole grid, not {tuple(values.shape[-2:])}")
+            baseline = modes_baseline(values, mask, self.modes)
         return self.first_guess(values, mask, baseline)
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,

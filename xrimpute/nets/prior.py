@@ -501,20 +501,96 @@ def nearby_guess(first_guess: FirstGuess, values: torch.Tensor, mask: torch.Tens
     return torch.where(known, guided, plain), certainty
 
 
+MODES = 4
+"""Spatial modes of :func:`spatial_modes` beyond the cells' means: on the annual cube's 10 % pixels the first guess
+filled best with 4 or 5, worse with 8, 10 or 20 (``benchmarks/RESULTS.md``)."""
+MODES_RIDGE = 2.0
+"""How strongly :func:`modes_baseline` pulls the modes' amplitudes towards 0, against a frame's share of cells
+(there 1 and 3 filled alike)."""
+MODES_LABEL = " + modes"
+"""Appended to a candidate's name (:func:`choose_guess`) when its guess leans on :func:`modes_baseline`."""
+MOST_MODE_CELLS = 20_000_000
+"""Frames times cells that :func:`spatial_modes` reads at most (80 MB in float32): every second, third, ... step of
+a longer series."""
+
+
+def spatial_modes(values: torch.Tensor, observed: torch.Tensor, count: int = MODES) -> torch.Tensor:
+    """``(1 + count, C, H, W)``: each cell's mean, then the leading ``count`` spatial modes (unit length over all
+    channels and cells) of the departures from it, from the frames of ``values`` ``(N, C, T, H, W)`` (normalised,
+    any value where not ``observed``), the gaps filled by a straight line along time between their cell's
+    observations (0 in cells never observed). They hold what the whole series says of the field's large-scale
+    patterns, which a window alone cannot, as DINEOF's modes do (Beckers & Rixen 2003): on the pixels of the annual
+    cube they took the first guess's error from 0.0083 to 0.0027; refilling the gaps from the modes and finding them
+    again, as DINEOF does, made that no better (``benchmarks/RESULTS.md``)."""
+    step = max(1, math.ceil(values.numel() / MOST_MODE_CELLS))
+    values, observed = values[:, :, ::step], observed[:, :, ::step]
+    n, c, t, h, w = values.shape
+    flat = lambda x: x.permute(0, 2, 1, 3, 4).reshape(n * t, c * h * w)  # noqa: E731
+    filled = flat(_along_time(values.to(torch.float32), observed))
+    counts = flat(observed).sum(0)
+    rank = min(count, *filled.shape)
+    mean = filled.mean(0)
+    departures = (filled - mean).double()
+    # the leading eigenvectors of the Gram matrix of the shorter side: exact and the same on every run
+    if len(departures) < departures.shape[1]:
+        _, vectors = torch.linalg.eigh(departures @ departures.T)
+        leading = departures.T @ vectors[:, -rank:].flip(1)
+        leading = leading / leading.norm(dim=0).clamp(min=1e-30)
+    else:
+        leading = torch.linalg.eigh(departures.T @ departures)[1][:, -rank:].flip(1)
+    modes = torch.zeros(1 + count, c * h * w, device=values.device)
+    modes[0], modes[1 : 1 + rank] = mean, leading.T.float()
+    modes[:, counts == 0] = 0  # cells never observed: no mode reaches them
+    return modes.reshape(1 + count, c, h, w)
+
+
+def _along_time(values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(N, C, T, H, W)`` filled along time: the straight line between each cell's observations either
+    side, the nearest beyond its first and last, 0 in a cell never observed."""
+    t = values.shape[2]
+    step = torch.arange(t, device=values.device).reshape(1, 1, t, 1, 1).expand_as(values)
+    before = torch.where(observed, step, -1).cummax(2).values
+    after = torch.where(observed, step, t).flip(2).cummin(2).values.flip(2)
+    v0 = values.gather(2, before.clamp(min=0))
+    v1 = values.gather(2, after.clamp(max=t - 1))
+    share = (step - before) / (after - before).clamp(min=1)
+    line = v0 + (v1 - v0) * share
+    return torch.where(before < 0, torch.where(after < t, v1, 0.0), torch.where(after < t, line, v0))
+
+
+def modes_baseline(values: torch.Tensor, mask: torch.Tensor, modes: torch.Tensor,
+                   ridge: float = MODES_RIDGE) -> torch.Tensor:
+    """``(B, C, T, H, W)``: in every frame of ``values``, the cells' means plus the modes (:func:`spatial_modes`)
+    whose amplitudes best fit the mask's cells, pulled towards 0 by ``ridge`` times the frame's share of cells
+    (a frame without any keeps the means)."""
+    b, c, t, h, w = values.shape
+    mean, basis = modes[0].reshape(-1).float(), modes[1:].reshape(len(modes) - 1, -1).float()
+    weight = mask.permute(0, 2, 1, 3, 4).reshape(b, t, -1).to(torch.float32)
+    departure = (values.permute(0, 2, 1, 3, 4).reshape(b, t, -1).to(torch.float32) - mean) * weight
+    with torch.autocast(values.device.type, enabled=False):
+        gram = torch.einsum("kp,btp,lp->btkl", basis, weight, basis)
+        share = weight.mean(-1)[..., None, None]
+        gram = gram + (ridge * share + 1e-6) * torch.eye(len(basis), device=values.device)
+        amplitude = _solve(gram, torch.einsum("kp,btp->btk", basis, departure)[..., None])[..., 0]
+        fitted = mean + amplitude @ basis
+    return fitted.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+
+
 def candidate_label(label: str) -> tuple[str, bool, bool]:
     """``(name in CANDIDATES, whether the guess leans on nearby steps, whether along the flow)`` of a label
-    :func:`choose_guess` gives."""
+    :func:`choose_guess` gives (whether it leans on the modes: ``label.endswith(MODES_LABEL)``)."""
     for suffix, flow in ((NEARBY_LABEL, False), (FLOW_LABEL, True)):
         if label.endswith(suffix):
             return label[: -len(suffix)], True, flow
-    return label, False, False
+    return label.removesuffix(MODES_LABEL), False, False
 
 
 @torch.no_grad()
 def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                  candidates: dict[str, dict] = CANDIDATES, periodic: bool = False,
                  history: torch.Tensor | None = None, nearby: torch.Tensor | None = None,
-                 span: int = NEARBY_SPAN, curve: bool = False) -> tuple[str, dict[str, float]]:
+                 span: int = NEARBY_SPAN, curve: bool = False,
+                 modes: torch.Tensor | None = None) -> tuple[str, dict[str, float]]:
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate and kriging ones run only where no frame
@@ -526,12 +602,16 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     windows' history (:func:`history_baseline`), for a network that leans on it. ``nearby``: the windows' nearest
     observations outside them; then every candidate is also scored through :func:`nearby_guess` (labelled with
     :data:`NEARBY_LABEL`, or :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``;
-    :func:`candidate_label`), in place with the curved baseline where ``curve``."""
+    :func:`candidate_label`), in place with the curved baseline where ``curve``. ``modes`` (:func:`spatial_modes`,
+    without ``history``): every candidate is also scored on the departures from :func:`modes_baseline` (labelled
+    with :data:`MODES_LABEL`)."""
     errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
     baseline = None if history is None else history_baseline(history, periodic)
     leaning = FLOW_LABEL if nearby is not None and nearby.dim() == 5 else NEARBY_LABEL
-    for label in ("",) if nearby is None else ("", leaning):  # on a tie, a guess without the nearby steps
+    labels = ("",) + (() if nearby is None else (leaning,)) + (() if modes is None or history is not None
+                                                              else (MODES_LABEL,))
+    for label in labels:  # on a tie, a guess without the nearby steps or the modes
         for name, options in candidates.items():
             solved = options.get("thin_plate") or options.get("kriging")
             frame_by_frame = options.get("bending") and not options.get("across")  # the spline's stand-in
@@ -539,8 +619,12 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                     options.get("bending") and history is not None):
                 continue
             first_guess = FirstGuess(**options, periodic=periodic)
-            guess, _ = (nearby_guess(first_guess, values * mask, mask, nearby, span, baseline, curve) if label else
-                        first_guess(values * mask, mask, baseline))
+            if label == MODES_LABEL:
+                guess, _ = first_guess(values * mask, mask, modes_baseline(values * mask, mask, modes))
+            elif label:
+                guess, _ = nearby_guess(first_guess, values * mask, mask, nearby, span, baseline, curve)
+            else:
+                guess, _ = first_guess(values * mask, mask, baseline)
             errors[name + label] = float(((guess - values) ** 2 * held).sum()) / reference
     order = list(errors)
     return min(errors, key=lambda label: (errors[label], order.index(label))), errors
