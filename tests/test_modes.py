@@ -46,6 +46,8 @@ def test_the_modes_span_the_patterns_of_the_series_from_its_observed_cells_alone
     never = observed.copy()
     never[..., 2, 3] = False
     assert torch.all(spatial_modes(values, torch.as_tensor(never), count=3)[:, 0, 2, 3] == 0)  # no mode reaches it
+    flat = spatial_modes(torch.full((1, 1, 20, 5, 6), 2.0), torch.ones(1, 1, 20, 5, 6, dtype=torch.bool))
+    assert torch.all(flat[0] == 2.0) and torch.all(flat[1:] == 0)  # nothing varies: no mode beyond the means
 
 
 def test_the_baseline_is_a_function_of_the_context_alone_and_fills_a_frames_gaps_from_its_few_cells():

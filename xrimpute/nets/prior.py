@@ -525,19 +525,23 @@ def spatial_modes(values: torch.Tensor, observed: torch.Tensor, count: int = MOD
     step = max(1, math.ceil(values.numel() / MOST_MODE_CELLS))
     values, observed = values[:, :, ::step], observed[:, :, ::step]
     n, c, t, h, w = values.shape
-    flat = lambda x: x.permute(0, 2, 1, 3, 4).reshape(n * t, c * h * w)  # noqa: E731
-    filled = flat(_along_time(values.to(torch.float32), observed))
-    counts = flat(observed).sum(0)
+
+    def frames(x):  # (frames, cells of every channel)
+        return x.permute(0, 2, 1, 3, 4).reshape(n * t, c * h * w)
+
+    filled = frames(_along_time(values.to(torch.float32), observed))
+    counts = frames(observed).sum(0)
     rank = min(count, *filled.shape)
     mean = filled.mean(0)
     departures = (filled - mean).double()
     # the leading eigenvectors of the Gram matrix of the shorter side: exact and the same on every run
-    if len(departures) < departures.shape[1]:
-        _, vectors = torch.linalg.eigh(departures @ departures.T)
-        leading = departures.T @ vectors[:, -rank:].flip(1)
-        leading = leading / leading.norm(dim=0).clamp(min=1e-30)
-    else:
-        leading = torch.linalg.eigh(departures.T @ departures)[1][:, -rank:].flip(1)
+    short = len(departures) < departures.shape[1]
+    strengths, vectors = torch.linalg.eigh(departures @ departures.T if short else departures.T @ departures)
+    vectors = vectors[:, -rank:].flip(1)
+    leading = departures.T @ vectors if short else vectors
+    leading = leading / leading.norm(dim=0).clamp(min=1e-30)
+    # a series of fewer patterns than count: no mode where there is nothing left to explain
+    leading[:, strengths[-rank:].flip(0) <= 1e-9 * strengths[-1].clamp(min=1e-30)] = 0
     modes = torch.zeros(1 + count, c * h * w, device=values.device)
     modes[0], modes[1 : 1 + rank] = mean, leading.T.float()
     modes[:, counts == 0] = 0  # cells never observed: no mode reaches them
