@@ -520,7 +520,7 @@ def spatial_modes(values: torch.Tensor, observed: torch.Tensor, count: int = MOD
     any value where not ``observed``), the gaps filled by a straight line along time between their cell's
     observations (0 in cells never observed). They hold what the whole series says of the field's large-scale
     patterns, which a window alone cannot, as DINEOF's modes do (Beckers & Rixen 2003): on the pixels of the annual
-    cube they took the first guess's error from 0.0083 to 0.0027; refilling the gaps from the modes and finding them
+    cube they took the first guess's error from 0.0083 to 0.0027-0.0028; refilling the gaps from the modes and finding them
     again, as DINEOF does, made that no better (``benchmarks/RESULTS.md``)."""
     step = max(1, math.ceil(values.numel() / MOST_MODE_CELLS))
     values, observed = values[:, :, ::step], observed[:, :, ::step]
@@ -550,7 +550,8 @@ def spatial_modes(values: torch.Tensor, observed: torch.Tensor, count: int = MOD
 
 def _along_time(values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """``values`` ``(N, C, T, H, W)`` filled along time: the straight line between each cell's observations either
-    side, the nearest beyond its first and last, 0 in a cell never observed."""
+    side, the nearest beyond its first and last, 0 in a cell never observed (the classical ``interpolate`` filler's
+    line in time, in torch: ``xrimpute.baselines`` sits above the networks and cannot be imported here)."""
     t = values.shape[2]
     step = torch.arange(t, device=values.device).reshape(1, 1, t, 1, 1).expand_as(values)
     before = torch.where(observed, step, -1).cummax(2).values
@@ -613,8 +614,8 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
     baseline = None if history is None else history_baseline(history, periodic)
     leaning = FLOW_LABEL if nearby is not None and nearby.dim() == 5 else NEARBY_LABEL
-    labels = ("",) + (() if nearby is None else (leaning,)) + (() if modes is None or history is not None
-                                                              else (MODES_LABEL,))
+    leaning_on_modes = None if modes is None or history is not None else modes_baseline(values * mask, mask, modes)
+    labels = ("",) + (() if nearby is None else (leaning,)) + (() if leaning_on_modes is None else (MODES_LABEL,))
     for label in labels:  # on a tie, a guess without the nearby steps or the modes
         for name, options in candidates.items():
             solved = options.get("thin_plate") or options.get("kriging")
@@ -624,7 +625,7 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                 continue
             first_guess = FirstGuess(**options, periodic=periodic)
             if label == MODES_LABEL:
-                guess, _ = first_guess(values * mask, mask, modes_baseline(values * mask, mask, modes))
+                guess, _ = first_guess(values * mask, mask, leaning_on_modes)
             elif label:
                 guess, _ = nearby_guess(first_guess, values * mask, mask, nearby, span, baseline, curve)
             else:
