@@ -17,7 +17,7 @@ LAYERS = {
     # plain helpers: no models, no xarray
     "base": ["errors", "options", "arguments", "robust", "geometry", "atomic", "payload"],
     "nets": ["nets"],  # the denoiser
-    "core": ["masks", "diffusion", "training", "flow", "windows", "samplers", "engine"],  # arrays only
+    "core": ["masks", "diffusion", "training", "flow", "cycle", "windows", "samplers", "engine"],  # arrays only
     "xarray": ["cube", "io", "observe", "stations", "datasets", "pde"],  # the translator and xarray-facing helpers
     "model": ["model", "lazy", "reconstruct", "check", "metrics", "plot", "baselines"],
     "front": ["__init__", "__main__", "accessor", "cli", "bench", "quickstart"],  # thin faces over the rest
@@ -31,7 +31,7 @@ ALLOWED = {
     "front": {"base", "nets", "core", "xarray", "model", "front"},
 }
 # The numeric core of the method: plain arrays and tensors in, plain arrays and tensors out.
-NUMERIC_CORE = ["engine", "masks", "diffusion", "training", "nets", "flow", "windows", "samplers", "geometry"]
+NUMERIC_CORE = ["engine", "masks", "diffusion", "training", "nets", "flow", "cycle", "windows", "samplers", "geometry"]
 
 
 def module_name(path: Path) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import xarray as xr
 from dask import is_dask_collection
 
@@ -453,6 +454,39 @@ def time_positions(obj, layout: Layout) -> np.ndarray | None:
         return (times - times[0]) / np.timedelta64(1, "s")
     if np.issubdtype(times.dtype, np.number):
         return times.astype(np.float64)
+    return None
+
+
+CYCLES = {"daily": (86_400.0, 3), "annual": (365.25 * 86_400.0, 2)}
+"""Each regular cycle :func:`cycle_phase` finds: its length in seconds, and how many of it a series must span."""
+
+
+def cycle_phase(obj, layout: Layout, kind: str | None = None) -> tuple[str, np.ndarray] | None:
+    """``(kind, phase)``: the regular cycle the steps of ``obj`` go through and where each lies in it (a fraction of
+    it, ``(T,)``), from a time coordinate of dates (numpy or cftime, any calendar). ``"daily"``: the time of day,
+    for steps shorter than a day over at least three days; ``"annual"``: the month and the day in it, for steps of
+    a day to a month over at least two years. None where there is no such cycle (plain numbers, one step a year,
+    a shorter series). With ``kind`` that cycle's phase whatever the steps (None without dates)."""
+    times = coordinates(obj, layout)["time"]
+    if np.issubdtype(times.dtype, np.datetime64):
+        index = pd.DatetimeIndex(times)
+        seconds = (times - times[0]) / np.timedelta64(1, "s")
+    elif times.dtype == object and len(times) and hasattr(times[0], "calendar"):  # cftime dates
+        index = xr.CFTimeIndex(times)
+        seconds = np.array([(t - times[0]).total_seconds() for t in times])
+    else:
+        return None
+    if kind is None and len(times) > 1:
+        step, span = float(np.median(np.diff(seconds))), float(seconds[-1] - seconds[0])
+        day = CYCLES["daily"][0]
+        if 0 < step < day and span >= CYCLES["daily"][1] * day:
+            kind = "daily"
+        elif day <= step <= 31 * day and span >= CYCLES["annual"][1] * CYCLES["annual"][0]:
+            kind = "annual"
+    if kind == "daily":
+        return kind, (np.asarray(index.hour) + np.asarray(index.minute) / 60 + np.asarray(index.second) / 3600) / 24
+    if kind == "annual":
+        return kind, (np.asarray(index.month) - 1 + (np.asarray(index.day) - 1) / np.asarray(index.days_in_month)) / 12
     return None
 
 

@@ -28,6 +28,7 @@ from . import arguments, masks
 from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
+from .cycle import cycle_at, fit_cycle
 from .nets import PRESETS, Denoiser
 from .nets.prior import (CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess, spatial_modes,
                          widest_reach)
@@ -155,6 +156,21 @@ def offers_nearby(observed: np.ndarray) -> bool:
     return masks.gaps_near_in_time(observed, NEARBY_SPAN // 2) >= NEARBY_REACH
 
 
+NEVER_OBSERVED = 0.1
+"""Share of the cells imputation fills that may never have been observed for a fit to try each cell's cycle
+(:func:`offers_cycle`)."""
+
+
+def offers_cycle(valid: np.ndarray, permanent: np.ndarray) -> bool:
+    """Whether a fit may try the first guess on the departures from each cell's cycle (:mod:`xrimpute.cycle`):
+    where at most :data:`NEVER_OBSERVED` of the cells imputation fills (``valid`` or not ``permanent``, ``(C, H,
+    W)``) were never observed. A cell never observed takes its neighbours' cycle, and the held-back cells, observed
+    at other steps, have their own: between the ERA5 sample's 40 stations they chose the cycle, which then
+    filled the cells between them 5 % worse than the thin-plate spline alone (``benchmarks/RESULTS.md``)."""
+    filled = np.asarray(valid, bool) | ~np.asarray(permanent, bool)
+    return bool((filled & ~np.asarray(valid, bool)).sum() <= NEVER_OBSERVED * max(int(filled.sum()), 1))
+
+
 def choose_preset(device: torch.device, gaps_near: bool, init: Engine | None = None) -> str:
     """The network of ``preset="auto"``: ``init``'s own when given; ``"base"`` on a GPU; on the CPU ``"narrow"``,
     or ``"lite"`` (twice as wide, 55-65 % of the steps in the same time) where the gaps lie far in time from
@@ -203,7 +219,11 @@ class ModelConfig:
     network's config says how many steps, ``Denoiser.nearby_span``).
     ``correction``: per channel, the share of the network's correction to its
     first guess that imputation keeps, fitted on the held-back cells (None:
-    all of it; see :meth:`HeldBack.correction_weights`).
+    all of it; see :meth:`HeldBack.correction_weights`). ``cycle``: the
+    regular cycle (``"daily"``, ``"annual"``) whose departures the model
+    fills, each cell's (:mod:`xrimpute.cycle`); to :meth:`Engine.fit`, the
+    one it may try (with the steps' ``phase``), kept only where the held-back
+    cells fill better; None: none.
     """
 
     channels: list[str]
@@ -225,6 +245,7 @@ class ModelConfig:
     train: dict = field(default_factory=dict)
     validation: dict | None = None
     correction: list[float] | None = None  # per channel, the share of the network's correction imputation keeps
+    cycle: str | None = None  # the cycle whose departures the model fills (Engine.cycle), or None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -324,7 +345,7 @@ class Engine:
 
     def __init__(self, denoiser: Denoiser, spec: masks.MaskSpec, config: ModelConfig, mean: np.ndarray,
                  std: np.ndarray, valid: np.ndarray, history: History, schedule: VPSchedule = VPSchedule(),
-                 permanent: np.ndarray | None = None):
+                 permanent: np.ndarray | None = None, cycle: np.ndarray | None = None):
         self.denoiser = denoiser.eval()
         self.spec = spec
         self.schedule = schedule
@@ -334,6 +355,8 @@ class Engine:
         # never-observed cell, as it used to be
         self.permanent = ~np.asarray(valid, bool) if permanent is None else np.asarray(permanent, bool)
         self.history = history
+        # cycle (2 harmonics, C, H, W): each cell's cycle in normalised units (config.cycle says which), or None
+        self.cycle = None if cycle is None else np.asarray(cycle, np.float32)
 
     def left_nan(self, fill_never_observed: bool | None = None) -> np.ndarray:
         """``(C, H, W)``: cells whose gaps stay NaN. None: the permanent mask (the user's, and the regions beyond
@@ -381,7 +404,7 @@ class Engine:
     def fit(cls, values, config: ModelConfig, mask="auto", *, train_config: TrainConfig = TrainConfig(),
             preset: str = "auto", val_fraction: float = 0.05, device="auto", checkpoint=None, progress: bool = True,
             verbose: bool = True, init: Engine | None = None, stats: Statistics | None = None,
-            permanent_mask: np.ndarray | None = None, compare=None) -> Engine:
+            permanent_mask: np.ndarray | None = None, compare=None, phase: np.ndarray | None = None) -> Engine:
         """Train on ``values`` ``(N, C, T, H, W)``, a numpy or dask array (read piece by piece), NaN = unobserved.
 
         ``config`` describes the data (channels, grid, window, tile, periodic);
@@ -397,7 +420,11 @@ class Engine:
         sampler (its ``validation_context`` is the series around the held-back
         cells, e.g. to score other fillers on them, as
         :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns joins
-        the validation.
+        the validation. ``phase`` ``(T,)``: where each step lies in
+        ``config.cycle`` (fractions of it, :func:`xrimpute.cube.cycle_phase`):
+        a fit like the one the series' modes need (below) also tries the first
+        guess on the departures from each cell's cycle, and keeps the cycle
+        where it fills the held-back cells better (:mod:`xrimpute.cycle`).
         """
         check_fit_options(config.window, config.tile, val_fraction, device, config.history, config.nearby, preset)
         seed = train_config.seed
@@ -457,10 +484,21 @@ class Engine:
         config = replace(config, tile=None if tile is None else list(tile), train_rate=stats.rate,
                          statistics_chunks=list(stats.chunks), versions=_versions(),
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        windows = training_windows(values, spec, mean, std, window=config.window, tile=tile, static=static,
-                                   val_fraction=val_fraction, seed=seed, pin_memory=device.type == "cuda",
-                                   valid=stats.valid, history=bool(config.history),
-                                   nearby_span=offered, flow=flow_offered)
+        build = functools.partial(training_windows, spec=spec, mean=mean, std=std, window=config.window, tile=tile,
+                                  static=static, val_fraction=val_fraction, seed=seed,
+                                  pin_memory=device.type == "cuda", valid=stats.valid, history=bool(config.history),
+                                  nearby_span=offered, flow=flow_offered)
+        cycle = None
+        if init is not None and init.cycle is not None:  # its network learned the departures from its cycle
+            if is_dask_collection(values):
+                raise ModelMismatch("init= fills the departures from each cell's cycle, which a fit on an archive "
+                                    "read piece by piece cannot continue; load the series into memory (.load())")
+            values, cycle = values - init.cycle_shift(values.shape, phase), torch.as_tensor(init.cycle)
+            config = replace(config, cycle=init.config.cycle)
+        windows = plain = build(values)
+        permanent = masks.unreachable(stats.valid)
+        if permanent_mask is not None:
+            permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
         try:
             # the series' spatial modes, a baseline the guess may lean on: in memory, on the whole grid, and where the
             # gaps' cells are observed near them, as the held-back cells' are (a cell never observed has no modes)
@@ -468,10 +506,18 @@ class Engine:
                             and not config.history)
             modes = spatial_modes(windows.values, windows.observed) if offers_modes else None
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes)
-            name, nearby, flow = candidate_label(guess) if guess is not None else (None, bool(config.nearby), False)
+            if (offers_modes and guess is not None and config.cycle and phase is not None
+                    and offers_cycle(stats.valid, permanent)):
+                cycle, windows, modes, guess, guesses = _try_cycle(values, plain, build, phase, config.cycle, std,
+                                                                   net["periodic"], config.nearby, modes, guess,
+                                                                   guesses)
+                if verbose and cycle is not None:
+                    log.info(f"the first guess fills the departures from each cell's {config.cycle} cycle")
+            label = None if guess is None else guess.removesuffix(_cycle_label(config.cycle))
+            name, nearby, flow = candidate_label(label) if guess is not None else (None, bool(config.nearby), False)
             if init is not None:
                 modes = init.denoiser.modes
-            elif guess is None or not guess.endswith(MODES_LABEL):
+            elif label is None or not label.endswith(MODES_LABEL):
                 modes = None
             elif verbose:
                 log.info(f"the first guess leans on the series' {len(modes) - 1} leading spatial modes, fitted to "
@@ -500,11 +546,14 @@ class Engine:
                                spec=spec.to_dict(), grid=grid_digest(config.grid))
             if tile is not None:
                 fingerprint["tile"] = list(tile)
-            validate = None if windows.validation is None else HeldBack(*windows.validation, spec, device, seed)
+            # scored against the mean fill of the values, not of their departures from the cycle
+            validate = None if windows.validation is None else HeldBack(
+                *windows.validation, spec, device, seed, reference=None if cycle is None else
+                _channel_reference(plain.validation))
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
                 ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
-            compared = compare(windows, history) if compare is not None and history.val else {}
+            compared = compare(plain, history) if compare is not None and history.val else {}  # on the values
             scores, estimates, weights, weighted, context = {}, {}, None, None, None
             if validate is not None and history.val:
                 imputed = ImputedHeldBack(validate, windows, ema.nearby_span, ema.flows, progress)
@@ -514,6 +563,8 @@ class Engine:
                 weights, weighted = imputed.correction_weights(ema, context, estimates[context])
         finally:
             windows.close()
+            if plain is not windows:
+                plain.close()
         validation = None
         if history.val:
             final = weighted or scores[context]
@@ -527,11 +578,10 @@ class Engine:
                 validation.update(network_nmse=scores[context]["nmse"],
                                   correction_weight=dict(zip(config.channels, weights)))
         config = replace(config, validation=validation, correction=weights,
+                         cycle=None if cycle is None else config.cycle,
                          train=dict(asdict(train_config), preset=preset, device=str(device)))
-        permanent = masks.unreachable(stats.valid)
-        if permanent_mask is not None:
-            permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
-        return cls(ema.cpu(), spec, config, mean, std, stats.valid, history, permanent=permanent)
+        return cls(ema.cpu(), spec, config, mean, std, stats.valid, history, permanent=permanent,
+                   cycle=None if cycle is None else cycle.numpy())
 
     @classmethod
     def fit_array(cls, values: np.ndarray, mask="auto", *, window: int | None = None, tile="auto",
@@ -556,7 +606,8 @@ class Engine:
                        permanent_mask=permanent_mask)
 
     def continue_training(self, values: np.ndarray, observed: np.ndarray, *, loss_fn=None, device="cpu",
-                          progress: bool = True, facts: dict | None = None, **changes) -> History:
+                          progress: bool = True, facts: dict | None = None, phase: np.ndarray | None = None,
+                          **changes) -> History:
         """Train the network further on ``values`` ``(N, C, T, H, W)`` in data units (e.g. a completion).
 
         Windows carry ``observed`` as their mask; the settings are those of the
@@ -564,8 +615,11 @@ class Engine:
         objective ``loss_fn`` (default the context-query loss). The network
         becomes the new EMA network and the history the new one; the validation
         score, which training on the held-back cells voids, is dropped, and
-        ``facts`` (JSON-able) are kept in the configuration.
+        ``facts`` (JSON-able) are kept in the configuration. ``phase`` as for
+        :meth:`fill`.
         """
+        shift = self.cycle_shift(values.shape, phase)
+        values = values if shift is None else values - shift
         x = (values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None]
         tile = self.config.tile and tuple(self.config.tile)
         totals = self.totals(np.where(observed, values, np.nan)) if self.denoiser.uses_history else None
@@ -632,7 +686,7 @@ class Engine:
         return np.nan_to_num((values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None])
 
     def fill(self, values: np.ndarray, options: ImputeConfig = ImputeConfig(), *, spec: masks.MaskSpec | None = None,
-             piece: Piece | None = None, net=None, totals: np.ndarray | None = None):
+             piece: Piece | None = None, net=None, totals: np.ndarray | None = None, phase: np.ndarray | None = None):
         """``(filled, spread)`` of ``values`` ``(N, C, T, H, W)`` (NaN = gap) in data units.
 
         ``values`` is the whole series, or with ``piece`` a cut of it
@@ -641,8 +695,10 @@ class Engine:
         when the network leans on history (a whole series gives its own).
         ``spec`` is the imputation spec (default :meth:`imputation_spec` with the
         observed share of ``values``); ``net`` the denoiser to run (default the
-        engine's, moved to ``options.device`` and back). Imputation in memory,
-        lazy imputation and :func:`xrimpute.reconstruct` all come here.
+        engine's, moved to ``options.device`` and back). ``phase``: where each
+        step of the whole series lies in the model's cycle (:meth:`cycle_shift`),
+        which a model that fills departures from one needs. Imputation in
+        memory, lazy imputation and :func:`xrimpute.reconstruct` all come here.
         """
         options = options.resolved()
         if spec is None:
@@ -653,15 +709,39 @@ class Engine:
                 raise ArgumentError("this model's first guess leans on each cell's history; pass totals= "
                                     "(Engine.totals of the whole series) with a piece of it")
             totals = self.totals(values)
+        piece = piece or Piece.whole(values.shape)
+        shift = self.cycle_shift(values.shape, phase, piece)
         device = resolve_device(options.device)
         own = net is None
         net = self.denoiser.to(device) if own else net
         try:
             with torch_threads():  # in a dask worker: the worker's share of the cores
-                return self._fill(values, spec, options, piece or Piece.whole(values.shape), net, device, totals)
+                filled, spread = self._fill(values if shift is None else values - shift, spec, options, piece, net,
+                                            device, totals)
         finally:
             if own:
                 self.denoiser.cpu()
+        if shift is None:
+            return filled, spread
+        return np.where(piece.inside(np.isfinite(values)), piece.inside(values), filled + piece.inside(shift)), spread
+
+    def cycle_shift(self, shape: tuple[int, ...], phase: np.ndarray | None, piece: Piece | None = None):
+        """``(N, C, T, H, W)`` in data units (broadcast): the model's cycle (:mod:`xrimpute.cycle`) at the steps and
+        cells of a cut ``shape`` of a series (``piece``, default the whole of it) whose steps lie at ``phase``
+        ``(T,)`` of the whole series; None for a model without a cycle."""
+        if self.cycle is None:
+            return None
+        piece = piece or Piece.whole(shape)
+        _, _, steps, rows, cols = shape
+        _, first, row, col = piece.origin
+        if phase is None or len(phase) != piece.full[0]:
+            raise ArgumentError(f"this model fills the departures from each cell's {self.config.cycle} cycle, so it "
+                                f"needs phase= with the place of each of the series' {piece.full[0]} steps in it "
+                                "(xrimpute.cube.cycle_phase of its time coordinate), as CtxDiffModel.impute "
+                                f"passes it; got {'none' if phase is None else f'{len(phase)} steps'}")
+        amplitudes = self.cycle[:, :, row : row + rows][..., (col + np.arange(cols)) % piece.full[2]]
+        cycle = cycle_at(amplitudes, np.asarray(phase)[first : first + steps])
+        return np.broadcast_to((self.std[None, :, None, None, None] * cycle[None]).astype(np.float32), shape)
 
     def _fill(self, values, spec, options: ImputeConfig, piece: Piece, net, device, totals):
         observed = np.isfinite(values)
@@ -702,10 +782,11 @@ class Engine:
 
     def sample(self, values: np.ndarray, n: int = 16, steps: int = 50, *, K: int = 10, eta: float = 0.0,
                handover: float | None = -1.0, seed: int = 0, batch_size: int = 16, device="cpu", adapt: bool = True,
-               fill_never_observed: bool | None = None, progress: bool = False) -> np.ndarray:
+               fill_never_observed: bool | None = None, progress: bool = False,
+               phase: np.ndarray | None = None) -> np.ndarray:
         """``n`` imputations ``(n, N, C, T, H, W)`` of ``values`` by multi-step sampling (observations kept exactly).
 
-        Options as for :meth:`xrimpute.CtxDiffModel.sample`.
+        Options as for :meth:`xrimpute.CtxDiffModel.sample`; ``phase`` as for :meth:`fill`.
         """
         arguments.check(n=n, steps=steps, K=K, eta=eta, seed=seed, batch_size=batch_size)
         arguments.check_device(device)
@@ -715,6 +796,7 @@ class Engine:
                           "learned; for samples, fit with low_noise=0.0 (or 0.5) and more steps", UserWarning,
                           stacklevel=3)
         observed = np.isfinite(values)
+        shift = self.cycle_shift(values.shape, phase)
         spec = self.spec
         if adapt:
             test_rate = float(observed[:, :, :, self.valid.any(0)].mean())
@@ -725,7 +807,8 @@ class Engine:
         self.denoiser.to(device)
         try:
             with torch_threads():
-                draws = sample_series(self.denoiser, self._normalise(values), observed, self.schedule, diffusion_spec,
+                draws = sample_series(self.denoiser, self._normalise(values if shift is None else values - shift),
+                                      observed, self.schedule, diffusion_spec,
                                       spec, self.window, n=n, steps=steps, K=K, eta=eta, handover=handover,
                                       domain=torch.as_tensor(self.valid)[None, :, None].to(device), seed=seed,
                                       batch_size=batch_size, device=device, autocast=mixed_precision(device),
@@ -734,6 +817,7 @@ class Engine:
         finally:
             self.denoiser.cpu()
         draws = draws * self.std[None, None, :, None, None, None] + self.mean[None, None, :, None, None, None]
+        draws = draws if shift is None else draws + shift[None]
         draws = np.where(self.left_nan(fill_never_observed)[None, None, :, None] & ~observed, np.nan, draws)
         return np.where(observed, values, draws)
 
@@ -747,7 +831,8 @@ class Engine:
         payload = dict(format=FORMAT, format_version=FORMAT_VERSION, config=json.dumps(config),
                        state=self.denoiser.state_dict(), mean=torch.as_tensor(self.mean),
                        std=torch.as_tensor(self.std), valid=torch.as_tensor(self.valid),
-                       permanent=torch.as_tensor(self.permanent))
+                       permanent=torch.as_tensor(self.permanent),
+                       **({} if self.cycle is None else {"cycle": torch.as_tensor(self.cycle)}))
         with atomic_write(path) as partial:
             torch.save(payload, partial)
         return Path(path)
@@ -772,7 +857,8 @@ class Engine:
                                  f"({reason})") from None
         return cls(denoiser, spec, ModelConfig.from_dict(config["info"]), payload["mean"].numpy(),
                    payload["std"].numpy(), payload["valid"].numpy(), history, schedule,
-                   permanent=payload["permanent"].numpy() if "permanent" in payload else None)
+                   permanent=payload["permanent"].numpy() if "permanent" in payload else None,
+                   cycle=payload["cycle"].numpy() if "cycle" in payload else None)
 
 
 def _model_config(payload: dict, path: str) -> dict:
@@ -853,6 +939,41 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     return label, errors
 
 
+def _cycle_label(kind: str | None) -> str:
+    """What :meth:`Engine.fit` appends to a first guess's label (``model.validation``) when it fills the departures
+    from each cell's ``kind`` cycle."""
+    return f" + {kind} cycle" if kind else ""
+
+
+def _channel_reference(validation) -> torch.Tensor:
+    """``(C,)``: the squared error of the mean fill on the held-back cells of ``validation`` (normalised units, where
+    the mean fill is 0)."""
+    xs, _, hs, _ = validation
+    return (xs**2 * hs).sum(dim=(0, 2, 3, 4))
+
+
+def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, std: np.ndarray, periodic: bool,
+               nearby: bool | None, modes, guess: str, guesses: dict):
+    """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
+    ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training observations of ``plain``, the held-back
+    cells hidden) where that fills the held-back cells better than ``guess`` (the choice among ``guesses`` on
+    ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses`` with those
+    on the departures added. ``build(values)`` makes the windows: the
+    same held-back cells for the departures. Every guess's NMSE is against the mean fill of the values."""
+    cycle = fit_cycle(plain.values, plain.observed, phase)
+    departures = values - (std[None, :, None, None, None] * cycle_at(cycle, phase)[None]).astype(np.float32)
+    cycled = build(departures)
+    cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
+    label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
+    scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
+    suffix = _cycle_label(kind)
+    both = {**guesses, **{name + suffix: error * scale for name, error in errors.items()}}
+    if both[label + suffix] < guesses[guess]:
+        return cycle, cycled, cycled_modes, label + suffix, both
+    cycled.close()
+    return None, plain, modes, guess, both
+
+
 def _context_scores(net, held_back: HeldBack) -> tuple[dict, dict]:
     """The final network's scores on the held-back cells with each context of imputation, and the estimates
     behind them, for :meth:`HeldBack.correction_weights` to reuse."""
@@ -864,9 +985,12 @@ class HeldBack:
     """Held-back observed cells ``hs`` of fixed windows ``xs`` that a network sees through ``ms`` (and its
     per-window ``inputs``): calling it scores a network there (``validate`` of training)."""
 
-    def __init__(self, xs, ms, hs, inputs, spec, device, seed, K: int = 4):
+    def __init__(self, xs, ms, hs, inputs, spec, device, seed, K: int = 4, reference: torch.Tensor | None = None):
         self.xs, self.ms, self.hs, self.spec, self.device, self.seed, self.K = xs, ms, hs, spec, device, seed, K
         self.inputs = {name: v.to(device) for name, v in inputs.items()}
+        # (C,): the error of the mean fill that the NMSE divides by; default that of xs (departures from a cycle
+        # are scored against the values' own, :func:`_channel_reference`)
+        self.reference = _channel_reference((xs, ms, hs, inputs)) if reference is None else reference
 
     def estimate(self, net, context: str = "sampled") -> torch.Tensor:
         """``net``'s single-step estimate of the windows, the same contexts drawn for every network."""
@@ -880,8 +1004,8 @@ class HeldBack:
         """The NMSE of ``estimate`` on the held-back cells, and its MSE per variable (normalised units)."""
         err = ((estimate - self.xs) ** 2 * self.hs).sum(dim=(0, 2, 3, 4))
         cells = self.hs.sum(dim=(0, 2, 3, 4)).clamp(min=1)
-        ref = (self.xs**2 * self.hs).sum(dim=(0, 2, 3, 4))  # the observed-mean fill is 0 in normalised units
-        return dict(nmse=float(err.sum() / ref.sum().clamp(min=1e-12)), mse_per_channel=(err / cells).tolist())
+        return dict(nmse=float(err.sum() / self.reference.sum().clamp(min=1e-12)),
+                    mse_per_channel=(err / cells).tolist())
 
     def __call__(self, net, context: str = "sampled") -> dict:
         return self.score(self.estimate(net, context))
@@ -916,7 +1040,7 @@ class ImputedHeldBack(HeldBack):
     def __init__(self, held_back: HeldBack, windows, nearby_span: int = 0, flow: bool = False,
                  progress: bool = False):
         super().__init__(held_back.xs, held_back.ms, held_back.hs, {}, held_back.spec, held_back.device,
-                         held_back.seed, held_back.K)
+                         held_back.seed, held_back.K, held_back.reference)
         self.nearby_span, self.flow, self.progress = nearby_span, flow, progress
         window = self.xs.shape[2]
         static = held_back.inputs.get("static")
@@ -948,6 +1072,7 @@ class ImputedHeldBack(HeldBack):
         return torch.as_tensor(np.stack(estimates))
 
 
-__all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS", "choose_window",
-           "needs_history", "offers_flow", "offers_nearby", "training_tile", "Engine", "HeldBack", "ImputeConfig",
-           "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields", "spans_globe", "train_config"]
+__all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS",
+           "choose_window", "needs_history", "offers_cycle", "offers_flow", "offers_nearby", "training_tile", "Engine",
+           "HeldBack", "ImputeConfig", "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields",
+           "spans_globe", "train_config"]

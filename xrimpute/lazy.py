@@ -108,15 +108,15 @@ def with_flags(result, flags, layout: cube.Layout):
     return result.merge(flags)
 
 
-def _fill_block(engine: Engine, data, spec, piece: Piece, options: ImputeConfig, totals) -> np.ndarray:
+def _fill_block(engine: Engine, data, spec, piece: Piece, options: ImputeConfig, totals, phase) -> np.ndarray:
     device = resolve_device(options.device)
     filled, spread = engine.fill(np.asarray(data), options, spec=spec, piece=piece, net=network(engine, device),
-                                 totals=totals)
+                                 totals=totals, phase=phase)
     return np.stack([filled, spread])
 
 
 def impute_lazy(engine: Engine, obj, values, layout: cube.Layout, options: ImputeConfig, *,
-                return_std: bool = False):
+                return_std: bool = False, phase: np.ndarray | None = None):
     """Lazy imputation of a dask-backed cube; what :meth:`CtxDiffModel.impute` does for dask input.
 
     One task per output block. Blocks follow the input's chunks in time (and
@@ -128,7 +128,7 @@ def impute_lazy(engine: Engine, obj, values, layout: cube.Layout, options: Imput
     With ``options.adapt`` and no ``options.observed_rate``, the rate is one
     lazy reduction over the input that every block waits for; so are each
     cell's totals over the series when the model leans on history
-    (:meth:`Engine.totals`).
+    (:meth:`Engine.totals`). ``phase``: as for :meth:`Engine.fill`.
     """
     n, c, t, h, w = values.shape
     options = replace(options, progress=False).resolved()  # no progress bar per block
@@ -146,7 +146,7 @@ def impute_lazy(engine: Engine, obj, values, layout: cube.Layout, options: Imput
         data = (data[..., x0 : x0 + lons.size] if x0 + lons.size <= w  # one slice, or two across the seam
                 else da.concatenate([data[..., x0:], data[..., : x0 + lons.size - w]], axis=-1))
         piece = Piece(piece.full, (n0, *piece.origin[1:]), piece.box)  # seeds know the sample
-        task = dask.delayed(_fill_block, pure=True)(shared, data, spec, piece, options, totals)
+        task = dask.delayed(_fill_block, pure=True)(shared, data, spec, piece, options, totals, phase)
         return da.from_delayed(task, (2, n1 - n0, c, *(b - a for a, b in box)), dtype=np.float32)
 
     rows = spans(values.chunks[3]) if tiled else [(0, h)]

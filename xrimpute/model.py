@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,19 @@ def check_fits(engine: Engine, layout: cube.Layout, obj) -> None:
     if steps < engine.window:
         raise ModelMismatch(f"the data has {steps} time steps, fewer than this model's window of {engine.window}; "
                             f"impute at least {engine.window} steps at once, or fit a model with window={steps}")
+
+
+def phase_for(engine: Engine, layout: cube.Layout, obj) -> np.ndarray | None:
+    """Where each step of ``obj`` lies in the cycle whose departures ``engine`` fills (None: it fills none); a
+    :class:`ModelMismatch` if ``obj`` has no dates to tell."""
+    if not engine.config.cycle:
+        return None
+    found = cube.cycle_phase(obj, layout, engine.config.cycle)
+    if found is None:
+        raise ModelMismatch(f"this model fills the departures from each cell's {engine.config.cycle} cycle, so it "
+                            f"needs dates along {layout.axes.time!r} (numpy or cftime) to place the steps in it; "
+                            "give the data its time coordinate")
+    return found[1]
 
 
 class CtxDiffModel:
@@ -199,7 +212,10 @@ class CtxDiffModel:
             from a classical first guess made from its context and learns the correction
             to it; a fit of a cube in memory on its whole grid may let that guess lean on
             the series' leading spatial modes, where they fill the held-back cells better
-            (:func:`xrimpute.nets.prior.spatial_modes`).
+            (:func:`xrimpute.nets.prior.spatial_modes`), and where its dates go through a day
+            or a year (:func:`xrimpute.cube.cycle_phase`) the model may fill the departures
+            from each cell's cycle, likewise chosen (:mod:`xrimpute.cycle`); such a model
+            asks for dates when it imputes.
         steps : int, optional
             Training steps (optimiser updates). Default: on the CPU, as many as
             ``max_time`` allows (5 minutes unless given); on a GPU, 2000. Only an
@@ -348,11 +364,15 @@ class CtxDiffModel:
         from .baselines.heldout import scorer, warn_if_beaten
 
         compare = scorer(cube.time_positions(obj, layout)) if compare_classical else None
+        # the cycle a new model may try, or the one an init fills the departures from
+        cycle = cube.cycle_phase(obj, layout) if init is None else (init.info.get("cycle"),
+                                                                     phase_for(init.engine, layout, obj))
+        config = replace(config, cycle=None if cycle is None else cycle[0])
         engine = Engine.fit(values, config, mask, train_config=options, preset=preset, val_fraction=val_fraction,
                             device=or_option("device", device), checkpoint=checkpoint,
                             progress=or_option("progress", progress), verbose=verbose,
                             init=None if init is None else init.engine, stats=stats, permanent_mask=permanent,
-                            compare=compare)
+                            compare=compare, phase=None if cycle is None else cycle[1])
         if verbose and engine.config.validation:
             warn_if_beaten(engine.config.validation)
         return cls(engine)
@@ -450,12 +470,13 @@ class CtxDiffModel:
         self.engine.check_options(options)
         values, layout = cube.to_array(obj, lazy=True)
         check_fits(self.engine, layout, obj)
+        phase = phase_for(self.engine, layout, obj)
         if return_std:
             cube.check_spread_names(obj, layout)
         if not isinstance(values, np.ndarray):
-            result = impute_lazy(self.engine, obj, values, layout, options, return_std=return_std)
+            result = impute_lazy(self.engine, obj, values, layout, options, return_std=return_std, phase=phase)
         else:
-            filled, spread = self.engine.fill(values, options)
+            filled, spread = self.engine.fill(values, options, phase=phase)
             result = filled_cube(filled, spread, obj, layout, return_std)
         if not return_flags:
             return result
@@ -518,7 +539,8 @@ class CtxDiffModel:
             raise ValueError(f"the data already has a dim {dim!r}; name the ensemble dim otherwise with dim=")
         draws = self.engine.sample(values, n, steps, K=K, eta=eta, handover=handover, seed=seed,
                                    batch_size=batch_size, device=or_option("device", device), adapt=adapt,
-                                   fill_never_observed=fill_never_observed, progress=or_option("progress", progress))
+                                   fill_never_observed=fill_never_observed, progress=or_option("progress", progress),
+                                   phase=phase_for(self.engine, layout, obj))
         members = [cube.merge_filled(obj, cube.from_array(member, obj, layout), layout) for member in draws]
         stacked = xr.concat(members, dim=dim, data_vars=layout.variables if not layout.is_dataarray else "all",
                             coords="minimal", compat="override", combine_attrs="override")
@@ -549,7 +571,9 @@ class CtxDiffModel:
                            + (" (a curve through three on either side)" if self.denoiser.config.get("curve") else "")
                            if self.denoiser.nearby_span else "")
                         + (f", first guess leaning on the series' {self.denoiser.config['modes']} leading spatial modes"
-                           if self.denoiser.modes is not None else "")),
+                           if self.denoiser.modes is not None else "")
+                        + (f", filling the departures from each cell's {self.info['cycle']} cycle"
+                           if self.info.get("cycle") else "")),
             ("training", f"{self.history.step[-1] if self.history.step else 0} steps in "
                          f"{self.history.seconds:.0f} s on {train_info.get('device', '?')}"),
         ]

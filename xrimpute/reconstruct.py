@@ -37,7 +37,7 @@ from .geometry import evenly_spaced
 from .atomic import atomic_write
 from .io import consolidate, open_dataset
 from .lazy import FLAG, cut, filled_cube, flag_attrs, flag_cube, model_digest, network, with_flags
-from .model import CtxDiffModel, check_fits
+from .model import CtxDiffModel, check_fits, phase_for
 from .samplers import time_chunks
 from .training import resolve_device
 
@@ -76,6 +76,7 @@ class _Job:
     run: str
     before_region: Callable[[int], None] | None
     totals_path: str | None = None  # each cell's totals over the archive, for a model that leans on history
+    phase: tuple[float, ...] | None = None  # each step's place in the model's cycle (Engine.cycle_shift)
 
 
 def _record_path(target, index: int) -> Path:
@@ -135,7 +136,7 @@ def _fill_region(job: _Job, index: int, box, source) -> dict:
     values, _ = cube.to_array(part, layout=job.layout)
     filled, spread = engine.fill(values, job.options, spec=engine.imputation_spec(job.options), piece=piece,
                                  net=network(engine, resolve_device(job.options.device)),
-                                 totals=_cached_totals(job.totals_path))
+                                 totals=_cached_totals(job.totals_path), phase=job.phase)
     (ta, tb), (ya, yb), (xa, xb) = box
     like = part.isel({axes.time: slice(ta - times.start, tb - times.start),  # the box's part of the cut
                      axes.lat: slice(ya - lats.start, yb - lats.start),
@@ -381,6 +382,7 @@ def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, 
     ds = ds[wanted + [name for name in ds.data_vars if name not in wanted]]  # the model's order, whatever the store's
     layout = cube.layout_of(ds)
     check_fits(engine, layout, ds)
+    phase = phase_for(engine, layout, ds)
     if return_std:
         cube.check_spread_names(ds, layout)
     target = Path(target)
@@ -418,7 +420,7 @@ def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, 
         options = replace(options, observed_rate=earlier["observed_rate"])
         job = _Job(os.fspath(target.absolute()), earlier["model_path"], layout.variables, layout,
                    tuple(ds.sizes[d] for d in layout.axes.core), options, return_std, uuid.uuid4().hex[:12],
-                   before_region, earlier.get("totals_path"))
+                   before_region, earlier.get("totals_path"), None if phase is None else tuple(phase.tolist()))
         failed = _run(client, job, boxes, pending, source, ds, progress)
     finally:
         if own:

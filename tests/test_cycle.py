@@ -1,0 +1,149 @@
+"""Each cell's daily or annual cycle as a baseline of the first guess: read from dates, fitted, chosen, every path."""
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import xrimpute
+from test_lazy import imputed_alike_on_every_path
+from xrimpute import cube
+from xrimpute.cycle import cycle_at, fit_cycle
+from xrimpute.engine import ModelMismatch, offers_cycle
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def hourly(days=8, h=12, w=16, seed=0, swing=False):
+    """An hourly field whose day swings by a different amount and at a different hour in every cell (neighbours
+    tell little of it), over weather that drifts slowly and smoothly; with ``swing``, also the day's swing."""
+    rng = np.random.default_rng(seed)
+    t = days * 24
+    hour = np.arange(t) % 24
+    amplitude, lag = rng.uniform(1, 4, (h, w)), rng.uniform(0, 2 * np.pi, (h, w))
+    day = amplitude * np.cos(2 * np.pi * hour[:, None, None] / 24 - lag) + 0.3 * amplitude * np.cos(
+        4 * np.pi * hour[:, None, None] / 24)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    drift = np.cumsum(rng.standard_normal((t, 3)) * 0.15, axis=0)
+    weather = np.einsum("tk,khw->thw", drift, np.stack([np.ones_like(y), y, x]))
+    field = (day + weather + 0.05 * rng.standard_normal((t, h, w))).astype(np.float32)
+    times = np.datetime64("2021-06-01") + np.arange(t) * np.timedelta64(1, "h")
+    coords = {"time": times, "latitude": ("latitude", np.linspace(50, 60, h), {"units": "degrees_north"}),
+              "longitude": ("longitude", np.linspace(-10, 5, w), {"units": "degrees_east"})}
+    data = xr.Dataset({"t2m": (("time", "latitude", "longitude"), field)}, coords=coords)
+    return (data, day) if swing else data
+
+
+def gap_nmse(filled: xr.Dataset, truth: xr.Dataset, observed: xr.Dataset) -> float:
+    gaps = observed.t2m.isnull().values
+    return float(((filled.t2m.values - truth.t2m.values)[gaps] ** 2).mean() / truth.t2m.values[gaps].var())
+
+
+def test_the_phase_of_each_step_comes_from_its_date_in_any_calendar():
+    truth = hourly(days=4)
+    kind, phase = cube.cycle_phase(truth, cube.layout_of(truth))
+    assert kind == "daily"
+    np.testing.assert_allclose(phase[:25], np.r_[np.arange(24) / 24, 0.0])
+    assert cube.cycle_phase(truth.isel(time=slice(0, 48)), cube.layout_of(truth)) is None  # two days: too short
+    monthly = xr.Dataset({"sst": (("time", "lat", "lon"), np.zeros((36, 2, 2)))},
+                         coords={"time": xr.date_range("2000-01-01", periods=36, freq="MS", calendar="360_day",
+                                                       use_cftime=True), "lat": [0.0, 1.0], "lon": [0.0, 1.0]})
+    kind, phase = cube.cycle_phase(monthly, cube.layout_of(monthly))
+    assert kind == "annual"
+    np.testing.assert_allclose(phase[:13], np.r_[np.arange(12) / 12, 0.0])
+    yearly = monthly.isel(time=slice(0, 36, 12))
+    assert cube.cycle_phase(yearly, cube.layout_of(yearly)) is None  # one step a year: no cycle to see
+    assert cube.cycle_phase(yearly, cube.layout_of(yearly), "annual")[1].tolist() == [0.0, 0.0, 0.0]
+    numbered = monthly.assign_coords(time=np.arange(36.0))
+    assert cube.cycle_phase(numbered, cube.layout_of(numbered)) is None
+
+
+def test_each_cells_cycle_is_fitted_from_its_own_observations_and_carried_to_cells_with_too_few():
+    truth, day = hourly(swing=True)
+    values = torch.as_tensor(truth.t2m.values[None, None])
+    observed = torch.as_tensor(np.random.default_rng(1).random(values.shape) < 0.5)
+    observed[..., 3, 4] = False
+    observed[..., :5, 3, 4] = True  # five observations: too few for a cycle of its own
+    phase = cube.cycle_phase(truth, cube.layout_of(truth))[1]
+    cycle = fit_cycle(torch.where(observed, values, 1e6), observed, phase)  # unobserved values never read
+    assert cycle.shape == (4, 1, 12, 16)
+    swing = cycle_at(cycle, phase)[0]
+    np.testing.assert_allclose(swing[:24, 1:3], day[:24, 1:3], atol=0.1 * np.abs(day).max())  # each cell's own
+    neighbours = cycle[:, 0, 2:5, 3:6].reshape(4, -1)[:, [0, 1, 2, 3, 5, 6, 7, 8]]
+    assert torch.allclose(cycle[:, 0, 3, 4], neighbours.mean(1), atol=0.6 * float(neighbours.abs().max()))
+    assert float(np.abs(swing.mean(0)).max()) < 0.05  # the cycle has no mean: the guess finds each cell's level
+
+
+FIT = dict(mask="block", steps=2, batch_size=2, progress=False, verbose=False, seed=0, compare_classical=False)
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    """The hourly field, its moving blocks, and a model fitted to them."""
+    truth = hourly()
+    observed = xrimpute.observe(truth, "block", grid=(3, 3), observed=5, seed=0)
+    return truth, observed, observed.ctxdiff.fit(**FIT)
+
+
+def test_a_fit_fills_departures_from_the_daily_cycle_where_the_held_back_cells_say_so_and_keeps_it(blocks, tmp_path):
+    truth, observed, model = blocks
+    assert model.info["cycle"] == "daily", model.validation["first_guess_nmse"]
+    assert model.validation["first_guess"].endswith(" + daily cycle")
+    errors = model.validation["first_guess_nmse"]
+    plain = min(error for label, error in errors.items() if not label.endswith("cycle"))
+    assert errors[model.validation["first_guess"]] < 0.7 * plain, errors
+    assert "departures from each cell's daily cycle" in repr(model)
+    filled = model.impute(observed, K=2, progress=False)
+    seen = observed.t2m.notnull().values
+    np.testing.assert_array_equal(filled.t2m.values[seen], observed.t2m.values[seen])  # observations bit for bit
+    undated = observed.assign_coords(time=np.arange(observed.sizes["time"]))
+    without = undated.ctxdiff.fit(**FIT)  # no dates: no cycle to try
+    assert without.info["cycle"] is None
+    assert not any(label.endswith("cycle") for label in without.validation["first_guess_nmse"])
+    assert gap_nmse(filled, truth, observed) < 0.7 * gap_nmse(without.impute(undated, K=2, progress=False), truth,
+                                                              undated)
+    with pytest.raises(ModelMismatch, match="needs dates"):
+        model.impute(undated, progress=False)
+    again = xrimpute.load(model.save(tmp_path / "model.xri"))
+    assert again.info["cycle"] == "daily"
+    xr.testing.assert_equal(again.impute(observed, K=2, progress=False), filled)
+    with pytest.warns(UserWarning, match="low_noise"):  # samples of a model trained for single steps
+        members = model.sample(observed, n=1, steps=2, K=2, progress=False)
+    gaps = observed.t2m.isnull().values
+    assert np.isfinite(members.t2m.values).all()
+    assert float(np.abs(members.t2m.values[0][gaps] - truth.t2m.values[gaps]).mean()) < 2.0  # on the day's swing
+
+
+def test_an_init_continues_on_the_departures_from_its_own_cycle(blocks):
+    truth, observed, model = blocks
+    continued = observed.ctxdiff.fit(init=model, **FIT)
+    assert continued.info["cycle"] == "daily"
+    np.testing.assert_array_equal(continued.engine.cycle, model.engine.cycle)
+    filled = continued.impute(observed, K=2, progress=False)
+    assert gap_nmse(filled, truth, observed) < 1.2 * gap_nmse(model.impute(observed, K=2, progress=False), truth,
+                                                              observed)
+
+
+def test_a_cycle_is_tried_only_where_few_cells_imputation_fills_were_never_observed():
+    everywhere = np.ones((1, 33, 49), bool)
+    assert offers_cycle(everywhere, ~everywhere)
+    stations = np.zeros_like(everywhere)
+    stations[0, ::6, ::7] = True  # 42 stations: the cells between them take their neighbours' cycle
+    assert not offers_cycle(stations, ~everywhere)
+    assert offers_cycle(stations, ~stations)  # the rest beyond reach (land): left NaN, no cycle needed there
+    sea = everywhere.copy()
+    sea[0, 10:20, 10:20] = False  # an island of 100 cells never observed, a few of them within reach
+    reach = sea.copy()
+    reach[0, 10:20, 10:12] = True
+    assert offers_cycle(sea, ~reach)
+
+
+@pytest.mark.slow
+def test_a_cycle_model_imputes_lazily_and_on_a_cluster_as_in_memory(tmp_path, cluster):
+    truth = hourly(days=5, h=12, w=12)
+    observed = xrimpute.observe(truth, "block", grid=(3, 3), observed=5, seed=0)
+    observed.chunk(time=24).to_zarr(tmp_path / "source.zarr", consolidated=False)
+    model = xrimpute.fit(observed, mask="block", steps=2, batch_size=2, progress=False, verbose=False, seed=0)
+    assert model.info["cycle"] == "daily", model.validation["first_guess_nmse"]
+    model.save(tmp_path / "model.xri")
+    reference, _ = imputed_alike_on_every_path(tmp_path, observed, model, cluster)
+    assert int(reference.to_array().isnull().sum()) == 0
