@@ -8,7 +8,7 @@ import xrimpute
 from synthetic import blobs, latlon_cube
 from test_nearby import blocks_anew, slow_waves
 from xrimpute.cube import CubeError
-from xrimpute.engine import Engine, choose_preset, offers_nearby
+from xrimpute.engine import Engine, choose_preset, offers_flow, offers_nearby
 from xrimpute.masks import MaskSpecError
 from xrimpute.model import ModelMismatch
 
@@ -69,6 +69,8 @@ def test_the_cpu_network_is_wider_where_the_gaps_lie_far_in_time_from_their_own_
     cpu = torch.device("cpu")
     assert choose_preset(cpu, offers_nearby(moving)) == "narrow" and choose_preset(cpu, offers_nearby(still)) == "lite"
     assert choose_preset(torch.device("cuda"), offers_nearby(still)) == "base"
+    sparse = np.random.default_rng(0).random((2, 1, 30, 16, 20)) < 0.01  # far in time too, but drawn anew
+    assert not offers_nearby(sparse) and choose_preset(cpu, False, stay_put=offers_flow(sparse)) == "narrow"
     values = np.where(still, np.concatenate([slow_waves(t=30)] * 2), np.nan).astype(np.float32)
     fit = dict(mask="block", steps=1, batch_size=2, progress=False, verbose=False)
     wide = Engine.fit_array(values, **fit)

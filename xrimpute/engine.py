@@ -171,18 +171,21 @@ def offers_cycle(valid: np.ndarray, permanent: np.ndarray) -> bool:
     return bool((filled & ~np.asarray(valid, bool)).sum() <= NEVER_OBSERVED * max(int(filled.sum()), 1))
 
 
-def choose_preset(device: torch.device, gaps_near: bool, init: Engine | None = None) -> str:
+def choose_preset(device: torch.device, gaps_near: bool, init: Engine | None = None,
+                  stay_put: bool = True) -> str:
     """The network of ``preset="auto"``: ``init``'s own when given; ``"base"`` on a GPU; on the CPU ``"narrow"``,
     or ``"lite"`` (twice as wide, 55-65 % of the steps in the same time) where the gaps lie far in time from
-    observations of their own cell (``gaps_near``, :func:`offers_nearby` of the observations, false: blocks that
-    never move). There the network, not the first guess, fills the gaps from the field round
-    them, and at a budget of minutes the width filled them 2 % better on average side by side; elsewhere the steps
-    count for more (``benchmarks/RESULTS.md``)."""
+    observations of their own cell (``gaps_near``, :func:`offers_nearby` of the observations, false) because the
+    observations stay put (``stay_put``, :func:`offers_flow`): blocks that never move. There the network, not the
+    first guess, fills the gaps from the field round them, and at a budget of minutes the width filled them 2 %
+    better on average side by side; elsewhere the steps count for more: sparse pixels drawn anew every step (the
+    ERA5 sample at 1 %) lie far in time from their cells' observations too, and there the width filled 20 % worse
+    (``benchmarks/RESULTS.md``)."""
     if init is not None:
         return init.denoiser.config["preset"]
     if device.type == "cuda":
         return "base"
-    return "narrow" if gaps_near else "lite"
+    return "narrow" if gaps_near or not stay_put else "lite"
 
 
 PERSISTENCE = 0.5
@@ -443,7 +446,7 @@ class Engine:
         train_config = with_budget(train_config, device)
         gaps_near = offers_nearby(stats.observed) if init is None else None  # for the network and its first guess
         if preset == "auto":
-            preset = choose_preset(device, gaps_near, init)
+            preset = choose_preset(device, gaps_near, init, stay_put=offers_flow(stats.observed))
             if verbose and preset == "lite" and init is None:
                 log.info("a network twice as wide as the CPU's usual (preset='lite'): the gaps lie far in time from "
                          "observations of their own cell, so the network fills them from the field round them")
