@@ -9,7 +9,8 @@ from test_lazy import imputed_alike_on_every_path
 from xrimpute import cube
 from xrimpute.engine import Engine, ImputeConfig
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import MODES, MODES_LABEL, NEARBY_SPAN, modes_baseline, spatial_modes
+from xrimpute.nets.prior import (BASELINE_MARGIN, MODES, MODES_LABEL, NEARBY_SPAN, choose_guess, modes_baseline,
+                                 spatial_modes)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,3 +127,19 @@ def test_a_modes_model_imputes_lazily_and_on_a_cluster_as_in_memory(tmp_path, cl
     filled = cube.to_array(reference)[0]
     gaps = np.isnan(cube.to_array(data)[0])
     assert float(((filled - truth)[gaps] ** 2).mean() / truth[gaps].var()) < 0.5
+
+
+def test_a_guess_leans_on_the_modes_only_where_they_fill_the_held_back_cells_clearly_better():
+    rng = np.random.default_rng(0)
+    level = torch.as_tensor(rng.standard_normal((16, 20)) * 2, dtype=torch.float32)  # each cell's own level
+    values = level + 0.3 * torch.as_tensor(rng.standard_normal((2, 1, 5, 16, 20)), dtype=torch.float32)
+    mask = torch.as_tensor(rng.random(values.shape) < 0.3)
+    held = torch.as_tensor(rng.random(values.shape) < 0.1) & ~mask
+    for share, leans in ((0.02, False), (0.2, True)):  # modes whose means hold a little, or more, of each level
+        modes = torch.zeros(1 + MODES, 1, 16, 20)
+        modes[0, 0] = share * level
+        chosen, errors = choose_guess(values, mask, held, modes=modes)
+        plain = min(error for label, error in errors.items() if not label.endswith(MODES_LABEL))
+        better = min(error for label, error in errors.items() if label.endswith(MODES_LABEL)) / plain
+        assert better < 1 and (better < BASELINE_MARGIN) == leans, errors  # the modes win on both
+        assert chosen.endswith(MODES_LABEL) == leans, errors

@@ -30,8 +30,8 @@ from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
 from .cycle import cycle_at, fit_cycle
 from .nets import PRESETS, Denoiser
-from .nets.prior import (CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess, spatial_modes,
-                         widest_reach)
+from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess,
+                         spatial_modes, widest_reach)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, statistics, training_windows
@@ -959,7 +959,8 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
                nearby: bool | None, modes, guess: str, guesses: dict):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
     ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training observations of ``plain``, the held-back
-    cells hidden) where that fills the held-back cells better than ``guess`` (the choice among ``guesses`` on
+    cells hidden) where that fills the held-back cells better than :data:`~xrimpute.nets.prior.BASELINE_MARGIN`
+    times ``guess`` (the choice among ``guesses`` on
     ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses`` with those
     on the departures added. ``build(values)`` makes the windows: the
     same held-back cells for the departures. Every guess's NMSE is against the mean fill of the values."""
@@ -971,7 +972,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
     suffix = _cycle_label(kind)
     both = {**guesses, **{name + suffix: error * scale for name, error in errors.items()}}
-    if both[label + suffix] < guesses[guess]:
+    if both[label + suffix] < BASELINE_MARGIN * guesses[guess]:
         return cycle, cycled, cycled_modes, label + suffix, both
     cycled.close()
     return None, plain, modes, guess, both
