@@ -37,14 +37,15 @@ def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=-1).reshape(len(angle), 2 * count)
 
 
-def fit_cycle(values: torch.Tensor, observed: torch.Tensor, phase: np.ndarray,
-              count: int = HARMONICS) -> torch.Tensor:
+def fit_cycle(values: torch.Tensor, observed: torch.Tensor, phase: np.ndarray, count: int = HARMONICS,
+              periodic: bool = False) -> torch.Tensor:
     """``(2 count, C, H, W)``: each cell's cycle, the amplitudes of its harmonics at ``phase`` ``(T,)`` fitted with
     its mean by least squares to its observations in ``values`` ``(N, C, T, H, W)`` (any value where not
     ``observed``), pulled towards 0 by :data:`RIDGE`. A cell observed fewer than twice as often as there are terms
     takes the cycles of the cells round it (normalised convolution over the spatial scales that fill a history
     baseline, :data:`~xrimpute.nets.prior.HISTORY_LEVELS`), weighed by their
-    observations; the mean itself is not part of the cycle (the guess finds each cell's level)."""
+    observations (round the globe with ``periodic``); the mean itself is not part of the cycle (the guess finds each
+    cell's level)."""
     n, c, t, h, w = values.shape
     rows = torch.as_tensor(np.concatenate([np.ones((t, 1)), harmonics(phase, count)], 1)).repeat(n, 1)  # (N T, P)
     terms = rows.shape[1]
@@ -71,7 +72,7 @@ def fit_cycle(values: torch.Tensor, observed: torch.Tensor, phase: np.ndarray,
         return maps
     # cells with too few observations: their neighbours' cycles
     own = enough.reshape(1, c, 1, h, w).expand(2 * count, c, 1, h, w)
-    spread, _ = FirstGuess(HISTORY_LEVELS)(maps[:, :, None], own)
+    spread, _ = FirstGuess(HISTORY_LEVELS, periodic=periodic)(maps[:, :, None], own)
     return torch.where(own[:, :, 0], maps, spread[:, :, 0])
 
 

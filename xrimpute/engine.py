@@ -445,11 +445,12 @@ class Engine:
         device = resolve_device(device)
         train_config = with_budget(train_config, device)
         gaps_near = offers_nearby(stats.observed) if init is None else None  # for the network and its first guess
+        stay_put = offers_flow(stats.observed)  # likewise: the observations (and so the gaps) stay put
         if preset == "auto":
-            preset = choose_preset(device, gaps_near, init, stay_put=offers_flow(stats.observed))
+            preset = choose_preset(device, gaps_near, init, stay_put=stay_put)
             if verbose and preset == "lite" and init is None:
-                log.info("a network twice as wide as the CPU's usual (preset='lite'): the gaps lie far in time from "
-                         "observations of their own cell, so the network fills them from the field round them")
+                log.info("a network twice as wide as the CPU's usual (preset='lite'): the gaps stay put, far in time "
+                         "from observations of their own cell, so the network fills them from the field round them")
         mean, std = (stats.mean, stats.std) if init is None else (init.mean, init.std)
 
         if config.positions is None:  # station data: no position, so that a station learned from its neighbours
@@ -479,7 +480,7 @@ class Engine:
             offered, flow_offered = init.denoiser.nearby_span, init.denoiser.flows
         elif config.nearby is None:
             offered = NEARBY_SPAN if gaps_near else 0
-            if not offered and not is_dask_collection(values) and offers_flow(stats.observed):  # gaps stay put
+            if not offered and not is_dask_collection(values) and stay_put:
                 offered, flow_offered = NEARBY_SPAN, True
         else:
             offered = NEARBY_SPAN if config.nearby else 0
@@ -964,7 +965,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses`` with those
     on the departures added. ``build(values)`` makes the windows: the
     same held-back cells for the departures. Every guess's NMSE is against the mean fill of the values."""
-    cycle = fit_cycle(plain.values, plain.observed, phase)
+    cycle = fit_cycle(plain.values, plain.observed, phase, periodic=periodic)
     departures = values - (std[None, :, None, None, None] * cycle_at(cycle, phase)[None]).astype(np.float32)
     cycled = build(departures)
     cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
