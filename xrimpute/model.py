@@ -364,15 +364,15 @@ class CtxDiffModel:
         from .baselines.heldout import scorer, warn_if_beaten
 
         compare = scorer(cube.time_positions(obj, layout)) if compare_classical else None
-        # the cycle a new model may try, or the one an init fills the departures from
-        cycle = cube.cycle_phase(obj, layout) if init is None else (init.info.get("cycle"),
-                                                                     phase_for(init.engine, layout, obj))
-        config = replace(config, cycle=None if cycle is None else cycle[0])
+        # the cycle a new model may try; an init brings its own (Engine.fit), and needs only the steps' phase
+        kind, phase = (cube.cycle_phase(obj, layout) or (None, None)) if init is None else \
+            (None, phase_for(init.engine, layout, obj))
+        config = replace(config, cycle=kind)
         engine = Engine.fit(values, config, mask, train_config=options, preset=preset, val_fraction=val_fraction,
                             device=or_option("device", device), checkpoint=checkpoint,
                             progress=or_option("progress", progress), verbose=verbose,
                             init=None if init is None else init.engine, stats=stats, permanent_mask=permanent,
-                            compare=compare, phase=None if cycle is None else cycle[1])
+                            compare=compare, phase=phase)
         if verbose and engine.config.validation:
             warn_if_beaten(engine.config.validation)
         return cls(engine)
