@@ -115,9 +115,16 @@ def test_a_fit_fills_departures_from_the_daily_cycle_where_the_held_back_cells_s
 
 def test_an_init_continues_on_the_departures_from_its_own_cycle(blocks):
     truth, observed, model = blocks
-    continued = observed.ctxdiff.fit(init=model, **FIT)
+    assessed = {**FIT, "compare_classical": True}
+    continued = observed.ctxdiff.fit(init=model, **assessed)
     assert continued.info["cycle"] == "daily"
     np.testing.assert_array_equal(continued.engine.cycle, model.engine.cycle)
+    # the classical fillers are scored on the values, as in a fresh fit (the same held-back cells), not on departures
+    fresh = observed.ctxdiff.fit(**assessed).validation["classical"]
+    scored = continued.validation["classical"]
+    assert "interpolate" in scored and scored.keys() <= fresh.keys(), (scored, fresh)
+    for method, nmse in scored.items():
+        assert nmse == pytest.approx(fresh[method], rel=1e-5), method
     filled = continued.impute(observed, K=2, progress=False)
     assert gap_nmse(filled, truth, observed) < 1.2 * gap_nmse(model.impute(observed, K=2, progress=False), truth,
                                                               observed)

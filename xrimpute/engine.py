@@ -430,6 +430,9 @@ class Engine:
         where it fills the held-back cells better (:mod:`xrimpute.cycle`).
         """
         check_fit_options(config.window, config.tile, val_fraction, device, config.history, config.nearby, preset)
+        if init is not None and init.cycle is not None and is_dask_collection(values):
+            raise ModelMismatch("init= fills the departures from each cell's cycle, which a fit on an archive "
+                                "read piece by piece cannot continue; load the series into memory (.load())")
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
@@ -493,13 +496,10 @@ class Engine:
                                   pin_memory=device.type == "cuda", valid=stats.valid, history=bool(config.history),
                                   nearby_span=offered, flow=flow_offered)
         cycle = None
+        windows = plain = build(values)  # the classical fillers of the self-assessment are scored on the values
         if init is not None and init.cycle is not None:  # its network learned the departures from its cycle
-            if is_dask_collection(values):
-                raise ModelMismatch("init= fills the departures from each cell's cycle, which a fit on an archive "
-                                    "read piece by piece cannot continue; load the series into memory (.load())")
-            values, cycle = values - init.cycle_shift(values.shape, phase), torch.as_tensor(init.cycle)
-            config = replace(config, cycle=init.config.cycle)
-        windows = plain = build(values)
+            cycle, config = torch.as_tensor(init.cycle), replace(config, cycle=init.config.cycle)
+            windows = build(values - init.cycle_shift(values.shape, phase))  # the same held-back cells
         permanent = masks.unreachable(stats.valid)
         if permanent_mask is not None:
             permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
