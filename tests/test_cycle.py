@@ -1,14 +1,17 @@
 """Each cell's daily or annual cycle as a baseline of the first guess: read from dates, fitted, chosen, every path."""
+import dask.array as da
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from dask import is_dask_collection
 
 import xrimpute
 from test_lazy import imputed_alike_on_every_path
 from xrimpute import cube
-from xrimpute.cycle import cycle_at, fit_cycle
+from xrimpute.cycle import cycle_at, fit_cycle, without_cycle
 from xrimpute.engine import ModelMismatch, offers_cycle
+from xrimpute.samplers import ChunkedWindows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,6 +76,30 @@ def test_each_cells_cycle_is_fitted_from_its_own_observations_and_carried_to_cel
     assert float(np.abs(swing.mean(0)).max()) < 0.05  # the cycle has no mean: the guess finds each cell's level
 
 
+def test_an_archive_gives_the_cycle_of_the_cells_training_sees_in_one_pass_and_its_departures_chunk_by_chunk():
+    truth = hourly()
+    values = truth.t2m.values[None, None]
+    observed = np.random.default_rng(1).random(values.shape) < 0.5
+    data = np.where(observed, values, np.nan).astype(np.float32)
+    phase = cube.cycle_phase(truth, cube.layout_of(truth))[1]
+    mean, std = np.array([1.0], np.float32), np.array([2.0], np.float32)
+    archive = da.from_array(data, chunks=(1, 1, 24, 6, 16))
+    windows = ChunkedWindows(archive, 5, mean, std, reserved=[(0, 48, 0, 0), (0, 120, 0, 0)])
+    try:
+        lazy = windows.training_series()
+        assert all(is_dask_collection(part) for part in lazy)
+        seen = observed.copy()
+        seen[:, :, 48:53] = seen[:, :, 120:125] = False  # the steps of the windows kept for validation
+        cycle = fit_cycle(*lazy, phase)
+        torch.testing.assert_close(cycle, fit_cycle((data - 1) / 2, seen, phase))
+        assert not torch.allclose(cycle, fit_cycle((data - 1) / 2, observed, phase))
+    finally:
+        windows.close()
+    departures = without_cycle(archive, cycle, phase, std)
+    assert departures.chunks == archive.chunks
+    np.testing.assert_allclose(departures.compute(), data - 2 * cycle_at(cycle, phase)[None], rtol=1e-6)
+
+
 FIT = dict(mask="block", steps=2, batch_size=2, progress=False, verbose=False, seed=0, compare_classical=False)
 
 
@@ -128,6 +155,23 @@ def test_an_init_continues_on_the_departures_from_its_own_cycle(blocks):
     filled = continued.impute(observed, K=2, progress=False)
     assert gap_nmse(filled, truth, observed) < 1.2 * gap_nmse(model.impute(observed, K=2, progress=False), truth,
                                                               observed)
+
+
+def test_a_fit_from_an_archive_or_on_tiles_tries_the_cycle_too_and_an_init_continues_from_an_archive(blocks):
+    truth, observed, model = blocks
+    archive = observed.chunk(time=48)
+    lazy = archive.ctxdiff.fit(**FIT)
+    assert lazy.info["cycle"] == "daily", lazy.validation["first_guess_nmse"]
+    # the same cycle but for the cells each holds back (in an archive, whole windows)
+    np.testing.assert_allclose(lazy.engine.cycle, model.engine.cycle, atol=0.1 * np.abs(model.engine.cycle).max())
+    continued = archive.ctxdiff.fit(init=lazy, **FIT)
+    assert continued.info["cycle"] == "daily"
+    filled = continued.impute(archive, K=2, progress=False)
+    assert is_dask_collection(filled.t2m.data)
+    in_memory = gap_nmse(model.impute(observed, K=2, progress=False), truth, observed)
+    assert gap_nmse(filled.compute(), truth, observed) < 1.5 * in_memory
+    tiled = observed.ctxdiff.fit(tile=(8, 8), **FIT)
+    assert tiled.info["cycle"] == "daily", tiled.validation["first_guess_nmse"]
 
 
 def test_a_cycle_is_tried_only_where_few_cells_imputation_fills_were_never_observed():

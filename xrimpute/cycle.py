@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from dask import compute, is_dask_collection
 
 from .nets.prior import HISTORY_LEVELS, FirstGuess
 
@@ -28,7 +29,7 @@ fillers, ``benchmarks/RESULTS.md``)."""
 RIDGE = 1.0
 """How strongly the harmonics' amplitudes are pulled towards 0, against a cell's share of observed steps."""
 CELLS_AT_ONCE = 2**24
-"""Cells times steps that :func:`fit_cycle` holds in double precision at once (128 MB)."""
+"""Cells times steps that :func:`fit_cycle` holds in double precision at once in memory (128 MB)."""
 
 
 def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
@@ -37,34 +38,35 @@ def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=-1).reshape(len(angle), 2 * count)
 
 
-def fit_cycle(values: torch.Tensor, observed: torch.Tensor, phase: np.ndarray, count: int = HARMONICS,
-              periodic: bool = False) -> torch.Tensor:
+def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, periodic: bool = False) -> torch.Tensor:
     """``(2 count, C, H, W)``: each cell's cycle, the amplitudes of its harmonics at ``phase`` ``(T,)`` fitted with
     its mean by least squares to its observations in ``values`` ``(N, C, T, H, W)`` (any value where not
     ``observed``), pulled towards 0 by :data:`RIDGE`. A cell observed fewer than twice as often as there are terms
     takes the cycles of the cells round it (normalised convolution over the spatial scales that fill a history
     baseline, :data:`~xrimpute.nets.prior.HISTORY_LEVELS`), weighed by their
     observations (round the globe with ``periodic``); the mean itself is not part of the cycle (the guess finds each
-    cell's level)."""
+    cell's level). ``values`` and ``observed`` in memory (numpy or torch), or dask: then one pass over the archive,
+    chunk by chunk."""
     n, c, t, h, w = values.shape
-    rows = torch.as_tensor(np.concatenate([np.ones((t, 1)), harmonics(phase, count)], 1)).repeat(n, 1)  # (N T, P)
+    rows = np.concatenate([np.ones((t, 1)), harmonics(phase, count)], 1)  # (T, P)
     terms = rows.shape[1]
-    products = (rows[:, :, None] * rows[:, None, :]).reshape(n * t, terms * terms)
+    products = (rows[:, :, None] * rows[:, None, :]).reshape(t, terms * terms)
+    if is_dask_collection(values) or is_dask_collection(observed):
+        gram, rhs = compute(*_normal_equations(values, observed, rows, products))
+    else:
+        values, observed = np.asarray(values), np.asarray(observed)
+        per_block = max(1, CELLS_AT_ONCE // (n * c * h * w))  # a block of steps at a time, in double precision
+        blocks = [_normal_equations(values[:, :, a : a + per_block], observed[:, :, a : a + per_block],
+                                    rows[a : a + per_block], products[a : a + per_block])
+                  for a in range(0, t, per_block)]
+        gram, rhs = sum(gram for gram, _ in blocks), sum(rhs for _, rhs in blocks)
+    gram = torch.as_tensor(gram).reshape(c * h * w, terms, terms)
+    counts = gram[:, 0, 0]  # each cell's observed steps
     pull = torch.eye(terms, dtype=torch.float64)
     pull[0, 0] = 0
-    seen_all = observed.permute(1, 3, 4, 0, 2).reshape(c * h * w, n * t)  # (cells, N T), a view where it can be
-    data_all = values.permute(1, 3, 4, 0, 2).reshape(c * h * w, n * t)
-    amplitudes, counts = [], []
-    per_block = max(1, CELLS_AT_ONCE // (n * t))
-    for first in range(0, c * h * w, per_block):  # a block of cells at a time: the series in double precision
-        seen = seen_all[first : first + per_block].double()
-        data = torch.where(seen > 0, data_all[first : first + per_block].double(), 0.0)
-        seen_steps = seen.sum(1)
-        gram = (seen @ products).reshape(-1, terms, terms) + (RIDGE * seen_steps / (n * t))[:, None, None] * pull
-        gram = gram + 1e-9 * torch.eye(terms, dtype=torch.float64)
-        amplitudes.append(torch.linalg.solve(gram, (data @ rows)[..., None])[:, 1:, 0])  # (cells, 2 count): no mean
-        counts.append(seen_steps)
-    amplitudes, counts = torch.cat(amplitudes), torch.cat(counts)
+    gram = gram + (RIDGE * counts / (n * t))[:, None, None] * pull + 1e-9 * torch.eye(terms, dtype=torch.float64)
+    right = torch.as_tensor(rhs).reshape(c * h * w, terms, 1)
+    amplitudes = torch.linalg.solve(gram, right)[:, 1:, 0]  # (cells, 2 count): no mean
     enough = counts >= 2 * terms
     amplitudes = torch.where(enough[:, None], amplitudes, 0).float()
     maps = amplitudes.T.reshape(2 * count, c, h, w)
@@ -76,6 +78,32 @@ def fit_cycle(values: torch.Tensor, observed: torch.Tensor, phase: np.ndarray, c
     return torch.where(own[:, :, 0], maps, spread[:, :, 0])
 
 
+def _normal_equations(values, observed, rows: np.ndarray, products: np.ndarray):
+    """``(C, H, W, P P)`` and ``(C, H, W, P)`` float64: each cell's sums over its ``observed`` steps of ``rows``
+    ``(T, P)`` times themselves (``products`` ``(T, P P)``) and times its value (numpy, or dask: lazy)."""
+    seen = observed.astype(np.float64)
+    data = np.where(observed, values, 0.0).astype(np.float64)
+    return (np.tensordot(seen, products, axes=([2], [0])).sum(0),
+            np.tensordot(data, rows, axes=([2], [0])).sum(0))
+
+
+def without_cycle(values, amplitudes, phase: np.ndarray, scale: np.ndarray):
+    """``values`` ``(N, C, T, H, W)`` in data units less each cell's cycle (``amplitudes`` of :func:`fit_cycle`,
+    normalised units, times ``scale`` ``(C,)``) at the steps' ``phase`` ``(T,)``: numpy, or dask (lazy, chunk by
+    chunk)."""
+    amplitudes, phase = np.asarray(amplitudes, np.float32), np.asarray(phase)
+    scale = np.asarray(scale, np.float32)[:, None, None, None]
+    if not is_dask_collection(values):
+        return values - (scale * cycle_at(amplitudes, phase))[None].astype(values.dtype)
+
+    def block(chunk, block_info=None):
+        _, (c0, c1), (t0, t1), (h0, h1), (w0, w1) = block_info[0]["array-location"]
+        cycle = scale[c0:c1] * cycle_at(amplitudes[:, c0:c1, h0:h1, w0:w1], phase[t0:t1])
+        return chunk - cycle[None].astype(chunk.dtype)
+
+    return values.map_blocks(block, dtype=values.dtype)
+
+
 def cycle_at(amplitudes: torch.Tensor | np.ndarray, phase: np.ndarray) -> np.ndarray:
     """``(C, T, H, W)`` float32: the cycle of :func:`fit_cycle` at the steps' ``phase`` ``(T,)``."""
     amplitudes = np.asarray(amplitudes, np.float32)
@@ -83,4 +111,4 @@ def cycle_at(amplitudes: torch.Tensor | np.ndarray, phase: np.ndarray) -> np.nda
     return np.einsum("tk,kchw->cthw", harmonics(phase, count).astype(np.float32), amplitudes)
 
 
-__all__ = ["CELLS_AT_ONCE", "HARMONICS", "RIDGE", "cycle_at", "fit_cycle", "harmonics"]
+__all__ = ["CELLS_AT_ONCE", "HARMONICS", "RIDGE", "cycle_at", "fit_cycle", "harmonics", "without_cycle"]

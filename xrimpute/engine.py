@@ -28,7 +28,7 @@ from . import arguments, masks
 from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
-from .cycle import cycle_at, fit_cycle
+from .cycle import cycle_at, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
 from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess,
                          spatial_modes, widest_reach)
@@ -425,14 +425,12 @@ class Engine:
         :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns joins
         the validation. ``phase`` ``(T,)``: where each step lies in
         ``config.cycle`` (fractions of it, :func:`xrimpute.cube.cycle_phase`):
-        a fit like the one the series' modes need (below) also tries the first
-        guess on the departures from each cell's cycle, and keeps the cycle
-        where it fills the held-back cells better (:mod:`xrimpute.cycle`).
+        a fit whose gaps lie near observations of their own cells, without
+        history, also tries the first guess on the departures from each cell's
+        cycle (in memory or from an archive, whole grid or tiles), and keeps
+        the cycle where it fills the held-back cells better (:mod:`xrimpute.cycle`).
         """
         check_fit_options(config.window, config.tile, val_fraction, device, config.history, config.nearby, preset)
-        if init is not None and init.cycle is not None and is_dask_collection(values):
-            raise ModelMismatch("init= fills the departures from each cell's cycle, which a fit on an archive "
-                                "read piece by piece cannot continue; load the series into memory (.load())")
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
@@ -499,19 +497,22 @@ class Engine:
         windows = plain = build(values)  # the classical fillers of the self-assessment are scored on the values
         if init is not None and init.cycle is not None:  # its network learned the departures from its cycle
             cycle, config = torch.as_tensor(init.cycle), replace(config, cycle=init.config.cycle)
-            windows = build(values - init.cycle_shift(values.shape, phase))  # the same held-back cells
+            windows = build(init.departures(values, phase))  # the same held-back cells
         permanent = masks.unreachable(stats.valid)
         if permanent_mask is not None:
             permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
         try:
-            # the series' spatial modes, a baseline the guess may lean on: in memory, on the whole grid, and where the
-            # gaps' cells are observed near them, as the held-back cells' are (a cell never observed has no modes)
-            offers_modes = (gaps_near and isinstance(windows, ArrayWindows) and tile is None
-                            and not config.history)
+            # the series-wide baselines the guess may lean on where the gaps' cells are observed near them, as the
+            # held-back cells' are (a cell never observed has neither): each cell's cycle, and the series' spatial
+            # modes (in memory, on the whole grid)
+            offers_baselines = gaps_near and not config.history
+            offers_modes = offers_baselines and isinstance(windows, ArrayWindows) and tile is None
             modes = spatial_modes(windows.values, windows.observed) if offers_modes else None
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes)
-            if (offers_modes and guess is not None and config.cycle and phase is not None
+            if (offers_baselines and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
+                if verbose and is_dask_collection(values):
+                    log.info(f"fitting each cell's {config.cycle} cycle: one pass over the archive")
                 cycle, windows, modes, guess, guesses = _try_cycle(values, plain, build, phase, config.cycle, std,
                                                                    net["periodic"], config.nearby, modes, guess,
                                                                    guesses)
@@ -622,8 +623,7 @@ class Engine:
         ``facts`` (JSON-able) are kept in the configuration. ``phase`` as for
         :meth:`fill`.
         """
-        shift = self.cycle_shift(values.shape, phase)
-        values = values if shift is None else values - shift
+        values = self.departures(values, phase)
         x = (values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None]
         tile = self.config.tile and tuple(self.config.tile)
         totals = self.totals(np.where(observed, values, np.nan)) if self.denoiser.uses_history else None
@@ -738,14 +738,25 @@ class Engine:
         piece = piece or Piece.whole(shape)
         _, _, steps, rows, cols = shape
         _, first, row, col = piece.origin
-        if phase is None or len(phase) != piece.full[0]:
-            raise ArgumentError(f"this model fills the departures from each cell's {self.config.cycle} cycle, so it "
-                                f"needs phase= with the place of each of the series' {piece.full[0]} steps in it "
-                                "(xrimpute.cube.cycle_phase of its time coordinate), as CtxDiffModel.impute "
-                                f"passes it; got {'none' if phase is None else f'{len(phase)} steps'}")
+        self._check_phase(phase, piece.full[0])
         amplitudes = self.cycle[:, :, row : row + rows][..., (col + np.arange(cols)) % piece.full[2]]
         cycle = cycle_at(amplitudes, np.asarray(phase)[first : first + steps])
         return np.broadcast_to((self.std[None, :, None, None, None] * cycle[None]).astype(np.float32), shape)
+
+    def departures(self, values, phase: np.ndarray | None):
+        """``values`` ``(N, C, T, H, W)`` (data units; numpy, or dask: lazy) less the model's cycle at the steps'
+        ``phase`` (as for :meth:`cycle_shift`); ``values`` themselves for a model without a cycle."""
+        if self.cycle is None:
+            return values
+        self._check_phase(phase, values.shape[2])
+        return without_cycle(values, self.cycle, phase, self.std)
+
+    def _check_phase(self, phase: np.ndarray | None, steps: int) -> None:
+        if phase is None or len(phase) != steps:
+            raise ArgumentError(f"this model fills the departures from each cell's {self.config.cycle} cycle, so it "
+                                f"needs phase= with the place of each of the series' {steps} steps in it "
+                                "(xrimpute.cube.cycle_phase of its time coordinate), as CtxDiffModel.impute "
+                                f"passes it; got {'none' if phase is None else f'{len(phase)} steps'}")
 
     def _fill(self, values, spec, options: ImputeConfig, piece: Piece, net, device, totals):
         observed = np.isfinite(values)
@@ -959,15 +970,14 @@ def _channel_reference(validation) -> torch.Tensor:
 def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, std: np.ndarray, periodic: bool,
                nearby: bool | None, modes, guess: str, guesses: dict):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
-    ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training observations of ``plain``, the held-back
-    cells hidden) where that fills the held-back cells better than :data:`~xrimpute.nets.prior.BASELINE_MARGIN`
+    ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training series of ``plain``, the held-back
+    cells hidden; in an archive, one pass over it) where that fills the held-back cells better than :data:`~xrimpute.nets.prior.BASELINE_MARGIN`
     times ``guess`` (the choice among ``guesses`` on
     ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses`` with those
     on the departures added. ``build(values)`` makes the windows: the
     same held-back cells for the departures. Every guess's NMSE is against the mean fill of the values."""
-    cycle = fit_cycle(plain.values, plain.observed, phase, periodic=periodic)
-    departures = values - (std[None, :, None, None, None] * cycle_at(cycle, phase)[None]).astype(np.float32)
-    cycled = build(departures)
+    cycle = fit_cycle(*plain.training_series(), phase, periodic=periodic)
+    cycled = build(without_cycle(values, cycle, phase, std))
     cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
     label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
     scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())

@@ -195,6 +195,10 @@ class ArrayWindows:
     def __len__(self) -> int:
         return len(self.index)
 
+    def training_series(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, observed)`` of the whole series as training sees it (the held-back cells unobserved)."""
+        return self.values, self.observed
+
     def get(self, picks, origins=None, generator: torch.Generator | None = None):
         """Windows ``picks`` (indices into ``self.index``), cut to tiles at ``origins`` ``[(row, col), ...]``:
         ``(x, observed, inputs)``; ``generator`` draws what ``hide`` hides."""
@@ -470,6 +474,20 @@ class ChunkedWindows:
             series[:, s - a : s - a + self.window] = np.where(ms[b].numpy(), xs[b].numpy(), np.float32(np.nan))
             out.append((series[None], a, [(b, (0, slice(None), slice(s - a, s - a + self.window)))]))
         return out
+
+    def training_series(self):
+        """``(values, observed)`` of the whole archive as training sees it, lazily (dask): normalised, and observed
+        where finite, neither ``withheld`` nor at the steps of a reserved window (training draws no window that
+        overlaps one)."""
+        n, _, t = self.values.shape[:3]
+        steps = np.ones((n, t), bool)
+        for i, starts in self.reserved_starts.items():
+            for s in starts:
+                steps[i, s : s + self.window] = False
+        observed = np.isfinite(self.values) & steps[:, None, :, None, None]
+        if self.withheld is not None:
+            observed = observed & ~self.withheld
+        return (self.values - self.mean) / self.std, observed
 
     def close(self) -> None:
         """Stop the background reader."""
