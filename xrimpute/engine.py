@@ -971,8 +971,8 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
                nearby: bool | None, modes, guess: str, guesses: dict):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
     ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training series of ``plain``, the held-back
-    cells hidden; in an archive, one pass over it) where that fills the held-back cells better than :data:`~xrimpute.nets.prior.BASELINE_MARGIN`
-    times ``guess`` (the choice among ``guesses`` on
+    cells hidden; in an archive, one pass over it) where that fills the held-back cells better than
+    :data:`~xrimpute.nets.prior.BASELINE_MARGIN` times ``guess`` (the choice among ``guesses`` on
     ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses`` with those
     on the departures added. ``build(values)`` makes the windows: the
     same held-back cells for the departures. Every guess's NMSE is against the mean fill of the values."""
