@@ -515,7 +515,7 @@ class Engine:
                     log.info(f"fitting each cell's {config.cycle} cycle: one pass over the archive")
                 cycle, windows, modes, guess, guesses = _try_cycle(values, plain, build, phase, config.cycle, std,
                                                                    net["periodic"], config.nearby, modes, guess,
-                                                                   guesses)
+                                                                   guesses, wraps=config.periodic)
                 if verbose and cycle is not None:
                     log.info(f"the first guess fills the departures from each cell's {config.cycle} cycle")
             label = None if guess is None else guess.removesuffix(_cycle_label(config.cycle))
@@ -968,15 +968,16 @@ def _channel_reference(validation) -> torch.Tensor:
 
 
 def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, std: np.ndarray, periodic: bool,
-               nearby: bool | None, modes, guess: str, guesses: dict):
+               nearby: bool | None, modes, guess: str, guesses: dict, wraps: bool):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
     ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training series of ``plain``, the held-back
     cells hidden; in an archive, one pass over it) where that fills the held-back cells better than
     :data:`~xrimpute.nets.prior.BASELINE_MARGIN` times ``guess`` (the choice among ``guesses`` on
     ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses`` with those
     on the departures added. ``build(values)`` makes the windows: the
-    same held-back cells for the departures. Every guess's NMSE is against the mean fill of the values."""
-    cycle = fit_cycle(*plain.training_series(), phase, periodic=periodic)
+    same held-back cells for the departures. Every guess's NMSE is against the mean fill of the values.
+    ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does."""
+    cycle = fit_cycle(*plain.training_series(), phase, periodic=wraps)
     cycled = build(without_cycle(values, cycle, phase, std))
     cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
     label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
