@@ -192,8 +192,8 @@ def test_fit_on_dask_input_reads_chunks_never_the_whole_archive(tmp_path):
     with Largest() as largest:
         model = xrimpute.fit(big, tile=(16, 16), nearby=False, **dict(FIT, steps=12))
     # a time chunk (plus the window's steps after it), not the archive; or, where the fit tries each cell's daily
-    # cycle, a chunk's sums of each cell's normal equations (the mean and 4 harmonics: 25 doubles a cell)
-    sums = 2 * 24 * 24 * 25 * 8
+    # cycle, a chunk's sums of each cell's normal equations (the mean and 4 harmonics: 15 distinct doubles a cell)
+    sums = 2 * 24 * 24 * 15 * 8
     assert "daily cycle" in " ".join(model.validation["first_guess_nmse"])
     assert 0 < largest.most <= max(whole / 8, sums) < whole
     with Largest() as largest:  # a first guess from nearby steps reads them too: 24 steps either side

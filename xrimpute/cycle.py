@@ -50,7 +50,8 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
     n, c, t, h, w = values.shape
     rows = np.concatenate([np.ones((t, 1)), harmonics(phase, count)], 1)  # (T, P)
     terms = rows.shape[1]
-    products = (rows[:, :, None] * rows[:, None, :]).reshape(t, terms * terms)
+    upper = np.triu_indices(terms)  # the matrix is symmetric: sum only its distinct products
+    products = rows[:, upper[0]] * rows[:, upper[1]]  # (T, P (P + 1) / 2)
     if is_dask_collection(values) or is_dask_collection(observed):
         gram, rhs = compute(*_normal_equations(values, observed, rows, products))
     else:
@@ -60,7 +61,10 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
                                     rows[a : a + per_block], products[a : a + per_block])
                   for a in range(0, t, per_block)]
         gram, rhs = sum(gram for gram, _ in blocks), sum(rhs for _, rhs in blocks)
-    gram = torch.as_tensor(gram).reshape(c * h * w, terms, terms)
+    distinct = torch.as_tensor(gram).reshape(c * h * w, -1)
+    gram = torch.zeros(c * h * w, terms, terms, dtype=torch.float64)
+    gram[:, upper[0], upper[1]] = distinct
+    gram[:, upper[1], upper[0]] = distinct
     counts = gram[:, 0, 0]  # each cell's observed steps
     pull = torch.eye(terms, dtype=torch.float64)
     pull[0, 0] = 0
@@ -79,8 +83,9 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
 
 
 def _normal_equations(values, observed, rows: np.ndarray, products: np.ndarray):
-    """``(C, H, W, P P)`` and ``(C, H, W, P)`` float64: each cell's sums over its ``observed`` steps of ``rows``
-    ``(T, P)`` times themselves (``products`` ``(T, P P)``) and times its value (numpy, or dask: lazy)."""
+    """``(C, H, W, D)`` and ``(C, H, W, P)`` float64: each cell's sums over its ``observed`` steps of the
+    ``products`` ``(T, D)`` of ``rows`` ``(T, P)`` with each other, and of ``rows`` times its value (numpy, or
+    dask: lazy)."""
     seen = observed.astype(np.float64)
     data = np.where(observed, values, 0.0).astype(np.float64)
     return (np.tensordot(seen, products, axes=([2], [0])).sum(0),
