@@ -96,24 +96,25 @@ def without_cycle(values, amplitudes, phase: np.ndarray, scale: np.ndarray):
     """``values`` ``(N, C, T, H, W)`` in data units less each cell's cycle (``amplitudes`` of :func:`fit_cycle`,
     normalised units, times ``scale`` ``(C,)``) at the steps' ``phase`` ``(T,)``: numpy, or dask (lazy, chunk by
     chunk)."""
-    amplitudes, phase = np.asarray(amplitudes, np.float32), np.asarray(phase)
-    scale = np.asarray(scale, np.float32)[:, None, None, None]
+    amplitudes, phase, scale = np.asarray(amplitudes, np.float32), np.asarray(phase), np.asarray(scale, np.float32)
     if not is_dask_collection(values):
-        return values - (scale * cycle_at(amplitudes, phase))[None].astype(values.dtype)
+        return values - cycle_at(amplitudes, phase, scale)[None].astype(values.dtype)
 
     def block(chunk, block_info=None):
         _, (c0, c1), (t0, t1), (h0, h1), (w0, w1) = block_info[0]["array-location"]
-        cycle = scale[c0:c1] * cycle_at(amplitudes[:, c0:c1, h0:h1, w0:w1], phase[t0:t1])
+        cycle = cycle_at(amplitudes[:, c0:c1, h0:h1, w0:w1], phase[t0:t1], scale[c0:c1])
         return chunk - cycle[None].astype(chunk.dtype)
 
     return values.map_blocks(block, dtype=values.dtype)
 
 
-def cycle_at(amplitudes: torch.Tensor | np.ndarray, phase: np.ndarray) -> np.ndarray:
-    """``(C, T, H, W)`` float32: the cycle of :func:`fit_cycle` at the steps' ``phase`` ``(T,)``."""
+def cycle_at(amplitudes: torch.Tensor | np.ndarray, phase: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """``(C, T, H, W)`` float32: the cycle of :func:`fit_cycle` at the steps' ``phase`` ``(T,)``; in data units with
+    ``scale`` ``(C,)`` (the normalisation's std), else normalised."""
     amplitudes = np.asarray(amplitudes, np.float32)
     count = amplitudes.shape[0] // 2
-    return np.einsum("tk,kchw->cthw", harmonics(phase, count).astype(np.float32), amplitudes)
+    cycle = np.einsum("tk,kchw->cthw", harmonics(phase, count).astype(np.float32), amplitudes)
+    return cycle if scale is None else np.asarray(scale, np.float32)[:, None, None, None] * cycle
 
 
 __all__ = ["CELLS_AT_ONCE", "HARMONICS", "RIDGE", "cycle_at", "fit_cycle", "harmonics", "without_cycle"]

@@ -740,8 +740,8 @@ class Engine:
         _, first, row, col = piece.origin
         self._check_phase(phase, piece.full[0])
         amplitudes = self.cycle[:, :, row : row + rows][..., (col + np.arange(cols)) % piece.full[2]]
-        cycle = cycle_at(amplitudes, np.asarray(phase)[first : first + steps])
-        return np.broadcast_to((self.std[None, :, None, None, None] * cycle[None]).astype(np.float32), shape)
+        cycle = cycle_at(amplitudes, np.asarray(phase)[first : first + steps], self.std)
+        return np.broadcast_to(cycle[None], shape)
 
     def departures(self, values, phase: np.ndarray | None):
         """``values`` ``(N, C, T, H, W)`` (data units; numpy, or dask: lazy) less the model's cycle at the steps'
