@@ -9,9 +9,10 @@ from dask import is_dask_collection
 import xrimpute
 from test_lazy import imputed_alike_on_every_path
 from xrimpute import cube
-from xrimpute.cycle import cycle_at, fit_cycle, without_cycle
+from xrimpute.cycle import NEIGHBOURHOODS, cycle_at, fit_cycle, without_cycle
 from xrimpute.engine import ModelMismatch, offers_cycle
 from xrimpute.samplers import ChunkedWindows
+from xrimpute.windows import series_totals
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,13 +68,49 @@ def test_each_cells_cycle_is_fitted_from_its_own_observations_and_carried_to_cel
     observed[..., 3, 4] = False
     observed[..., :5, 3, 4] = True  # five observations: too few for a cycle of its own
     phase = cube.cycle_phase(truth, cube.layout_of(truth))[1]
-    cycle = fit_cycle(torch.where(observed, values, 1e6), observed, phase)  # unobserved values never read
+    [cycle] = fit_cycle(torch.where(observed, values, 1e6), observed, phase)  # unobserved values never read
     assert cycle.shape == (4, 1, 12, 16)
     swing = cycle_at(cycle, phase)[0]
     np.testing.assert_allclose(swing[:24, 1:3], day[:24, 1:3], atol=0.1 * np.abs(day).max())  # each cell's own
     neighbours = cycle[:, 0, 2:5, 3:6].reshape(4, -1)[:, [0, 1, 2, 3, 5, 6, 7, 8]]
     assert torch.allclose(cycle[:, 0, 3, 4], neighbours.mean(1), atol=0.6 * float(neighbours.abs().max()))
     assert float(np.abs(swing.mean(0)).max()) < 0.05  # the cycle has no mean: the guess finds each cell's level
+
+
+def test_cells_observed_a_few_times_each_share_their_neighbours_cycle():
+    """Sparse pixels of a monthly series: each cell's own few observations would add their noise to the cycle;
+    pooled over its neighbours the cycle is what they share."""
+    rng = np.random.default_rng(0)
+    t, h, w = 60, 24, 32
+    phase = (np.arange(t) % 12) / 12
+    y, x = np.mgrid[0:h, 0:w]
+    amplitude = 1.0 + 0.5 * np.sin(y / h * np.pi) + 0.3 * x / w  # smooth across the grid
+    season = amplitude * np.cos(2 * np.pi * (phase[:, None, None] - 0.1))
+    years = np.cumsum(rng.standard_normal((t, 1, 1)), 0) * 0.3 + rng.standard_normal((t, h, w))  # as large
+    values = torch.as_tensor((season + years + 3 * y / h)[None, None], dtype=torch.float32)
+    observed = torch.as_tensor(rng.random(values.shape) < 0.12)  # 7 observations a cell on average
+    own, shared = (cycle_at(cycle, phase)[0] for cycle in fit_cycle(values, observed, phase,
+                                                                     neighbourhoods=NEIGHBOURHOODS))
+    error = float(((shared - season) ** 2).mean())
+    assert error < 0.05 * (season**2).mean()  # the shared cycle, nearly exact
+    assert error < 0.1 * float(((own - season) ** 2).mean())  # where each cell's own fit is mostly noise
+
+
+def test_no_cycle_where_the_observations_see_only_some_hours_of_the_day():
+    truth, day = hourly(swing=True)
+    values = torch.as_tensor(truth.t2m.values[None, None])
+    phase = cube.cycle_phase(truth, cube.layout_of(truth))[1]
+    hour = np.round(phase * 24).astype(int)
+    passes = torch.as_tensor(np.isin(hour, [10, 11, 12, 13, 21, 22, 23]))[None, None, :, None, None]
+    # a swath near the same hours every day: the day's swing at the other hours is never seen
+    assert not any(cycle.any() for cycle in fit_cycle(values, passes.expand(values.shape), phase,
+                                                      neighbourhoods=NEIGHBOURHOODS))
+    six_hourly = slice(0, None, 6)  # a series of 6-hourly steps never sees the day's second sine, nor needs it
+    [cycle] = fit_cycle(values[:, :, six_hourly], torch.ones_like(values[:, :, six_hourly], dtype=bool),
+                      phase[six_hourly])
+    swing = cycle_at(cycle, phase[six_hourly])[0]
+    truth_swing = day[six_hourly] - day[six_hourly].mean(0)  # at those hours, less its mean there
+    np.testing.assert_allclose(swing - swing.mean(0), truth_swing, atol=0.15 * np.abs(day).max())
 
 
 def test_an_archive_gives_the_cycle_of_the_cells_training_sees_in_one_pass_and_its_departures_chunk_by_chunk():
@@ -90,9 +127,11 @@ def test_an_archive_gives_the_cycle_of_the_cells_training_sees_in_one_pass_and_i
         assert all(is_dask_collection(part) for part in lazy)
         seen = observed.copy()
         seen[:, :, 48:53] = seen[:, :, 120:125] = False  # the steps of the windows kept for validation
-        cycle = fit_cycle(*lazy, phase)
-        torch.testing.assert_close(cycle, fit_cycle((data - 1) / 2, seen, phase))
-        assert not torch.allclose(cycle, fit_cycle((data - 1) / 2, observed, phase))
+        cycles = fit_cycle(*lazy, phase, neighbourhoods=NEIGHBOURHOODS)
+        for cycle, in_memory in zip(cycles, fit_cycle((data - 1) / 2, seen, phase, neighbourhoods=NEIGHBOURHOODS)):
+            torch.testing.assert_close(cycle, in_memory)
+        cycle = cycles[0]
+        assert not torch.allclose(cycle, fit_cycle((data - 1) / 2, observed, phase)[0])
     finally:
         windows.close()
     departures = without_cycle(archive, cycle, phase, std)
@@ -172,6 +211,25 @@ def test_a_fit_from_an_archive_or_on_tiles_tries_the_cycle_too_and_an_init_conti
     assert gap_nmse(filled.compute(), truth, observed) < 1.5 * in_memory
     tiled = observed.ctxdiff.fit(tile=(8, 8), **FIT)
     assert tiled.info["cycle"] == "daily", tiled.validation["first_guess_nmse"]
+
+
+def test_a_fit_leaning_on_history_tries_the_cycle_and_sums_the_history_of_its_departures(blocks):
+    truth, observed, _ = blocks
+    model = observed.ctxdiff.fit(history=True, **FIT)
+    engine = model.engine
+    assert engine.denoiser.uses_history and model.info["cycle"] == "daily", model.validation["first_guess_nmse"]
+    values, layout = cube.to_array(observed)
+    phase = cube.cycle_phase(observed, layout)[1]
+    departures = values - engine.cycle_shift(values.shape, phase)
+    np.testing.assert_allclose(engine.totals(values, phase), series_totals(departures, engine.mean, engine.std))
+    with pytest.raises(xrimpute.errors.ArgumentError, match="needs phase="):
+        engine.totals(values)
+    same = dict(K=2, seed=1, batch_size=1, progress=False)
+    filled = model.impute(observed, **same)
+    xr.testing.assert_allclose(model.impute(observed.chunk(time=48), **same).compute(), filled, rtol=1e-6, atol=1e-5)
+    undated = observed.assign_coords(time=np.arange(observed.sizes["time"]))
+    without = undated.ctxdiff.fit(history=True, **FIT)
+    assert gap_nmse(filled, truth, observed) < 0.7 * gap_nmse(without.impute(undated, **same), truth, undated)
 
 
 def test_a_cycle_is_tried_only_where_few_cells_imputation_fills_were_never_observed():

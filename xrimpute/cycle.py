@@ -5,10 +5,15 @@ An hourly field swings through the day by a different amount in every cell
 the departures from each cell's mean cycle, and adding the cycle back, bends
 the fill along the day where a line between the observations either side of
 the gap cuts it short: on the ERA5 sample's moving blocks the first guess
-alone filled 8-25 % better (``benchmarks/RESULTS.md``). Where the cells'
-neighbours at the same time say more (scattered pixels) a cycle fitted to few
-observations per cell only adds its noise, so a fit keeps the cycle only where
-it fills its held-back cells better (:meth:`xrimpute.engine.Engine.fit`).
+alone filled 8-25 % better (``benchmarks/RESULTS.md``). A cell observed a
+few times (sparse pixels of a monthly series) cannot tell its cycle from its
+noise, but the cycle its neighbours share it can: a fit tries both, each
+cell's own and one pooled over its neighbourhood (:data:`NEIGHBOURHOODS`),
+and keeps either only where it fills its held-back cells better than no
+cycle (:meth:`xrimpute.engine.Engine.fit`). Observations that see some phases
+of the cycle only (a swath passing at the same hours each day) give no cycle
+(:data:`COVERAGE`): the held-back cells, seen at those phases too, could not
+tell how wrong it is at the others.
 
 The cycle is a function of the phase of each step (the hour of the day, the
 time of the year; :func:`xrimpute.cube.cycle_phase` reads it from the time
@@ -21,13 +26,25 @@ import numpy as np
 import torch
 from dask import compute, is_dask_collection
 
-from .nets.prior import HISTORY_LEVELS, FirstGuess
+from .nets.prior import HISTORY_LEVELS, FirstGuess, gaussian_kernel, smoothing_matrix
 
 HARMONICS = 2
 """Harmonics of the cycle: on the ERA5 sample's moving blocks two filled 7-14 % better than one (classical
 fillers, ``benchmarks/RESULTS.md``)."""
+NEIGHBOURHOODS = (0.0, 8.0)
+"""Widths in cells of the Gaussians over which a cell's neighbours pool their observations into its cycle, one
+candidate each (0: each cell's own), chosen on the held-back cells (:meth:`xrimpute.engine.Engine.fit`): a cell
+observed hourly for a month has a cycle of its own, one of sparse monthly pixels, seen five times, only the one it
+shares (on OSTIA's 10 % pixels, seed 0, the guess on the pooled cycle filled the held-back cells 0.0079, on each
+cell's own 0.0167, with none 0.0087; pooled over 1, 2 and 4 cells it scored 0.0157, 0.0088 and 0.0080;
+``benchmarks/RESULTS.md``)."""
 RIDGE = 1.0
-"""How strongly the harmonics' amplitudes are pulled towards 0, against a cell's share of observed steps."""
+"""Observations' worth by which the harmonics' amplitudes are pulled towards 0."""
+COVERAGE = 0.1
+"""How evenly the observations within :data:`NEIGHBOURHOODS`' widest reach of a cell must spread over the
+cycle, against the series' own steps (the smallest eigenvalue of their normal equations relative to the steps',
+1 for the whole series), for the cell to get a cycle: a swath seen near the same two hours each day (0.01)
+cannot tell the day's swing at any other hour."""
 CELLS_AT_ONCE = 2**24
 """Cells times steps that :func:`fit_cycle` holds in double precision at once in memory (128 MB)."""
 
@@ -38,48 +55,67 @@ def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=-1).reshape(len(angle), 2 * count)
 
 
-def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, periodic: bool = False) -> torch.Tensor:
-    """``(2 count, C, H, W)``: each cell's cycle, the amplitudes of its harmonics at ``phase`` ``(T,)`` fitted with
-    its mean by least squares to its observations in ``values`` ``(N, C, T, H, W)`` (any value where not
-    ``observed``), pulled towards 0 by :data:`RIDGE`. A cell observed fewer than twice as often as there are terms
-    takes the cycles of the cells round it (normalised convolution over the spatial scales that fill a history
-    baseline, :data:`~xrimpute.nets.prior.HISTORY_LEVELS`), weighed by their
-    observations (round the globe with ``periodic``); the mean itself is not part of the cycle (the guess finds each
-    cell's level). ``values`` and ``observed`` in memory (numpy or torch), or dask: then one pass over the archive,
-    chunk by chunk."""
+def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, periodic: bool = False,
+              neighbourhoods: tuple[float, ...] = (0.0,)) -> list[torch.Tensor]:
+    """``[(2 count, C, H, W), ...]``: each cell's cycle for each of ``neighbourhoods`` (Gaussian widths in cells
+    over which the cell's neighbours pool their observations with its own; 0: its own alone), the amplitudes of
+    its harmonics at ``phase`` ``(T,)`` fitted with its mean by least squares to the observations in ``values``
+    ``(N, C, T, H, W)`` (any value where not ``observed``), pulled towards 0 by :data:`RIDGE`. A cell observed
+    fewer than twice as often as there are terms, pooled, takes the cycles of the cells round it (normalised
+    convolution over the spatial scales that fill a history baseline,
+    :data:`~xrimpute.nets.prior.HISTORY_LEVELS`), weighed by their observations (round the globe with
+    ``periodic``); a cell whose widest neighbourhood covers the cycle less evenly than :data:`COVERAGE`, none.
+    The mean itself is not part of the cycle (the guess finds each cell's level). ``values`` and ``observed`` in
+    memory (numpy or torch), or dask: then one pass over the archive, chunk by chunk, for all neighbourhoods."""
     n, c, t, h, w = values.shape
     rows = np.concatenate([np.ones((t, 1)), harmonics(phase, count)], 1)  # (T, P)
     terms = rows.shape[1]
     upper = np.triu_indices(terms)  # the matrix is symmetric: sum only its distinct products
     products = rows[:, upper[0]] * rows[:, upper[1]]  # (T, P (P + 1) / 2)
     if is_dask_collection(values) or is_dask_collection(observed):
-        gram, rhs = compute(*_normal_equations(values, observed, rows, products))
+        sums = compute(*_normal_equations(values, observed, rows, products))
     else:
         values, observed = np.asarray(values), np.asarray(observed)
         per_block = max(1, CELLS_AT_ONCE // (n * c * h * w))  # a block of steps at a time, in double precision
         blocks = [_normal_equations(values[:, :, a : a + per_block], observed[:, :, a : a + per_block],
                                     rows[a : a + per_block], products[a : a + per_block])
                   for a in range(0, t, per_block)]
-        gram, rhs = sum(gram for gram, _ in blocks), sum(rhs for _, rhs in blocks)
-    distinct = torch.as_tensor(gram).reshape(c * h * w, -1)
-    gram = torch.zeros(c * h * w, terms, terms, dtype=torch.float64)
-    gram[:, upper[0], upper[1]] = distinct
-    gram[:, upper[1], upper[0]] = distinct
-    counts = gram[:, 0, 0]  # each cell's observed steps
-    pull = torch.eye(terms, dtype=torch.float64)
-    pull[0, 0] = 0
-    gram = gram + (RIDGE * counts / (n * t))[:, None, None] * pull + 1e-9 * torch.eye(terms, dtype=torch.float64)
-    right = torch.as_tensor(rhs).reshape(c * h * w, terms, 1)
-    amplitudes = torch.linalg.solve(gram, right)[:, 1:, 0]  # (cells, 2 count): no mean
-    enough = counts >= 2 * terms
-    amplitudes = torch.where(enough[:, None], amplitudes, 0).float()
-    maps = amplitudes.T.reshape(2 * count, c, h, w)
-    if bool(enough.all()) or not bool(enough.any()):
-        return maps
-    # cells with too few observations: their neighbours' cycles
-    own = enough.reshape(1, c, 1, h, w).expand(2 * count, c, 1, h, w)
-    spread, _ = FirstGuess(HISTORY_LEVELS, periodic=periodic)(maps[:, :, None], own)
-    return torch.where(own[:, :, 0], maps, spread[:, :, 0])
+        sums = [sum(parts) for parts in zip(*blocks)]
+    distinct, rhs = (torch.as_tensor(np.asarray(part, np.float64)) for part in sums)
+
+    def symmetric(sums):  # (C, H, W, P, P) from the distinct products
+        matrix = torch.zeros(c, h, w, terms, terms, dtype=torch.float64)
+        matrix[..., upper[0], upper[1]] = sums
+        matrix[..., upper[1], upper[0]] = sums
+        return matrix
+
+    def pool(sums, width):  # (C, H, W, ...) summed over each cell's neighbourhood (its own weighing 1), by axis
+        if width == 0:
+            return sums
+        kernel = gaussian_kernel(width)
+        kernel = kernel / kernel.max()
+        across, along = smoothing_matrix(kernel, h).double(), smoothing_matrix(kernel, w, periodic).double()
+        return torch.einsum("vw,cgw...->cgv...", along, torch.einsum("gh,chw...->cgw...", across, sums))
+
+    # the directions the series' steps span (a 6-hourly series never sees the day's second sine)
+    scales, axes = torch.linalg.eigh(torch.as_tensor(rows.T @ rows / t))
+    spanned = axes[:, scales > 1e-9 * scales.max()] / scales[scales > 1e-9 * scales.max()].sqrt()
+    widest = symmetric(pool(distinct, max(neighbourhoods)))
+    relative = spanned.T @ (widest / widest[..., :1, :1].clamp(min=1e-12)) @ spanned
+    covered = (torch.linalg.eigvalsh(relative)[..., 0] >= COVERAGE).reshape(1, c, 1, h, w)
+    pull = RIDGE / 2 * torch.eye(terms, dtype=torch.float64)  # a harmonic's diagonal sums cos^2, 1/2 on average
+    pull[0, 0] = 1e-9
+    cycles = []
+    for width in neighbourhoods:
+        gram = symmetric(pool(distinct, width))
+        amplitudes = torch.linalg.solve(gram + pull, pool(rhs, width)[..., None])[..., 1:, 0]  # no mean
+        enough = (gram[..., 0, 0] >= 2 * terms).reshape(1, c, 1, h, w)
+        maps = amplitudes.permute(3, 0, 1, 2)[:, :, None].float()  # (2 count, C, 1, H, W)
+        if bool(enough.any()) and not bool(enough.all()):  # cells with too few observations: their neighbours'
+            spread, _ = FirstGuess(HISTORY_LEVELS, periodic=periodic)(maps, enough.expand_as(maps))
+            maps = torch.where(enough, maps, spread)
+        cycles.append(torch.where(covered & enough.any(), maps, 0)[:, :, 0])
+    return cycles
 
 
 def _normal_equations(values, observed, rows: np.ndarray, products: np.ndarray):
@@ -117,4 +153,4 @@ def cycle_at(amplitudes: torch.Tensor | np.ndarray, phase: np.ndarray, scale: np
     return cycle if scale is None else np.asarray(scale, np.float32)[:, None, None, None] * cycle
 
 
-__all__ = ["CELLS_AT_ONCE", "HARMONICS", "RIDGE", "cycle_at", "fit_cycle", "harmonics", "without_cycle"]
+__all__ = ["CELLS_AT_ONCE", "COVERAGE", "HARMONICS", "NEIGHBOURHOODS", "RIDGE", "cycle_at", "fit_cycle", "harmonics", "without_cycle"]

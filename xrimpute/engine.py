@@ -28,7 +28,7 @@ from . import arguments, masks
 from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
-from .cycle import cycle_at, fit_cycle, without_cycle
+from .cycle import NEIGHBOURHOODS, cycle_at, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
 from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess,
                          spatial_modes, widest_reach)
@@ -425,9 +425,9 @@ class Engine:
         :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns joins
         the validation. ``phase`` ``(T,)``: where each step lies in
         ``config.cycle`` (fractions of it, :func:`xrimpute.cube.cycle_phase`):
-        a fit whose gaps lie near observations of their own cells, without
-        history, also tries the first guess on the departures from each cell's
-        cycle (in memory or from an archive, whole grid or tiles), and keeps
+        a fit whose gaps lie near observations of their own cells (with or
+        without history) also tries the first guess on the departures from each
+        cell's cycle (in memory or from an archive, whole grid or tiles), and keeps
         the cycle where it fills the held-back cells better (:mod:`xrimpute.cycle`).
         """
         check_fit_options(config.window, config.tile, val_fraction, device, config.history, config.nearby, preset)
@@ -503,13 +503,14 @@ class Engine:
             permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
         try:
             # the series-wide baselines the guess may lean on where the gaps' cells are observed near them, as the
-            # held-back cells' are (a cell never observed has neither): each cell's cycle, and the series' spatial
-            # modes (in memory, on the whole grid)
-            offers_baselines = gaps_near and not config.history
-            offers_modes = offers_baselines and isinstance(windows, ArrayWindows) and tile is None
+            # held-back cells' are (a cell never observed has neither): each cell's cycle (under a history baseline
+            # too: the history of the departures), and the series' spatial modes (in memory, on the whole grid,
+            # without history)
+            offers_modes = (gaps_near and not config.history and isinstance(windows, ArrayWindows)
+                            and tile is None)
             modes = spatial_modes(windows.values, windows.observed) if offers_modes else None
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes)
-            if (offers_baselines and guess is not None and config.cycle and phase is not None
+            if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
                 if verbose and is_dask_collection(values):
                     log.info(f"fitting each cell's {config.cycle} cycle: one pass over the archive")
@@ -623,10 +624,10 @@ class Engine:
         ``facts`` (JSON-able) are kept in the configuration. ``phase`` as for
         :meth:`fill`.
         """
+        totals = self.totals(np.where(observed, values, np.nan), phase)
         values = self.departures(values, phase)
         x = (values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None]
         tile = self.config.tile and tuple(self.config.tile)
-        totals = self.totals(np.where(observed, values, np.nan)) if self.denoiser.uses_history else None
         windows = ArrayWindows(x, observed, self.window, tile=tile, static=self.denoiser.static.numpy(),
                                totals=totals, nearby_span=self.denoiser.nearby_span, flow=self.denoiser.flows,
                                hide=self.spec)
@@ -680,11 +681,13 @@ class Engine:
         rate = options.observed_rate if rate is None else rate
         return spec.adapted(self.config.train_rate, float(rate)) if options.adapt else spec
 
-    def totals(self, values) -> np.ndarray | None:
+    def totals(self, values, phase: np.ndarray | None = None) -> np.ndarray | None:
         """:func:`~xrimpute.windows.series_totals` of ``values`` ``(N, C, T, H, W)`` in data units (numpy, or dask:
         lazy), which imputing or sampling a series needs when the network leans on each window's history; else
-        None."""
-        return series_totals(values, self.mean, self.std) if self.denoiser.uses_history else None
+        None. A model with a cycle sums the departures from it (``phase`` as for :meth:`fill`), as it trained."""
+        if not self.denoiser.uses_history:
+            return None
+        return series_totals(self.departures(values, phase), self.mean, self.std)
 
     def _normalise(self, values: np.ndarray) -> np.ndarray:
         return np.nan_to_num((values - self.mean[None, :, None, None, None]) / self.std[None, :, None, None, None])
@@ -712,7 +715,7 @@ class Engine:
             if piece is not None:
                 raise ArgumentError("this model's first guess leans on each cell's history; pass totals= "
                                     "(Engine.totals of the whole series) with a piece of it")
-            totals = self.totals(values)
+            totals = self.totals(values, phase)
         piece = piece or Piece.whole(values.shape)
         shift = self.cycle_shift(values.shape, phase, piece)
         device = resolve_device(options.device)
@@ -827,7 +830,7 @@ class Engine:
                                       spec, self.window, n=n, steps=steps, K=K, eta=eta, handover=handover,
                                       domain=torch.as_tensor(self.valid)[None, :, None].to(device), seed=seed,
                                       batch_size=batch_size, device=device, autocast=mixed_precision(device),
-                                      progress=progress, totals=self.totals(values),
+                                      progress=progress, totals=self.totals(values, phase),
                                       nearby_span=self.denoiser.nearby_span, flow=self.denoiser.flows)
         finally:
             self.denoiser.cpu()
@@ -971,21 +974,35 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
                nearby: bool | None, modes, guess: str, guesses: dict, wraps: bool):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
     ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training series of ``plain``, the held-back
-    cells hidden; in an archive, one pass over it) where that fills the held-back cells better than
-    :data:`~xrimpute.nets.prior.BASELINE_MARGIN` times ``guess`` (the choice among ``guesses`` on
-    ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses`` with those
-    on the departures added. ``build(values)`` makes the windows: the
-    same held-back cells for the departures. Every guess's NMSE is against the mean fill of the values.
+    cells hidden; in an archive, one pass over it), its own or pooled with its neighbours'
+    (:data:`~xrimpute.cycle.NEIGHBOURHOODS`, whichever fills the held-back cells better), where that fills the
+    held-back cells better than :data:`~xrimpute.nets.prior.BASELINE_MARGIN` times ``guess`` (the choice among
+    ``guesses`` on ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses``
+    with the best cycle's on the departures added. ``build(values)`` makes the windows: the same held-back cells
+    for the departures. Every guess's NMSE is against the mean fill of the values.
     ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does."""
-    cycle = fit_cycle(*plain.training_series(), phase, periodic=wraps)
-    cycled = build(without_cycle(values, cycle, phase, std))
-    cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
-    label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
-    scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
     suffix = _cycle_label(kind)
-    both = {**guesses, **{name + suffix: error * scale for name, error in errors.items()}}
-    if both[label + suffix] < BASELINE_MARGIN * guesses[guess]:
-        return cycle, cycled, cycled_modes, label + suffix, both
+    best = None  # (error, cycle, windows, modes, label, errors)
+    for cycle in fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS):
+        if not bool(cycle.any()):  # the observations cover too little of the cycle anywhere (cycle.COVERAGE)
+            continue
+        cycled = build(without_cycle(values, cycle, phase, std))
+        cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
+        label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
+        scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
+        errors = {name + suffix: error * scale for name, error in errors.items()}
+        if best is None or errors[label + suffix] < best[0]:
+            if best is not None:
+                best[2].close()
+            best = (errors[label + suffix], cycle, cycled, cycled_modes, label + suffix, errors)
+        else:
+            cycled.close()
+    if best is None:
+        return None, plain, modes, guess, guesses
+    error, cycle, cycled, cycled_modes, label, errors = best
+    both = {**guesses, **errors}
+    if error < BASELINE_MARGIN * guesses[guess]:
+        return cycle, cycled, cycled_modes, label, both
     cycled.close()
     return None, plain, modes, guess, both
 

@@ -137,7 +137,7 @@ def impute_lazy(engine: Engine, obj, values, layout: cube.Layout, options: Imput
         engine.observed_rate(values)
     shared = dask.delayed(engine, name=f"xrimpute-model-{model_digest(engine)[:16]}")  # one copy in the graph
     spec = shared.imputation_spec(options, rate)  # one task, waiting for a lazy rate
-    totals = engine.totals(values)  # None, or one reduction over the input
+    totals = engine.totals(values, phase)  # None, or one reduction over the input
 
     def block(n0, n1, box):  # (filled, spread) of one block, stacked
         times, lats, lons, piece = cut((t, h, w), box, engine, options)

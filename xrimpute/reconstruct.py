@@ -413,7 +413,7 @@ def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, 
             if path is None:
                 path = os.fspath(engine.save(book / "model.xri"))
             earlier = dict(settings, observed_rate=observed_rate if adapt else None, model_path=os.path.abspath(path),
-                           totals_path=_save_totals(engine, ds, layout, client, book),
+                           totals_path=_save_totals(engine, ds, layout, client, book, phase),
                            started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             (book / "regions").mkdir(parents=True, exist_ok=True)
             _write_run(book, earlier)
@@ -449,10 +449,11 @@ def _estimate_rate(engine: Engine, ds: xr.Dataset, layout: cube.Layout, client, 
     return float(rate) if isinstance(rate, float) else float(client.compute(rate).result())
 
 
-def _save_totals(engine: Engine, ds: xr.Dataset, layout: cube.Layout, client, book: Path) -> str | None:
-    """Each cell's totals over the archive (one pass on the cluster), saved in the record folder for the workers,
-    when the model leans on history; else None."""
-    totals = engine.totals(cube.to_array(ds, layout=layout, lazy=True)[0])
+def _save_totals(engine: Engine, ds: xr.Dataset, layout: cube.Layout, client, book: Path,
+                 phase: np.ndarray | None) -> str | None:
+    """Each cell's totals over the archive (one pass on the cluster; departures from the model's cycle at the steps'
+    ``phase``), saved in the record folder for the workers, when the model leans on history; else None."""
+    totals = engine.totals(cube.to_array(ds, layout=layout, lazy=True)[0], phase)
     if totals is None:
         return None
     if dask.is_dask_collection(totals):
