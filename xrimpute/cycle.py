@@ -100,15 +100,16 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
     # the directions the series' steps span (a 6-hourly series never sees the day's second sine)
     scales, axes = torch.linalg.eigh(torch.as_tensor(rows.T @ rows / t))
     spanned = axes[:, scales > 1e-9 * scales.max()] / scales[scales > 1e-9 * scales.max()].sqrt()
-    widest = symmetric(pool(distinct, max(neighbourhoods)))
+    pooled = {width: (symmetric(pool(distinct, width)), pool(rhs, width)) for width in neighbourhoods}
+    widest = pooled[max(neighbourhoods)][0]
     relative = spanned.T @ (widest / widest[..., :1, :1].clamp(min=1e-12)) @ spanned
     covered = (torch.linalg.eigvalsh(relative)[..., 0] >= COVERAGE).reshape(1, c, 1, h, w)
     pull = RIDGE / 2 * torch.eye(terms, dtype=torch.float64)  # a harmonic's diagonal sums cos^2, 1/2 on average
     pull[0, 0] = 1e-9
     cycles = []
     for width in neighbourhoods:
-        gram = symmetric(pool(distinct, width))
-        amplitudes = torch.linalg.solve(gram + pull, pool(rhs, width)[..., None])[..., 1:, 0]  # no mean
+        gram, right = pooled[width]
+        amplitudes = torch.linalg.solve(gram + pull, right[..., None])[..., 1:, 0]  # no mean
         enough = (gram[..., 0, 0] >= 2 * terms).reshape(1, c, 1, h, w)
         maps = amplitudes.permute(3, 0, 1, 2)[:, :, None].float()  # (2 count, C, 1, H, W)
         if bool(enough.any()) and not bool(enough.all()):  # cells with too few observations: their neighbours'
