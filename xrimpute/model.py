@@ -214,8 +214,10 @@ class CtxDiffModel:
             the series' leading spatial modes, where they fill the held-back cells better
             (:func:`xrimpute.nets.prior.spatial_modes`), and where its dates go through a day
             or a year (:func:`xrimpute.cube.cycle_phase`) the model may fill the departures
-            from each cell's cycle, likewise chosen, on tiles and from archives too
-            (:mod:`xrimpute.cycle`); such a model asks for dates when it imputes.
+            from each cell's cycle (its own, or pooled over its neighbours where each cell is
+            seen a few times; none where the observations see some phases only), likewise
+            chosen, on tiles and from archives too (:mod:`xrimpute.cycle`); such a model asks
+            for dates when it imputes.
         steps : int, optional
             Training steps (optimiser updates). Default: on the CPU, as many as
             ``max_time`` allows (5 minutes unless given); on a GPU, 2000. Only an
