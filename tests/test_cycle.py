@@ -77,23 +77,41 @@ def test_each_cells_cycle_is_fitted_from_its_own_observations_and_carried_to_cel
     assert float(np.abs(swing.mean(0)).max()) < 0.05  # the cycle has no mean: the guess finds each cell's level
 
 
-def test_cells_observed_a_few_times_each_share_their_neighbours_cycle():
-    """Sparse pixels of a monthly series: each cell's own few observations would add their noise to the cycle;
-    pooled over its neighbours the cycle is what they share."""
-    rng = np.random.default_rng(0)
+def sparse_monthly(seed=0):
+    """Five years of a monthly field whose annual cycle changes smoothly across the grid, over year-to-year change
+    as large, and its pixels at 12 % (seven observations a cell): the true cycle, the truth, the observed cube."""
+    rng = np.random.default_rng(seed)
     t, h, w = 60, 24, 32
     phase = (np.arange(t) % 12) / 12
     y, x = np.mgrid[0:h, 0:w]
-    amplitude = 1.0 + 0.5 * np.sin(y / h * np.pi) + 0.3 * x / w  # smooth across the grid
+    amplitude = 1.0 + 0.5 * np.sin(y / h * np.pi) + 0.3 * x / w
     season = amplitude * np.cos(2 * np.pi * (phase[:, None, None] - 0.1))
-    years = np.cumsum(rng.standard_normal((t, 1, 1)), 0) * 0.3 + rng.standard_normal((t, h, w))  # as large
-    values = torch.as_tensor((season + years + 3 * y / h)[None, None], dtype=torch.float32)
-    observed = torch.as_tensor(rng.random(values.shape) < 0.12)  # 7 observations a cell on average
-    own, shared = (cycle_at(cycle, phase)[0] for cycle in fit_cycle(values, observed, phase,
-                                                                     neighbourhoods=NEIGHBOURHOODS))
+    years = np.cumsum(rng.standard_normal((t, 1, 1)), 0) * 0.3 + rng.standard_normal((t, h, w))
+    field = (season + years + 3 * y / h).astype(np.float32)
+    coords = {"time": xr.date_range("2000-01-01", periods=t, freq="MS"),
+              "latitude": ("latitude", np.linspace(30, 53, h), {"units": "degrees_north"}),
+              "longitude": ("longitude", np.linspace(0, 31, w), {"units": "degrees_east"})}
+    truth = xr.Dataset({"sst": (("time", "latitude", "longitude"), field)}, coords=coords)
+    observed = truth.where(rng.random(field.shape) < 0.12)
+    return season, truth, observed
+
+
+def test_cells_observed_a_few_times_each_share_their_neighbours_cycle():
+    """Sparse pixels of a monthly series: each cell's own few observations would add their noise to the cycle;
+    pooled over its neighbours the cycle is what they share, and a fit keeps that one."""
+    season, truth, observed = sparse_monthly()
+    values = torch.as_tensor(observed.sst.values[None, None])
+    phase = cube.cycle_phase(observed, cube.layout_of(observed))[1]
+    own, shared = (cycle_at(cycle, phase)[0] for cycle in fit_cycle(torch.nan_to_num(values), values.isfinite(),
+                                                                     phase, neighbourhoods=NEIGHBOURHOODS))
     error = float(((shared - season) ** 2).mean())
     assert error < 0.05 * (season**2).mean()  # the shared cycle, nearly exact
     assert error < 0.1 * float(((own - season) ** 2).mean())  # where each cell's own fit is mostly noise
+    model = observed.ctxdiff.fit(mask="pixel", steps=2, batch_size=2, progress=False, verbose=False, seed=0,
+                                 compare_classical=False)
+    assert model.info["cycle"] == "annual", model.validation["first_guess_nmse"]
+    kept = cycle_at(model.engine.cycle, phase, model.engine.std)  # the pooled one (the held-back cells hidden)
+    assert float(((kept[0] - season) ** 2).mean()) < 0.05 * (season**2).mean()
 
 
 def test_no_cycle_where_the_observations_see_only_some_hours_of_the_day():
