@@ -99,7 +99,7 @@ def sparse_monthly(seed=0):
 def test_cells_observed_a_few_times_each_share_their_neighbours_cycle():
     """Sparse pixels of a monthly series: each cell's own few observations would add their noise to the cycle;
     pooled over its neighbours the cycle is what they share, and a fit keeps that one."""
-    season, truth, observed = sparse_monthly()
+    season, _, observed = sparse_monthly()
     values = torch.as_tensor(observed.sst.values[None, None])
     phase = cube.cycle_phase(observed, cube.layout_of(observed))[1]
     own, shared = (cycle_at(cycle, phase)[0] for cycle in fit_cycle(torch.nan_to_num(values), values.isfinite(),
@@ -125,7 +125,7 @@ def test_no_cycle_where_the_observations_see_only_some_hours_of_the_day():
                                                       neighbourhoods=NEIGHBOURHOODS))
     six_hourly = slice(0, None, 6)  # a series of 6-hourly steps never sees the day's second sine, nor needs it
     [cycle] = fit_cycle(values[:, :, six_hourly], torch.ones_like(values[:, :, six_hourly], dtype=bool),
-                      phase[six_hourly])
+                        phase[six_hourly])
     swing = cycle_at(cycle, phase[six_hourly])[0]
     truth_swing = day[six_hourly] - day[six_hourly].mean(0)  # at those hours, less its mean there
     np.testing.assert_allclose(swing - swing.mean(0), truth_swing, atol=0.15 * np.abs(day).max())
