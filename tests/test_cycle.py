@@ -79,7 +79,7 @@ def test_each_cells_cycle_is_fitted_from_its_own_observations_and_carried_to_cel
 
 def sparse_monthly(seed=0):
     """Five years of a monthly field whose annual cycle changes smoothly across the grid, over year-to-year change
-    as large, and its pixels at 12 % (seven observations a cell): the true cycle, the truth, the observed cube."""
+    as large, and its pixels at 12 % (seven observations a cell): the true cycle and the observed cube."""
     rng = np.random.default_rng(seed)
     t, h, w = 60, 24, 32
     phase = (np.arange(t) % 12) / 12
@@ -92,14 +92,13 @@ def sparse_monthly(seed=0):
               "latitude": ("latitude", np.linspace(30, 53, h), {"units": "degrees_north"}),
               "longitude": ("longitude", np.linspace(0, 31, w), {"units": "degrees_east"})}
     truth = xr.Dataset({"sst": (("time", "latitude", "longitude"), field)}, coords=coords)
-    observed = truth.where(rng.random(field.shape) < 0.12)
-    return season, truth, observed
+    return season, truth.where(rng.random(field.shape) < 0.12)
 
 
 def test_cells_observed_a_few_times_each_share_their_neighbours_cycle():
     """Sparse pixels of a monthly series: each cell's own few observations would add their noise to the cycle;
     pooled over its neighbours the cycle is what they share, and a fit keeps that one."""
-    season, _, observed = sparse_monthly()
+    season, observed = sparse_monthly()
     values = torch.as_tensor(observed.sst.values[None, None])
     phase = cube.cycle_phase(observed, cube.layout_of(observed))[1]
     own, shared = (cycle_at(cycle, phase)[0] for cycle in fit_cycle(torch.nan_to_num(values), values.isfinite(),
