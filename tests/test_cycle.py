@@ -73,7 +73,9 @@ def test_each_cells_cycle_is_fitted_from_its_own_observations_and_carried_to_cel
     swing = cycle_at(cycle, phase)[0]
     np.testing.assert_allclose(swing[:24, 1:3], day[:24, 1:3], atol=0.1 * np.abs(day).max())  # each cell's own
     neighbours = cycle[:, 0, 2:5, 3:6].reshape(4, -1)[:, [0, 1, 2, 3, 5, 6, 7, 8]]
-    assert torch.allclose(cycle[:, 0, 3, 4], neighbours.mean(1), atol=0.6 * float(neighbours.abs().max()))
+    # the neighbours' (normalised convolution), not nothing: its five observations see hours 0-4 only, the cells round
+    # it every hour
+    assert torch.allclose(cycle[:, 0, 3, 4], neighbours.mean(1), atol=0.15 * float(neighbours.abs().max()))
     assert float(np.abs(swing.mean(0)).max()) < 0.05  # the cycle has no mean: the guess finds each cell's level
 
 

@@ -36,12 +36,12 @@ NEIGHBOURHOODS = (0.0, 8.0)
 candidate each (0: each cell's own), chosen on the held-back cells (:meth:`xrimpute.engine.Engine.fit`): a cell
 observed hourly for a month has a cycle of its own, one of sparse monthly pixels, seen five times, only the one it
 shares (on OSTIA's 10 % pixels, seed 0, the guess on the pooled cycle filled the held-back cells 0.0079, on each
-cell's own 0.0167, with none 0.0087; pooled over 1, 2 and 4 cells it scored 0.0157, 0.0088 and 0.0080;
+cell's own 0.0167, with none 0.0087; a prototype pooling over 1, 2 and 4 cells scored 0.0157, 0.0088 and 0.0080;
 ``benchmarks/RESULTS.md``)."""
 RIDGE = 1.0
 """Observations' worth by which the harmonics' amplitudes are pulled towards 0."""
 COVERAGE = 0.1
-"""How evenly the observations within :data:`NEIGHBOURHOODS`' widest reach of a cell must spread over the
+"""How evenly the observations within the widest of :data:`NEIGHBOURHOODS` round a cell must spread over the
 cycle, against the series' own steps (the smallest eigenvalue of their normal equations relative to the steps',
 1 for the whole series), for the cell to get a cycle: a swath seen near the same two hours each day (0.01)
 cannot tell the day's swing at any other hour."""
@@ -64,7 +64,8 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
     fewer than twice as often as there are terms, pooled, takes the cycles of the cells round it (normalised
     convolution over the spatial scales that fill a history baseline,
     :data:`~xrimpute.nets.prior.HISTORY_LEVELS`), weighed by their observations (round the globe with
-    ``periodic``); a cell whose widest neighbourhood covers the cycle less evenly than :data:`COVERAGE`, none.
+    ``periodic``); a cell whose neighbourhood (the widest of :data:`NEIGHBOURHOODS`) covers the cycle less evenly
+    than :data:`COVERAGE`, none.
     The mean itself is not part of the cycle (the guess finds each cell's level). ``values`` and ``observed`` in
     memory (numpy or torch), or dask: then one pass over the archive, chunk by chunk, for all neighbourhoods."""
     n, c, t, h, w = values.shape
@@ -101,8 +102,11 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
     scales, axes = torch.linalg.eigh(torch.as_tensor(rows.T @ rows / t))
     spanned = axes[:, scales > 1e-9 * scales.max()] / scales[scales > 1e-9 * scales.max()].sqrt()
     pooled = {width: (symmetric(pool(distinct, width)), pool(rhs, width)) for width in neighbourhoods}
-    widest = pooled[max(neighbourhoods)][0]
-    relative = spanned.T @ (widest / widest[..., :1, :1].clamp(min=1e-12)) @ spanned
+    # coverage is the observing system's, read over the widest neighbourhood whichever cycles are asked for: a cell
+    # seen a few times takes its neighbours' cycle (below) where they see the whole cycle
+    reach = max(NEIGHBOURHOODS)
+    around = pooled[reach][0] if reach in pooled else symmetric(pool(distinct, reach))
+    relative = spanned.T @ (around / around[..., :1, :1].clamp(min=1e-12)) @ spanned
     covered = (torch.linalg.eigvalsh(relative)[..., 0] >= COVERAGE).reshape(1, c, 1, h, w)
     pull = RIDGE / 2 * torch.eye(terms, dtype=torch.float64)  # a harmonic's diagonal sums cos^2, 1/2 on average
     pull[0, 0] = 1e-9
