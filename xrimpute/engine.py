@@ -518,8 +518,9 @@ class Engine:
                                                                    net["periodic"], config.nearby, modes, guess,
                                                                    guesses, wraps=config.periodic)
                 if verbose and cycle is not None:
-                    log.info(f"the first guess fills the departures from each cell's {config.cycle} cycle")
-            label = None if guess is None else guess.removesuffix(_cycle_label(config.cycle))
+                    log.info(f"the first guess fills the departures from the {config.cycle} cycle"
+                             + guess.partition(f" + {config.cycle} cycle")[2])
+            label = None if guess is None else _without_cycle_label(guess, config.cycle)
             name, nearby, flow = candidate_label(label) if guess is not None else (None, bool(config.nearby), False)
             if init is not None:
                 modes = init.denoiser.modes
@@ -957,10 +958,17 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     return label, errors
 
 
-def _cycle_label(kind: str | None) -> str:
+def _cycle_label(kind: str, width: float) -> str:
     """What :meth:`Engine.fit` appends to a first guess's label (``model.validation``) when it fills the departures
-    from each cell's ``kind`` cycle."""
-    return f" + {kind} cycle" if kind else ""
+    from each cell's ``kind`` cycle, its own (``width`` 0) or pooled over a neighbourhood of ``width`` cells
+    (:data:`~xrimpute.cycle.NEIGHBOURHOODS`)."""
+    source = "each cell's own" if width == 0 else f"pooled over {width:g} cells"
+    return f" + {kind} cycle ({source})"
+
+
+def _without_cycle_label(guess: str, kind: str | None) -> str:
+    """A first guess's label without what :func:`_cycle_label` appended to it."""
+    return guess.partition(f" + {kind} cycle")[0] if kind else guess
 
 
 def _channel_reference(validation) -> torch.Tensor:
@@ -981,26 +989,28 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     with the best cycle's on the departures added. ``build(values)`` makes the windows: the same held-back cells
     for the departures. Every guess's NMSE is against the mean fill of the values.
     ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does."""
-    suffix = _cycle_label(kind)
-    best = None  # (error, cycle, windows, modes, label, errors)
-    for cycle in fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS):
+    best, scored = None, {}  # (error, cycle, windows, modes, label), and every candidate's guesses
+    cycles = fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS)
+    for width, cycle in zip(NEIGHBOURHOODS, cycles):
         if not bool(cycle.any()):  # the observations cover too little of the cycle anywhere (cycle.COVERAGE)
             continue
+        suffix = _cycle_label(kind, width)
         cycled = build(without_cycle(values, cycle, phase, std))
         cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
         label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
         scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
         errors = {name + suffix: error * scale for name, error in errors.items()}
+        scored.update(errors)
         if best is None or errors[label + suffix] < best[0]:
             if best is not None:
                 best[2].close()
-            best = (errors[label + suffix], cycle, cycled, cycled_modes, label + suffix, errors)
+            best = (errors[label + suffix], cycle, cycled, cycled_modes, label + suffix)
         else:
             cycled.close()
     if best is None:
         return None, plain, modes, guess, guesses
-    error, cycle, cycled, cycled_modes, label, errors = best
-    both = {**guesses, **errors}
+    error, cycle, cycled, cycled_modes, label = best
+    both = {**guesses, **scored}
     if error < BASELINE_MARGIN * guesses[guess]:
         return cycle, cycled, cycled_modes, label, both
     cycled.close()
