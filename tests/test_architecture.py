@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xrimpute"
 # Layers, bottom to top. A module may import its own layer and the layers ALLOWED names for it.
 LAYERS = {
     # plain helpers: no models, no xarray
-    "base": ["errors", "options", "arguments", "robust", "geometry", "atomic", "payload"],
+    "base": ["errors", "options", "arguments", "robust", "geometry", "atomic", "payload", "passes"],
     "nets": ["nets"],  # the denoiser
     "core": ["masks", "diffusion", "training", "flow", "cycle", "windows", "samplers", "engine"],  # arrays only
     "xarray": ["cube", "io", "observe", "stations", "datasets", "pde"],  # the translator and xarray-facing helpers
@@ -31,7 +31,8 @@ ALLOWED = {
     "front": {"base", "nets", "core", "xarray", "model", "front"},
 }
 # The numeric core of the method: plain arrays and tensors in, plain arrays and tensors out.
-NUMERIC_CORE = ["engine", "masks", "diffusion", "training", "nets", "flow", "cycle", "windows", "samplers", "geometry"]
+NUMERIC_CORE = ["engine", "masks", "diffusion", "training", "nets", "flow", "cycle", "windows", "samplers", "geometry",
+                "passes"]
 
 
 def module_name(path: Path) -> str:

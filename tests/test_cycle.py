@@ -235,6 +235,17 @@ def test_a_fit_from_an_archive_or_on_tiles_tries_the_cycle_too_and_an_init_conti
     assert tiled.info["cycle"] == "daily", tiled.validation["first_guess_nmse"]
 
 
+def test_the_passes_over_an_archive_before_training_show_a_progress_bar(blocks, capsys):
+    _, observed, _ = blocks
+    archive = observed.chunk(time=48)
+    quiet = dict(FIT, steps=1, history=True)
+    archive.ctxdiff.fit(**dict(quiet, progress=True))
+    shown = capsys.readouterr().err
+    assert "each cell's cycle: reading the archive" in shown and "each cell's history: reading the archive" in shown
+    archive.ctxdiff.fit(**quiet)  # progress=False
+    assert "reading the archive" not in capsys.readouterr().err
+
+
 def test_a_fit_leaning_on_history_tries_the_cycle_and_sums_the_history_of_its_departures(blocks):
     truth, observed, _ = blocks
     model = observed.ctxdiff.fit(history=True, **FIT)

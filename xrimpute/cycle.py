@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from dask import compute, is_dask_collection
+from dask import is_dask_collection
 
 from .nets.prior import HISTORY_LEVELS, FirstGuess, gaussian_kernel, smoothing_matrix
+from .passes import compute_pass
 
 HARMONICS = 2
 """Harmonics of the cycle: on the ERA5 sample's moving blocks two filled 7-14 % better than one (classical
@@ -56,7 +57,7 @@ def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
 
 
 def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, periodic: bool = False,
-              neighbourhoods: tuple[float, ...] = (0.0,)) -> list[torch.Tensor]:
+              neighbourhoods: tuple[float, ...] = (0.0,), progress: bool = False) -> list[torch.Tensor]:
     """``[(2 count, C, H, W), ...]``: each cell's cycle for each of ``neighbourhoods`` (Gaussian widths in cells
     over which the cell's neighbours pool their observations with its own; 0: its own alone), the amplitudes of
     its harmonics at ``phase`` ``(T,)`` fitted with its mean by least squares to the observations in ``values``
@@ -67,14 +68,16 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
     ``periodic``); a cell whose neighbourhood (the widest of :data:`NEIGHBOURHOODS`) covers the cycle less evenly
     than :data:`COVERAGE`, none.
     The mean itself is not part of the cycle (the guess finds each cell's level). ``values`` and ``observed`` in
-    memory (numpy or torch), or dask: then one pass over the archive, chunk by chunk, for all neighbourhoods."""
+    memory (numpy or torch), or dask: then one pass over the archive, chunk by chunk, for all neighbourhoods (with
+    a progress bar when ``progress``)."""
     n, c, t, h, w = values.shape
     rows = np.concatenate([np.ones((t, 1)), harmonics(phase, count)], 1)  # (T, P)
     terms = rows.shape[1]
     upper = np.triu_indices(terms)  # the matrix is symmetric: sum only its distinct products
     products = rows[:, upper[0]] * rows[:, upper[1]]  # (T, P (P + 1) / 2)
     if is_dask_collection(values) or is_dask_collection(observed):
-        sums = compute(*_normal_equations(values, observed, rows, products))
+        sums = compute_pass(*_normal_equations(values, observed, rows, products), progress=progress,
+                            desc="each cell's cycle: reading the archive")
     else:
         values, observed = np.asarray(values), np.asarray(observed)
         per_block = max(1, CELLS_AT_ONCE // (n * c * h * w))  # a block of steps at a time, in double precision

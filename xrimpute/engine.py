@@ -492,7 +492,7 @@ class Engine:
         build = functools.partial(training_windows, spec=spec, mean=mean, std=std, window=config.window, tile=tile,
                                   static=static, val_fraction=val_fraction, seed=seed,
                                   pin_memory=device.type == "cuda", valid=stats.valid, history=bool(config.history),
-                                  nearby_span=offered, flow=flow_offered)
+                                  nearby_span=offered, flow=flow_offered, progress=progress)
         cycle = None
         windows = plain = build(values)  # the classical fillers of the self-assessment are scored on the values
         if init is not None and init.cycle is not None:  # its network learned the departures from its cycle
@@ -516,7 +516,8 @@ class Engine:
                     log.info(f"fitting each cell's {config.cycle} cycle: one pass over the archive")
                 cycle, windows, modes, guess, guesses = _try_cycle(values, plain, build, phase, config.cycle, std,
                                                                    net["periodic"], config.nearby, modes, guess,
-                                                                   guesses, wraps=config.periodic)
+                                                                   guesses, wraps=config.periodic,
+                                                                   progress=progress)
                 if verbose and cycle is not None:
                     log.info(f"the first guess fills the departures from the {config.cycle} cycle"
                              + guess.partition(f" + {config.cycle} cycle")[2])
@@ -979,7 +980,7 @@ def _channel_reference(validation) -> torch.Tensor:
 
 
 def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, std: np.ndarray, periodic: bool,
-               nearby: bool | None, modes, guess: str, guesses: dict, wraps: bool):
+               nearby: bool | None, modes, guess: str, guesses: dict, wraps: bool, progress: bool = False):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
     ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training series of ``plain``, the held-back
     cells hidden; in an archive, one pass over it), its own or pooled with its neighbours'
@@ -988,9 +989,11 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     ``guesses`` on ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses``
     with the best cycle's on the departures added. ``build(values)`` makes the windows: the same held-back cells
     for the departures. Every guess's NMSE is against the mean fill of the values.
-    ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does."""
+    ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does.
+    ``progress``: a bar over an archive's pass."""
     best, scored = None, {}  # (error, cycle, windows, modes, label), and every candidate's guesses
-    cycles = fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS)
+    cycles = fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS,
+                       progress=progress)
     for width, cycle in zip(NEIGHBOURHOODS, cycles):
         if not bool(cycle.any()):  # the observations cover too little of the cycle anywhere (cycle.COVERAGE)
             continue

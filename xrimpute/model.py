@@ -258,8 +258,9 @@ class CtxDiffModel:
             GPU, 128 x 128 tiles on a grid of more than twice their cells; the
             whole grid otherwise. None: always the whole grid.
         progress : bool, optional
-            Show a progress bar; default the ``progress`` of
-            :func:`xrimpute.set_options` (True).
+            Show progress bars (training's, and the passes over a dask
+            archive before it: each cell's cycle, each cell's history);
+            default the ``progress`` of :func:`xrimpute.set_options` (True).
         verbose : bool, default True
             Report the mask that ``mask="auto"`` chose, and why (through
             :mod:`logging`, logger ``xrimpute``), and warn when a classical filler

@@ -33,6 +33,7 @@ from dask import compute, is_dask_collection
 
 from . import masks, robust
 from .geometry import evenly_spaced
+from .passes import compute_pass
 from .training import distributed_rank
 from .windows import flow_velocity, nearby_observations, outside_window, series_totals, window_starts, window_sums
 
@@ -558,7 +559,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
                      valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0,
-                     flow: bool = False):
+                     flow: bool = False, progress: bool = False):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -575,7 +576,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     likewise with ``nearby_span`` for each cell's nearest observations within
     that many steps either side of the window (``flow``: along the flow; then
     an array's validation inputs find them with every cell held back anywhere
-    in the window hidden at every step, :func:`_validation_windows`).
+    in the window hidden at every step, :func:`_validation_windows`). ``progress``:
+    a bar over an archive's pass for the history.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -601,7 +603,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
     withheld = withheld_stations(valid[None, :, None], val_fraction, seed) if stations and valid is not None \
         and reserved else None
-    totals = np.asarray(series_totals(values, mean, std, withheld)) if history else None  # one pass
+    totals = np.asarray(compute_pass(series_totals(values, mean, std, withheld), progress=progress,
+                                     desc="each cell's history: reading the archive")[0]) if history else None
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
                              pin_memory=pin_memory, withheld=withheld, totals=totals, nearby_span=nearby_span,
                              flow=flow, hide=spec)
