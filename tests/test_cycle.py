@@ -9,9 +9,9 @@ from dask import is_dask_collection
 import xrimpute
 from test_lazy import imputed_alike_on_every_path
 from xrimpute import cube
-from xrimpute.cycle import NEIGHBOURHOODS, cycle_at, fit_cycle, without_cycle
+from xrimpute.cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from xrimpute.engine import ModelMismatch, offers_cycle
-from xrimpute.samplers import ChunkedWindows
+from xrimpute.samplers import ChunkedWindows, training_windows
 from xrimpute.windows import series_totals
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -239,11 +239,44 @@ def test_the_passes_over_an_archive_before_training_show_a_progress_bar(blocks, 
     _, observed, _ = blocks
     archive = observed.chunk(time=48)
     quiet = dict(FIT, steps=1, history=True)
-    archive.ctxdiff.fit(**dict(quiet, progress=True))
+    model = archive.ctxdiff.fit(**dict(quiet, progress=True))
+    assert model.info["cycle"] == "daily"
     shown = capsys.readouterr().err
-    assert "each cell's cycle: reading the archive" in shown and "each cell's history: reading the archive" in shown
+    assert "each cell's cycle: reading the archive" in shown
+    # once: the history of the departures from every candidate cycle comes from the values' and the cycle's pass
+    assert shown.count("each cell's history: reading the archive:   0%") == 1, shown
     archive.ctxdiff.fit(**quiet)  # progress=False
     assert "reading the archive" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_the_history_of_the_departures_is_what_a_pass_over_them_sums(blocks, lazy):
+    _, observed, _ = blocks
+    values, layout = cube.to_array(observed)
+    phase = cube.cycle_phase(observed, layout)[1]
+    values = da.from_array(values, chunks=(1, 1, 48, 12, 16)) if lazy else values
+    mean, std = np.array([280.0], np.float32), np.array([3.0], np.float32)
+    build = dict(spec=xrimpute.masks.resolve("block", np.isfinite(np.asarray(values)), verbose=False),
+                 mean=mean, std=std, window=5, history=True, seed=0)
+    plain = training_windows(values, **build)
+    try:
+        cycles, sums = fit_cycle(*plain.training_series(), phase, neighbourhoods=NEIGHBOURHOODS, return_sums=True)
+        for cycle in cycles:
+            departures = without_cycle(values, cycle, phase, std)
+            derived = training_windows(departures, **build,
+                                       training_totals=departures_totals(plain.totals, sums, cycle))
+            summed = training_windows(departures, **build)
+            try:
+                np.testing.assert_allclose(np.asarray(derived.totals), np.asarray(summed.totals), atol=1e-3)
+                assert not np.allclose(np.asarray(derived.totals), np.asarray(plain.totals), atol=1)
+                np.testing.assert_allclose(derived.validation[3]["history"], summed.validation[3]["history"],
+                                           atol=1e-3)
+                torch.testing.assert_close(derived.validation[0], summed.validation[0])
+            finally:
+                derived.close()
+                summed.close()
+    finally:
+        plain.close()
 
 
 def test_a_fit_leaning_on_history_tries_the_cycle_and_sums_the_history_of_its_departures(blocks):

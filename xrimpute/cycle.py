@@ -57,7 +57,7 @@ def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
 
 
 def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, periodic: bool = False,
-              neighbourhoods: tuple[float, ...] = (0.0,), progress: bool = False) -> list[torch.Tensor]:
+              neighbourhoods: tuple[float, ...] = (0.0,), progress: bool = False, return_sums: bool = False):
     """``[(2 count, C, H, W), ...]``: each cell's cycle for each of ``neighbourhoods`` (Gaussian widths in cells
     over which the cell's neighbours pool their observations with its own; 0: its own alone), the amplitudes of
     its harmonics at ``phase`` ``(T,)`` fitted with its mean by least squares to the observations in ``values``
@@ -69,23 +69,25 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
     than :data:`COVERAGE`, none.
     The mean itself is not part of the cycle (the guess finds each cell's level). ``values`` and ``observed`` in
     memory (numpy or torch), or dask: then one pass over the archive, chunk by chunk, for all neighbourhoods (with
-    a progress bar when ``progress``)."""
+    a progress bar when ``progress``). With ``return_sums``, ``(cycles, sums)``: ``sums`` ``(N, C, H, W, 2 count)``
+    float64, each cell's harmonics summed over its observed steps in each sample, from the same pass, from which
+    :func:`departures_totals` takes the cycles out of a series' totals."""
     n, c, t, h, w = values.shape
     rows = np.concatenate([np.ones((t, 1)), harmonics(phase, count)], 1)  # (T, P)
     terms = rows.shape[1]
     upper = np.triu_indices(terms)  # the matrix is symmetric: sum only its distinct products
     products = rows[:, upper[0]] * rows[:, upper[1]]  # (T, P (P + 1) / 2)
     if is_dask_collection(values) or is_dask_collection(observed):
-        sums = compute_pass(*_normal_equations(values, observed, rows, products), progress=progress,
+        sums = compute_pass(*_normal_equations(values, observed, rows, products, return_sums), progress=progress,
                             desc="each cell's cycle: reading the archive")
     else:
         values, observed = np.asarray(values), np.asarray(observed)
         per_block = max(1, CELLS_AT_ONCE // (n * c * h * w))  # a block of steps at a time, in double precision
         blocks = [_normal_equations(values[:, :, a : a + per_block], observed[:, :, a : a + per_block],
-                                    rows[a : a + per_block], products[a : a + per_block])
+                                    rows[a : a + per_block], products[a : a + per_block], return_sums)
                   for a in range(0, t, per_block)]
         sums = [sum(parts) for parts in zip(*blocks)]
-    distinct, rhs = (torch.as_tensor(np.asarray(part, np.float64)) for part in sums)
+    distinct, rhs = (torch.as_tensor(np.asarray(part, np.float64)) for part in sums[:2])
 
     def symmetric(sums):  # (C, H, W, P, P) from the distinct products
         matrix = torch.zeros(c, h, w, terms, terms, dtype=torch.float64)
@@ -123,17 +125,28 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
             spread, _ = FirstGuess(HISTORY_LEVELS, periodic=periodic)(maps, enough.expand_as(maps))
             maps = torch.where(enough, maps, spread)
         cycles.append(torch.where(covered & enough.any(), maps, 0)[:, :, 0])
-    return cycles
+    return (cycles, np.asarray(sums[2], np.float64)) if return_sums else cycles
 
 
-def _normal_equations(values, observed, rows: np.ndarray, products: np.ndarray):
+def _normal_equations(values, observed, rows: np.ndarray, products: np.ndarray, per_sample: bool = False):
     """``(C, H, W, D)`` and ``(C, H, W, P)`` float64: each cell's sums over its ``observed`` steps of the
     ``products`` ``(T, D)`` of ``rows`` ``(T, P)`` with each other, and of ``rows`` times its value (numpy, or
-    dask: lazy)."""
+    dask: lazy); with ``per_sample`` also ``(N, C, H, W, P - 1)``, the sums of the harmonics (all but the first
+    row) in each sample."""
     seen = observed.astype(np.float64)
     data = np.where(observed, values, 0.0).astype(np.float64)
-    return (np.tensordot(seen, products, axes=([2], [0])).sum(0),
-            np.tensordot(data, rows, axes=([2], [0])).sum(0))
+    out = (np.tensordot(seen, products, axes=([2], [0])).sum(0), np.tensordot(data, rows, axes=([2], [0])).sum(0))
+    return out + (np.tensordot(seen, rows[:, 1:], axes=([2], [0])),) if per_sample else out
+
+
+def departures_totals(totals, sums: np.ndarray, amplitudes) -> np.ndarray:
+    """``(N, 2C, H, W)`` float64: a series' :func:`~xrimpute.windows.series_totals` (normalised sums, then counts)
+    as the departures from each cell's cycle (``amplitudes`` of :func:`fit_cycle`) give them, from the harmonics'
+    ``sums`` that :func:`fit_cycle` returns over the same observations: no other pass over an archive."""
+    totals = np.asarray(totals, np.float64).copy()
+    c = totals.shape[1] // 2
+    totals[:, :c] -= np.einsum("nchwk,kchw->nchw", sums, np.asarray(amplitudes, np.float64))
+    return totals
 
 
 def without_cycle(values, amplitudes, phase: np.ndarray, scale: np.ndarray):
@@ -161,4 +174,5 @@ def cycle_at(amplitudes: torch.Tensor | np.ndarray, phase: np.ndarray, scale: np
     return cycle if scale is None else np.asarray(scale, np.float32)[:, None, None, None] * cycle
 
 
-__all__ = ["CELLS_AT_ONCE", "COVERAGE", "HARMONICS", "NEIGHBOURHOODS", "RIDGE", "cycle_at", "fit_cycle", "harmonics", "without_cycle"]
+__all__ = ["CELLS_AT_ONCE", "COVERAGE", "HARMONICS", "NEIGHBOURHOODS", "RIDGE", "cycle_at", "departures_totals",
+           "fit_cycle", "harmonics", "without_cycle"]

@@ -28,7 +28,7 @@ from . import arguments, masks
 from .diffusion import VPSchedule, impute_ensemble
 from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
-from .cycle import NEIGHBOURHOODS, cycle_at, fit_cycle, without_cycle
+from .cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
 from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess,
                          spatial_modes, widest_reach)
@@ -983,7 +983,8 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
                nearby: bool | None, modes, guess: str, guesses: dict, wraps: bool, progress: bool = False):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
     ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training series of ``plain``, the held-back
-    cells hidden; in an archive, one pass over it), its own or pooled with its neighbours'
+    cells hidden; in an archive, one pass over it, which also gives the history of the departures), its own or
+    pooled with its neighbours'
     (:data:`~xrimpute.cycle.NEIGHBOURHOODS`, whichever fills the held-back cells better), where that fills the
     held-back cells better than :data:`~xrimpute.nets.prior.BASELINE_MARGIN` times ``guess`` (the choice among
     ``guesses`` on ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses``
@@ -992,13 +993,17 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does.
     ``progress``: a bar over an archive's pass."""
     best, scored = None, {}  # (error, cycle, windows, modes, label), and every candidate's guesses
+    # the history of the departures comes from that of the values and the same pass as the cycles
+    history = plain.totals is not None
     cycles = fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS,
-                       progress=progress)
+                       progress=progress, return_sums=history)
+    cycles, sums = cycles if history else (cycles, None)
     for width, cycle in zip(NEIGHBOURHOODS, cycles):
         if not bool(cycle.any()):  # the observations cover too little of the cycle anywhere (cycle.COVERAGE)
             continue
         suffix = _cycle_label(kind, width)
-        cycled = build(without_cycle(values, cycle, phase, std))
+        cycled = build(without_cycle(values, cycle, phase, std),
+                       training_totals=departures_totals(plain.totals, sums, cycle) if history else None)
         cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
         label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
         scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())

@@ -559,7 +559,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
                      valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0,
-                     flow: bool = False, progress: bool = False):
+                     flow: bool = False, progress: bool = False, training_totals: np.ndarray | None = None):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -577,7 +577,10 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     that many steps either side of the window (``flow``: along the flow; then
     an array's validation inputs find them with every cell held back anywhere
     in the window hidden at every step, :func:`_validation_windows`). ``progress``:
-    a bar over an archive's pass for the history.
+    a bar over an archive's pass for the history. ``training_totals``: the
+    history's totals over the training observations when known already (for
+    departures from a cycle, :func:`xrimpute.cycle.departures_totals` of
+    another sampler's), in place of that pass.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -593,7 +596,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         heldout = observed & withheld_stations(observed, val_fraction, seed) if stations else \
             (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
         train_observed = observed & ~heldout
-        totals = series_totals(np.where(train_observed, values, np.nan), mean, std) if history else None
+        totals = training_totals if training_totals is not None or not history else \
+            series_totals(np.where(train_observed, values, np.nan), mean, std)
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals,
                                nearby_span=nearby_span, flow=flow, hide=spec)
         if heldout.any():
@@ -603,8 +607,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
     withheld = withheld_stations(valid[None, :, None], val_fraction, seed) if stations and valid is not None \
         and reserved else None
-    totals = np.asarray(compute_pass(series_totals(values, mean, std, withheld), progress=progress,
-                                     desc="each cell's history: reading the archive")[0]) if history else None
+    totals = training_totals if training_totals is not None or not history else np.asarray(compute_pass(
+        series_totals(values, mean, std, withheld), progress=progress, desc="each cell's history: reading the archive")[0])
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
                              pin_memory=pin_memory, withheld=withheld, totals=totals, nearby_span=nearby_span,
                              flow=flow, hide=spec)
@@ -622,10 +626,13 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
             keep = ~torch.as_tensor(withheld_stations(ms.numpy(), val_fraction, seed))
         else:
             keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
-        if totals is not None:  # training never sees the reserved windows, so their observations leave the totals
-            counted = ms if withheld is None else ms & keep  # withheld stations are in no totals
+        if totals is not None and training_totals is None:
+            # training never sees the reserved windows, so their observations leave the totals (withheld stations
+            # are in none)
+            counted = ms if withheld is None else ms & keep
             for (i, _, r, c), own in zip(reserved, window_sums(xs, counted).numpy()):
                 totals[i, :, r : r + th, c : c + tw] -= own
+        if totals is not None:
             inputs["history"] = torch.as_tensor(np.stack([totals[i, :, r : r + th, c : c + tw]
                                                           for i, _, r, c in reserved]), dtype=torch.float32)
         windows.validation = (xs, ms & keep, ms & ~keep, inputs)
