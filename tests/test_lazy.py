@@ -204,6 +204,26 @@ def test_fit_on_dask_input_reads_chunks_never_the_whole_archive(tmp_path):
     assert np.allclose(model.mean, [big["t2m"].mean().compute(), big["u10"].mean().compute()], atol=0.5)
 
 
+def test_the_windows_kept_for_validation_and_their_nearby_steps_read_each_chunk_once():
+    reads = []
+
+    def counted(block, block_info=None):
+        reads.append(block_info[0]["chunk-location"])
+        return block
+
+    rng = np.random.default_rng(0)
+    data = np.where(rng.random((1, 1, 400, 8, 8)) < 0.7, rng.random((1, 1, 400, 8, 8)), np.nan).astype(np.float32)
+    values = da.from_array(data, chunks=(1, 1, 20, 8, 8)).map_blocks(counted, dtype=np.float32)
+    with dask.config.set(scheduler="synchronous"):
+        windows = samplers.training_windows(values, Pixel(), np.zeros(1), np.ones(1), window=5, val_fraction=0.2,
+                                            nearby_span=NEARBY_SPAN)
+    windows.close()
+    assert len(windows.validation_jobs) == 16 and windows.validation[3]["nearby"].shape[0] == 16
+    # 16 windows of 5 steps with 24 steps either side reach every chunk; each is read once, not once for each window
+    # and stretch that holds it
+    assert len(reads) == len(set(reads)) == 20, sorted(reads)
+
+
 def test_statistics_judge_the_mask_structure_on_consecutive_steps_whatever_the_chunking():
     data = np.random.default_rng(0).random((1, 1, 40, 4, 4)).astype(np.float32)
     for chunks in [(2, 8, 30), (4,) * 10, (40,)]:

@@ -352,7 +352,13 @@ class ChunkedWindows:
     def _read(self, i: int, a: int, b: int, row: int, col: int, size: tuple[int, int], starts: list[int],
               withhold: bool = False) -> _Piece:
         (bh, bw) = size
-        raw = np.asarray(self.values[i, :, a:b, row : row + bh, col : col + bw], dtype=np.float32)
+        return self._piece(self.values[i, :, a:b, row : row + bh, col : col + bw], i, a, row, col, starts, withhold)
+
+    def _piece(self, raw, i: int, a: int, row: int, col: int, starts: list[int], withhold: bool = False) -> _Piece:
+        """The piece of the steps from ``a`` of sample ``i`` whose values ``raw`` (data units) were read at ``row``,
+        ``col``: normalised, observed where finite (with ``withhold``, neither withheld nor in a reserved window)."""
+        raw = np.asarray(raw, dtype=np.float32)
+        (bh, bw) = raw.shape[-2:]
         observed = np.isfinite(raw)
         if withhold and self.withheld is not None:
             observed &= ~self.withheld[row : row + bh, col : col + bw]
@@ -441,18 +447,22 @@ class ChunkedWindows:
     def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``."""
         (th, tw) = self.tile or self.values.shape[-2:]
-        pieces = [self._read(i, s, s + self.window, r, c, (th, tw), [0]) for i, s, r, c in jobs]
+        span, length = self.nearby_span, self.values.shape[2]
+        stretches = [(max(0, s - span), min(length, s + self.window + span)) for _, s, _, _ in jobs]
+        # each window with the steps around it (for the nearby steps), all in one compute: each chunk read once
+        raws = compute(*[self.values[i, :, a:z, r : r + th, c : c + tw]
+                         for (i, _, r, c), (a, z) in zip(jobs, stretches)])
+        pieces = [self._piece(raw[:, s - a : s - a + self.window], i, s, r, c, [0])
+                  for (i, s, r, c), (a, _), raw in zip(jobs, stretches, raws)]
         static = None if self.static is None else torch.stack([p.static for p in pieces])
         x, m = torch.stack([p.x for p in pieces]), torch.stack([p.observed for p in pieces])
         totals = None if self.totals is None else np.stack([self.totals[i, :, r : r + th, c : c + tw]
                                                             for i, _, r, c in jobs])
         nearby = None
-        if self.nearby_span:  # read again with the steps around, as training sees them
-            span, length = self.nearby_span, self.values.shape[2]
+        if span:  # the steps around, as training sees them
             nearby = []
-            for i, s, r, c in jobs:
-                a = max(0, s - span)
-                stretch = self._read(i, a, min(length, s + self.window + span), r, c, (th, tw), [0], withhold=True)
+            for (i, s, r, c), (a, _), raw in zip(jobs, stretches, raws):
+                stretch = self._piece(raw, i, a, r, c, [0], withhold=True)
                 nearby.append(nearby_observations(stretch.x, stretch.observed, s - a, self.window, span, self.flow))
         return x, m, _inputs(static, totals, x, m, nearby)
 
