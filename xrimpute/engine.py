@@ -987,8 +987,8 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     pooled with its neighbours'
     (:data:`~xrimpute.cycle.NEIGHBOURHOODS`, whichever fills the held-back cells better), where that fills the
     held-back cells better than :data:`~xrimpute.nets.prior.BASELINE_MARGIN` times ``guess`` (the choice among
-    ``guesses`` on ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``, ``guesses``
-    with the best cycle's on the departures added. ``build(values)`` makes the windows: the same held-back cells
+    ``guesses`` on ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``; ``guesses``
+    with those of every candidate cycle on the departures added. ``build(values)`` makes the windows: the same held-back cells
     for the departures. Every guess's NMSE is against the mean fill of the values.
     ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does.
     ``progress``: a bar over an archive's pass."""
