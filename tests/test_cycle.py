@@ -1,4 +1,6 @@
 """Each cell's daily or annual cycle as a baseline of the first guess: read from dates, fitted, chosen, every path."""
+import tracemalloc
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -116,6 +118,30 @@ def test_cells_observed_a_few_times_each_share_their_neighbours_cycle():
     assert any(label.endswith(" + annual cycle (each cell's own)") for label in guesses), guesses
     kept = cycle_at(model.engine.cycle, phase, model.engine.std)  # the pooled one (the held-back cells hidden)
     assert float(((kept[0] - season) ** 2).mean()) < 0.05 * (season**2).mean()
+
+
+def test_a_cycle_fitted_in_memory_holds_a_block_of_steps_in_double_precision_at_a_time(monkeypatch):
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(xrimpute.cycle, "CELLS_AT_ONCE", 40 * 40 * 24)  # a day of steps at a time
+
+    def peak(steps):  # bytes held at most beyond the series, and the cycle, blocked and at once
+        values = torch.as_tensor(rng.random((1, 1, steps, 40, 40), dtype=np.float32))
+        observed = torch.as_tensor(rng.random(values.shape) < 0.5)
+        phase = (np.arange(steps) % 24) / 24
+        tracemalloc.start()
+        try:
+            [blocked] = fit_cycle(values, observed, phase)
+            most = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        with monkeypatch.context() as whole:
+            whole.setattr(xrimpute.cycle, "CELLS_AT_ONCE", 2**30)
+            torch.testing.assert_close(blocked, fit_cycle(values, observed, phase)[0])
+        return most
+
+    short, long = peak(240), peak(960)
+    assert long < 1.2 * short, (short, long)  # the blocks' sums are summed as they come, not kept
+    assert long < 0.4 * 960 * 40 * 40 * 4, long  # a block's doubles, well under the series' own bytes
 
 
 def test_no_cycle_where_the_observations_see_only_some_hours_of_the_day():

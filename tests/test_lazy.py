@@ -233,6 +233,22 @@ def test_statistics_judge_the_mask_structure_on_consecutive_steps_whatever_the_c
     assert short.observed.shape == (1, 1, 12, 4, 4) and short.chunks == (3, 6)
 
 
+def test_windows_of_a_cube_in_memory_hold_one_normalised_copy_and_make_no_more_than_one_more():
+    rng = np.random.default_rng(0)
+    shape = (1, 1, 200, 80, 80)
+    values = np.where(rng.random(shape) < 0.5, rng.random(shape), np.nan).astype(np.float32)
+    tracemalloc.start()
+    try:
+        windows = samplers.training_windows(values, Pixel(), np.zeros(1, np.float32), np.ones(1, np.float32),
+                                            window=5, val_fraction=0.05)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    windows.close()
+    # the normalised copy and the masks (a quarter each) stay; normalising made one copy at a time, not three
+    assert held < 1.4 * values.nbytes and peak < 2.6 * values.nbytes, (held / values.nbytes, peak / values.nbytes)
+
+
 def test_chunked_sampler_memory_is_pieces_not_the_archive():
     def peak_while_sampling(steps):
         values = (da.zeros((1, 2, steps, 24, 24), chunks=(1, 2, 8, 24, 24), dtype=np.float32)  # nothing exists yet

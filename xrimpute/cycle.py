@@ -46,8 +46,9 @@ COVERAGE = 0.1
 cycle, against the series' own steps (the smallest eigenvalue of their normal equations relative to the steps',
 1 for the whole series), for the cell to get a cycle: a swath seen near the same two hours each day (0.01)
 cannot tell the day's swing at any other hour."""
-CELLS_AT_ONCE = 2**24
-"""Cells times steps that :func:`fit_cycle` holds in double precision at once in memory (128 MB)."""
+CELLS_AT_ONCE = 2**22
+"""Cells times steps that :func:`fit_cycle` holds in double precision at once in memory (32 MB an array: a few of
+them next to a cube in memory, not a few copies of it)."""
 
 
 def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
@@ -83,10 +84,11 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
     else:
         values, observed = np.asarray(values), np.asarray(observed)
         per_block = max(1, CELLS_AT_ONCE // (n * c * h * w))  # a block of steps at a time, in double precision
-        blocks = [_normal_equations(values[:, :, a : a + per_block], observed[:, :, a : a + per_block],
-                                    rows[a : a + per_block], products[a : a + per_block], return_sums)
-                  for a in range(0, t, per_block)]
-        sums = [sum(parts) for parts in zip(*blocks)]
+        sums = None  # summed as the blocks come: each block's sums are a few doubles a cell
+        for a in range(0, t, per_block):
+            block = _normal_equations(values[:, :, a : a + per_block], observed[:, :, a : a + per_block],
+                                      rows[a : a + per_block], products[a : a + per_block], return_sums)
+            sums = block if sums is None else [total + part for total, part in zip(sums, block)]
     distinct, rhs = (torch.as_tensor(np.asarray(part, np.float64)) for part in sums[:2])
 
     def symmetric(sums):  # (C, H, W, P, P) from the distinct products

@@ -600,7 +600,9 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     stations = isinstance(spec, masks.Station)
     if not is_dask_collection(values):
         observed = np.isfinite(values)
-        x = np.nan_to_num((values - mean[None, :, None, None, None]) / std[None, :, None, None, None])
+        x = values - mean[None, :, None, None, None]  # in place from here: one copy of the cube, not three
+        x /= std[None, :, None, None, None]
+        np.nan_to_num(x, copy=False)
         generator = torch.Generator().manual_seed(seed)
         observed_t = torch.as_tensor(observed)
         heldout = observed & withheld_stations(observed, val_fraction, seed) if stations else \
