@@ -249,6 +249,26 @@ def test_windows_of_a_cube_in_memory_hold_one_normalised_copy_and_make_no_more_t
     assert held < 1.4 * values.nbytes and peak < 2.6 * values.nbytes, (held / values.nbytes, peak / values.nbytes)
 
 
+def test_the_steps_round_the_validation_windows_are_copied_alone_not_the_whole_series():
+    rng = np.random.default_rng(0)
+    shape = (1, 1, 800, 40, 40)
+    values = np.where(rng.random(shape) < 0.5, rng.random(shape), np.nan).astype(np.float32)
+    windows = samplers.training_windows(values, Pixel(), np.zeros(1, np.float32), np.ones(1, np.float32), window=5,
+                                        val_fraction=0.05)
+    [(whole, _, _)] = windows.validation_context()  # the whole series, as the classical fillers read it
+    tracemalloc.start()
+    try:
+        around = windows.validation_context(4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(around) == 16
+    for series, first, [(_, cut)] in around:
+        np.testing.assert_array_equal(series, whole[:, :, first : first + series.shape[2]])
+        assert np.isnan(series[cut]).any() and np.isfinite(series[cut]).any()
+    assert peak < 0.4 * values.nbytes, peak / values.nbytes  # 16 windows of 13 steps of the 800
+
+
 def test_chunked_sampler_memory_is_pieces_not_the_archive():
     def peak_while_sampling(steps):
         values = (da.zeros((1, 2, steps, 24, 24), chunks=(1, 2, 8, 24, 24), dtype=np.float32)  # nothing exists yet

@@ -255,25 +255,30 @@ class ArrayWindows:
         they are hidden (:attr:`validation_hidden_span`: a fit that turns the nearby steps down stops reading them,
         but its validation windows keep what they were built with).
         """
-        seen = np.where(self.observed.numpy(), self.values.numpy(), np.float32(np.nan))
-        (th, tw) = self.tile or seen.shape[-2:]
+        def seen(i: slice, steps: slice) -> np.ndarray:  # a copy of those steps, as training saw them
+            return np.where(self.observed[i, :, steps].numpy(), self.values[i, :, steps].numpy(), np.float32(np.nan))
+
+        (th, tw) = self.tile or self.values.shape[-2:]
+        length = self.values.shape[2]
         if self.validation_hidden is not None:
             pad = self.validation_hidden_span if pad is None else pad
             items = []
-            spans = context_spans(self.validation_jobs, self.window, seen.shape[2], pad, apart=False)
+            spans = context_spans(self.validation_jobs, self.window, length, pad, apart=False)
             for b, ((i, s, r, c), (a, z)) in enumerate(zip(self.validation_jobs, spans)):
-                series = seen[i : i + 1, :, a:z].copy()
+                series = seen(slice(i, i + 1), slice(a, z))
                 region = series[0, :, :, r : r + th, c : c + tw]
                 region[np.broadcast_to(self.validation_hidden[b], region.shape)] = np.nan
                 items.append((series, a, [(b, (0, slice(None), slice(s - a, s - a + self.window), slice(r, r + th),
                                                slice(c, c + tw)))]))
             return items
         if pad is None:
-            return [(seen, 0, [(b, (i, slice(None), slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)))
-                               for b, (i, s, r, c) in enumerate(self.validation_jobs)])]
-        spans = context_spans(self.validation_jobs, self.window, seen.shape[2], pad, apart=False)
-        return [(seen[i : i + 1, :, a:z], a, [(b, (0, slice(None), slice(s - a, s - a + self.window),
-                                                   slice(r, r + th), slice(c, c + tw)))])
+            return [(seen(slice(None), slice(None)), 0,
+                     [(b, (i, slice(None), slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)))
+                      for b, (i, s, r, c) in enumerate(self.validation_jobs)])]
+        # only the steps round each window: no copy of the whole series
+        spans = context_spans(self.validation_jobs, self.window, length, pad, apart=False)
+        return [(seen(slice(i, i + 1), slice(a, z)), a, [(b, (0, slice(None), slice(s - a, s - a + self.window),
+                                                              slice(r, r + th), slice(c, c + tw)))])
                 for b, ((i, s, r, c), (a, z)) in enumerate(zip(self.validation_jobs, spans))]
 
     def close(self) -> None:
