@@ -988,16 +988,16 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     (:data:`~xrimpute.cycle.NEIGHBOURHOODS`, whichever fills the held-back cells better), where that fills the
     held-back cells better than :data:`~xrimpute.nets.prior.BASELINE_MARGIN` times ``guess`` (the choice among
     ``guesses`` on ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``; ``guesses``
-    with those of every candidate cycle on the departures added. ``build(values)`` makes the windows: the same held-back cells
-    for the departures. Every guess's NMSE is against the mean fill of the values.
+    with those of every candidate cycle on the departures added. ``build(values)`` makes the windows: the same
+    held-back cells for the departures. Every guess's NMSE is against the mean fill of the values.
     ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does.
     ``progress``: a bar over an archive's pass."""
     best, scored = None, {}  # (error, cycle, windows, modes, label), and every candidate's guesses
     # the history of the departures comes from that of the values and the same pass as the cycles
     history = plain.totals is not None
-    cycles = fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS,
+    fitted = fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS,
                        progress=progress, return_sums=history)
-    cycles, sums = cycles if history else (cycles, None)
+    cycles, sums = fitted if history else (fitted, None)
     for width, cycle in zip(NEIGHBOURHOODS, cycles):
         if not bool(cycle.any()):  # the observations cover too little of the cycle anywhere (cycle.COVERAGE)
             continue

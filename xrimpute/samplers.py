@@ -452,8 +452,8 @@ class ChunkedWindows:
     def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``."""
         (th, tw) = self.tile or self.values.shape[-2:]
-        span, length = self.nearby_span, self.values.shape[2]
-        stretches = [(max(0, s - span), min(length, s + self.window + span)) for _, s, _, _ in jobs]
+        span = self.nearby_span
+        stretches = context_spans(jobs, self.window, self.values.shape[2], span, apart=False)
         # each window with the steps around it (for the nearby steps), all in one compute: each chunk read once
         raws = compute(*[self.values[i, :, a:z, r : r + th, c : c + tw]
                          for (i, _, r, c), (a, z) in zip(jobs, stretches)])
@@ -624,8 +624,12 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
     withheld = withheld_stations(valid[None, :, None], val_fraction, seed) if stations and valid is not None \
         and reserved else None
-    totals = training_totals if training_totals is not None or not history else np.asarray(compute_pass(
-        series_totals(values, mean, std, withheld), progress=progress, desc="each cell's history: reading the archive")[0])
+    if training_totals is not None or not history:
+        totals = training_totals
+    else:  # one pass over the archive
+        [totals] = compute_pass(series_totals(values, mean, std, withheld), progress=progress,
+                                desc="each cell's history: reading the archive")
+        totals = np.asarray(totals)
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
                              pin_memory=pin_memory, withheld=withheld, totals=totals, nearby_span=nearby_span,
                              flow=flow, hide=spec)
