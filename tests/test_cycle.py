@@ -1,6 +1,9 @@
 """Each cell's daily or annual cycle as a baseline of the first guess: read from dates, fitted, chosen, every path."""
+import re
+import time
 import tracemalloc
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from test_lazy import imputed_alike_on_every_path
 from xrimpute import cube
 from xrimpute.cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from xrimpute.engine import ModelMismatch, offers_cycle
+from xrimpute.passes import compute_pass
 from xrimpute.samplers import ChunkedWindows, training_windows
 from xrimpute.windows import series_totals
 
@@ -273,6 +277,27 @@ def test_the_passes_over_an_archive_before_training_show_a_progress_bar(blocks, 
     assert shown.count("each cell's history: reading the archive:   0%") == 1, shown
     archive.ctxdiff.fit(**quiet)  # progress=False
     assert "reading the archive" not in capsys.readouterr().err
+
+
+def test_the_passes_show_their_bar_on_a_distributed_cluster_too(blocks, cluster, capsys):
+    """Dask's local callbacks never fire on a cluster: the bar follows the scheduler's count of the pass's tasks,
+    and leaves nothing behind on it."""
+    def slow(block):
+        time.sleep(0.05)
+        return block * 2
+
+    values = da.ones((40, 30), chunks=(5, 30)).map_blocks(slow)
+    with dask.config.set(scheduler=cluster):
+        total, mean = compute_pass(values.sum(), values.mean(), desc="summing the test's archive")
+        assert (total, mean) == (2400.0, 2.0)
+        shown = capsys.readouterr().err
+        assert re.search(r"summing the test's archive: +100%.*\| (\d+)/\1 ", shown), shown
+        _, observed, _ = blocks
+        model = observed.chunk(time=48).ctxdiff.fit(**dict(FIT, steps=1, progress=True))
+        assert model.info["cycle"] == "daily"
+        assert "each cell's cycle: reading the archive" in capsys.readouterr().err
+    assert cluster.run_on_scheduler(lambda dask_scheduler: [name for name in dask_scheduler.plugins
+                                                            if name.startswith("xrimpute")]) == []
 
 
 @pytest.mark.parametrize("lazy", [False, True])
