@@ -148,6 +148,23 @@ def test_a_cycle_fitted_in_memory_holds_a_block_of_steps_in_double_precision_at_
     assert long < 0.4 * 960 * 40 * 40 * 4, long  # a block's doubles, well under the series' own bytes
 
 
+def test_the_departures_in_memory_make_a_block_of_steps_of_the_cycle_at_a_time(monkeypatch):
+    rng = np.random.default_rng(0)
+    values = np.where(rng.random((1, 2, 480, 40, 40)) < 0.5, rng.random((1, 2, 480, 40, 40)), np.nan).astype(np.float32)
+    amplitudes, phase = rng.standard_normal((4, 2, 40, 40)).astype(np.float32), (np.arange(480) % 24) / 24
+    scale = np.array([2.0, 0.5], np.float32)
+    monkeypatch.setattr(xrimpute.cycle, "CELLS_AT_ONCE", 2 * 40 * 40 * 24)  # a day of steps at a time
+    tracemalloc.start()
+    try:
+        departures = without_cycle(values, amplitudes, phase, scale)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.2 * values.nbytes, peak / values.nbytes  # the result and a day of the cycle (3 times before)
+    np.testing.assert_allclose(departures, values - cycle_at(amplitudes, phase, scale)[None], rtol=0, atol=1e-6)
+    assert np.array_equal(np.isnan(departures), np.isnan(values))
+
+
 def test_no_cycle_where_the_observations_see_only_some_hours_of_the_day():
     truth, day = hourly(swing=True)
     values = torch.as_tensor(truth.t2m.values[None, None])

@@ -48,7 +48,7 @@ cycle, against the series' own steps (the smallest eigenvalue of their normal eq
 cannot tell the day's swing at any other hour."""
 CELLS_AT_ONCE = 2**22
 """Cells times steps that :func:`fit_cycle` holds in double precision at once in memory (32 MB an array: a few of
-them next to a cube in memory, not a few copies of it)."""
+them next to a cube in memory, not a few copies of it), and :func:`without_cycle` makes of the cycle at once."""
 
 
 def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
@@ -156,8 +156,13 @@ def without_cycle(values, amplitudes, phase: np.ndarray, scale: np.ndarray):
     normalised units, times ``scale`` ``(C,)``) at the steps' ``phase`` ``(T,)``: numpy, or dask (lazy, chunk by
     chunk)."""
     amplitudes, phase, scale = np.asarray(amplitudes, np.float32), np.asarray(phase), np.asarray(scale, np.float32)
-    if not is_dask_collection(values):
-        return values - cycle_at(amplitudes, phase, scale)[None].astype(values.dtype)
+    if not is_dask_collection(values):  # a block of steps at a time: no cube-sized cycle besides the result
+        departures = np.array(values, copy=True)
+        steps = max(1, CELLS_AT_ONCE // max(1, int(np.prod(values.shape[-2:])) * values.shape[1]))
+        for start in range(0, values.shape[2], steps):
+            part = slice(start, start + steps)
+            departures[:, :, part] -= cycle_at(amplitudes, phase[part], scale)[None].astype(values.dtype, copy=False)
+        return departures
 
     def block(chunk, block_info=None):
         _, (c0, c1), (t0, t1), (h0, h1), (w0, w1) = block_info[0]["array-location"]
@@ -173,7 +178,9 @@ def cycle_at(amplitudes: torch.Tensor | np.ndarray, phase: np.ndarray, scale: np
     amplitudes = np.asarray(amplitudes, np.float32)
     count = amplitudes.shape[0] // 2
     cycle = np.einsum("tk,kchw->cthw", harmonics(phase, count).astype(np.float32), amplitudes)
-    return cycle if scale is None else np.asarray(scale, np.float32)[:, None, None, None] * cycle
+    if scale is not None:
+        cycle *= np.asarray(scale, np.float32)[:, None, None, None]
+    return cycle
 
 
 __all__ = ["CELLS_AT_ONCE", "COVERAGE", "HARMONICS", "NEIGHBOURHOODS", "RIDGE", "cycle_at", "departures_totals",

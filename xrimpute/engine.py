@@ -497,7 +497,7 @@ class Engine:
         windows = plain = build(values)  # the classical fillers of the self-assessment are scored on the values
         if init is not None and init.cycle is not None:  # its network learned the departures from its cycle
             cycle, config = torch.as_tensor(init.cycle), replace(config, cycle=init.config.cycle)
-            windows = build(init.departures(values, phase))  # the same held-back cells
+            windows = build(init.departures(values, phase), overwrite=True)  # the same held-back cells
         permanent = masks.unreachable(stats.valid)
         if permanent_mask is not None:
             permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
@@ -1002,7 +1002,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
         if not bool(cycle.any()):  # the observations cover too little of the cycle anywhere (cycle.COVERAGE)
             continue
         suffix = _cycle_label(kind, width)
-        cycled = build(without_cycle(values, cycle, phase, std),
+        cycled = build(without_cycle(values, cycle, phase, std), overwrite=True,
                        training_totals=departures_totals(plain.totals, sums, cycle) if history else None)
         cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
         label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)

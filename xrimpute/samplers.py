@@ -574,7 +574,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
                      valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0,
-                     flow: bool = False, progress: bool = False, training_totals: np.ndarray | None = None):
+                     flow: bool = False, progress: bool = False, training_totals: np.ndarray | None = None,
+                     overwrite: bool = False):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -595,7 +596,9 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     a bar over an archive's pass for the history. ``training_totals``: the
     history's totals over the training observations when known already (for
     departures from a cycle, :func:`xrimpute.cycle.departures_totals` of
-    another sampler's), in place of that pass.
+    another sampler's), in place of that pass. ``overwrite``: a numpy ``values``
+    becomes the windows' normalised copy itself (an array made for them, such as
+    the departures from a cycle, that the caller no longer needs): one cube less.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -605,16 +608,19 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     stations = isinstance(spec, masks.Station)
     if not is_dask_collection(values):
         observed = np.isfinite(values)
-        x = values - mean[None, :, None, None, None]  # in place from here: one copy of the cube, not three
-        x /= std[None, :, None, None, None]
-        np.nan_to_num(x, copy=False)
-        generator = torch.Generator().manual_seed(seed)
-        observed_t = torch.as_tensor(observed)
-        heldout = observed & withheld_stations(observed, val_fraction, seed) if stations else \
-            (observed_t & ~masks.holdout_keep(spec, observed_t.shape, val_fraction, generator)).numpy()
-        train_observed = observed & ~heldout
+        if stations:
+            heldout = observed & withheld_stations(observed, val_fraction, seed)
+            train_observed = observed & ~heldout
+        else:  # each observed cell held back or kept, in one pass each: no cube-sized temporaries
+            keep = masks.holdout_keep(spec, observed.shape, val_fraction, torch.Generator().manual_seed(seed)).numpy()
+            heldout, train_observed = observed > keep, observed & keep
+            del keep
         totals = training_totals if training_totals is not None or not history else \
             series_totals(np.where(train_observed, values, np.nan), mean, std)
+        x = values if overwrite else values.copy()  # in place from here: one copy of the cube, not three
+        x -= mean[None, :, None, None, None]
+        x /= std[None, :, None, None, None]
+        np.copyto(x, 0, where=~observed)  # not nan_to_num: its masks of NaN and of each infinity are three cubes
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals,
                                nearby_span=nearby_span, flow=flow, hide=spec)
         if heldout.any():
