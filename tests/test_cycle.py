@@ -2,6 +2,7 @@
 import re
 import time
 import tracemalloc
+import weakref
 
 import dask
 import dask.array as da
@@ -280,6 +281,29 @@ def test_a_fit_from_an_archive_or_on_tiles_tries_the_cycle_too_and_an_init_conti
     assert gap_nmse(filled.compute(), truth, observed) < 1.5 * in_memory
     tiled = observed.ctxdiff.fit(tile=(8, 8), **FIT)
     assert tiled.info["cycle"] == "daily", tiled.validation["first_guess_nmse"]
+
+
+def test_a_fit_in_memory_holds_the_windows_of_one_candidate_cycle_at_a_time(blocks, monkeypatch):
+    """Each candidate's windows hold a copy of the cube: the values' and one candidate's are alive at once, the
+    winner's made again when it was not the last scored."""
+    _, observed, model = blocks
+    made, alive, most = [], [], [0]
+
+    def counted(*args, **kwargs):
+        windows = training_windows(*args, **kwargs)
+        made.append([windows.values.clone(), *windows.validation[:3]])
+        alive.append(weakref.ref(windows))
+        most[0] = max(most[0], sum(ref() is not None for ref in alive))
+        return windows
+
+    monkeypatch.setattr(xrimpute.engine, "training_windows", counted)
+    again = observed.ctxdiff.fit(**FIT)
+    assert again.info["cycle"] == "daily" and "each cell's own" in again.validation["first_guess"]
+    assert len(made) == 4 and most[0] == 2, (len(made), most)  # the values, two candidates, the first again
+    for first, remade in zip(made[1], made[3]):
+        torch.testing.assert_close(remade, first, rtol=0, atol=0)
+    assert not torch.equal(made[1][0], made[2][0])
+    assert again.validation["first_guess_nmse"] == model.validation["first_guess_nmse"]
 
 
 def test_the_passes_over_an_archive_before_training_show_a_progress_bar(blocks, capsys):

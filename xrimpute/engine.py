@@ -992,36 +992,49 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     held-back cells for the departures. Every guess's NMSE is against the mean fill of the values.
     ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does.
     ``progress``: a bar over an archive's pass."""
-    best, scored = None, {}  # (error, cycle, windows, modes, label), and every candidate's guesses
+    best, scored = None, {}  # (error, cycle, windows or None, modes, label), and every candidate's guesses
     # the history of the departures comes from that of the values and the same pass as the cycles
     history = plain.totals is not None
     fitted = fit_cycle(*plain.training_series(), phase, periodic=wraps, neighbourhoods=NEIGHBOURHOODS,
                        progress=progress, return_sums=history)
     cycles, sums = fitted if history else (fitted, None)
-    for width, cycle in zip(NEIGHBOURHOODS, cycles):
-        if not bool(cycle.any()):  # the observations cover too little of the cycle anywhere (cycle.COVERAGE)
-            continue
-        suffix = _cycle_label(kind, width)
+
+    def windows_of(cycle):  # the departures' windows (the same held-back cells) and their modes
         cycled = build(without_cycle(values, cycle, phase, std), overwrite=True,
                        training_totals=departures_totals(plain.totals, sums, cycle) if history else None)
-        cycled_modes = None if modes is None else spatial_modes(cycled.values, cycled.observed)
+        return cycled, None if modes is None else spatial_modes(cycled.values, cycled.observed)
+
+    # in memory a candidate's windows are a copy of the cube: each is closed once scored, and the winner's made
+    # again unless it came last; an archive's best are kept (making them again would read the archive again)
+    candidates = [(width, cycle) for width, cycle in zip(NEIGHBOURHOODS, cycles)
+                  if bool(cycle.any())]  # else the observations cover too little of the cycle anywhere
+    for k, (width, cycle) in enumerate(candidates):
+        suffix = _cycle_label(kind, width)
+        cycled, cycled_modes = windows_of(cycle)
         label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
         scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
         errors = {name + suffix: error * scale for name, error in errors.items()}
         scored.update(errors)
-        if best is None or errors[label + suffix] < best[0]:
-            if best is not None:
-                best[2].close()
-            best = (errors[label + suffix], cycle, cycled, cycled_modes, label + suffix)
-        else:
+        better = best is None or errors[label + suffix] < best[0]
+        if better and best is not None and best[2] is not None:
+            best[2].close()
+        kept = better and (k == len(candidates) - 1 or not isinstance(plain, ArrayWindows))
+        if not kept:
             cycled.close()
+            cycled = None  # its copy of the cube goes before the next candidate's is made
+        if better:
+            best = (errors[label + suffix], cycle, *((cycled, cycled_modes) if kept else (None, None)),
+                    label + suffix)
     if best is None:
         return None, plain, modes, guess, guesses
     error, cycle, cycled, cycled_modes, label = best
     both = {**guesses, **scored}
     if error < BASELINE_MARGIN * guesses[guess]:
+        if cycled is None:
+            cycled, cycled_modes = windows_of(cycle)
         return cycle, cycled, cycled_modes, label, both
-    cycled.close()
+    if cycled is not None:
+        cycled.close()
     return None, plain, modes, guess, both
 
 

@@ -611,13 +611,13 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         if stations:
             heldout = observed & withheld_stations(observed, val_fraction, seed)
             train_observed = observed & ~heldout
-        else:  # each observed cell held back or kept, in one pass each: no cube-sized temporaries
+        else:  # one pass each, no cube-sized temporaries: held back where observed and not kept
             keep = masks.holdout_keep(spec, observed.shape, val_fraction, torch.Generator().manual_seed(seed)).numpy()
             heldout, train_observed = observed > keep, observed & keep
-            del keep
+            del keep  # before the normalised copy
         totals = training_totals if training_totals is not None or not history else \
             series_totals(np.where(train_observed, values, np.nan), mean, std)
-        x = values if overwrite else values.copy()  # in place from here: one copy of the cube, not three
+        x = values if overwrite else values.copy()  # normalised in place: one copy of the cube at most
         x -= mean[None, :, None, None, None]
         x /= std[None, :, None, None, None]
         np.copyto(x, 0, where=~observed)  # not nan_to_num: its masks of NaN and of each infinity are three cubes
