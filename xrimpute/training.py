@@ -278,9 +278,7 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
         loss.backward()
         torch.nn.utils.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
         optimizer.step()
-        # the average reaches back about a twentieth of the run so far, until ema_decay caps it (past 19 000 steps):
-        # at budgets of minutes a tenth had kept more of the weights of the loss's steep descent (benchmarks/RESULTS.md)
-        decay = min(config.ema_decay, (1 + step) / (20 + step))
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), denoiser.parameters()):
                 e.lerp_(p.detach(), 1 - decay)
