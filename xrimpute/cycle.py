@@ -51,6 +51,12 @@ CELLS_AT_ONCE = 2**22
 them next to a cube in memory, not a few copies of it), and :func:`without_cycle` makes of the cycle at once."""
 
 
+def _blocks_of_steps(steps: int, cells: int) -> list[slice]:
+    """The series' ``steps`` in blocks of at most :data:`CELLS_AT_ONCE` cells (``cells`` a step), one step at least."""
+    size = max(1, CELLS_AT_ONCE // max(1, cells))
+    return [slice(start, start + size) for start in range(0, steps, size)]
+
+
 def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
     """``(T, 2 count)``: the cosine and sine of each harmonic at every step's ``phase`` (fractions of a cycle)."""
     angle = 2 * np.pi * np.asarray(phase, np.float64)[:, None] * np.arange(1, count + 1)
@@ -83,11 +89,10 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
                             desc="each cell's cycle: reading the archive")
     else:
         values, observed = np.asarray(values), np.asarray(observed)
-        per_block = max(1, CELLS_AT_ONCE // (n * c * h * w))  # a block of steps at a time, in double precision
         sums = None  # summed as the blocks come: each block's sums are a few doubles a cell
-        for a in range(0, t, per_block):
-            block = _normal_equations(values[:, :, a : a + per_block], observed[:, :, a : a + per_block],
-                                      rows[a : a + per_block], products[a : a + per_block], return_sums)
+        for part in _blocks_of_steps(t, n * c * h * w):  # in double precision
+            block = _normal_equations(values[:, :, part], observed[:, :, part], rows[part], products[part],
+                                      return_sums)
             sums = block if sums is None else [total + part for total, part in zip(sums, block)]
     distinct, rhs = (torch.as_tensor(np.asarray(part, np.float64)) for part in sums[:2])
 
@@ -158,9 +163,8 @@ def without_cycle(values, amplitudes, phase: np.ndarray, scale: np.ndarray):
     amplitudes, phase, scale = np.asarray(amplitudes, np.float32), np.asarray(phase), np.asarray(scale, np.float32)
     if not is_dask_collection(values):  # a block of steps at a time: no cube-sized cycle besides the result
         departures = np.array(values, copy=True)
-        steps = max(1, CELLS_AT_ONCE // max(1, int(np.prod(values.shape[-2:])) * values.shape[1]))
-        for start in range(0, values.shape[2], steps):
-            part = slice(start, start + steps)
+        _, c, t, h, w = values.shape
+        for part in _blocks_of_steps(t, c * h * w):
             departures[:, :, part] -= cycle_at(amplitudes, phase[part], scale)[None].astype(values.dtype, copy=False)
         return departures
 

@@ -1018,13 +1018,11 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
         better = best is None or errors[label + suffix] < best[0]
         if better and best is not None and best[2] is not None:
             best[2].close()
-        kept = better and (k == len(candidates) - 1 or not isinstance(plain, ArrayWindows))
-        if not kept:
+        if not (better and (k == len(candidates) - 1 or not isinstance(plain, ArrayWindows))):
             cycled.close()
-            cycled = None  # its copy of the cube goes before the next candidate's is made
+            cycled = cycled_modes = None  # its copy of the cube goes before the next candidate's is made
         if better:
-            best = (errors[label + suffix], cycle, *((cycled, cycled_modes) if kept else (None, None)),
-                    label + suffix)
+            best = (errors[label + suffix], cycle, cycled, cycled_modes, label + suffix)
     if best is None:
         return None, plain, modes, guess, guesses
     error, cycle, cycled, cycled_modes, label = best

@@ -72,7 +72,8 @@ def _compute_on_cluster(client, collections, desc: str) -> tuple:
         with tqdm(total=total, desc=desc, unit="task", leave=False) as bar:
             while not all(future.done() for future in futures):
                 time.sleep(POLL_SECONDS)
-                bar.update(total - client.run_on_scheduler(remaining, name) - bar.n)
+                bar.n = total - client.run_on_scheduler(remaining, name)
+                bar.refresh()  # every poll: update() would skip the last ones once the rate makes its steps large
     finally:
         client.run_on_scheduler(unwatch, name)
     return tuple(client.gather(futures))
