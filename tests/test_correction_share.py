@@ -84,3 +84,21 @@ def test_imputation_keeps_the_fitted_share_of_the_correction_on_the_guess_it_cor
     np.testing.assert_allclose(filled["[0.5]"][gaps], (filled["None"][gaps] + guessed[gaps]) / 2, rtol=1e-4,
                                atol=1e-4)
     assert np.abs(filled["None"][gaps] - guessed[gaps]).min() > 0.1
+
+
+def test_a_kept_share_of_the_correction_costs_no_second_pass_of_the_first_guess(monkeypatch):
+    rng = np.random.default_rng(1)
+    truth = blobs(n=1, t=16, size=16, seed=2).values[:, None].astype(np.float32)
+    values = np.where(rng.random(truth.shape) < 0.5, truth, np.nan)
+    engine = Engine.fit_array(values, mask="pixel", steps=2, batch_size=2, progress=False, verbose=False)
+    assert engine.valid.all()  # no untrained cells, whose guess is a pass of its own
+    guesses = []
+    guess = type(engine.denoiser).guess
+    monkeypatch.setattr(type(engine.denoiser), "guess", lambda self, *a, **k: guesses.append(1) or guess(self, *a, **k))
+    counts = {}
+    for share in (None, [0.5]):
+        engine.config.correction = share
+        guesses.clear()
+        engine.fill(values, ImputeConfig(K=2, progress=False, context="sampled"))
+        counts[str(share)] = len(guesses)
+    assert counts["[0.5]"] == counts["None"] > 0

@@ -776,23 +776,21 @@ class Engine:
                                 autocast=mixed_precision(device), progress=options.progress, tiling=tiling,
                                 static=static, piece=piece, context=context, totals=totals,
                                 nearby_span=self.denoiser.nearby_span, flow=self.denoiser.flows)
-        mean, std = run(net)
+        guess = _first_guess_only(net) if getattr(net, "first_guess", None) is not None else None
+        if guess is not None and self.config.correction is not None:
+            # the share of the network's correction that its held-back cells trust, on the guess it corrected
+            mean, std = run(functools.partial(net, share=torch.tensor(self.config.correction, device=device)))
+        else:
+            mean, std = run(net)
         (ya, yb), (xa, xb) = piece.box[1:]
         nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
         untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~nan
-        guess = _first_guess_only(net) if getattr(net, "first_guess", None) is not None else None
-        corrected = None
-        if guess is not None and self.config.correction is not None:
-            # the share of the network's correction that its held-back cells trust, on the guess it corrected
-            corrected = run(guess)
-            weights = np.asarray(self.config.correction, np.float32)[None, :, None, None, None]
-            mean = corrected[0] + weights * (mean - corrected[0])
         if guess is not None and untrained.any():
             # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess,
             # made from every observation (a sampled context only leaves some out), with the sampled contexts' spread
             guess_mean, guess_std = run(guess, context="observed", K=1)
             if context != "observed":
-                guess_std = (corrected or run(guess))[1]
+                guess_std = run(guess)[1]
             mean, std = np.where(untrained, guess_mean, mean), np.where(untrained, guess_std, std)
         seen = piece.inside(observed)
         scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]

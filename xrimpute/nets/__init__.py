@@ -126,10 +126,11 @@ class Denoiser(nn.Module):
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
                 static: torch.Tensor | None = None, history: torch.Tensor | None = None,
-                nearby: torch.Tensor | None = None) -> torch.Tensor:
+                nearby: torch.Tensor | None = None, share: torch.Tensor | None = None) -> torch.Tensor:
         """``static`` ``(B, S, H, W)``: per-sample static fields (for tiles of a larger grid);
         by default the full-grid fields given at construction, which must match the grid. ``history``, ``nearby``:
-        see the class."""
+        see the class. ``share`` ``(C,)``: per variable, the share of the U-Net's correction to the first guess
+        that the output keeps (default all of it), so that a kept share costs no second pass of the guess."""
         b, c, w, h, wd = values.shape
         m = self.unet.multiple
         pad = (0, -wd % m, 0, -h % m)
@@ -149,9 +150,11 @@ class Denoiser(nn.Module):
             inputs.append(static.to(values.dtype))
         x = F.pad(torch.cat(inputs, dim=1), pad)
         out = self.unet(x, t)[..., :h, :wd]
-        if self.first_guess is not None:
-            out = out + guess
-        return out.reshape(b, c, w, h, wd)
+        if self.first_guess is None:
+            return out.reshape(b, c, w, h, wd)
+        if share is not None:
+            out = (out.reshape(b, c, w, h, wd) * share.to(out.dtype).view(1, c, 1, 1, 1)).reshape(b, c * w, h, wd)
+        return (out + guess).reshape(b, c, w, h, wd)
 
 
 __all__ = ["Denoiser", "UNet", "PRESETS"]
