@@ -283,6 +283,51 @@ def test_a_fit_from_an_archive_or_on_tiles_tries_the_cycle_too_and_an_init_conti
     assert tiled.info["cycle"] == "daily", tiled.validation["first_guess_nmse"]
 
 
+def test_the_candidate_cycles_of_an_archive_take_their_validation_windows_from_the_values_read_not_a_new_read(
+        blocks, monkeypatch):
+    _, observed, _ = blocks
+    reads, compared, trying = [], [], []
+
+    def counted(block, block_info=None):
+        reads.append(block_info[0]["chunk-location"])
+        return block
+
+    archive = observed.chunk(time=48)
+    archive["t2m"] = archive.t2m.copy(data=archive.t2m.data.map_blocks(counted, dtype=np.float32))
+
+    def compared_with_a_read(values, **kwargs):
+        windows = training_windows(values, **kwargs)
+        if kwargs.get("reserved_stretches"):  # the same windows as a read of the departures from the archive gives
+            before = len(reads)
+            read = training_windows(values, **{**kwargs, "reserved_stretches": None})
+            read.close()
+            del reads[before:]  # this comparison's reads are not the fit's
+            (*derived, inputs), (*fresh, fresh_inputs) = windows.validation, read.validation
+            assert inputs.keys() == fresh_inputs.keys() and "nearby" in inputs
+            for mine, theirs in zip([*derived, *inputs.values()], [*fresh, *fresh_inputs.values()]):
+                torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5)
+            compared.append(kwargs["reserved_stretches"])
+        return windows
+
+    def counted_try(*args, **kwargs):
+        before = len(reads)
+        try:
+            return try_cycle(*args, **kwargs)
+        finally:
+            trying.append(reads[before:])
+
+    try_cycle = xrimpute.engine._try_cycle
+    monkeypatch.setattr(xrimpute.engine, "training_windows", compared_with_a_read)
+    monkeypatch.setattr(xrimpute.engine, "_try_cycle", counted_try)
+    with dask.config.set(scheduler="synchronous"):
+        model = archive.ctxdiff.fit(**FIT)
+    assert model.info["cycle"] == "daily"
+    assert len(compared) == len(NEIGHBOURHOODS)  # each candidate cycle's windows, from the values' stretches
+    # trying the cycles reads each chunk once, for the cycle's pass, and no validation window again
+    [chunks] = trying
+    assert len(chunks) == len(set(chunks)) == archive.t2m.data.npartitions, chunks
+
+
 def test_a_fit_in_memory_holds_the_windows_of_one_candidate_cycle_at_a_time(blocks, monkeypatch):
     """Each candidate's windows hold a copy of the cube: the values' and one candidate's are alive at once, the
     winner's made again when it was not the last scored."""

@@ -34,7 +34,7 @@ from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, 
                          spatial_modes, widest_reach)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
-from .samplers import ArrayWindows, Statistics, statistics, training_windows
+from .samplers import ArrayWindows, Statistics, Stretch, statistics, training_windows
 from .training import History, TrainConfig, resolve_device, seeded, train, with_budget
 from .windows import Piece, Tiling, impute_series, sample_series, series_totals
 
@@ -998,8 +998,13 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     cycles, sums = fitted if history else (fitted, None)
 
     def windows_of(cycle):  # the departures' windows (the same held-back cells) and their modes
+        # an archive's validation windows: the departures of the stretches the values' windows read, not a new read
+        stretches = [Stretch(st.sample, st.start, st.row, st.col, without_cycle(
+            st.values[None], cycle[..., st.row : st.row + st.values.shape[-2], st.col : st.col + st.values.shape[-1]],
+            phase[st.start : st.start + st.values.shape[1]], std)[0]) for st in plain.reserved_stretches]
         cycled = build(without_cycle(values, cycle, phase, std), overwrite=True,
-                       training_totals=departures_totals(plain.totals, sums, cycle) if history else None)
+                       training_totals=departures_totals(plain.totals, sums, cycle) if history else None,
+                       reserved_stretches=stretches or None)
         return cycled, None if modes is None else spatial_modes(cycled.values, cycled.observed)
 
     # in memory a candidate's windows are a copy of the cube: each is closed once scored, and the winner's made

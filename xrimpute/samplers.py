@@ -134,6 +134,17 @@ class _Piece:
     origin: tuple[int, int, int]  # sample, first row and first column of the piece in the archive
 
 
+@dataclass
+class Stretch:
+    """A window kept out of training for validation with the steps read around it, as the archive holds them."""
+
+    sample: int
+    start: int  # the stretch's first step in the series
+    row: int
+    col: int
+    values: np.ndarray  # (C, steps, rows, cols) data units, NaN = unobserved
+
+
 def _inputs(static=None, totals=None, x=None, observed=None, nearby=None) -> dict:
     """The denoiser's per-window inputs of a batch: ``static`` cuts ``(B, S, h, w)``, the history of windows
     ``x`` with ``observed`` cells from their series' ``totals`` cuts ``(B, 2C, h, w)``, and their ``nearby``
@@ -175,6 +186,7 @@ class ArrayWindows:
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
     validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
+    reserved_stretches = ()  # none: windows of a cube in memory are cut from it, not read (ChunkedWindows)
     validation_hidden = None  # per validation window, (C, 1, h, w) cells hidden at every step around it, or None
     validation_hidden_span = 0  # ... up to this many steps either side of the window
 
@@ -314,6 +326,7 @@ class ChunkedWindows:
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
     validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
+    reserved_stretches = ()  # the Stretch of each validation window, as read for it; set by training_windows
 
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -449,26 +462,33 @@ class ChunkedWindows:
         return _along_flow_kept(values, observed, start, self.window, self.nearby_span, velocity, self.hide,
                                 generator)
 
-    def read(self, jobs) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``."""
+    def stretches(self, jobs) -> list[Stretch]:
+        """Each window at ``(sample, start, row, col)`` (tile-sized, or the whole grid) with the ``nearby_span`` steps
+        either side, all in one compute: each chunk read once."""
         (th, tw) = self.tile or self.values.shape[-2:]
-        span = self.nearby_span
-        stretches = context_spans(jobs, self.window, self.values.shape[2], span, apart=False)
-        # each window with the steps around it (for the nearby steps), all in one compute: each chunk read once
-        raws = compute(*[self.values[i, :, a:z, r : r + th, c : c + tw]
-                         for (i, _, r, c), (a, z) in zip(jobs, stretches)])
-        pieces = [self._piece(raw[:, s - a : s - a + self.window], i, s, r, c, [0])
-                  for (i, s, r, c), (a, _), raw in zip(jobs, stretches, raws)]
+        spans = context_spans(jobs, self.window, self.values.shape[2], self.nearby_span, apart=False)
+        raws = compute(*[self.values[i, :, a:z, r : r + th, c : c + tw] for (i, _, r, c), (a, z) in zip(jobs, spans)])
+        return [Stretch(i, a, r, c, np.asarray(raw, np.float32))
+                for (i, _, r, c), (a, _), raw in zip(jobs, spans, raws)]
+
+    def read(self, jobs, stretches: list[Stretch] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``;
+        from their :meth:`stretches` where the caller has them, else read now."""
+        (th, tw) = self.tile or self.values.shape[-2:]
+        stretches = self.stretches(jobs) if stretches is None else stretches
+        pieces = [self._piece(st.values[:, s - st.start : s - st.start + self.window], i, s, r, c, [0])
+                  for (i, s, r, c), st in zip(jobs, stretches)]
         static = None if self.static is None else torch.stack([p.static for p in pieces])
         x, m = torch.stack([p.x for p in pieces]), torch.stack([p.observed for p in pieces])
         totals = None if self.totals is None else np.stack([self.totals[i, :, r : r + th, c : c + tw]
                                                             for i, _, r, c in jobs])
         nearby = None
-        if span:  # the steps around, as training sees them
+        if self.nearby_span:  # the steps around, as training sees them
             nearby = []
-            for (i, s, r, c), (a, _), raw in zip(jobs, stretches, raws):
-                stretch = self._piece(raw, i, a, r, c, [0], withhold=True)
-                nearby.append(nearby_observations(stretch.x, stretch.observed, s - a, self.window, span, self.flow))
+            for (i, s, r, c), st in zip(jobs, stretches):
+                around = self._piece(st.values, i, st.start, r, c, [0], withhold=True)
+                nearby.append(nearby_observations(around.x, around.observed, s - st.start, self.window,
+                                                  self.nearby_span, self.flow))
         return x, m, _inputs(static, totals, x, m, nearby)
 
     def validation_context(self, pad: int = 0) -> list[tuple[np.ndarray, int, list]]:
@@ -575,7 +595,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
                      valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0,
                      flow: bool = False, progress: bool = False, training_totals: np.ndarray | None = None,
-                     overwrite: bool = False):
+                     overwrite: bool = False, reserved_stretches: list[Stretch] | None = None):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -599,6 +619,9 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     another sampler's), in place of that pass. ``overwrite``: a numpy ``values``
     becomes the windows' normalised copy itself (an array made for them, such as
     the departures from a cycle, that the caller no longer needs): one cube less.
+    ``reserved_stretches``: in an archive, the windows kept for validation with the steps around them
+    (:class:`Stretch`, those of another sampler of the same archive made anew, e.g. the departures from a cycle of
+    its ``reserved_stretches``), in place of reading them again.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -641,7 +664,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                              flow=flow, hide=spec)
     if reserved:
         try:
-            xs, ms, inputs = windows.read(reserved)
+            windows.reserved_stretches = reserved_stretches or windows.stretches(reserved)
+            xs, ms, inputs = windows.read(reserved, windows.reserved_stretches)
         except BaseException:
             windows.close()
             raise
