@@ -224,6 +224,34 @@ def test_the_windows_kept_for_validation_and_their_nearby_steps_read_each_chunk_
     assert len(reads) == len(set(reads)) == 20, sorted(reads)
 
 
+def test_the_steps_round_an_archives_validation_windows_serve_their_imputation_without_a_second_read():
+    reads = []
+
+    def counted(block, block_info=None):
+        reads.append(block_info[0]["chunk-location"])
+        return block
+
+    rng = np.random.default_rng(0)
+    data = np.where(rng.random((1, 1, 400, 8, 8)) < 0.7, rng.random((1, 1, 400, 8, 8)), np.nan).astype(np.float32)
+    values = da.from_array(data, chunks=(1, 1, 20, 8, 8)).map_blocks(counted, dtype=np.float32)
+    pad = 5 - 1 + NEARBY_SPAN  # the steps the held-back cells are imputed from, as imputation fills them
+    with dask.config.set(scheduler="synchronous"):
+        windows = samplers.training_windows(values, Pixel(), np.zeros(1), np.ones(1), window=5, val_fraction=0.05,
+                                            nearby_span=NEARBY_SPAN)
+        windows.close()
+        read = len(reads)
+        kept = windows.validation_context(pad)
+        assert len(reads) == read  # from the stretches read for the windows
+        wider = windows.validation_context(pad + 10)
+        assert len(reads) > read  # more steps than were read: read now
+        windows.reserved_stretches = ()
+        again = windows.validation_context(pad)
+    for (series, first, places), (other, first_again, places_again) in zip(kept, again, strict=True):
+        np.testing.assert_array_equal(series, other)
+        assert first == first_again and places == places_again
+    assert all(series.shape[2] > other.shape[2] for (series, *_), (other, *_) in zip(wider, kept))
+
+
 def test_statistics_judge_the_mask_structure_on_consecutive_steps_whatever_the_chunking():
     data = np.random.default_rng(0).random((1, 1, 40, 4, 4)).astype(np.float32)
     for chunks in [(2, 8, 30), (4,) * 10, (40,)]:

@@ -326,7 +326,7 @@ class ChunkedWindows:
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
     validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
-    reserved_stretches = ()  # the Stretch of each validation window, as read for it; set by training_windows
+    reserved_stretches = ()  # each validation window's Stretch, as read for it and its imputation; by training_windows
 
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -462,11 +462,12 @@ class ChunkedWindows:
         return _along_flow_kept(values, observed, start, self.window, self.nearby_span, velocity, self.hide,
                                 generator)
 
-    def stretches(self, jobs) -> list[Stretch]:
-        """Each window at ``(sample, start, row, col)`` (tile-sized, or the whole grid) with the ``nearby_span`` steps
-        either side, all in one compute: each chunk read once."""
+    def stretches(self, jobs, pad: int | None = None) -> list[Stretch]:
+        """Each window at ``(sample, start, row, col)`` (tile-sized, or the whole grid) with ``pad`` steps either side
+        (default the ``nearby_span``), all in one compute: each chunk read once."""
         (th, tw) = self.tile or self.values.shape[-2:]
-        spans = context_spans(jobs, self.window, self.values.shape[2], self.nearby_span, apart=False)
+        pad = self.nearby_span if pad is None else pad
+        spans = context_spans(jobs, self.window, self.values.shape[2], pad, apart=False)
         raws = compute(*[self.values[i, :, a:z, r : r + th, c : c + tw] for (i, _, r, c), (a, z) in zip(jobs, spans)])
         return [Stretch(i, a, r, c, np.asarray(raw, np.float32))
                 for (i, _, r, c), (a, _), raw in zip(jobs, spans, raws)]
@@ -486,20 +487,29 @@ class ChunkedWindows:
         if self.nearby_span:  # the steps around, as training sees them
             nearby = []
             for (i, s, r, c), st in zip(jobs, stretches):
-                around = self._piece(st.values, i, st.start, r, c, [0], withhold=True)
-                nearby.append(nearby_observations(around.x, around.observed, s - st.start, self.window,
-                                                  self.nearby_span, self.flow))
+                a = max(st.start, s - self.nearby_span)  # a stretch read for more keeps to the span
+                around = self._piece(st.values[:, a - st.start : s + self.window + self.nearby_span - st.start], i, a,
+                                     r, c, [0], withhold=True)
+                nearby.append(nearby_observations(around.x, around.observed, s - a, self.window, self.nearby_span,
+                                                  self.flow))
         return x, m, _inputs(static, totals, x, m, nearby)
 
     def validation_context(self, pad: int = 0) -> list[tuple[np.ndarray, int, list]]:
         """Each validation window (tile) with up to ``pad`` steps either side that no other validation window
-        shares, normalised, NaN at every cell training did not see (the held-back ones among them); read from
-        the archive, over the tile only. Items as for :meth:`ArrayWindows.validation_context`."""
+        shares, normalised, NaN at every cell training did not see (the held-back ones among them); cut from the
+        ``reserved_stretches`` where they hold those steps (as for the held-back cells imputed as ``impute``
+        fills them), else read from the archive, over the tile only. Items as for
+        :meth:`ArrayWindows.validation_context`."""
         xs, ms, _, _ = self.validation
         (bh, bw) = self.tile or self.values.shape[-2:]
         spans = context_spans(self.validation_jobs, self.window, self.values.shape[2], pad, apart=True)
-        raws = compute(*[self.values[i, :, a:z, r : r + bh, c : c + bw]  # one pass over the archive's chunks
-                         for (i, _, r, c), (a, z) in zip(self.validation_jobs, spans)])
+        held = self.reserved_stretches
+        if len(held) == len(spans) and all(st.start <= a and z <= st.start + st.values.shape[1]
+                                           for st, (a, z) in zip(held, spans)):  # as read for the windows
+            raws = [st.values[:, a - st.start : z - st.start] for st, (a, z) in zip(held, spans)]
+        else:
+            raws = compute(*[self.values[i, :, a:z, r : r + bh, c : c + bw]  # one pass over the archive's chunks
+                             for (i, _, r, c), (a, z) in zip(self.validation_jobs, spans)])
         out = []
         for b, ((_, s, r, c), (a, _), raw) in enumerate(zip(self.validation_jobs, spans, raws)):
             raw = np.asarray(raw, np.float32)
@@ -664,7 +674,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                              flow=flow, hide=spec)
     if reserved:
         try:
-            windows.reserved_stretches = reserved_stretches or windows.stretches(reserved)
+            # with the steps the held-back cells are imputed from, as imputation fills them (ImputedHeldBack)
+            windows.reserved_stretches = reserved_stretches or windows.stretches(reserved, window - 1 + nearby_span)
             xs, ms, inputs = windows.read(reserved, windows.reserved_stretches)
         except BaseException:
             windows.close()
