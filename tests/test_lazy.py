@@ -204,7 +204,8 @@ def test_fit_on_dask_input_reads_chunks_never_the_whole_archive(tmp_path):
     assert np.allclose(model.mean, [big["t2m"].mean().compute(), big["u10"].mean().compute()], atol=0.5)
 
 
-def test_the_windows_kept_for_validation_and_their_nearby_steps_read_each_chunk_once():
+def counted_archive() -> tuple[da.Array, list]:
+    """400 steps of an 8 x 8 grid at 70 % in chunks of 20 steps, and the list of the chunks read so far."""
     reads = []
 
     def counted(block, block_info=None):
@@ -213,7 +214,11 @@ def test_the_windows_kept_for_validation_and_their_nearby_steps_read_each_chunk_
 
     rng = np.random.default_rng(0)
     data = np.where(rng.random((1, 1, 400, 8, 8)) < 0.7, rng.random((1, 1, 400, 8, 8)), np.nan).astype(np.float32)
-    values = da.from_array(data, chunks=(1, 1, 20, 8, 8)).map_blocks(counted, dtype=np.float32)
+    return da.from_array(data, chunks=(1, 1, 20, 8, 8)).map_blocks(counted, dtype=np.float32), reads
+
+
+def test_the_windows_kept_for_validation_and_their_nearby_steps_read_each_chunk_once():
+    values, reads = counted_archive()
     with dask.config.set(scheduler="synchronous"):
         windows = samplers.training_windows(values, Pixel(), np.zeros(1), np.ones(1), window=5, val_fraction=0.2,
                                             nearby_span=NEARBY_SPAN)
@@ -225,15 +230,7 @@ def test_the_windows_kept_for_validation_and_their_nearby_steps_read_each_chunk_
 
 
 def test_the_steps_round_an_archives_validation_windows_serve_their_imputation_without_a_second_read():
-    reads = []
-
-    def counted(block, block_info=None):
-        reads.append(block_info[0]["chunk-location"])
-        return block
-
-    rng = np.random.default_rng(0)
-    data = np.where(rng.random((1, 1, 400, 8, 8)) < 0.7, rng.random((1, 1, 400, 8, 8)), np.nan).astype(np.float32)
-    values = da.from_array(data, chunks=(1, 1, 20, 8, 8)).map_blocks(counted, dtype=np.float32)
+    values, reads = counted_archive()
     pad = 5 - 1 + NEARBY_SPAN  # the steps the held-back cells are imputed from, as imputation fills them
     with dask.config.set(scheduler="synchronous"):
         windows = samplers.training_windows(values, Pixel(), np.zeros(1), np.ones(1), window=5, val_fraction=0.05,
