@@ -462,21 +462,19 @@ class ChunkedWindows:
         return _along_flow_kept(values, observed, start, self.window, self.nearby_span, velocity, self.hide,
                                 generator)
 
-    def stretches(self, jobs, pad: int | None = None) -> list[Stretch]:
+    def stretches(self, jobs, pad: int) -> list[Stretch]:
         """Each window at ``(sample, start, row, col)`` (tile-sized, or the whole grid) with ``pad`` steps either side
-        (default the ``nearby_span``), all in one compute: each chunk read once."""
+        (at least the ``nearby_span``, for :meth:`read`), all in one compute: each chunk read once."""
         (th, tw) = self.tile or self.values.shape[-2:]
-        pad = self.nearby_span if pad is None else pad
         spans = context_spans(jobs, self.window, self.values.shape[2], pad, apart=False)
         raws = compute(*[self.values[i, :, a:z, r : r + th, c : c + tw] for (i, _, r, c), (a, z) in zip(jobs, spans)])
         return [Stretch(i, a, r, c, np.asarray(raw, np.float32))
                 for (i, _, r, c), (a, _), raw in zip(jobs, spans, raws)]
 
-    def read(self, jobs, stretches: list[Stretch] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``;
-        from their :meth:`stretches` where the caller has them, else read now."""
+    def read(self, jobs, stretches: list[Stretch]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``, from
+        their :meth:`stretches` (read once, or made from another sampler's)."""
         (th, tw) = self.tile or self.values.shape[-2:]
-        stretches = self.stretches(jobs) if stretches is None else stretches
         pieces = [self._piece(st.values[:, s - st.start : s - st.start + self.window], i, s, r, c, [0])
                   for (i, s, r, c), st in zip(jobs, stretches)]
         static = None if self.static is None else torch.stack([p.static for p in pieces])
