@@ -1008,7 +1008,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
         return cycled, None if modes is None else spatial_modes(cycled.values, cycled.observed)
 
     # in memory a candidate's windows are a copy of the cube: each is closed once scored, and the winner's made
-    # again unless it came last; an archive's best are kept (making them again would read the archive again)
+    # again unless it came last (from an archive that reads nothing: its validation windows come from the stretches)
     candidates = [(width, cycle) for width, cycle in zip(NEIGHBOURHOODS, cycles)
                   if bool(cycle.any())]  # else the observations cover too little of the cycle anywhere
     for k, (width, cycle) in enumerate(candidates):
@@ -1021,7 +1021,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
         better = best is None or errors[label + suffix] < best[0]
         if better and best is not None and best[2] is not None:
             best[2].close()
-        if not (better and (k == len(candidates) - 1 or not isinstance(plain, ArrayWindows))):
+        if not (better and k == len(candidates) - 1):
             cycled.close()
             cycled = cycled_modes = None  # its copy of the cube goes before the next candidate's is made
         if better:
