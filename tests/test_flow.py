@@ -138,15 +138,18 @@ def fill_error(engine, values, truth) -> float:
     return float(np.mean((filled - truth)[gaps] ** 2) / truth[gaps].var())
 
 
-def without_bending(monkeypatch):
-    for name in [name for name, options in CANDIDATES.items() if options.get("bending")]:
+def without_smooth_solves(monkeypatch):
+    for name in [name for name, options in CANDIDATES.items()
+                 if options.get("bending") or options.get("covariance_steps")]:
         monkeypatch.delitem(CANDIDATES, name)
 
 
 def test_a_fit_follows_the_flow_where_it_carries_observations_into_gaps_that_stay_put(tmp_path, monkeypatch):
     # the flow against the normalised convolution in place: bending, a smooth surface through each frame or window,
-    # fills these smooth blobs in place nearly as well, and with it the choice is not about the flow
-    without_bending(monkeypatch)
+    # fills these smooth blobs in place nearly as well, and the series' covariance, whose lags carry the drift, better
+    # (0.14 of the mean fill's error on the held-back cells against the flow's 0.23): with them the choice is not
+    # about the flow
+    without_smooth_solves(monkeypatch)
     truth = np.concatenate([advected((0.75, -1.0), seed=1), advected((-1.0, 0.5), seed=2)])
     values = np.where(static_gap(truth.shape), truth, np.nan).astype(np.float32)
     fit = dict(mask="block", steps=2, batch_size=4, progress=False, verbose=False, seed=0)
@@ -219,7 +222,7 @@ def test_a_fit_keeps_its_guess_in_place_where_the_flow_carries_nothing():
 
 @pytest.mark.slow
 def test_a_model_along_the_flow_imputes_lazily_and_by_reconstruct_as_in_memory(tmp_path, cluster, monkeypatch):
-    without_bending(monkeypatch)  # so that the flow is chosen (see the test above)
+    without_smooth_solves(monkeypatch)  # so that the flow is chosen (see the test above)
     data = archive(t=30, missing=0.0)
     for k, (name, velocity) in enumerate(zip(data.data_vars, [(0.5, 1.0), (-1.0, 0.5)])):
         field = advected(velocity, t=30, h=24, w=24, seed=k)[0, 0]

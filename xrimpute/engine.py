@@ -31,7 +31,7 @@ from .atomic import atomic_write
 from .cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
 from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess,
-                         spatial_modes, widest_reach)
+                         field_covariance, spatial_modes, widest_reach)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, Stretch, statistics, training_windows
@@ -509,7 +509,13 @@ class Engine:
             offers_modes = (gaps_near and not config.history and isinstance(windows, ArrayWindows)
                             and tile is None)
             modes = spatial_modes(windows.values, windows.observed) if offers_modes else None
-            guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes)
+            # and where the gaps stay put, far in time from their cells' observations (blocks that never move), the
+            # series' own space-time covariance, which carries the field round them into them (in memory)
+            offers_covariance = (init is None and not gaps_near and stay_put and not config.history
+                                 and isinstance(windows, ArrayWindows))
+            covariance = field_covariance(*windows.training_series()) if offers_covariance else None
+            guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes,
+                                          covariance)
             if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
                 if verbose and is_dask_collection(values):
@@ -544,10 +550,18 @@ class Engine:
                 if windows.validation is not None:
                     windows.validation[3].pop("nearby", None)
             config = replace(config, nearby=bool(net.get("nearby")))
+            if init is not None:
+                covariance = None if init.denoiser.first_guess is None else init.denoiser.first_guess.covariance
+            elif name is None or not CANDIDATES[name].get("covariance_steps"):
+                covariance = None
+            elif verbose:
+                log.info("the first guess is the best linear estimate under the series' own space-time covariance "
+                         "(optimal interpolation)")
             with seeded(seed):  # the initial weights
                 denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), torch.as_tensor(static),
                                     guess=init.denoiser.config.get("guess") if init is not None else
-                                    None if name is None else CANDIDATES[name], modes=modes, **net)
+                                    None if name is None else CANDIDATES[name], modes=modes,
+                                    covariance=covariance, **net)
             if init is not None:
                 denoiser.load_state_dict(init.denoiser.state_dict())
             fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config,
@@ -864,8 +878,10 @@ class Engine:
         net = dict(config["net"])
         try:
             modes = payload["state"]["modes"] if net.pop("modes", None) else None
+            covariance = payload["state"]["first_guess.covariance"] \
+                if net.get("guess", {}).get("covariance_steps") else None
             denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), payload["state"]["static"], modes=modes,
-                                **net)
+                                covariance=covariance, **net)
             denoiser.load_state_dict(payload["state"])
             spec = masks.MaskSpec.from_dict(config["spec"])
             history, schedule = History(**config["history"]), VPSchedule(**config["schedule"])
@@ -941,9 +957,10 @@ def _first_guess_only(net):
 
 
 def _first_guess(validation, periodic: bool, init: Engine | None,
-                 nearby: bool | None = None, modes=None) -> tuple[str | None, dict]:
+                 nearby: bool | None = None, modes=None, covariance=None) -> tuple[str | None, dict]:
     """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES`, with or without the nearby steps the validation
-    inputs carry (``nearby`` True: with), or leaning on ``modes`` (the series' spatial modes, or None), that best
+    inputs carry (``nearby`` True: with), or leaning on ``modes`` (the series' spatial modes, or None), or under
+    ``covariance`` (the series' own, or None), that best
     fills the held-back cells (a label of
     :func:`~xrimpute.nets.prior.choose_guess`), and every candidate's NMSE there; None (the defaults) without
     held-back cells or with ``init`` (whose guess is kept)."""
@@ -951,7 +968,8 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
         return None, {}
     xs, ms, hs, inputs = validation
     label, errors = choose_guess(xs, ms, hs, periodic=periodic, history=inputs.get("history"),
-                                 nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes)
+                                 nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes,
+                                 covariance=covariance)
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
     return label, errors

@@ -42,13 +42,16 @@ class Denoiser(nn.Module):
     input channel.
     With ``modes`` ``(1 + K, C, H, W)`` (:func:`~xrimpute.nets.prior.spatial_modes` of the training series) the
     guess interpolates each frame's departures from the modes that best fit its context
-    (:func:`~xrimpute.nets.prior.modes_baseline`), on the grid the modes cover.
+    (:func:`~xrimpute.nets.prior.modes_baseline`), on the grid the modes cover. ``covariance``
+    (:func:`~xrimpute.nets.prior.field_covariance` of the training series) goes with a ``guess`` whose
+    ``covariance_steps`` ask for it (the candidate "optimal interpolation").
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
                  preset: str = "tiny", periodic: bool = False, first_guess: bool = False,
                  guess: dict | None = None, history: bool = False, nearby: int = 0, flow: bool = False,
-                 curve: bool = False, modes: torch.Tensor | None = None, **overrides):
+                 curve: bool = False, modes: torch.Tensor | None = None,
+                 covariance: torch.Tensor | None = None, **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -80,7 +83,8 @@ class Denoiser(nn.Module):
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
-        self.first_guess = FirstGuess(**(guess or {}), periodic=periodic) if first_guess else None
+        self.first_guess = FirstGuess(**(guess or {}), periodic=periodic, covariance=covariance) \
+            if first_guess else None
         inputs = (4 if first_guess else 2) * cw + (cw if flow else 0) + static.shape[0]
         self.unet = UNet(inputs, cw, periodic=periodic, zero_head=first_guess, **{**PRESETS[preset], **overrides})
 

@@ -47,6 +47,22 @@ WIDE_LEVEL = (8.0, 4.0)
 gap error)."""
 ACROSS_STEPS = 40
 """Conjugate-gradient steps of the guesses bent across a window's steps (more cells to settle than a frame's)."""
+COVARIANCE_LAGS = 3
+"""Steps either side over which the covariance guess's space-time covariance reaches, tapered to 0 beyond: on the
+Navier-Stokes static blocks 3 filled better than 6, 12 or the whole series (``benchmarks/RESULTS.md``)."""
+COVARIANCE_RADIUS = 64
+"""Cells either side over which the covariance guess's covariance reaches (at most the window's size less one): on
+the shallow-water static blocks 24 cells filled 0.339 of the mean fill's error, the whole grid (63) 0.231
+(``benchmarks/RESULTS.md``)."""
+COVARIANCE_STEPS = 50
+"""Conjugate-gradient steps of the covariance guess (:func:`covariance_guess`)."""
+COVARIANCE_NUGGET = 0.01
+"""The share of the field's variance the covariance guess allows each context cell to miss by: it keeps the solve
+well posed where the estimated covariance is nearly singular."""
+MOST_COVARIANCE_CELLS = 2**24
+"""Frames times cells that :func:`field_covariance` reads at most: runs of steps spread over a longer series."""
+
+
 CANDIDATES: dict[str, dict] = {
     "space": dict(levels=DEFAULT_LEVELS),
     "time first": dict(levels=((0.0, 1.0), *DEFAULT_LEVELS)),  # the same cell at nearby steps before any neighbour
@@ -59,6 +75,8 @@ CANDIDATES: dict[str, dict] = {
     # the smoothest surface through the window's context in space and time, a step counting as 0.5, 1 or 2 cells
     **{f"bending across steps {across:g}": dict(levels=DEFAULT_LEVELS, bending=ACROSS_STEPS, across=across)
        for across in (0.5, 1.0, 2.0)},
+    # the best linear estimate under the series' own space-time covariance (only with that covariance given)
+    "optimal interpolation": dict(levels=DEFAULT_LEVELS, covariance_steps=COVARIANCE_STEPS),
 }
 """The first guesses a fit chooses among (:func:`choose_guess`, in this order on a tie): :class:`FirstGuess` options."""
 MAX_SPLINE_POINTS = 256
@@ -93,18 +111,29 @@ class FirstGuess(nn.Module):
     bending the guess towards the smoothest surface through the context
     (:func:`bend`), which suits smooth fields observed too densely for the
     thin plate's solve; frame by frame, or with ``across`` (the cells one
-    step counts as) over the window's steps at once.
+    step counts as) over the window's steps at once. ``covariance_steps``:
+    instead the best linear estimate under ``covariance`` (the series' own,
+    :func:`field_covariance`), that many steps solving for it
+    (:func:`covariance_guess`).
     """
 
     def __init__(self, levels: Levels = DEFAULT_LEVELS, threshold: float = 0.01, periodic: bool = False,
-                 thin_plate: bool = False, bending: int = 0, across: float = 0.0, kriging: bool = False):
+                 thin_plate: bool = False, bending: int = 0, across: float = 0.0, kriging: bool = False,
+                 covariance_steps: int = 0, covariance: torch.Tensor | None = None):
         super().__init__()
         if thin_plate and kriging:
             raise ValueError("a first guess draws one spline through the context: pass thin_plate=True or "
                              "kriging=True, not both")
+        if bool(covariance_steps) != (covariance is not None):
+            raise ValueError("covariance_steps= and covariance= come together: the guess under the series' own "
+                             "covariance needs both (xrimpute.nets.prior.field_covariance gives the covariance)")
         self.levels = tuple(sorted((float(s), float(t)) for s, t in levels))[::-1]  # widest to narrowest
         self.threshold, self.periodic, self.thin_plate, self.bending = threshold, periodic, thin_plate, bending
-        self.across, self.kriging = across, kriging
+        self.across, self.kriging, self.covariance_steps = across, kriging, covariance_steps
+        if covariance is not None:
+            self.register_buffer("covariance", torch.as_tensor(covariance, dtype=torch.float32))
+        else:
+            self.covariance = None
         for i, (space, time) in enumerate(self.levels):
             self.register_buffer(f"space{i}", gaussian_kernel(space), persistent=False)
             self.register_buffer(f"time{i}", gaussian_kernel(time), persistent=False)
@@ -138,6 +167,8 @@ class FirstGuess(nn.Module):
             guess = spline(values, mask, guess, "exponential" if self.kriging else "thin plate")
         if self.bending:
             guess = bend(values, mask, guess, self.bending, self.periodic, self.across)
+        if self.covariance is not None:
+            guess = covariance_guess(values, mask, self.covariance, self.covariance_steps, self.periodic)
         if baseline is not None:
             guess = guess + baseline
         return guess, certainty.reshape(b, c, t, h, w)
@@ -553,6 +584,99 @@ def spatial_modes(values: torch.Tensor, observed: torch.Tensor, count: int = MOD
     return modes.reshape(1 + count, c, h, w)
 
 
+def field_covariance(values: torch.Tensor, observed: torch.Tensor, lags: int = COVARIANCE_LAGS,
+                     radius: int = COVARIANCE_RADIUS) -> torch.Tensor:
+    """``(C, 2 lags + 1, 2 Ry + 1, 2 Rx + 1)``: the mean product of the values of every two observed cells at each
+    offset in steps and cells (``Ry``, ``Rx``: ``radius``, at most the grid's size less one), from ``values``
+    ``(N, C, T, H, W)`` (normalised, any value where not ``observed``): the series' own space-time covariance, as a
+    stationary field has it, which :func:`covariance_guess` interpolates with. Offsets that no two observed cells
+    share get 0. Sums over runs of ``lags + 1`` or more steps, a spectrum per frame; on a series of more than
+    :data:`MOST_COVARIANCE_CELLS` frames times cells, over runs spread through it."""
+    n, c, t, h, w = values.shape
+    lags, ry, rx = min(lags, t - 1), min(radius, h - 1), min(radius, w - 1)
+    size = (h + ry, w + rx)  # zeros beyond the edges: no product wraps round
+    run = min(t, max(4 * (lags + 1), 16))
+    starts = [(i, s) for i in range(n) for s in range(0, t - lags, run)]
+    keep = max(1, math.ceil(len(starts) * run * h * w / MOST_COVARIANCE_CELLS))
+    sums = torch.zeros(2, c, lags + 1, *size, dtype=torch.float64)
+    for i, s in starts[::keep]:
+        stop = min(t, s + run + lags)
+        seen = observed[i, :, s:stop].to(torch.float64)
+        both = torch.stack([torch.where(observed[i, :, s:stop], values[i, :, s:stop].to(torch.float64), 0.0), seen])
+        spectra = torch.fft.rfft2(both, s=size)  # (2, C, steps, ., .)
+        for lag in range(lags + 1):
+            first = min(run, stop - s - lag)  # every pair of steps that far apart, each run's once
+            products = spectra[:, :, :first].conj() * spectra[:, :, lag : lag + first]
+            sums[:, :, lag] += torch.fft.irfft2(products.sum(2), s=size)
+    counts = sums[1].round()
+    covariance = torch.where(counts > 0, sums[0] / counts.clamp(min=1), 0.0)  # (C, lags + 1, H + ry, W + rx)
+    rows = torch.arange(-ry, ry + 1) % size[0]
+    cols = torch.arange(-rx, rx + 1) % size[1]
+    ahead = covariance[:, :, rows][:, :, :, cols]  # offsets -r..r at steps 0..lags
+    behind = ahead.flip(1, 2, 3)[:, :-1]  # a stationary covariance: (-dt, -d) as (dt, d)
+    return torch.cat([behind, ahead], dim=1).float()
+
+
+def covariance_guess(values: torch.Tensor, mask: torch.Tensor, covariance: torch.Tensor, steps: int,
+                     periodic: bool = False, nugget: float = COVARIANCE_NUGGET) -> torch.Tensor:
+    """The mask's cells' best linear estimate of every cell of ``(B, C, T, H, W)`` windows under ``covariance``
+    (:func:`field_covariance`, per channel): simple kriging in space and time with the series' own covariance
+    (optimal interpolation), ``steps`` conjugate-gradient steps on the context cells' system, each one FFT
+    convolution each way. Offsets beyond the window's size are dropped and those along time tapered to 0 past the
+    covariance's lags; the convolution's spectrum is kept non-negative, so the system stays positive definite. Where
+    the gaps stay put and never see their own cells observed (static blocks), the field's covariance carries what
+    the context says into them far better than the smoothest surface does (``benchmarks/RESULTS.md``). The mask's
+    cells keep their values; a window without context gets 0 (the mean)."""
+    b, c, t, h, w = values.shape
+    lags = (covariance.shape[1] - 1) // 2
+    ry, rx = min((covariance.shape[2] - 1) // 2, h - 1), min((covariance.shape[3] - 1) // 2, w - 1)
+    if periodic:
+        rx = min(rx, (w - 1) // 2)
+    reach = min(lags, t - 1)
+    size = (_fast_size(t + reach), _fast_size(h + ry), w if periodic else _fast_size(w + rx))
+    with torch.autocast(values.device.type, enabled=False):
+        taper = 1 - torch.arange(-reach, reach + 1, device=values.device).abs() / (lags + 1)
+        table = covariance[:, lags - reach : lags + reach + 1, :, :]
+        middle_y, middle_x = (covariance.shape[2] - 1) // 2, (covariance.shape[3] - 1) // 2
+        table = table[:, :, middle_y - ry : middle_y + ry + 1, middle_x - rx : middle_x + rx + 1] * taper[:, None, None]
+        kernel = torch.zeros(c, *size, device=values.device)
+        index = [torch.arange(-r, r + 1, device=values.device) % n for r, n in zip((reach, ry, rx), size)]
+        kernel[:, index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]] = table
+        spectrum = torch.fft.rfftn(kernel, dim=(1, 2, 3)).real.clamp(min=0)
+
+        def convolve(u):
+            return torch.fft.irfftn(torch.fft.rfftn(u, s=size, dim=(2, 3, 4)) * spectrum, s=size,
+                                    dim=(2, 3, 4))[:, :, :t, :h, :w]
+
+        seen = mask.to(torch.float32)
+        noise = nugget * covariance[:, lags, middle_y, middle_x].clamp(min=0).view(1, c, 1, 1, 1)
+        residual = values.to(torch.float32) * seen
+        x, direction = torch.zeros_like(residual), residual.clone()
+        norm = _dot(residual.flatten(0, 1), residual.flatten(0, 1)).view(b, c, 1, 1, 1)
+        for _ in range(steps):
+            curve = (convolve(direction) + noise * direction) * seen
+            along = _dot(direction.flatten(0, 1), curve.flatten(0, 1)).view(b, c, 1, 1, 1)
+            alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
+            x.addcmul_(alpha, direction)
+            residual.addcmul_(alpha, curve, value=-1)
+            new = _dot(residual.flatten(0, 1), residual.flatten(0, 1)).view(b, c, 1, 1, 1)
+            direction.mul_(torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new))).add_(residual)
+            norm = new
+        return torch.where(mask, values.to(torch.float32), convolve(x))
+
+
+def _fast_size(n: int) -> int:
+    """The least length of at least ``n`` whose only prime factors are 2, 3 and 5: a fast FFT's."""
+    while True:
+        rest = n
+        for p in (2, 3, 5):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:
+            return n
+        n += 1
+
+
 def _along_time(values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """``values`` ``(N, C, T, H, W)`` filled along time: the straight line between each cell's observations either
     side, the nearest beyond its first and last, 0 in a cell never observed (the classical ``interpolate`` filler's
@@ -599,8 +723,8 @@ def candidate_label(label: str) -> tuple[str, bool, bool]:
 def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                  candidates: dict[str, dict] = CANDIDATES, periodic: bool = False,
                  history: torch.Tensor | None = None, nearby: torch.Tensor | None = None,
-                 span: int = NEARBY_SPAN, curve: bool = False,
-                 modes: torch.Tensor | None = None) -> tuple[str, dict[str, float]]:
+                 span: int = NEARBY_SPAN, curve: bool = False, modes: torch.Tensor | None = None,
+                 covariance: torch.Tensor | None = None) -> tuple[str, dict[str, float]]:
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate and kriging ones run only where no frame
@@ -614,7 +738,10 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     :data:`NEARBY_LABEL`, or :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``;
     :func:`candidate_label`), in place with the curved baseline where ``curve``. ``modes`` (:func:`spatial_modes`,
     without ``history``): every candidate is also scored on the departures from :func:`modes_baseline` (labelled
-    with :data:`MODES_LABEL`), chosen only where one beats the best without them by :data:`BASELINE_MARGIN`."""
+    with :data:`MODES_LABEL`), chosen only where one beats the best without them by :data:`BASELINE_MARGIN`.
+    ``covariance`` (:func:`field_covariance` of the series): the guess under it is scored too, on the values alone
+    (no history, nearby steps or modes: the covariance is theirs), and chosen only where it beats the best of the
+    others by :data:`BASELINE_MARGIN`, since each of its steps costs several of the bending's."""
     errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
     baseline = None if history is None else history_baseline(history, periodic)
@@ -625,10 +752,13 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
         for name, options in candidates.items():
             solved = options.get("thin_plate") or options.get("kriging")
             frame_by_frame = options.get("bending") and not options.get("across")  # the spline's stand-in
+            under_covariance = bool(options.get("covariance_steps"))
             if (solved and dense) or (frame_by_frame and not dense) or (
-                    options.get("bending") and history is not None):
+                    options.get("bending") and history is not None) or (
+                    under_covariance and (covariance is None or label or history is not None)):
                 continue
-            first_guess = FirstGuess(**options, periodic=periodic)
+            first_guess = FirstGuess(**options, periodic=periodic,
+                                     covariance=covariance if under_covariance else None)
             if label == MODES_LABEL:
                 guess, _ = first_guess(values * mask, mask, leaning_on_modes)
             elif label:
@@ -641,8 +771,11 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     def best(labels):
         return min(labels, key=lambda label: (errors[label], order.index(label)))
 
+    def costly(label):  # leaning on a series-wide baseline, or solving under the series' covariance
+        return label.endswith(MODES_LABEL) or bool(candidates.get(label, {}).get("covariance_steps"))
+
     chosen = best(errors)
-    if chosen.endswith(MODES_LABEL):
-        plain = best([label for label in errors if not label.endswith(MODES_LABEL)])
+    if costly(chosen):
+        plain = best([label for label in errors if not costly(label)])
         chosen = chosen if errors[chosen] < BASELINE_MARGIN * errors[plain] else plain
     return chosen, errors

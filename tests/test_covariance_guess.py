@@ -1,0 +1,95 @@
+"""The first guess under the series' own space-time covariance: estimated, solved, chosen, kept."""
+import numpy as np
+import pytest
+import torch
+
+from xrimpute.engine import Engine, ImputeConfig
+from xrimpute.nets.prior import COVARIANCE_STEPS, FirstGuess, covariance_guess, field_covariance
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_the_series_covariance_is_the_mean_product_of_observed_cells_at_each_offset():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 1, 12, 9, 11, generator=gen)
+    observed = torch.rand(2, 1, 12, 9, 11, generator=gen) > 0.3
+    values[~observed] = 1e6  # what the gaps hold must not matter
+    lags, radius = 2, 4
+    covariance = field_covariance(values, observed, lags=lags, radius=radius)
+    assert covariance.shape == (1, 2 * lags + 1, 2 * radius + 1, 2 * radius + 1)
+    x, seen = values.numpy()[:, 0].astype(np.float64), observed.numpy()[:, 0]
+    for dt, dy, dx in [(0, 0, 0), (1, 0, 0), (1, 2, -3), (-1, 2, -3), (-2, -1, 4), (0, 3, 1), (2, -4, -4)]:
+        a = slice(max(0, -dt), 12 - max(0, dt)), slice(max(0, -dy), 9 - max(0, dy)), slice(max(0, -dx), 11 - max(0, dx))
+        b = tuple(slice(s.start + d, s.stop + d) for s, d in zip(a, (dt, dy, dx)))
+        both = seen[(slice(None), *a)] & seen[(slice(None), *b)]
+        expected = (x[(slice(None), *a)] * x[(slice(None), *b)])[both].mean()
+        assert covariance[0, lags + dt, radius + dy, radius + dx] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def gaussian_covariance(lags: int, radius: int, width: float) -> torch.Tensor:
+    dt, dy, dx = torch.meshgrid(*(torch.arange(-r, r + 1.0) for r in (lags, radius, radius)), indexing="ij")
+    return torch.exp(-(dt**2 + dy**2 + dx**2) / width)[None]
+
+
+def test_the_covariance_guess_is_the_best_linear_estimate_from_the_context_alone():
+    lags, radius, (t, h, w) = 1, 3, (3, 6, 7)
+    covariance = gaussian_covariance(lags, radius, 1.5)
+    gen = torch.Generator().manual_seed(1)
+    values = torch.randn(1, 1, t, h, w, generator=gen)
+    mask = torch.rand(1, 1, t, h, w, generator=gen) > 0.6
+    guess = covariance_guess(values, mask, covariance, 400, nugget=0.01)
+    # the dense solve: every two cells' covariance at their offset (tapered along time), the context's system
+    cells = [(a, i, j) for a in range(t) for i in range(h) for j in range(w)]
+    dense = np.zeros((len(cells), len(cells)))
+    for p, (a, i, j) in enumerate(cells):
+        for q, (b, k, m) in enumerate(cells):
+            d = (b - a, k - i, m - j)
+            if abs(d[0]) <= lags and max(abs(d[1]), abs(d[2])) <= radius:
+                dense[p, q] = float(covariance[0, d[0] + lags, d[1] + radius, d[2] + radius]) * (1 - abs(d[0]) / (lags + 1))
+    seen, y = mask.numpy().ravel(), values.numpy().ravel()
+    weights = np.linalg.solve(dense[np.ix_(seen, seen)] + 0.01 * np.eye(seen.sum()), y[seen])
+    expected = np.where(seen, y, dense[:, seen] @ weights)
+    np.testing.assert_allclose(guess.numpy().ravel(), expected, atol=1e-4)
+    changed = torch.where(mask, values, torch.randn(values.shape, generator=gen))  # other values off the context
+    torch.testing.assert_close(covariance_guess(changed, mask, covariance, 400, nugget=0.01), guess)
+    with pytest.raises(ValueError, match="come together"):
+        FirstGuess(covariance_steps=COVARIANCE_STEPS)
+
+
+def waves(t=40, h=24, w=24, seed=0) -> np.ndarray:
+    """``(1, 1, t, h, w)``: a few plane waves with amplitudes that drift from step to step: a stationary field whose
+    covariance reaches across the grid, which a smooth surface through a block's rim cannot continue."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:h, :w]
+    field = np.zeros((t, h, w))
+    for k in range(4):
+        ky, kx = rng.uniform(-0.9, 0.9, 2)
+        drift = np.cumsum(rng.standard_normal(t)) * 0.2 + rng.standard_normal()
+        field += np.cos(ky * y + kx * x + rng.uniform(0, 2 * np.pi))[None] * drift[:, None, None]
+        field += np.sin(ky * y + kx * x)[None] * np.roll(drift, 5)[:, None, None]
+    return field[None, None].astype(np.float32)
+
+
+def test_a_fit_on_blocks_that_never_move_fills_them_under_the_series_covariance_and_keeps_it(tmp_path):
+    truth = np.concatenate([waves(seed=0), waves(seed=1)])
+    values = truth.copy()
+    values[0, ..., 8:16, 8:16] = np.nan  # blocks that never move: their cells are observed in the other sample
+    values[0, ..., 0:8, 16:24] = np.nan
+    values[1, ..., 16:24, 0:16] = np.nan
+    fit = dict(mask="block", steps=2, batch_size=2, progress=False, verbose=False)
+    engine = Engine.fit_array(values, **fit)
+    errors = engine.config.validation["first_guess_nmse"]
+    assert engine.config.validation["first_guess"] == "optimal interpolation", errors
+    assert errors["optimal interpolation"] < 0.5 * min(e for label, e in errors.items() if "bending" in label), errors
+    options = ImputeConfig(K=2, seed=1, batch_size=4, progress=False)
+    filled, _ = engine.fill(values, options)
+    gaps = np.isnan(values)
+    assert float(((filled - truth)[gaps] ** 2).mean() / truth[gaps].var()) < 0.3
+    again = Engine.load(engine.save(tmp_path / "m.xri"))
+    assert torch.equal(again.denoiser.first_guess.covariance, engine.denoiser.first_guess.covariance)
+    np.testing.assert_array_equal(again.fill(values, options)[0], filled)
+    continued = Engine.fit_array(values, init=again, **fit)  # an init keeps its covariance
+    assert torch.equal(continued.denoiser.first_guess.covariance, engine.denoiser.first_guess.covariance)
+    pixels = np.where(np.random.default_rng(2).random(truth.shape) < 0.3, truth, np.nan).astype(np.float32)
+    drawn_anew = Engine.fit_array(pixels, **{**fit, "mask": "pixel"})  # gaps near their cells' observations
+    assert "optimal interpolation" not in drawn_anew.config.validation["first_guess_nmse"]
