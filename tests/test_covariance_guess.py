@@ -2,7 +2,10 @@
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
+import xrimpute
+from test_lazy import imputed_alike_on_every_path
 from xrimpute.engine import Engine, ImputeConfig
 from xrimpute.nets.prior import COVARIANCE_STEPS, FirstGuess, covariance_guess, field_covariance
 
@@ -93,3 +96,22 @@ def test_a_fit_on_blocks_that_never_move_fills_them_under_the_series_covariance_
     pixels = np.where(np.random.default_rng(2).random(truth.shape) < 0.3, truth, np.nan).astype(np.float32)
     drawn_anew = Engine.fit_array(pixels, **{**fit, "mask": "pixel"})  # gaps near their cells' observations
     assert "optimal interpolation" not in drawn_anew.config.validation["first_guess_nmse"]
+
+
+def test_a_covariance_model_imputes_lazily_and_on_a_cluster_as_in_memory(tmp_path, cluster):
+    truth = waves(t=30, seed=3)[0, 0]
+    values = truth.copy()
+    values[:26, 8:16, 8:16] = np.nan  # an outage that lasts most of the series: far from its cells' observations
+    values[4:, 0:8, 16:24] = np.nan
+    times = np.datetime64("2020-01-01") + np.arange(30) * np.timedelta64(1, "D")
+    coords = {"time": times, "latitude": ("latitude", np.linspace(-30, 30, 24), {"units": "degrees_north"}),
+              "longitude": ("longitude", np.linspace(0, 60, 24), {"units": "degrees_east"})}
+    data = xr.Dataset({"sst": (("time", "latitude", "longitude"), values)}, coords=coords)
+    data.chunk(time=5).to_zarr(tmp_path / "source.zarr", consolidated=False)
+    model = xrimpute.fit(data, mask="block", steps=3, batch_size=2, progress=False, verbose=False, seed=0)
+    assert model.validation["first_guess"] == "optimal interpolation", model.validation["first_guess_nmse"]
+    model.save(tmp_path / "model.xri")
+    reference, _ = imputed_alike_on_every_path(tmp_path, data, model, cluster)
+    gaps = np.isnan(values)
+    filled = reference["sst"].values
+    assert float(((filled - truth)[gaps] ** 2).mean() / truth[gaps].var()) < 0.3
