@@ -590,8 +590,9 @@ def field_covariance(values: torch.Tensor, observed: torch.Tensor, lags: int = C
     offset in steps and cells (``Ry``, ``Rx``: ``radius``, at most the grid's size less one), from ``values``
     ``(N, C, T, H, W)`` (normalised, any value where not ``observed``): the series' own space-time covariance, as a
     stationary field has it, which :func:`covariance_guess` interpolates with. Offsets that no two observed cells
-    share get 0. Sums over runs of ``lags + 1`` or more steps, a spectrum per frame; on a series of more than
-    :data:`MOST_COVARIANCE_CELLS` frames times cells, over runs spread through it."""
+    share get 0. Sums the products run of steps by run of steps, a spectrum per frame (a run of a 721 x 1440 grid
+    holds about 360 MB of spectra per variable); on a series of more than :data:`MOST_COVARIANCE_CELLS` frames times
+    cells, over runs spread through it."""
     n, c, t, h, w = values.shape
     lags, ry, rx = min(lags, t - 1), min(radius, h - 1), min(radius, w - 1)
     size = (h + ry, w + rx)  # zeros beyond the edges: no product wraps round
