@@ -293,17 +293,24 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
         x = torch.where(frames, values.reshape(shape), start.reshape(shape)).to(torch.float32)
         free = (~frames & enough).to(torch.float32)
         residual = _bending_gradient(x, weights, periodic).mul_(free).neg_()
-        direction, norm = residual.clone(), _dot(residual, residual)
-        for _ in range(steps):  # in place: a fifth off a solve on the ERA5 grid (benchmarks/RESULTS.md)
-            curve = _bending_gradient(direction, weights, periodic).mul_(free)
-            along = _dot(direction, curve)
-            alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
-            x.addcmul_(alpha, direction)
-            residual.addcmul_(alpha, curve, value=-1)
-            new = _dot(residual, residual)
-            direction.mul_(torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new))).add_(residual)
-            norm = new
+        _conjugate_gradients(lambda u: _bending_gradient(u, weights, periodic).mul_(free), x, residual, steps)
     return torch.where(enough, x, start.reshape(shape).to(torch.float32)).reshape(values.shape)
+
+
+def _conjugate_gradients(operator, x: torch.Tensor, residual: torch.Tensor, steps: int) -> None:
+    """``steps`` conjugate-gradient steps of the symmetric system ``operator`` from ``x``, whose residual is
+    ``residual``, for every frame of ``(N, ...)`` at once; both updated in place (a fifth off a bending solve on the
+    ERA5 grid, ``benchmarks/RESULTS.md``). A frame whose direction or residual vanishes stays where it is."""
+    direction, norm = residual.clone(), _dot(residual, residual)
+    for _ in range(steps):
+        curve = operator(direction)
+        along = _dot(direction, curve)
+        alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
+        x.addcmul_(alpha, direction)
+        residual.addcmul_(alpha, curve, value=-1)
+        new = _dot(residual, residual)
+        direction.mul_(torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new))).add_(residual)
+        norm = new
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -649,21 +656,13 @@ def covariance_guess(values: torch.Tensor, mask: torch.Tensor, covariance: torch
             return torch.fft.irfftn(torch.fft.rfftn(u, s=size, dim=(2, 3, 4)) * spectrum, s=size,
                                     dim=(2, 3, 4))[:, :, :t, :h, :w]
 
-        seen = mask.to(torch.float32)
-        noise = nugget * covariance[:, lags, middle_y, middle_x].clamp(min=0).view(1, c, 1, 1, 1)
-        residual = values.to(torch.float32) * seen
-        x, direction = torch.zeros_like(residual), residual.clone()
-        norm = _dot(residual.flatten(0, 1), residual.flatten(0, 1)).view(b, c, 1, 1, 1)
-        for _ in range(steps):
-            curve = (convolve(direction) + noise * direction) * seen
-            along = _dot(direction.flatten(0, 1), curve.flatten(0, 1)).view(b, c, 1, 1, 1)
-            alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
-            x.addcmul_(alpha, direction)
-            residual.addcmul_(alpha, curve, value=-1)
-            new = _dot(residual.flatten(0, 1), residual.flatten(0, 1)).view(b, c, 1, 1, 1)
-            direction.mul_(torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new))).add_(residual)
-            norm = new
-        return torch.where(mask, values.to(torch.float32), convolve(x))
+        seen = mask.to(torch.float32).flatten(0, 1)  # a frame per window and variable, as the solve takes them
+        noise = nugget * covariance[:, lags, middle_y, middle_x].clamp(min=0).repeat(b).view(-1, 1, 1, 1)
+        residual = values.to(torch.float32).flatten(0, 1) * seen
+        x = torch.zeros_like(residual)
+        _conjugate_gradients(lambda u: (convolve(u.view(b, c, t, h, w)).flatten(0, 1) + noise * u) * seen, x,
+                             residual, steps)
+        return torch.where(mask, values.to(torch.float32), convolve(x.view(b, c, t, h, w)))
 
 
 def _fast_size(n: int) -> int:
