@@ -423,6 +423,13 @@ def test_fit_refuses_a_bad_argument_before_training(small, given, error, fragmen
     assert fragment in str(info.value)
 
 
+def test_a_period_attribute_that_is_not_a_number_is_refused_before_training(small):
+    data = small[0]
+    lon = cube.find_axes(data).lon
+    with pytest.raises(cube.CubeError, match="'period' attribute is '2 pi', not a number"):
+        xrimpute.fit(data.assign_coords({lon: data[lon].assign_attrs(period="2 pi")}), mask="pixel", **SMALL_FIT)
+
+
 IMPUTE_ARGUMENTS = [
     (dict(K=0), ArgumentError, "K must be >= 1, got 0"),
     (dict(K=-3), ArgumentError, "K must be >= 1, got -3"),

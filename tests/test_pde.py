@@ -1,4 +1,5 @@
 """PDE sample generators: accuracy, conservation, determinism, CF metadata and the disk cache."""
+import functools
 import time
 
 import cf_xarray  # noqa: F401  (registers .cf)
@@ -6,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+import xrimpute
 from xrimpute import pde
 from xrimpute.cube import find_axes
 from xrimpute.datasets import generated
+from xrimpute.engine import wraps_round
 from xrimpute.pde import (advect_fd, advection, advection_exact, integrate_vorticity, navier_stokes,
                           shallow_water, shallow_water_residual)
 from xrimpute.pde._common import sample_rngs
@@ -161,10 +164,22 @@ def test_cf_metadata(tiny, name):
     for var in ds.data_vars.values():
         assert {"units", "long_name"} <= set(var.attrs)
     assert {"title", "equation", "seed", "dt", "length"} <= set(ds.attrs)
+    assert ds.x.attrs["period"] == ds.y.attrs["period"] == pytest.approx(ds.attrs["length"])  # the square wraps
     cube_vars = [v for v in ds.data_vars.values() if v.dims == ("sample", "time", "y", "x")]
     assert cube_vars and all(v.dtype == np.float64 for v in cube_vars)
     axes = find_axes(ds)
     assert (axes.time, axes.lat, axes.lon, axes.sample) == ("time", "y", "x", "sample")
+
+
+def test_a_fit_wraps_a_generated_cube_round_the_period_its_grid_declares(tiny):
+    observed = xrimpute.observe(tiny["advection"].isel(sample=slice(2)), "pixel", rate=0.5, seed=0)
+    fit = functools.partial(xrimpute.fit, mask="pixel", steps=1, batch_size=2, progress=False, verbose=False,
+                            compare_classical=False)
+    assert fit(observed).engine.config.periodic
+    # a subdomain of the square (its cells do not span the period) does not wrap
+    assert not fit(observed.isel(x=slice(24))).engine.config.periodic
+    assert wraps_round(np.arange(0.0, 360.0, 2.5), degrees=True)  # longitudes once round the globe
+    assert not wraps_round(np.arange(0.0, 2 * np.pi, 0.1), degrees=False)  # no period declared
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -71,12 +71,14 @@ def position_fields(lat: np.ndarray, lon: np.ndarray, degrees: bool) -> np.ndarr
     return np.stack([y, x, np.zeros_like(x)]).astype(np.float32)
 
 
-def spans_globe(lon: np.ndarray, degrees: bool) -> bool:
-    """Whether longitudes in degrees go once round the globe (so the grid wraps)."""
-    if not degrees or lon.size < 3:
+def wraps_round(lon: np.ndarray, degrees: bool, period: float | None = None) -> bool:
+    """Whether the grid's columns wrap round: longitudes in degrees that go once round the globe, or columns that go
+    once round the ``period`` their coordinate declares (a periodic model domain, as the generated cubes of
+    :mod:`xrimpute.datasets` declare theirs)."""
+    if lon.size < 3 or (period is None and not degrees):
         return False
     step = np.abs(np.diff(lon)).mean()
-    return bool(abs(lon.size * step - 360.0) < 0.5 * step)
+    return bool(abs(lon.size * step - (360.0 if period is None else float(period))) < 0.5 * step)
 
 
 TILE = (128, 128)
@@ -1158,4 +1160,4 @@ class ImputedHeldBack(HeldBack):
 __all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS",
            "choose_window", "needs_history", "offers_cycle", "offers_flow", "offers_nearby", "training_tile", "Engine",
            "HeldBack", "ImputeConfig", "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields",
-           "spans_globe", "train_config"]
+           "wraps_round", "train_config"]

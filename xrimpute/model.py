@@ -17,11 +17,22 @@ import xarray as xr
 
 from . import cube, masks
 from .engine import (Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options,
-                     position_fields, spans_globe, train_config, training_tile)
+                     position_fields, train_config, training_tile, wraps_round)
 from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
 from .options import or_option
 from .samplers import statistics
+
+
+def _period(obj, layout: cube.Layout) -> float | None:
+    """The period the longitude (x) coordinate declares in its ``period`` attribute, or None."""
+    lon = layout.axes.lon
+    period = obj[lon].attrs.get("period") if lon in obj.coords else None
+    try:
+        return None if period is None else float(period)
+    except (TypeError, ValueError):
+        raise cube.CubeError(f"the {lon!r} coordinate's 'period' attribute is {period!r}, not a number; set it to "
+                             "the length after which the axis repeats (e.g. 2 * pi), or delete it") from None
 
 
 def _is_degrees(attrs: dict) -> bool:
@@ -247,8 +258,11 @@ class CtxDiffModel:
             File to write the training state to (atomically) as training goes; an
             existing one is resumed.
         periodic : bool, optional
-            Wrap the longitude axis in the convolutions; default: when the grid
-            spans 360 degrees.
+            Wrap the longitude (x) axis in the convolutions, the first guess and
+            the tiles; default: when the grid spans 360 degrees, or when its x
+            coordinate declares a ``period`` attribute that its cells span (a
+            periodic model domain; the generated cubes of
+            :mod:`xrimpute.datasets` declare theirs).
         tile : tuple of int or "auto", default "auto"
             ``(rows, cols)``: train on random spatial tiles of a large grid (e.g.
             ``(128, 128)``), with the cells' position as an input so that one
@@ -362,7 +376,7 @@ class CtxDiffModel:
             axes=asdict(layout.axes), grid=dict(lat=coords["lat"].astype(float).tolist(),
                                                 lon=coords["lon"].astype(float).tolist()),
             degrees=degrees, tile=None if tile is None else list(tile),
-            periodic=spans_globe(coords["lon"], degrees) if periodic is None else periodic,
+            periodic=wraps_round(coords["lon"], degrees, _period(obj, layout)) if periodic is None else periodic,
             positions=positions, history=history, nearby=nearby,
         )
         # imported here: the baselines package imports this module

@@ -6,7 +6,9 @@ atomically (:func:`xrimpute.atomic.atomic_write`), with the
 umask's default permissions so that a shared cache works, and has a
 sidecar ``<file>.sha256``; every load checks the hash, and a corrupted or truncated
 file is regenerated with a warning. Loads read the whole file into memory and close
-it, so a returned dataset never depends on the file staying in place.
+it, so a returned dataset never depends on the file staying in place. Each cube lies on a
+periodic square, and its ``x`` and ``y`` coordinates say so in a ``period`` attribute (the
+square's length), from which a fit wraps the grid round along ``x``.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from ..pde import PRESETS, generate
 from ..atomic import atomic_write
 from ._cache import cache_dir
 
-# Bump when a solver changes its output, so old cache files are not reused.
-FORMAT_VERSION = 1
+# Bump when a solver changes its output, so old cache files are not reused (2: the grid's period).
+FORMAT_VERSION = 2
 # Arguments that change how a run is carried out but not its values.
 RUN_ONLY = {"progress", "device", "batch_size"}
 

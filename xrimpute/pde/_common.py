@@ -72,13 +72,15 @@ def cube_dataset(
     time: np.ndarray,
     attrs: dict,
 ) -> xr.Dataset:
-    """A CF-annotated ``(sample, time, y, x)`` dataset on a square grid.
+    """A CF-annotated ``(sample, time, y, x)`` dataset on a periodic square grid of cells at ``x``.
 
     ``fields`` and ``per_sample`` map names to ``(values, attrs)``; ``attrs`` are the
-    dataset attributes (title, equation, parameters, seed).
+    dataset attributes (title, equation, parameters, seed). Each space coordinate
+    declares the domain's length in its ``period`` attribute, so that a fit wraps
+    the grid round (:meth:`xrimpute.CtxDiffModel.fit`, ``periodic``).
     """
     n_samples = next(iter(fields.values()))[0].shape[0]
-    space = {"units": "1", "long_name": "{} (nondimensional)"}
+    space = {"units": "1", "long_name": "{} (nondimensional)", "period": float(x[1] - x[0]) * x.size}
     coords = {
         "sample": ("sample", np.arange(n_samples), {"long_name": "independent trajectory"}),
         "time": ("time", time, {"units": "1", "axis": "T", "standard_name": "time",
