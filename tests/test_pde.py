@@ -179,6 +179,7 @@ def test_a_fit_wraps_a_generated_cube_round_the_period_its_grid_declares(tiny):
     # a subdomain of the square (its cells do not span the period) does not wrap
     assert not fit(observed.isel(x=slice(24))).engine.config.periodic
     assert wraps_round(np.arange(0.0, 360.0, 2.5), degrees=True)  # longitudes once round the globe
+    assert wraps_round(np.arange(0.0, 360.0, 2.5), degrees=True, period=180.0)  # whatever else they declare
     assert not wraps_round(np.arange(0.0, 2 * np.pi, 0.1), degrees=False)  # no period declared
 
 

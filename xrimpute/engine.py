@@ -75,10 +75,14 @@ def wraps_round(lon: np.ndarray, degrees: bool, period: float | None = None) -> 
     """Whether the grid's columns wrap round: longitudes in degrees that go once round the globe, or columns that go
     once round the ``period`` their coordinate declares (a periodic model domain, as the generated cubes of
     :mod:`xrimpute.datasets` declare theirs)."""
-    if lon.size < 3 or (period is None and not degrees):
+    if lon.size < 3:
         return False
     step = np.abs(np.diff(lon)).mean()
-    return bool(abs(lon.size * step - (360.0 if period is None else float(period))) < 0.5 * step)
+
+    def spans(length):
+        return abs(lon.size * step - length) < 0.5 * step
+
+    return bool((degrees and spans(360.0)) or (period is not None and spans(float(period))))
 
 
 TILE = (128, 128)
