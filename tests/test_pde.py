@@ -171,11 +171,13 @@ def test_cf_metadata(tiny, name):
     assert (axes.time, axes.lat, axes.lon, axes.sample) == ("time", "y", "x", "sample")
 
 
-def test_a_fit_wraps_a_generated_cube_round_the_period_its_grid_declares(tiny):
+def test_a_fit_wraps_a_generated_cube_round_the_period_its_grid_declares(tiny, caplog):
     observed = xrimpute.observe(tiny["advection"].isel(sample=slice(2)), "pixel", rate=0.5, seed=0)
     fit = functools.partial(xrimpute.fit, mask="pixel", steps=1, batch_size=2, progress=False, verbose=False,
                             compare_classical=False)
-    assert fit(observed).engine.config.periodic
+    with caplog.at_level("INFO", logger="xrimpute"):
+        assert fit(observed, verbose=True).engine.config.periodic
+    assert "the grid wraps round along 'x': its 32 cells span the period of 1" in caplog.text  # said once, why
     # a subdomain of the square (its cells do not span the period) does not wrap
     assert not fit(observed.isel(x=slice(24))).engine.config.periodic
     assert wraps_round(np.arange(0.0, 360.0, 2.5), degrees=True)  # longitudes once round the globe

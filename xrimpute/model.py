@@ -8,6 +8,7 @@ imputed lazily by :func:`xrimpute.lazy.impute_lazy`.
 from __future__ import annotations
 
 import html
+import logging
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
 from .options import or_option
 from .samplers import statistics
+
+log = logging.getLogger("xrimpute")
 
 
 def _period(obj, layout: cube.Layout) -> float | None:
@@ -359,6 +362,7 @@ class CtxDiffModel:
                                **train_options)
         values, layout = cube.to_array(obj, lazy=True)
         permanent = None if permanent_mask is None else permanent_cells(obj, layout, permanent_mask)
+        period = _period(obj, layout) if periodic is None else None  # before the statistics read an archive
         t = values.shape[2]
         if window is not None and t < window:
             raise cube.CubeError(f"only {t} time steps along {layout.axes.time!r}, fewer than window={window}; "
@@ -371,12 +375,17 @@ class CtxDiffModel:
         coords = cube.coordinates(obj, layout)
         tile = training_tile(tile, coords["lat"].size, coords["lon"].size, or_option("device", device))
         degrees = layout.axes.lat in obj.coords and _is_degrees(obj[layout.axes.lat].attrs)
+        if periodic is None:
+            periodic = wraps_round(coords["lon"], degrees, period)
+            if verbose and periodic and period is not None and not wraps_round(coords["lon"], degrees):
+                log.info(f"the grid wraps round along {layout.axes.lon!r}: its {coords['lon'].size} cells span the "
+                         f"period of {period:g} that its coordinate declares")
         config = ModelConfig(
             channels=layout.channels, window=window, variables=layout.variables, channel_of=layout.channel_of,
             axes=asdict(layout.axes), grid=dict(lat=coords["lat"].astype(float).tolist(),
                                                 lon=coords["lon"].astype(float).tolist()),
             degrees=degrees, tile=None if tile is None else list(tile),
-            periodic=wraps_round(coords["lon"], degrees, _period(obj, layout)) if periodic is None else periodic,
+            periodic=periodic,
             positions=positions, history=history, nearby=nearby,
         )
         # imported here: the baselines package imports this module
