@@ -29,6 +29,25 @@ def test_the_series_covariance_is_the_mean_product_of_observed_cells_at_each_off
         assert covariance[0, lags + dt, radius + dy, radius + dx] == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
+
+def test_a_covariance_that_wraps_round_pairs_cells_across_the_seam():
+    gen = torch.Generator().manual_seed(2)
+    values = torch.randn(2, 1, 10, 9, 9, generator=gen)
+    observed = torch.rand(2, 1, 10, 9, 9, generator=gen) > 0.3
+    lags, radius = 1, 8
+    covariance = field_covariance(values, observed, lags=lags, radius=radius, periodic=True)
+    x, seen = values.numpy()[:, 0].astype(np.float64), observed.numpy()[:, 0]
+    for dt, dy, dx in [(0, 0, 3), (1, 2, -4), (-1, -3, 7), (0, 1, -8)]:
+        a = slice(max(0, -dt), 10 - max(0, dt)), slice(max(0, -dy), 9 - max(0, dy))
+        b = tuple(slice(s.start + d, s.stop + d) for s, d in zip(a, (dt, dy)))
+        first, second = x[(slice(None), *a)], np.roll(x[(slice(None), *b)], -dx, axis=-1)  # column j with j + dx
+        both = seen[(slice(None), *a)] & np.roll(seen[(slice(None), *b)], -dx, axis=-1)
+        expected = (first * second)[both].mean()
+        assert covariance[0, lags + dt, radius + dy, radius + dx] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        # d columns one way round are 9 - d the other
+        other = dx - 9 if dx > 0 else dx + 9
+        assert covariance[0, lags + dt, radius + dy, radius + other] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
 def gaussian_covariance(lags: int, radius: int, width: float) -> torch.Tensor:
     dt, dy, dx = torch.meshgrid(*(torch.arange(-r, r + 1.0) for r in (lags, radius, radius)), indexing="ij")
     return torch.exp(-(dt**2 + dy**2 + dx**2) / width)[None]
@@ -59,14 +78,40 @@ def test_the_covariance_guess_is_the_best_linear_estimate_from_the_context_alone
         FirstGuess(covariance_steps=COVARIANCE_STEPS)
 
 
-def waves(t=40, h=24, w=24, seed=0) -> np.ndarray:
+def test_the_covariance_guess_round_a_circle_is_the_best_linear_estimate_with_offsets_the_short_way_round():
+    lags, radius, (t, h, w) = 1, 4, (3, 5, 8)
+    dt, dy, dx = torch.meshgrid(*(torch.arange(-r, r + 1.0) for r in (lags, radius, radius)), indexing="ij")
+    # a covariance of a field that wraps round the 8 columns, as large 4 columns away one way round as the other
+    covariance = (torch.exp(-(dt**2 + dy**2) / 1.5) * (1 + 0.5 * torch.cos(2 * torch.pi * dx / w)))[None]
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(1, 1, t, h, w, generator=gen)
+    mask = torch.rand(1, 1, t, h, w, generator=gen) > 0.6
+    guess = covariance_guess(values, mask, covariance, 400, periodic=True, nugget=0.01)
+    cells = [(a, i, j) for a in range(t) for i in range(h) for j in range(w)]
+    dense = np.zeros((len(cells), len(cells)))
+    for p, (a, i, j) in enumerate(cells):
+        for q, (b, k, m) in enumerate(cells):
+            across = (m - j) % w
+            across = across - w if across > w // 2 else across  # -3 to 4 of 8 columns: each offset once
+            if abs(b - a) <= lags and abs(k - i) <= radius:
+                dense[p, q] = (float(covariance[0, b - a + lags, k - i + radius, across + radius])
+                               * (1 - abs(b - a) / (lags + 1)))
+    seen, y = mask.numpy().ravel(), values.numpy().ravel()
+    nugget = 0.01 * float(covariance[0, lags, radius, radius])  # a share of the variance
+    weights = np.linalg.solve(dense[np.ix_(seen, seen)] + nugget * np.eye(seen.sum()), y[seen])
+    np.testing.assert_allclose(guess.numpy().ravel(), np.where(seen, y, dense[:, seen] @ weights), atol=1e-4)
+
+def waves(t=40, h=24, w=24, seed=0, periodic=False) -> np.ndarray:
     """``(1, 1, t, h, w)``: a few plane waves with amplitudes that drift from step to step: a stationary field whose
-    covariance reaches across the grid, which a smooth surface through a block's rim cannot continue."""
+    covariance reaches across the grid, which a smooth surface through a block's rim cannot continue; ``periodic``:
+    whole waves along the columns, so that the field wraps round them."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:h, :w]
     field = np.zeros((t, h, w))
     for k in range(4):
         ky, kx = rng.uniform(-0.9, 0.9, 2)
+        if periodic:
+            kx = 2 * np.pi * rng.choice([-3, -2, -1, 1, 2, 3]) / w
         drift = np.cumsum(rng.standard_normal(t)) * 0.2 + rng.standard_normal()
         field += np.cos(ky * y + kx * x + rng.uniform(0, 2 * np.pi))[None] * drift[:, None, None]
         field += np.sin(ky * y + kx * x)[None] * np.roll(drift, 5)[:, None, None]
@@ -97,6 +142,24 @@ def test_a_fit_on_blocks_that_never_move_fills_them_under_the_series_covariance_
     drawn_anew = Engine.fit_array(pixels, **{**fit, "mask": "pixel"})  # gaps near their cells' observations
     assert "optimal interpolation" not in drawn_anew.config.validation["first_guess_nmse"]
 
+
+
+def test_a_fit_on_a_grid_that_wraps_round_estimates_the_covariance_round_it():
+    truth = np.concatenate([waves(seed=4, periodic=True), waves(seed=5, periodic=True)])
+    values = truth.copy()
+    values[0, ..., 8:16, 18:24] = np.nan  # blocks that never move, one against the seam
+    values[0, ..., 8:16, 0:4] = np.nan
+    values[1, ..., 0:8, 6:16] = np.nan
+    engine = Engine.fit_array(values, mask="block", periodic=True, steps=2, batch_size=2, progress=False,
+                              verbose=False)
+    assert engine.config.validation["first_guess"] == "optimal interpolation", engine.config.validation
+    covariance = engine.denoiser.first_guess.covariance
+    middle = (covariance.shape[-1] - 1) // 2
+    for columns in (3, 9, 14):  # one way round, and the other
+        torch.testing.assert_close(covariance[..., middle + columns], covariance[..., middle + columns - 24])
+    filled, _ = engine.fill(values, ImputeConfig(K=2, seed=1, batch_size=4, progress=False))
+    gaps = np.isnan(values)
+    assert float(((filled - truth)[gaps] ** 2).mean() / truth[gaps].var()) < 0.3
 
 def test_a_covariance_model_imputes_lazily_and_on_a_cluster_as_in_memory(tmp_path, cluster):
     truth = waves(t=30, seed=3)[0, 0]

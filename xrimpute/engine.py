@@ -519,7 +519,8 @@ class Engine:
             # series' own space-time covariance, which carries the field round them into them (in memory)
             offers_covariance = (init is None and not gaps_near and stay_put and not config.history
                                  and isinstance(windows, ArrayWindows) and windows.validation is not None)
-            covariance = field_covariance(*windows.training_series()) if offers_covariance else None
+            covariance = (field_covariance(*windows.training_series(), periodic=config.periodic) if offers_covariance
+                          else None)
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes,
                                           covariance)
             if (gaps_near and guess is not None and config.cycle and phase is not None

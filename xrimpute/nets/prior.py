@@ -592,17 +592,20 @@ def spatial_modes(values: torch.Tensor, observed: torch.Tensor, count: int = MOD
 
 
 def field_covariance(values: torch.Tensor, observed: torch.Tensor, lags: int = COVARIANCE_LAGS,
-                     radius: int = COVARIANCE_RADIUS) -> torch.Tensor:
+                     radius: int = COVARIANCE_RADIUS, periodic: bool = False) -> torch.Tensor:
     """``(C, 2 lags + 1, 2 Ry + 1, 2 Rx + 1)``: the mean product of the values of every two observed cells at each
     offset in steps and cells (``Ry``, ``Rx``: ``radius``, at most the grid's size less one), from ``values``
     ``(N, C, T, H, W)`` (normalised, any value where not ``observed``): the series' own space-time covariance, as a
     stationary field has it, which :func:`covariance_guess` interpolates with. Offsets that no two observed cells
-    share get 0. Sums the products run of steps by run of steps, a spectrum per frame (a run of a 721 x 1440 grid
-    holds about 360 MB of spectra per variable); on a series of more than :data:`MOST_COVARIANCE_CELLS` frames times
-    cells, over runs spread through it."""
+    share get 0. ``periodic``: the columns wrap round, and so do the pairs (an offset of ``d`` columns is one of
+    ``d - W``), as :func:`covariance_guess` wrapping round reads them: estimated without the pairs across the
+    seam, the offsets past half the circle were cut there, and on the generated cubes' static blocks the guess
+    filled 5-20 % worse wrapping than not (``benchmarks/RESULTS.md``). Sums the products run of steps by run of
+    steps, a spectrum per frame (a run of a 721 x 1440 grid holds about 360 MB of spectra per variable); on a series
+    of more than :data:`MOST_COVARIANCE_CELLS` frames times cells, over runs spread through it."""
     n, c, t, h, w = values.shape
     lags, ry, rx = min(lags, t - 1), min(radius, h - 1), min(radius, w - 1)
-    size = (h + ry, w + rx)  # zeros beyond the edges: no product wraps round
+    size = (h + ry, w if periodic else w + rx)  # zeros beyond the edges (no product wraps round) but round the circle
     run = min(t, max(4 * (lags + 1), 16))
     starts = [(i, s) for i in range(n) for s in range(0, t - lags, run)]
     keep = max(1, math.ceil(len(starts) * run * h * w / MOST_COVARIANCE_CELLS))
@@ -631,24 +634,26 @@ def covariance_guess(values: torch.Tensor, mask: torch.Tensor, covariance: torch
     (:func:`field_covariance`, per channel): simple kriging in space and time with the series' own covariance
     (optimal interpolation), ``steps`` conjugate-gradient steps on the context cells' system, each one FFT
     convolution each way. Offsets beyond the window's size are dropped and those along time tapered to 0 past the
-    covariance's lags; the convolution's spectrum is kept non-negative, so the system stays positive definite. Where
+    covariance's lags; ``periodic``: the columns wrap round, each offset round the circle taken once (estimate the
+    covariance wrapping too). The convolution's spectrum is kept non-negative, so the system stays positive definite. Where
     the gaps stay put and never see their own cells observed (static blocks), the field's covariance carries what
     the context says into them far better than the smoothest surface does (``benchmarks/RESULTS.md``). The mask's
     cells keep their values; a window without context gets 0 (the mean)."""
     b, c, t, h, w = values.shape
     lags = (covariance.shape[1] - 1) // 2
-    ry, rx = min((covariance.shape[2] - 1) // 2, h - 1), min((covariance.shape[3] - 1) // 2, w - 1)
-    if periodic:
-        rx = min(rx, (w - 1) // 2)
+    middle_y, middle_x = (covariance.shape[2] - 1) // 2, (covariance.shape[3] - 1) // 2
+    ry, rx = min(middle_y, h - 1), min(middle_x, w - 1)
     reach = min(lags, t - 1)
+    # offsets from -before to after: round a circle of w columns, each once (-31 to 32 of 64)
+    before = (reach, ry, min(rx, (w - 1) // 2) if periodic else rx)
+    after = (reach, ry, min(rx, w // 2) if periodic else rx)
     size = (_fast_size(t + reach), _fast_size(h + ry), w if periodic else _fast_size(w + rx))
     with torch.autocast(values.device.type, enabled=False):
         taper = 1 - torch.arange(-reach, reach + 1, device=values.device).abs() / (lags + 1)
-        table = covariance[:, lags - reach : lags + reach + 1, :, :]
-        middle_y, middle_x = (covariance.shape[2] - 1) // 2, (covariance.shape[3] - 1) // 2
-        table = table[:, :, middle_y - ry : middle_y + ry + 1, middle_x - rx : middle_x + rx + 1] * taper[:, None, None]
+        table = covariance[:, lags - reach : lags + reach + 1, middle_y - ry : middle_y + ry + 1,
+                           middle_x - before[2] : middle_x + after[2] + 1] * taper[:, None, None]
         kernel = torch.zeros(c, *size, device=values.device)
-        index = [torch.arange(-r, r + 1, device=values.device) % n for r, n in zip((reach, ry, rx), size)]
+        index = [torch.arange(-b, a + 1, device=values.device) % n for b, a, n in zip(before, after, size)]
         kernel[:, index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]] = table
         spectrum = torch.fft.rfftn(kernel, dim=(1, 2, 3)).real.clamp(min=0)
 
