@@ -178,3 +178,21 @@ def test_a_covariance_model_imputes_lazily_and_on_a_cluster_as_in_memory(tmp_pat
     gaps = np.isnan(values)
     filled = reference["sst"].values
     assert float(((filled - truth)[gaps] ** 2).mean() / truth[gaps].var()) < 0.3
+
+
+def test_a_fit_from_an_archive_reads_the_series_covariance_from_it(tmp_path):
+    truth = waves(t=30, seed=6)[0, 0]
+    values = truth.copy()
+    values[:26, 8:16, 8:16] = np.nan  # outages that last most of the series: far from their cells' observations
+    values[4:, 0:8, 16:24] = np.nan
+    times = np.datetime64("2020-01-01") + np.arange(30) * np.timedelta64(1, "D")
+    coords = {"time": times, "latitude": ("latitude", np.linspace(-30, 30, 24), {"units": "degrees_north"}),
+              "longitude": ("longitude", np.linspace(0, 60, 24), {"units": "degrees_east"})}
+    xr.Dataset({"sst": (("time", "latitude", "longitude"), values)}, coords=coords).chunk(time=5).to_zarr(
+        tmp_path / "source.zarr", consolidated=False)
+    archive = xr.open_zarr(tmp_path / "source.zarr", consolidated=False)
+    model = xrimpute.fit(archive, mask="block", steps=3, batch_size=2, progress=False, verbose=False, seed=0)
+    assert model.validation["first_guess"] == "optimal interpolation", model.validation["first_guess_nmse"]
+    filled = model.impute(archive, progress=False)["sst"].values
+    gaps = np.isnan(values)
+    assert float(((filled - truth)[gaps] ** 2).mean() / truth[gaps].var()) < 0.3

@@ -516,9 +516,12 @@ class Engine:
                             and tile is None)
             modes = spatial_modes(windows.values, windows.observed) if offers_modes else None
             # and where the gaps stay put, far in time from their cells' observations (blocks that never move), the
-            # series' own space-time covariance, which carries the field round them into them (in memory)
+            # series' own space-time covariance, which carries the field round them into them (in memory, or read
+            # from an archive once, a share of it on a long one)
             offers_covariance = (init is None and not gaps_near and stay_put and not config.history
-                                 and isinstance(windows, ArrayWindows) and windows.validation is not None)
+                                 and windows.validation is not None)
+            if offers_covariance and verbose and is_dask_collection(values):
+                log.info("estimating the series' space-time covariance: one pass over a share of the archive")
             covariance = (field_covariance(*windows.training_series(), periodic=config.periodic) if offers_covariance
                           else None)
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes,

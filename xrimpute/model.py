@@ -226,8 +226,8 @@ class CtxDiffModel:
             from a classical first guess made from its context and learns the correction
             to it; a fit of a cube in memory on its whole grid may let that guess lean on
             the series' leading spatial modes, where they fill the held-back cells better
-            (:func:`xrimpute.nets.prior.spatial_modes`), or, where blocks never move, be the best
-            linear estimate under the series' own space-time covariance
+            (:func:`xrimpute.nets.prior.spatial_modes`); any fit where blocks never move may
+            make it the best linear estimate under the series' own space-time covariance
             (:func:`xrimpute.nets.prior.covariance_guess`), and where its dates go through a day
             or a year (:func:`xrimpute.cube.cycle_phase`) the model may fill the departures
             from each cell's cycle (its own, or pooled over its neighbours where each cell is

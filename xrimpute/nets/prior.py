@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -602,7 +603,8 @@ def field_covariance(values: torch.Tensor, observed: torch.Tensor, lags: int = C
     seam, the offsets past half the circle were cut there, and on the generated cubes' static blocks the guess
     filled 5-20 % worse wrapping than not (``benchmarks/RESULTS.md``). Sums the products run of steps by run of
     steps, a spectrum per frame (a run of a 721 x 1440 grid holds about 360 MB of spectra per variable); on a series
-    of more than :data:`MOST_COVARIANCE_CELLS` frames times cells, over runs spread through it."""
+    of more than :data:`MOST_COVARIANCE_CELLS` frames times cells, over runs spread through it; ``values`` and
+    ``observed`` may be tensors, or dask arrays of an archive (each run read once)."""
     n, c, t, h, w = values.shape
     lags, ry, rx = min(lags, t - 1), min(radius, h - 1), min(radius, w - 1)
     size = (h + ry, w if periodic else w + rx)  # zeros beyond the edges (no product wraps round) but round the circle
@@ -612,8 +614,8 @@ def field_covariance(values: torch.Tensor, observed: torch.Tensor, lags: int = C
     sums = torch.zeros(2, c, lags + 1, *size, dtype=torch.float64)
     for i, s in starts[::keep]:
         stop = min(t, s + run + lags)
-        seen = observed[i, :, s:stop].to(torch.float64)
-        both = torch.stack([torch.where(observed[i, :, s:stop], values[i, :, s:stop].to(torch.float64), 0.0), seen])
+        seen = observed[i, :, s:stop]  # np.where and np.stack keep an archive's dask arrays lazy: one read a run
+        both = torch.from_numpy(np.asarray(np.stack([np.where(seen, values[i, :, s:stop], 0.0), seen]), np.float64))
         spectra = torch.fft.rfft2(both, s=size)  # (2, C, steps, ., .)
         for lag in range(lags + 1):
             first = min(run, stop - s - lag)  # every pair of steps that far apart, each run's once
