@@ -196,3 +196,22 @@ def test_a_fit_from_an_archive_reads_the_series_covariance_from_it(tmp_path):
     filled = model.impute(archive, progress=False)["sst"].values
     gaps = np.isnan(values)
     assert float(((filled - truth)[gaps] ** 2).mean() / truth[gaps].var()) < 0.3
+
+
+def test_a_fit_from_an_archive_of_blocks_that_never_move_holds_its_cells_back_as_still_and_takes_the_covariance(
+        tmp_path):
+    truth = np.concatenate([waves(seed=0), waves(seed=1)])[:, 0]
+    values = truth.copy()
+    values[0, :, 8:16, 8:16] = np.nan  # blocks that never move: their cells are observed in the other sample
+    values[0, :, 0:8, 16:24] = np.nan
+    values[1, :, 16:24, 0:16] = np.nan
+    dims = ("sample", "time", "y", "x")
+    xr.Dataset({"w": (dims, values)}, coords={"y": np.arange(24.0), "x": np.arange(24.0)}).chunk(
+        time=10).to_zarr(tmp_path / "source.zarr", consolidated=False)
+    archive = xr.open_zarr(tmp_path / "source.zarr", consolidated=False)
+    model = xrimpute.fit(archive, mask="block", steps=2, batch_size=2, progress=False, verbose=False, seed=0)
+    errors = model.validation["first_guess_nmse"]
+    assert model.validation["first_guess"] == "optimal interpolation", errors
+    # held back at every step around their windows, the blocks lean on no observation of their own cells
+    assert errors["optimal interpolation"] < 0.5 * min(e for label, e in errors.items()
+                                                       if label != "optimal interpolation"), errors

@@ -2,10 +2,12 @@
 import numpy as np
 import torch
 
+import dask.array as da
 from synthetic import blobs
 from xrimpute.engine import Engine, HeldBack, ImputedHeldBack
-from xrimpute.masks import Pixel
+from xrimpute.masks import Block, Pixel
 from xrimpute.samplers import training_windows
+from xrimpute.windows import NEARBY_DEPTH
 
 WINDOW, STEPS = 4, 30
 
@@ -55,3 +57,26 @@ def test_tiles_history_and_nearby_steps_reach_the_network_as_imputation_cuts_the
     v = engine.config.validation
     assert engine.denoiser.uses_history and engine.denoiser.nearby_span and engine.config.tile == [8, 8]
     assert 0 < v["context_nmse"]["sampled"] < 10 and 0 < v["context_nmse"]["observed"] < 10
+
+
+def test_an_archive_whose_gaps_stay_put_holds_its_cells_back_at_every_step_around_its_windows():
+    values = blobs(n=2, t=STEPS, size=12, seed=3).values[:, None].astype(np.float32)
+    archive = da.from_array(values, chunks=(1, 1, 10, 12, 12))  # every cell observed: held back is all there is
+    for still in (False, True):
+        windows = training_windows(archive, Block(0.7, grid=(3, 3)), np.zeros(1), np.ones(1), window=WINDOW,
+                                   val_fraction=0.2, seed=0, nearby_span=3, still=still)
+        xs, ms, hs, inputs = windows.validation
+        held_somewhere = hs.any(2, keepdim=True)
+        assert hs.any()
+        # drawn anew every step, or held back at every step of the window
+        assert torch.equal(hs, held_somewhere.expand_as(hs)) == still
+        series = windows.validation_context(WINDOW - 1 + 3)
+        for (part, _, places), hidden in zip(series, held_somewhere.numpy()):
+            for b, (sample, _, steps, *box) in places:
+                cut = part[sample][(slice(None), slice(None), *box)]
+                assert np.isnan(cut[np.broadcast_to(hidden, cut.shape)]).all() == still  # and at the steps around
+        # nearby observations never find a held-back cell: blocks of values and of steps away, before and after
+        steps_away = inputs["nearby"].unflatten(1, (4, NEARBY_DEPTH))[:, 1::2]  # (B, 2, depth, h, w); 0: none
+        found = (steps_away > 0).any(1).any(1)[:, None, None]
+        assert (found & held_somewhere).any() != still
+        windows.close()

@@ -498,7 +498,8 @@ class Engine:
         build = functools.partial(training_windows, spec=spec, mean=mean, std=std, window=config.window, tile=tile,
                                   static=static, val_fraction=val_fraction, seed=seed,
                                   pin_memory=device.type == "cuda", valid=stats.valid, history=bool(config.history),
-                                  nearby_span=offered, flow=flow_offered, progress=progress)
+                                  nearby_span=offered, flow=flow_offered, progress=progress,
+                                  still=stay_put and not gaps_near)
         cycle = None
         windows = plain = build(values)  # the classical fillers of the self-assessment are scored on the values
         if init is not None and init.cycle is not None:  # its network learned the departures from its cycle

@@ -327,6 +327,7 @@ class ChunkedWindows:
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
     validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
     reserved_stretches = ()  # each validation window's Stretch, as read for it and its imputation; by training_windows
+    validation_hidden = None  # per validation window, (C, 1, h, w) cells hidden at every step around it, or None
 
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -516,6 +517,8 @@ class ChunkedWindows:
                 seen &= ~self.withheld[r : r + bh, c : c + bw]
             series = np.where(seen, (raw - self.mean) / self.std, np.nan).astype(np.float32)
             series[:, s - a : s - a + self.window] = np.where(ms[b].numpy(), xs[b].numpy(), np.float32(np.nan))
+            if self.validation_hidden is not None:
+                series[np.broadcast_to(self.validation_hidden[b], series.shape)] = np.nan
             out.append((series[None], a, [(b, (0, slice(None), slice(s - a, s - a + self.window)))]))
         return out
 
@@ -603,7 +606,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
                      valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0,
                      flow: bool = False, progress: bool = False, training_totals: np.ndarray | None = None,
-                     overwrite: bool = False, reserved_stretches: list[Stretch] | None = None):
+                     overwrite: bool = False, reserved_stretches: list[Stretch] | None = None, still: bool = False):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -629,7 +632,11 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     the departures from a cycle, that the caller no longer needs): one cube less.
     ``reserved_stretches``: in an archive, the windows kept for validation with the steps around them
     (:class:`Stretch`, those of another sampler of the same archive made anew, e.g. the departures from a cycle of
-    its ``reserved_stretches``), in place of reading them again.
+    its ``reserved_stretches``), in place of reading them again. ``still``: in an archive, the gaps stay put (blocks
+    that never move), so a cell held back at any step of a validation window is held back at every step of it and
+    hidden at the steps around it, as a fit in memory holds them where it offers the guess along the flow
+    (:func:`_validation_windows`): held-back cells drawn anew every step sit between steps that observe them, which
+    the guesses leaning on nearby steps fill far better than the gaps (``benchmarks/RESULTS.md``).
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -695,6 +702,16 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         if totals is not None:
             inputs["history"] = torch.as_tensor(np.stack([totals[i, :, r : r + th, c : c + tw]
                                                           for i, _, r, c in reserved]), dtype=torch.float32)
-        windows.validation = (xs, ms & keep, ms & ~keep, inputs)
+        held = ms & ~keep
+        if still:
+            union = held.any(2, keepdim=True)
+            held, keep = ms & union, ~union
+            windows.validation_hidden = union.numpy()
+            if "nearby" in inputs:  # each cell's nearby observations, the held-back cells hidden at every step
+                hidden = [Stretch(st.sample, st.start, st.row, st.col,
+                                  np.where(np.broadcast_to(cut, st.values.shape), np.float32(np.nan), st.values))
+                          for st, cut in zip(windows.reserved_stretches, windows.validation_hidden)]
+                inputs["nearby"] = windows.read(reserved, hidden)[2]["nearby"]
+        windows.validation = (xs, ms & keep, held, inputs)
         windows.validation_jobs = reserved
     return windows
