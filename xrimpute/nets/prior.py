@@ -607,7 +607,7 @@ def field_covariance(values: torch.Tensor, observed: torch.Tensor, lags: int = C
     ``observed`` may be tensors, or dask arrays of an archive (each run read once)."""
     n, c, t, h, w = values.shape
     lags, ry, rx = min(lags, t - 1), min(radius, h - 1), min(radius, w - 1)
-    size = (h + ry, w if periodic else w + rx)  # zeros beyond the edges (no product wraps round) but round the circle
+    size = (h + ry, w if periodic else w + rx)  # zeros beyond the edges: no product wraps round, but periodic columns
     run = min(t, max(4 * (lags + 1), 16))
     starts = [(i, s) for i in range(n) for s in range(0, t - lags, run)]
     keep = max(1, math.ceil(len(starts) * run * h * w / MOST_COVARIANCE_CELLS))
@@ -637,10 +637,10 @@ def covariance_guess(values: torch.Tensor, mask: torch.Tensor, covariance: torch
     (optimal interpolation), ``steps`` conjugate-gradient steps on the context cells' system, each one FFT
     convolution each way. Offsets beyond the window's size are dropped and those along time tapered to 0 past the
     covariance's lags; ``periodic``: the columns wrap round, each offset round the circle taken once (estimate the
-    covariance wrapping too). The convolution's spectrum is kept non-negative, so the system stays positive definite. Where
-    the gaps stay put and never see their own cells observed (static blocks), the field's covariance carries what
-    the context says into them far better than the smoothest surface does (``benchmarks/RESULTS.md``). The mask's
-    cells keep their values; a window without context gets 0 (the mean)."""
+    covariance wrapping too). The convolution's spectrum is kept non-negative, so the system stays positive
+    definite. Where the gaps stay put and never see their own cells observed (static blocks), the field's
+    covariance carries what the context says into them far better than the smoothest surface does
+    (``benchmarks/RESULTS.md``). The mask's cells keep their values; a window without context gets 0 (the mean)."""
     b, c, t, h, w = values.shape
     lags = (covariance.shape[1] - 1) // 2
     middle_y, middle_x = (covariance.shape[2] - 1) // 2, (covariance.shape[3] - 1) // 2
