@@ -59,11 +59,11 @@ def test_tiles_history_and_nearby_steps_reach_the_network_as_imputation_cuts_the
     assert 0 < v["context_nmse"]["sampled"] < 10 and 0 < v["context_nmse"]["observed"] < 10
 
 
-def test_an_archive_whose_gaps_stay_put_holds_its_cells_back_at_every_step_around_its_windows():
+def test_a_series_whose_gaps_stay_put_holds_its_cells_back_at_every_step_around_its_windows():
     values = blobs(n=2, t=STEPS, size=12, seed=3).values[:, None].astype(np.float32)
     archive = da.from_array(values, chunks=(1, 1, 10, 12, 12))  # every cell observed: held back is all there is
-    for still in (False, True):
-        windows = training_windows(archive, Block(0.7, grid=(3, 3)), np.zeros(1), np.ones(1), window=WINDOW,
+    for source, still in [(s, still) for s in (archive, values) for still in (False, True)]:
+        windows = training_windows(source, Block(0.7, grid=(3, 3)), np.zeros(1), np.ones(1), window=WINDOW,
                                    val_fraction=0.2, seed=0, nearby_span=3, still=still)
         xs, ms, hs, inputs = windows.validation
         held_somewhere = hs.any(2, keepdim=True)

@@ -557,9 +557,9 @@ def context_spans(jobs, window: int, length: int, pad: int, apart: bool) -> list
     return spans
 
 
-def _validation_windows(windows: ArrayWindows, heldout, seed, max_windows: int = 16):
+def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = False, max_windows: int = 16):
     """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
-    inputs)`` and the ``(sample, start, row, col)`` of each."""
+    inputs)`` and the ``(sample, start, row, col)`` of each; ``still``: as for :func:`training_windows`."""
     n, c, t, h, w = windows.values.shape
     (th, tw) = windows.tile or (h, w)
     window = windows.window
@@ -570,7 +570,7 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, max_windows: int =
     placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))) for i, s in jobs]
     xs, ms, inputs = windows.read(placed)
     hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window, r : r + th, q : q + tw] for i, s, r, q in placed]))
-    if windows.nearby_span and windows.flow:
+    if still:
         # held-back cells are drawn anew every step, so a step away their own cells were observed; gaps that stay
         # put have none: a cell held back anywhere in the window is held back at every step, and hidden throughout
         # the steps around it
@@ -578,12 +578,13 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, max_windows: int =
         ms, hs = ms & ~union, (ms | hs) & union
         span = windows.nearby_span
         windows.validation_hidden, windows.validation_hidden_span = union.numpy(), span
-        stretches = context_spans(placed, window, t, span, apart=False)
-        inputs["nearby"] = torch.as_tensor(np.stack([
-            nearby_observations(windows.values[i, :, a:z, r : r + th, q : q + tw].numpy(),
-                                windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~hidden.numpy(),
-                                s - a, window, span, flow=True)
-            for (i, s, r, q), hidden, (a, z) in zip(placed, union, stretches)]))
+        if span:
+            stretches = context_spans(placed, window, t, span, apart=False)
+            inputs["nearby"] = torch.as_tensor(np.stack([
+                nearby_observations(windows.values[i, :, a:z, r : r + th, q : q + tw].numpy(),
+                                    windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~hidden.numpy(),
+                                    s - a, window, span, flow=windows.flow)
+                for (i, s, r, q), hidden, (a, z) in zip(placed, union, stretches)]))
     return (xs, ms, hs, inputs), placed
 
 
@@ -621,9 +622,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     observations outside it (in an archive, one pass over it first); the
     held-back cells, and in an archive the reserved windows, are not among them;
     likewise with ``nearby_span`` for each cell's nearest observations within
-    that many steps either side of the window (``flow``: along the flow; then
-    an array's validation inputs find them with every cell held back anywhere
-    in the window hidden at every step, :func:`_validation_windows`). ``progress``:
+    that many steps either side of the window (``flow``: along the flow). ``progress``:
     a bar over an archive's pass for the history. ``training_totals``: the
     history's totals over the training observations when known already (for
     departures from a cycle, :func:`xrimpute.cycle.departures_totals` of
@@ -632,11 +631,11 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     the departures from a cycle, that the caller no longer needs): one cube less.
     ``reserved_stretches``: in an archive, the windows kept for validation with the steps around them
     (:class:`Stretch`, those of another sampler of the same archive made anew, e.g. the departures from a cycle of
-    its ``reserved_stretches``), in place of reading them again. ``still``: in an archive, the gaps stay put (blocks
-    that never move), so a cell held back at any step of a validation window is held back at every step of it and
-    hidden at the steps around it, as a fit in memory holds them where it offers the guess along the flow
-    (:func:`_validation_windows`): held-back cells drawn anew every step sit between steps that observe them, which
-    the guesses leaning on nearby steps fill far better than the gaps (``benchmarks/RESULTS.md``).
+    its ``reserved_stretches``), in place of reading them again. ``still``: the gaps stay put (blocks that never
+    move), so a cell held back at any step of a validation window is held back at every step of it and hidden at
+    the steps around it (for its imputation, the classical fillers and its nearby observations): held-back cells
+    drawn anew every step sit between steps that observe them, which the guesses leaning on nearby steps fill far
+    better than the gaps (``benchmarks/RESULTS.md``).
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -662,7 +661,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals,
                                nearby_span=nearby_span, flow=flow, hide=spec)
         if heldout.any():
-            windows.validation, windows.validation_jobs = _validation_windows(windows, heldout, seed)
+            windows.validation, windows.validation_jobs = _validation_windows(windows, heldout, seed, still)
         return windows
     n, _, t, h, w = values.shape
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
