@@ -451,7 +451,8 @@ class Engine:
         masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
         device = resolve_device(device)
         train_config = with_budget(train_config, device)
-        gaps_near = offers_nearby(stats.observed) if init is None else None  # for the network and its first guess
+        near = offers_nearby(stats.observed)  # the held-back cells stay put where the gaps do (an init's too)
+        gaps_near = near if init is None else None  # for the network and its first guess
         stay_put = offers_flow(stats.observed)  # likewise: the observations (and so the gaps) stay put
         if preset == "auto":
             preset = choose_preset(device, gaps_near, init, stay_put=stay_put)
@@ -499,7 +500,7 @@ class Engine:
                                   static=static, val_fraction=val_fraction, seed=seed,
                                   pin_memory=device.type == "cuda", valid=stats.valid, history=bool(config.history),
                                   nearby_span=offered, flow=flow_offered, progress=progress,
-                                  still=stay_put and not gaps_near)
+                                  still=stay_put and not near)
         cycle = None
         windows = plain = build(values)  # the classical fillers of the self-assessment are scored on the values
         if init is not None and init.cycle is not None:  # its network learned the departures from its cycle
