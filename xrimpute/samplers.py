@@ -557,6 +557,15 @@ def context_spans(jobs, window: int, length: int, pad: int, apart: bool) -> list
     return spans
 
 
+def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validation windows' ``(training sees, held back, held anywhere)`` where the gaps stay put: held-back cells are
+    drawn anew every step, so a step away their own cells were observed, which a gap that stays put never has; a
+    cell held back at any step of a window (``held``, ``(B, C, T, h, w)``) is held back at every step it is
+    ``observed``, and ``(B, C, 1, h, w)`` says which, for hiding them at the steps around."""
+    union = held.any(2, keepdim=True)
+    return observed & ~union, observed & union, union
+
+
 def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = False, max_windows: int = 16):
     """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
     inputs)`` and the ``(sample, start, row, col)`` of each; ``still``: as for :func:`training_windows`."""
@@ -571,11 +580,7 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = Fals
     xs, ms, inputs = windows.read(placed)
     hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window, r : r + th, q : q + tw] for i, s, r, q in placed]))
     if still:
-        # held-back cells are drawn anew every step, so a step away their own cells were observed; gaps that stay
-        # put have none: a cell held back anywhere in the window is held back at every step, and hidden throughout
-        # the steps around it
-        union = hs.any(2, keepdim=True)
-        ms, hs = ms & ~union, (ms | hs) & union
+        ms, hs, union = _held_still(ms | hs, hs)
         span = windows.nearby_span
         windows.validation_hidden, windows.validation_hidden_span = union.numpy(), span
         if span:
@@ -701,16 +706,15 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         if totals is not None:
             inputs["history"] = torch.as_tensor(np.stack([totals[i, :, r : r + th, c : c + tw]
                                                           for i, _, r, c in reserved]), dtype=torch.float32)
-        held = ms & ~keep
+        seen, held = ms & keep, ms & ~keep
         if still:
-            union = held.any(2, keepdim=True)
-            held, keep = ms & union, ~union
+            seen, held, union = _held_still(ms, held)
             windows.validation_hidden = union.numpy()
             if "nearby" in inputs:  # each cell's nearby observations, the held-back cells hidden at every step
                 hidden = [Stretch(st.sample, st.start, st.row, st.col,
                                   np.where(np.broadcast_to(cut, st.values.shape), np.float32(np.nan), st.values))
                           for st, cut in zip(windows.reserved_stretches, windows.validation_hidden)]
                 inputs["nearby"] = windows.read(reserved, hidden)[2]["nearby"]
-        windows.validation = (xs, ms & keep, held, inputs)
+        windows.validation = (xs, seen, held, inputs)
         windows.validation_jobs = reserved
     return windows
