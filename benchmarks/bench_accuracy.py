@@ -133,8 +133,8 @@ def run_case(job) -> dict:
     methods = dict.fromkeys(CLASSICAL + (("dineof",) if args["dineof"] else ())
                             + (STATION_PEERS if kind == "station" else ()))
     for method in methods:
-        if method == "dineof" and FILLERS[method].seconds(values.shape) > args["dineof_seconds"]:
-            row["classical"][method] = dict(skipped=f"about {FILLERS[method].seconds(values.shape):.0f} s, over "
+        if method == "dineof" and FILLERS[method].seconds(values) > args["dineof_seconds"]:
+            row["classical"][method] = dict(skipped=f"about {FILLERS[method].seconds(values):.0f} s, over "
                                                     f"--dineof-seconds {args['dineof_seconds']:.0f}")
             continue
         start = time.perf_counter()

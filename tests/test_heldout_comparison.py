@@ -95,8 +95,8 @@ def test_the_fillers_never_see_the_held_back_cells_and_are_scored_on_exactly_the
         reference = float((xs.double() ** 2 * hs).sum())
         ones = float(((1 - xs.double()) ** 2 * hs).sum()) / reference  # every hidden cell filled with 1
         fillers = {  # leaving the gaps empty scores as the mean fill: 1 exactly, unless a held-back cell is seen
-            f"empty, reach {reach}": Filler(lambda v: v, reach, lambda shape: 0.0) for reach in (None, 0, 4)}
-        fillers["ones"] = Filler(lambda v: np.where(np.isnan(v), 1.0, v), None, lambda shape: 0.0)
+            f"empty, reach {reach}": Filler(lambda v: v, reach, lambda series: 0.0) for reach in (None, 0, 4)}
+        fillers["ones"] = Filler(lambda v: np.where(np.isnan(v), 1.0, v), None, lambda series: 0.0)
         result = score(windows, budget=60.0, fillers=fillers)
     finally:
         windows.close()
@@ -111,8 +111,8 @@ def test_a_filler_over_the_time_budget_or_without_its_optional_dependency_is_ski
         raise ImportError('the "telea" and "ns_inpaint" baselines need OpenCV: pip install "xrimpute[classical]"')
 
     windows = _windows(False)
-    fillers = {"slow": Filler(lambda v: v, None, lambda shape: 1e6), "opencv": Filler(needs_opencv, 0, lambda s: 0.0),
-               "quick": Filler(lambda v: np.nan_to_num(v), 0, lambda shape: 0.0)}
+    fillers = {"slow": Filler(lambda v: v, None, lambda series: 1e6), "opencv": Filler(needs_opencv, 0, lambda s: 0.0),
+               "quick": Filler(lambda v: np.nan_to_num(v), 0, lambda series: 0.0)}
     result = score(windows, budget=5.0, fillers=fillers)
     assert set(result["classical"]) == {"quick"} and result["best_classical"] == "quick"
     assert "more than the" in result["classical_skipped"]["slow"] and "of 5 s" in result["classical_skipped"]["slow"]

@@ -8,11 +8,13 @@ baselines call the Engine directly.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import logging
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -197,6 +199,9 @@ def choose_preset(device: torch.device, gaps_near: bool, init: Engine | None = N
 PERSISTENCE = 0.5
 """Share of the cells observed at a step that must be observed at the next for a fit to consider the nearby steps
 along the flow (:func:`offers_flow`)."""
+
+LEAST_TRAINING_SHARE = 0.25
+"""Share of a time budget that training keeps however long the rest of the fit takes (:func:`_training_budget`)."""
 
 
 def offers_flow(observed: np.ndarray) -> bool:
@@ -413,7 +418,8 @@ class Engine:
     def fit(cls, values, config: ModelConfig, mask="auto", *, train_config: TrainConfig = TrainConfig(),
             preset: str = "auto", val_fraction: float = 0.05, device="auto", checkpoint=None, progress: bool = True,
             verbose: bool = True, init: Engine | None = None, stats: Statistics | None = None,
-            permanent_mask: np.ndarray | None = None, compare=None, phase: np.ndarray | None = None) -> Engine:
+            permanent_mask: np.ndarray | None = None, compare=None, phase: np.ndarray | None = None,
+            started: float | None = None) -> Engine:
         """Train on ``values`` ``(N, C, T, H, W)``, a numpy or dask array (read piece by piece), NaN = unobserved.
 
         ``config`` describes the data (channels, grid, window, tile, periodic);
@@ -425,17 +431,24 @@ class Engine:
         ``permanent_mask`` (boolean ``(H, W)`` or ``(C, H, W)``, True = e.g. land):
         cells whose gaps stay NaN, besides the never-observed regions beyond
         the observing system's reach (:func:`xrimpute.masks.unreachable`).
-        ``compare(windows, history)``, when given, runs after training on the
-        sampler (its ``validation_context`` is the series around the held-back
-        cells, e.g. to score other fillers on them, as
-        :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns joins
-        the validation. ``phase`` ``(T,)``: where each step lies in
+        ``compare(windows, history, left)``, when given, runs last, after
+        training, on the sampler (its ``validation_context`` is the series
+        around the held-back cells, e.g. to score other fillers on them, as
+        :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns
+        joins the validation; ``left``: the seconds left of a time budget (None
+        without one), and ``compare.seconds``, where it has one, what a time
+        budget keeps for it. ``started``: the
+        ``time.perf_counter()`` when the fit began (default: now): a
+        ``train_config.max_time`` is the whole fit's budget from then, and
+        training gets what the rest of the fit leaves of it
+        (:func:`_training_budget`). ``phase`` ``(T,)``: where each step lies in
         ``config.cycle`` (fractions of it, :func:`xrimpute.cube.cycle_phase`):
         a fit whose gaps lie near observations of their own cells (with or
         without history) also tries the first guess on the departures from each
         cell's cycle (in memory or from an archive, whole grid or tiles), and keeps
         the cycle where it fills the held-back cells better (:mod:`xrimpute.cycle`).
         """
+        started = time.perf_counter() if started is None else started
         check_fit_options(config.window, config.tile, val_fraction, device, config.history, config.nearby, preset)
         seed = train_config.seed
         stats = stats or statistics(values, seed=seed)
@@ -584,17 +597,23 @@ class Engine:
             validate = None if windows.validation is None else HeldBack(
                 *windows.validation, spec, device, seed, reference=None if cycle is None else
                 _channel_reference(plain.validation))
+            imputed = None if validate is None else ImputedHeldBack(validate, windows, denoiser.nearby_span,
+                                                                    denoiser.flows, progress)
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
-                ema, history = train(denoiser, windows, spec, train_config, device=device, validate=validate,
+                training = _training_budget(train_config, started, imputed, denoiser, compare, verbose)
+                ema, history = train(denoiser, windows, spec, training, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
-            compared = compare(plain, history) if compare is not None and history.val else {}  # on the values
             scores, estimates, weights, weighted, context = {}, {}, None, None, None
-            if validate is not None and history.val:
-                imputed = ImputedHeldBack(validate, windows, ema.nearby_span, ema.flows, progress)
+            if imputed is not None and history.val:
                 scores, estimates = _context_scores(ema, imputed)
                 # a tie keeps the sampled contexts, the paper's estimate
                 context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled"))
                 weights, weighted = imputed.correction_weights(ema, context, estimates[context])
+            compared = {}
+            if compare is not None and history.val:  # on the values, within what a time budget leaves
+                left = (None if train_config.max_time is None else
+                        train_config.max_time - (time.perf_counter() - started))
+                compared = compare(plain, history, left)
         finally:
             windows.close()
             if plain is not windows:
@@ -1069,6 +1088,33 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     return None, plain, modes, guess, both
 
 
+def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeldBack | None, net, compare,
+                     verbose: bool) -> TrainConfig:
+    """``config`` with its ``max_time``, the whole fit's budget from ``started``, cut to the seconds left for
+    training: less those spent since (the statistics, the windows, the first guess's choice), the scoring of the
+    held-back cells after training (``held_back``'s estimate, one stretch timed with ``net``) and the classical
+    fillers' comparison (``compare.seconds``; it gets what is left beyond). On the shallow-water blocks these took a 300 s fit to 380 s
+    (``benchmarks/RESULTS.md``). Training keeps at least :data:`LEAST_TRAINING_SHARE` of the budget."""
+    if config.max_time is None:
+        return config
+    spent = time.perf_counter() - started
+    after = 0.0 if held_back is None else held_back.seconds(copy.deepcopy(net).to(held_back.device).eval())
+    left = config.max_time - spent - after
+    if compare is not None:
+        after += getattr(compare, "seconds", 0.0)
+        left -= getattr(compare, "seconds", 0.0)
+    least = LEAST_TRAINING_SHARE * config.max_time
+    if verbose and left < least:
+        log.info(f"the fit outside training takes about {spent + after:.0f} s of the {config.max_time:.0f} s time "
+                 f"budget ({spent:.0f} s before it, {after:.0f} s after it): training for {least:.0f} s, and the "
+                 "fit ends late; pass a larger max_time=")
+    elif verbose:
+        log.info(f"training for {left:.0f} s of the {config.max_time:.0f} s time budget: {spent:.0f} s went to the "
+                 f"statistics and the first guess's choice, about {after:.0f} s are kept for scoring the held-back "
+                 "cells after it")
+    return replace(config, max_time=max(left, least))
+
+
 def _context_scores(net, held_back: HeldBack) -> tuple[dict, dict]:
     """The final network's scores on the held-back cells with each context of imputation, and the estimates
     behind them, for :meth:`HeldBack.correction_weights` to reuse."""
@@ -1153,18 +1199,41 @@ class ImputedHeldBack(HeldBack):
     def estimate(self, net, context: str = "sampled") -> torch.Tensor:
         """``net``'s imputation of the validation windows, the same contexts drawn for every network; the
         observed context's estimate is one pass, as imputation makes it."""
-        window, estimates = self.xs.shape[2], []
-        for b, (values, observed, start, static, totals) in enumerate(
-                tqdm(self.stretches, desc="scoring held-back cells", disable=not self.progress, leave=False)):
-            steps, h, w = values.shape[2:]
-            piece = Piece((steps, h, w), (0, 0, 0, 0), ((start, start + window), (0, h), (0, w)))
-            mean, _ = impute_series(net, values, observed, self.spec, window,
-                                    K=1 if context == "observed" else self.K, device=self.device,
-                                    seed=self.seed + b, autocast=mixed_precision(self.device), progress=False,
-                                    static=static, piece=piece, context=context, totals=totals,
-                                    nearby_span=self.nearby_span, flow=self.flow)
-            estimates.append(mean[0])
-        return torch.as_tensor(np.stack(estimates))
+        stretches = tqdm(range(len(self.stretches)), desc="scoring held-back cells", disable=not self.progress,
+                         leave=False)
+        return torch.as_tensor(np.stack([self._imputed(net, b, context) for b in stretches]))
+
+    def seconds(self, net) -> float:
+        """About how long a fit's scoring with ``net`` takes after training: :meth:`estimate` with each context,
+        the first guess alone with one (as long as the network, at most) and the training's last score (a
+        window of each stretch, sampled), from the longest stretch imputed with each context and timed."""
+        window = self.xs.shape[2]
+
+        def windows(b):  # the windows imputation runs on stretch b: every one overlapping its validation window
+            steps, start = self.stretches[b][0].shape[2], self.stretches[b][2]
+            return min(steps - window, start + window - 1) - max(0, start - window + 1) + 1
+
+        timed, taken = max(range(len(self.stretches)), key=windows), {}
+        with torch.no_grad():
+            self._imputed(net, timed, "observed")  # untimed: a first run of these shapes is slower
+            for context in ("sampled", "observed"):
+                start = time.perf_counter()
+                self._imputed(net, timed, context)
+                taken[context] = time.perf_counter() - start
+        share = sum(windows(b) for b in range(len(self.stretches))) / windows(timed)
+        return share * (taken["sampled"] * (1 + 1 / windows(timed)) + 2 * taken["observed"])
+
+    def _imputed(self, net, b: int, context: str) -> np.ndarray:
+        """``net``'s imputation of validation window ``b`` from its stretch."""
+        values, observed, start, static, totals = self.stretches[b]
+        steps, h, w = values.shape[2:]
+        window = self.xs.shape[2]
+        piece = Piece((steps, h, w), (0, 0, 0, 0), ((start, start + window), (0, h), (0, w)))
+        mean, _ = impute_series(net, values, observed, self.spec, window, K=1 if context == "observed" else self.K,
+                                device=self.device, seed=self.seed + b, autocast=mixed_precision(self.device),
+                                progress=False, static=static, piece=piece, context=context, totals=totals,
+                                nearby_span=self.nearby_span, flow=self.flow)
+        return mean[0]
 
 
 __all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -236,7 +237,7 @@ class CtxDiffModel:
             for dates when it imputes.
         steps : int, optional
             Training steps (optimiser updates). Default: on the CPU, as many as
-            ``max_time`` allows (5 minutes unless given); on a GPU, 2000. Only an
+            ``max_time`` allows (a fit of 5 minutes unless given); on a GPU, 2000. Only an
             explicit ``steps`` without ``max_time`` trains reproducibly: a time
             budget depends on the machine's speed and load.
         batch_size : int, default 16
@@ -244,8 +245,11 @@ class CtxDiffModel:
         lr : float, default 2e-3
             Peak learning rate of the optimiser.
         max_time : float, optional
-            Stop training after this many seconds, whatever ``steps`` says; the
-            learning-rate schedule spans the budget.
+            The fit's time budget in seconds: training stops early, whatever
+            ``steps`` says, so that the whole fit ends within about this long
+            (training gets what reading the cube, choosing the first guess and
+            scoring the held-back cells after it leave; the verbose log says how
+            much); the learning-rate schedule spans training's share.
         val_fraction : float, default 0.05
             Share of observed cells held back, with the mask's structure, to score
             the model; they never enter training.
@@ -357,6 +361,7 @@ class CtxDiffModel:
         read piece by piece in the background, and validation uses a few windows
         spread over the archive that training never sees.
         """
+        started = time.perf_counter()  # a time budget counts from here
         check_fit_options(window, tile, val_fraction, or_option("device", device), history, nearby, preset)
         options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
                                **train_options)
@@ -400,7 +405,7 @@ class CtxDiffModel:
                             device=or_option("device", device), checkpoint=checkpoint,
                             progress=or_option("progress", progress), verbose=verbose,
                             init=None if init is None else init.engine, stats=stats, permanent_mask=permanent,
-                            compare=compare, phase=phase)
+                            compare=compare, phase=phase, started=started)
         if verbose and engine.config.validation:
             warn_if_beaten(engine.config.validation)
         return cls(engine)

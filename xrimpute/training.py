@@ -30,7 +30,8 @@ from .payload import read as read_state
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``max_time`` (seconds) stops early, whatever ``steps`` says.
+    """Optimisation settings. ``max_time`` (seconds) stops early, whatever ``steps`` says (of
+    :meth:`xrimpute.engine.Engine.fit`, the whole fit's budget, of which training gets what the rest leaves).
 
     The learning rate follows the run's progress, the larger of the share of
     ``steps`` done and the share of ``max_time`` spent: a linear warm-up over
@@ -126,7 +127,7 @@ def with_budget(config: TrainConfig, device: torch.device) -> TrainConfig:
     single-step imputation (1.0), which at CPU budgets is worth several times
     the steps; on a GPU, the whole range of the paper (0.0).
 
-    Without ``steps``: on the CPU the fit trains for ``max_time`` (default
+    Without ``steps``: on the CPU the fit runs for ``max_time`` (default
     :data:`CPU_BUDGET` seconds); on a GPU for :data:`GPU_STEPS` steps, or until
     ``max_time``. A time budget depends on the machine's speed and load, so only
     an explicit ``steps`` without ``max_time`` trains reproducibly.
@@ -139,8 +140,8 @@ def with_budget(config: TrainConfig, device: torch.device) -> TrainConfig:
     if device.type == "cuda" and config.max_time is None:
         return replace(config, steps=GPU_STEPS)
     if config.max_time is None:
-        log.info("training for %.0f s, the default time budget on the CPU; pass max_time= for another budget, or "
-                 "steps= for an exact, reproducible run", CPU_BUDGET)
+        log.info("a time budget of %.0f s, the default on the CPU; pass max_time= for another budget, or steps= for "
+                 "an exact, reproducible run", CPU_BUDGET)
     return replace(config, steps=STEP_CAP, max_time=CPU_BUDGET if config.max_time is None else config.max_time)
 
 

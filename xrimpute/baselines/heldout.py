@@ -24,8 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from xrimpute.baselines.classical import (akima_array, dineof_array, interpolate_array, normalised_convolution_array,
-                                          ns_inpaint_array, rbf_array, telea_array, temporal_array)
+from xrimpute.baselines.classical import (DENSE_RBF, akima_array, dineof_array, interpolate_array,
+                                          normalised_convolution_array, ns_inpaint_array, rbf_array, telea_array,
+                                          temporal_array)
 from xrimpute.errors import SkillWarning
 from xrimpute.samplers import ArrayWindows
 
@@ -35,14 +36,23 @@ NEIGHBOURS = 3  # observations a cell should have on either side in the steps re
 MOST_READ = 20_000_000  # cells read from an archive at most for the comparison (80 MB in float32)
 
 
-def _per_cell(seconds_per_million: float) -> Callable[[tuple], float]:
-    return lambda shape: seconds_per_million * math.prod(shape) / 1e6
+def _per_cell(seconds_per_million: float) -> Callable[[np.ndarray], float]:
+    return lambda series: seconds_per_million * series.size / 1e6
 
 
-def _dineof_seconds(shape: tuple) -> float:
+def _dineof_seconds(series: np.ndarray) -> float:
     """Measured on one core: about 15 us per cell and root of the shorter side of each time x space matrix."""
-    n, c, t, h, w = shape
+    n, c, t, h, w = series.shape
     return 1.5e-5 * n * c * t * h * w * math.sqrt(min(t, h * w))
+
+
+def _rbf_seconds(series: np.ndarray) -> float:
+    """Measured on one core: a frame of ``n`` observations and ``g`` gaps takes about 5e-11 n^3 + 8e-9 n g s
+    solved whole, 70 us a gap solved from each one's neighbours (past :data:`~xrimpute.baselines.classical.DENSE_RBF`
+    observations): on blocks that cover half of each frame, 15 times a cost per cell."""
+    seen = np.isfinite(series).reshape(-1, series.shape[-2] * series.shape[-1]).sum(1).astype(np.float64)
+    gaps = series.shape[-2] * series.shape[-1] - seen
+    return float(np.where(seen > DENSE_RBF, 7e-5 * gaps, 5e-11 * seen**3 + 8e-9 * seen * gaps).sum())
 
 
 def _dineof(values, **options):
@@ -52,11 +62,12 @@ def _dineof(values, **options):
 @dataclass(frozen=True)
 class Filler:
     """A classical filler as ``xrimpute.baselines.fill(..., method=name)`` runs it, with what its fill depends on
-    (``reach``: steps either side; None: the whole series) and a rough estimate of its seconds on one core."""
+    (``reach``: steps either side; None: the whole series) and a rough estimate of its seconds on one core for a
+    series ``(N, C, T, H, W)``."""
 
     core: Callable
     reach: int | None
-    seconds: Callable[[tuple], float]
+    seconds: Callable[[np.ndarray], float]
     takes_times: bool = False
 
 
@@ -67,7 +78,7 @@ FILLERS = {  # cheapest first (per cell, measured on one core)
     "akima": Filler(akima_array, None, _per_cell(2.5), takes_times=True),  # 2-3 times interpolate
     "ns_inpaint": Filler(ns_inpaint_array, 0, _per_cell(2.5)),
     "telea": Filler(telea_array, 0, _per_cell(3.0)),
-    "rbf": Filler(rbf_array, 0, _per_cell(5.0)),
+    "rbf": Filler(rbf_array, 0, _rbf_seconds),
     "dineof": Filler(_dineof, None, _dineof_seconds),
 }
 
@@ -78,13 +89,17 @@ def fill_call(method: str) -> str:
 
 
 def scorer(times: np.ndarray | None = None, fillers: dict[str, Filler] | None = None):
-    """``compare(windows, history)`` for :meth:`xrimpute.engine.Engine.fit`: :func:`score` with a budget of
-    :data:`MIN_BUDGET` seconds or :data:`BUDGET_SHARE` of the training time, whichever is more. ``times``: the
+    """``compare(windows, history, left=None)`` for :meth:`xrimpute.engine.Engine.fit`: :func:`score` with a
+    budget of :data:`BUDGET_SHARE` of the training time, or the ``left`` seconds of a fit's time budget if fewer, and
+    :data:`MIN_BUDGET` seconds at least (``compare.seconds``, which a fit's time budget keeps for it). ``times``: the
     positions of the time steps, as ``fill`` gives them (:func:`xrimpute.cube.time_positions`)."""
 
-    def compare(windows, history) -> dict:
-        return score(windows, max(MIN_BUDGET, BUDGET_SHARE * history.seconds), times, fillers or FILLERS)
+    def compare(windows, history, left: float | None = None) -> dict:
+        share = BUDGET_SHARE * history.seconds
+        return score(windows, max(MIN_BUDGET, share if left is None else min(share, left)), times,
+                     fillers or FILLERS)
 
+    compare.seconds = MIN_BUDGET  # what a fit's time budget keeps for the comparison
     return compare
 
 
@@ -112,7 +127,7 @@ def score(windows, budget: float, times: np.ndarray | None = None, fillers: dict
         pad = wide if filler.reach is None else filler.reach
         if pad not in contexts:
             contexts[pad] = windows.validation_context(pad) if in_memory else [_narrowed(item, pad) for item in read]
-        estimate = sum(filler.seconds(series.shape) for series, _, _ in contexts[pad])
+        estimate = sum(filler.seconds(series) for series, _, _ in contexts[pad])
         left = budget - (time.perf_counter() - started)
         if estimate > left:
             skipped[name] = f"about {estimate:.0f} s, more than the {max(left, 0):.0f} s left of {budget:.0f} s"
