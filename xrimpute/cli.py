@@ -355,7 +355,8 @@ def _fit_parser(sub) -> None:
     p.add_argument("--steps", type=POSITIVE, default=None,
                    help="training steps (default: as many as --max-time allows on the CPU, 2000 on a GPU)")
     p.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
-                   help="stop training after this long (default on the CPU: 300)")
+                   help="the fit's time budget: training stops so that the fit ends within about this long "
+                        "(default on the CPU: 300)")
     p.add_argument("--preset", default="auto", choices=PRESETS,
                    help="network size (default: auto, base on a GPU; narrow on the CPU, or lite where the "
                         "gaps lie far in time from observations of their own cell)")

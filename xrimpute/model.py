@@ -334,7 +334,8 @@ class CtxDiffModel:
             (:mod:`xrimpute.baselines`: interpolation in time, linear and Akima,
             Telea and Navier-Stokes inpainting, normalised convolution, ..., DINEOF
             when it fits the time budget) on the same held-back cells, within a
-            budget of a tenth of the training time (at least 10 s), into
+            tenth of the training time or what ``max_time`` leaves, if less (at
+            least 10 s), into
             ``model.validation["classical"]``; if the best of them beats the
             network, warn (:class:`~xrimpute.errors.SkillWarning`, unless
             ``verbose=False``) with the call that runs it

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="example: xrimpute quickstart --steps 1500 --out ./quickstart")
     parser.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
-    parser.add_argument("--max-time", type=float, default=120, help="training time budget in seconds (default 120)")
+    parser.add_argument("--max-time", type=float, default=120, help="the fit's time budget in seconds (default 120)")
     parser.add_argument("--observed", type=float, default=0.2, help="fraction of cells observed (default 0.2)")
     parser.add_argument("--workers", type=int, default=2,
                         help="dask workers (threads of this process) for the reconstruction (default 2)")
