@@ -1093,17 +1093,16 @@ def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeld
     """``config`` with its ``max_time``, the whole fit's budget from ``started``, cut to the seconds left for
     training: less those spent since (the statistics, the windows, the first guess's choice), the scoring of the
     held-back cells after training (``held_back``'s estimate, one stretch timed with ``net``) and the classical
-    fillers' comparison (``compare.seconds``; it gets what is left beyond). On the shallow-water blocks these took a 300 s fit to 380 s
-    (``benchmarks/RESULTS.md``). Training keeps at least :data:`LEAST_TRAINING_SHARE` of the budget."""
+    fillers' comparison there (``compare.seconds``; it gets what is left beyond). Counted from training alone, a 300 s
+    fit of the shallow-water blocks took 380 s (``benchmarks/RESULTS.md``). Training keeps at least
+    :data:`LEAST_TRAINING_SHARE` of the budget."""
     if config.max_time is None:
         return config
-    spent = time.perf_counter() - started
-    after = 0.0 if held_back is None else held_back.seconds(copy.deepcopy(net).to(held_back.device).eval())
-    left = config.max_time - spent - after
-    if compare is not None:
-        after += getattr(compare, "seconds", 0.0)
-        left -= getattr(compare, "seconds", 0.0)
-    least = LEAST_TRAINING_SHARE * config.max_time
+    spent, after = time.perf_counter() - started, 0.0
+    if held_back is not None:
+        after = (held_back.seconds(copy.deepcopy(net).to(held_back.device).eval())
+                 + getattr(compare, "seconds", 0.0))
+    left, least = config.max_time - spent - after, LEAST_TRAINING_SHARE * config.max_time
     if verbose and left < least:
         log.info(f"the fit outside training takes about {spent + after:.0f} s of the {config.max_time:.0f} s time "
                  f"budget ({spent:.0f} s before it, {after:.0f} s after it): training for {least:.0f} s, and the "
@@ -1220,8 +1219,9 @@ class ImputedHeldBack(HeldBack):
                 start = time.perf_counter()
                 self._imputed(net, timed, context)
                 taken[context] = time.perf_counter() - start
-        share = sum(windows(b) for b in range(len(self.stretches))) / windows(timed)
-        return share * (taken["sampled"] * (1 + 1 / windows(timed)) + 2 * taken["observed"])
+        each = {context: seconds / windows(timed) for context, seconds in taken.items()}  # a window's
+        every = sum(windows(b) for b in range(len(self.stretches)))
+        return every * (each["sampled"] + 2 * each["observed"]) + len(self.stretches) * each["sampled"]
 
     def _imputed(self, net, b: int, context: str) -> np.ndarray:
         """``net``'s imputation of validation window ``b`` from its stretch."""
