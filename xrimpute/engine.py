@@ -1098,10 +1098,11 @@ def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeld
     :data:`LEAST_TRAINING_SHARE` of the budget."""
     if config.max_time is None:
         return config
-    spent, after = time.perf_counter() - started, 0.0
+    after = 0.0
     if held_back is not None:
         after = (held_back.seconds(copy.deepcopy(net).to(held_back.device).eval())
                  + getattr(compare, "seconds", 0.0))
+    spent = time.perf_counter() - started  # the timing above too
     left, least = config.max_time - spent - after, LEAST_TRAINING_SHARE * config.max_time
     if verbose and left < least:
         log.info(f"the fit outside training takes about {spent + after:.0f} s of the {config.max_time:.0f} s time "
