@@ -1094,7 +1094,7 @@ def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeld
     training: less those spent since (the statistics, the windows, the first guess's choice), the scoring of the
     held-back cells after training (``held_back``'s estimate, one stretch timed with ``net``) and the classical
     fillers' comparison there (``compare.seconds``; it gets what is left beyond). Counted from training alone, a 300 s
-    fit of the shallow-water blocks took 380 s (``benchmarks/RESULTS.md``). Training keeps at least
+    fit of the shallow-water blocks took 374-382 s (``benchmarks/RESULTS.md``). Training keeps at least
     :data:`LEAST_TRAINING_SHARE` of the budget."""
     if config.max_time is None:
         return config
@@ -1110,8 +1110,8 @@ def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeld
                  "fit ends late; pass a larger max_time=")
     elif verbose:
         log.info(f"training for {left:.0f} s of the {config.max_time:.0f} s time budget: {spent:.0f} s went to the "
-                 f"statistics and the first guess's choice, about {after:.0f} s are kept for scoring the held-back "
-                 "cells after it")
+                 f"statistics, the first guess's choice and timing the scoring, about {after:.0f} s are kept for "
+                 "scoring the held-back cells after it")
     return replace(config, max_time=max(left, least))
 
 
