@@ -431,13 +431,13 @@ class Engine:
         ``permanent_mask`` (boolean ``(H, W)`` or ``(C, H, W)``, True = e.g. land):
         cells whose gaps stay NaN, besides the never-observed regions beyond
         the observing system's reach (:func:`xrimpute.masks.unreachable`).
-        ``compare(windows, history, left)``, when given, runs last, after
-        training, on the sampler (its ``validation_context`` is the series
-        around the held-back cells, e.g. to score other fillers on them, as
-        :func:`xrimpute.baselines.heldout.scorer` does); the dict it returns
-        joins the validation; ``left``: the seconds left of a time budget (None
-        without one), and ``compare.seconds``, where it has one, what a time
-        budget keeps for it. ``started``: the
+        ``compare(windows, training_seconds=None)``, when given, runs on the
+        sampler (its ``validation_context`` is the series around the held-back
+        cells, e.g. to score other fillers on them, as
+        :func:`xrimpute.baselines.heldout.scorer` does): under a time budget
+        before training, without ``training_seconds``, so that the budget
+        spends what it takes; otherwise after training, with training's
+        seconds; the dict it returns joins the validation. ``started``: the
         ``time.perf_counter()`` when the fit began (default: now): a
         ``train_config.max_time`` is the whole fit's budget from then, and
         training gets what the rest of the fit leaves of it
@@ -599,8 +599,12 @@ class Engine:
                 _channel_reference(plain.validation))
             imputed = None if validate is None else ImputedHeldBack(validate, windows, denoiser.nearby_span,
                                                                     denoiser.flows, progress)
+            # on the values; under a time budget before training, so that the budget spends what it takes rather
+            # than keeping a guess of it, and without one after, in a share of training's time
+            budgeted = train_config.max_time is not None
+            compared = compare(plain) if compare is not None and budgeted and validate is not None else {}
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
-                training = _training_budget(train_config, started, imputed, denoiser, compare, verbose)
+                training = _training_budget(train_config, started, imputed, denoiser, verbose, bool(compared))
                 ema, history = train(denoiser, windows, spec, training, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
             scores, estimates, weights, weighted, context = {}, {}, None, None, None
@@ -609,11 +613,8 @@ class Engine:
                 # a tie keeps the sampled contexts, the paper's estimate
                 context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled"))
                 weights, weighted = imputed.correction_weights(ema, context, estimates[context])
-            compared = {}
-            if compare is not None and history.val:  # on the values, within what a time budget leaves
-                left = (None if train_config.max_time is None else
-                        train_config.max_time - (time.perf_counter() - started))
-                compared = compare(plain, history, left)
+            if compare is not None and not budgeted and history.val:
+                compared = compare(plain, history.seconds)
         finally:
             windows.close()
             if plain is not windows:
@@ -1088,30 +1089,28 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     return None, plain, modes, guess, both
 
 
-def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeldBack | None, net, compare,
-                     verbose: bool) -> TrainConfig:
+def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeldBack | None, net, verbose: bool,
+                     compared: bool = False) -> TrainConfig:
     """``config`` with its ``max_time``, the whole fit's budget from ``started``, cut to the seconds left for
-    training: less those spent since (the statistics, the windows, the first guess's choice), the scoring of the
-    held-back cells after training (``held_back``'s estimate, one stretch timed with ``net``) and the classical
-    fillers' comparison there (``compare.seconds``; it gets what is left beyond). Counted from training alone, a 300 s
-    fit of the shallow-water blocks took 374-382 s (``benchmarks/RESULTS.md``). Training keeps at least
-    :data:`LEAST_TRAINING_SHARE` of the budget."""
+    training: less those spent since (the statistics, the windows, the first guess's choice, the classical fillers'
+    comparison where ``compared``) and the scoring of the held-back cells after training (``held_back``'s estimate,
+    one stretch timed with ``net``). Counted from training alone, a 300 s fit of the shallow-water blocks took
+    374-382 s (``benchmarks/RESULTS.md``). Training keeps at least :data:`LEAST_TRAINING_SHARE` of the budget."""
     if config.max_time is None:
         return config
-    after = 0.0
-    if held_back is not None:
-        after = (held_back.seconds(copy.deepcopy(net).to(held_back.device).eval())
-                 + getattr(compare, "seconds", 0.0))
+    after = 0.0 if held_back is None else held_back.seconds(copy.deepcopy(net).to(held_back.device).eval())
     spent = time.perf_counter() - started  # the timing above too
     left, least = config.max_time - spent - after, LEAST_TRAINING_SHARE * config.max_time
+    before = (["the statistics", "the first guess's choice"] + ["the classical fillers' comparison"] * compared
+              + ["timing the scoring"] * (after > 0))
+    before = ", ".join(before[:-1]) + " and " + before[-1]
     if verbose and left < least:
         log.info(f"the fit outside training takes about {spent + after:.0f} s of the {config.max_time:.0f} s time "
                  f"budget ({spent:.0f} s before it, {after:.0f} s after it): training for {least:.0f} s, and the "
                  "fit ends late; pass a larger max_time=")
     elif verbose:
-        log.info(f"training for {left:.0f} s of the {config.max_time:.0f} s time budget: {spent:.0f} s went to the "
-                 f"statistics, the first guess's choice and timing the scoring, about {after:.0f} s are kept for "
-                 "scoring the held-back cells after it")
+        log.info(f"training for {left:.0f} s of the {config.max_time:.0f} s time budget: {spent:.0f} s went to "
+                 f"{before}, about {after:.0f} s are kept for scoring the held-back cells after it")
     return replace(config, max_time=max(left, least))
 
 
@@ -1206,7 +1205,8 @@ class ImputedHeldBack(HeldBack):
     def seconds(self, net) -> float:
         """About how long a fit's scoring with ``net`` takes after training: :meth:`estimate` with each context,
         the first guess alone with one (as long as the network, at most) and the training's last score (a
-        window of each stretch, sampled), from the longest stretch imputed with each context and timed."""
+        window of each stretch, sampled), from the longest stretch imputed with each context and timed (the least
+        of two runs)."""
         window = self.xs.shape[2]
 
         def windows(b):  # the windows imputation runs on stretch b: every one overlapping its validation window
@@ -1217,12 +1217,15 @@ class ImputedHeldBack(HeldBack):
         with torch.no_grad():
             self._imputed(net, timed, "observed")  # untimed: a first run of these shapes is slower
             for context in ("sampled", "observed"):
-                start = time.perf_counter()
-                self._imputed(net, timed, context)
-                taken[context] = time.perf_counter() - start
+                taken[context] = min(self._timed(net, timed, context) for _ in range(2))  # others only slow a run
         each = {context: seconds / windows(timed) for context, seconds in taken.items()}  # a window's
         every = sum(windows(b) for b in range(len(self.stretches)))
         return every * (each["sampled"] + 2 * each["observed"]) + len(self.stretches) * each["sampled"]
+
+    def _timed(self, net, b: int, context: str) -> float:
+        start = time.perf_counter()
+        self._imputed(net, b, context)
+        return time.perf_counter() - start
 
     def _imputed(self, net, b: int, context: str) -> np.ndarray:
         """``net``'s imputation of validation window ``b`` from its stretch."""

@@ -330,12 +330,12 @@ class CtxDiffModel:
             place). Imputing an archive then reads 24 more steps around every
             block.
         compare_classical : bool, default True
-            After training, also score the package's classical fillers
+            Also score the package's classical fillers
             (:mod:`xrimpute.baselines`: interpolation in time, linear and Akima,
             Telea and Navier-Stokes inpainting, normalised convolution, ..., DINEOF
-            when it fits the time budget) on the same held-back cells, within a
-            tenth of the training time or what ``max_time`` leaves, if less (at
-            least 10 s), into
+            when it fits) on the same held-back cells, in 10 s before training
+            under a time budget (out of it), or after training in a tenth of its
+            time (at least 10 s) where ``steps`` alone bounds it, into
             ``model.validation["classical"]``; if the best of them beats the
             network, warn (:class:`~xrimpute.errors.SkillWarning`, unless
             ``verbose=False``) with the call that runs it

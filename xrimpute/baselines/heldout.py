@@ -1,7 +1,7 @@
 """The package's classical fillers scored on the cells a fit held back, exactly as its network is scored there.
 
-:func:`scorer` gives :meth:`xrimpute.engine.Engine.fit` a ``compare`` that,
-after training, fills the series around the validation windows as training
+:func:`scorer` gives :meth:`xrimpute.engine.Engine.fit` a ``compare`` that
+fills the series around the validation windows as training
 saw it (every held-back cell hidden) with each classical filler, and scores
 the fill on the network's validation cells: the same windows, cells and
 normalisation, and the same normalised MSE (MSE / MSE of the mean fill). In
@@ -30,8 +30,8 @@ from xrimpute.baselines.classical import (DENSE_RBF, akima_array, dineof_array, 
 from xrimpute.errors import SkillWarning
 from xrimpute.samplers import ArrayWindows
 
-MIN_BUDGET = 10.0  # seconds the comparison may always take ...
-BUDGET_SHARE = 0.1  # ... or this share of the training time, if more
+MIN_BUDGET = 10.0  # seconds the comparison may always take (all it takes under a fit's time budget) ...
+BUDGET_SHARE = 0.1  # ... or this share of the training time, if more, after a fit of a number of steps
 NEIGHBOURS = 3  # observations a cell should have on either side in the steps read around an archive's window
 MOST_READ = 20_000_000  # cells read from an archive at most for the comparison (80 MB in float32)
 
@@ -89,17 +89,16 @@ def fill_call(method: str) -> str:
 
 
 def scorer(times: np.ndarray | None = None, fillers: dict[str, Filler] | None = None):
-    """``compare(windows, history, left=None)`` for :meth:`xrimpute.engine.Engine.fit`: :func:`score` with a
-    budget of :data:`BUDGET_SHARE` of the training time, or the ``left`` seconds of a fit's time budget if fewer, and
-    :data:`MIN_BUDGET` seconds at least (``compare.seconds``, which a fit's time budget keeps for it). ``times``: the
-    positions of the time steps, as ``fill`` gives them (:func:`xrimpute.cube.time_positions`)."""
+    """``compare(windows, training_seconds=None)`` for :meth:`xrimpute.engine.Engine.fit`: :func:`score` with a
+    budget of :data:`BUDGET_SHARE` of ``training_seconds``, and :data:`MIN_BUDGET` seconds at least, or alone where
+    training's length is not known (a fit under a time budget compares before training, so that the seconds the
+    fillers take are spent from the budget rather than kept for them). ``times``: the positions of the time steps,
+    as ``fill`` gives them (:func:`xrimpute.cube.time_positions`)."""
 
-    def compare(windows, history, left: float | None = None) -> dict:
-        share = BUDGET_SHARE * history.seconds
-        return score(windows, max(MIN_BUDGET, share if left is None else min(share, left)), times,
-                     fillers or FILLERS)
+    def compare(windows, training_seconds: float | None = None) -> dict:
+        budget = MIN_BUDGET if training_seconds is None else max(MIN_BUDGET, BUDGET_SHARE * training_seconds)
+        return score(windows, budget, times, fillers or FILLERS)
 
-    compare.seconds = MIN_BUDGET  # what a fit's time budget keeps for the comparison
     return compare
 
 
