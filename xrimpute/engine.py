@@ -1101,9 +1101,9 @@ def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeld
     after = 0.0 if held_back is None else held_back.seconds(copy.deepcopy(net).to(held_back.device).eval())
     spent = time.perf_counter() - started  # the timing above too
     left, least = config.max_time - spent - after, LEAST_TRAINING_SHARE * config.max_time
-    before = (["the statistics", "the first guess's choice"] + ["the classical fillers' comparison"] * compared
-              + ["timing the scoring"] * (after > 0))
-    before = ", ".join(before[:-1]) + " and " + before[-1]
+    parts = (["the statistics", "the first guess's choice"] + ["the classical fillers' comparison"] * compared
+             + ["timing the scoring"] * (after > 0))
+    before = ", ".join(parts[:-1]) + " and " + parts[-1]
     if verbose and left < least:
         log.info(f"the fit outside training takes about {spent + after:.0f} s of the {config.max_time:.0f} s time "
                  f"budget ({spent:.0f} s before it, {after:.0f} s after it): training for {least:.0f} s, and the "
