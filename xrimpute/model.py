@@ -333,9 +333,10 @@ class CtxDiffModel:
             Also score the package's classical fillers
             (:mod:`xrimpute.baselines`: interpolation in time, linear and Akima,
             Telea and Navier-Stokes inpainting, normalised convolution, ..., DINEOF
-            when it fits) on the same held-back cells, in 10 s before training
-            under a time budget (out of it), or after training in a tenth of its
-            time (at least 10 s) where ``steps`` alone bounds it, into
+            when it fits) on the same held-back cells: under a time budget
+            before training, in 10 s taken from the budget; where ``steps``
+            alone bounds the fit, after training, in a tenth of its time (at
+            least 10 s); into
             ``model.validation["classical"]``; if the best of them beats the
             network, warn (:class:`~xrimpute.errors.SkillWarning`, unless
             ``verbose=False``) with the call that runs it
