@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
@@ -155,6 +156,24 @@ def test_an_exact_grid_network_spends_no_work_on_padding_and_matches_the_padded_
         assert out.shape == x.shape and torch.isfinite(out).all()
         cut = (..., slice(0, 32), slice(0, 48))
         assert torch.equal(exact(x[cut] * mask[cut], mask[cut], t), padded(x[cut] * mask[cut], mask[cut], t))
+
+
+def test_a_periodic_network_wraps_round_the_seam_on_channels_last_inputs():
+    from xrimpute.nets.unet import PRESETS, Conv3x3, UNet
+
+    torch.manual_seed(0)
+    net = UNet(3, 2, periodic=True, exact_grid=True, **PRESETS["narrow"])
+    for layer in net.modules():  # as if trained: every convolution reaches its output
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.normal_(layer.weight, std=0.1)
+    x, t = torch.randn(2, 3, 16, 32), torch.rand(2)
+    with torch.no_grad():
+        # a shift by the network's coarsest cell (8 columns) round the seam shifts the output with it
+        assert torch.allclose(net(x.roll(8, dims=-1), t), net(x, t).roll(8, dims=-1), atol=1e-5)
+        conv = Conv3x3(3, 4, periodic=True)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            wrapped = F.pad(x, (1, 1, 0, 0), mode="circular")
+            assert torch.allclose(conv(x.contiguous(memory_format=layout)), conv.conv(wrapped), atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:mask Pixel")  # a 12-step toy series leaves a few cells unlearnable

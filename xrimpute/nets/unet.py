@@ -38,8 +38,8 @@ class Conv3x3(nn.Module):
         self.periodic = periodic
 
     def forward(self, x):
-        if self.periodic:
-            x = F.pad(x, (1, 1, 0, 0), mode="circular")
+        if self.periodic:  # wrap round; a concatenation keeps a channels-last input so (a circular F.pad does not)
+            x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
         return self.conv(x)
 
 
@@ -181,6 +181,8 @@ class UNet(nn.Module):
         return x
 
     def forward(self, x, t):
+        if x.device.type == "cpu":  # oneDNN's convolutions run a tenth to a sixth faster on channels-last inputs
+            x = x.contiguous(memory_format=torch.channels_last)
         emb = self.embed(t)
         x = full = self.stem(x)
         if self.stem_stride > 1:
