@@ -206,6 +206,9 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
     fused = device.type in ("cuda", "cpu")  # one kernel over all parameters: a few per cent of a step on the CPU
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    # listed once rather than walked from the modules at every step
+    params, averaged = list(denoiser.parameters()), list(zip(ema.parameters(), denoiser.parameters()))
+    buffers = list(zip(ema.buffers(), denoiser.buffers()))
 
     def streams(seed):  # random windows and noise, different on every rank
         return (torch.Generator().manual_seed(seed + 7919 * rank),
@@ -277,13 +280,13 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
             loss = loss_fn(net, x, observed, spec, schedule, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema.parameters(), denoiser.parameters()):
+            for e, p in averaged:
                 e.lerp_(p.detach(), 1 - decay)
-            for e, b in zip(ema.buffers(), denoiser.buffers()):
+            for e, b in buffers:
                 e.copy_(b)
         running += loss.detach()
         done = step + 1
