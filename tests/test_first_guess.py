@@ -170,9 +170,8 @@ def test_a_periodic_network_wraps_round_the_seam_on_channels_last_inputs():
     with torch.no_grad():
         # a shift by the network's coarsest cell (8 columns) round the seam shifts the output with it
         assert torch.allclose(net(x.roll(8, dims=-1), t), net(x, t).roll(8, dims=-1), atol=1e-5)
-        conv = Conv3x3(3, 4, periodic=True)
+        conv, wrapped = Conv3x3(3, 4, periodic=True), F.pad(x, (1, 1, 0, 0), mode="circular")
         for layout in (torch.contiguous_format, torch.channels_last):
-            wrapped = F.pad(x, (1, 1, 0, 0), mode="circular")
             assert torch.allclose(conv(x.contiguous(memory_format=layout)), conv.conv(wrapped), atol=1e-6)
 
 

@@ -204,11 +204,11 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=ids)
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
-    fused = device.type in ("cuda", "cpu")  # one kernel over all parameters: a few per cent of a step on the CPU
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     # listed once rather than walked from the modules at every step
     params, averaged = list(denoiser.parameters()), list(zip(ema.parameters(), denoiser.parameters()))
     buffers = list(zip(ema.buffers(), denoiser.buffers()))
+    fused = device.type in ("cuda", "cpu")  # one kernel over all parameters: a few per cent of a step on the CPU
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
     def streams(seed):  # random windows and noise, different on every rank
         return (torch.Generator().manual_seed(seed + 7919 * rank),
