@@ -181,7 +181,8 @@ class UNet(nn.Module):
         return x
 
     def forward(self, x, t):
-        if x.device.type == "cpu":  # oneDNN's convolutions run a tenth to a sixth faster on channels-last inputs
+        # oneDNN's convolutions prefer channels-last inputs: a training step a tenth to a sixth faster on the CPU
+        if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         emb = self.embed(t)
         x = full = self.stem(x)
