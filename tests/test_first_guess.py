@@ -11,7 +11,7 @@ from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, choose_guess, gaussian_kernel,
-                                 _bending_gradient, bend, nearby_guess, smoothing_matrix, spline)
+                                 _BendingGradient, bend, nearby_guess, smoothing_matrix, spline)
 from xrimpute.windows import nearby_observations
 from xrimpute.training import TrainConfig, learning_rate_factor
 
@@ -335,7 +335,7 @@ SPACE_TIME = {-3: 0.7, -2: 1.0, -1: 1.0}
 def test_the_bending_energy_gradient_is_symmetric(periodic, weights):
     u, v = torch.randn(2, 3, 5, 7, 9, dtype=torch.float64).unbind()
     def gradient(x):
-        return _bending_gradient(x, weights, periodic)
+        return _BendingGradient(x, weights, periodic)(x).clone()
 
     assert abs(float((gradient(u) * v).sum() - (u * gradient(v)).sum())) < 1e-10 and float((u * gradient(u)).sum()) > 0
 
@@ -352,7 +352,7 @@ def test_the_bending_gradient_is_half_the_gradient_of_the_weighted_second_differ
     energy = sum((weights[a] * weights[b]) ** 2 * (1 if a == b else 2) * (diff(diff(u, a), b) ** 2).sum()
                  for a in weights for b in weights if a >= b)
     energy.backward()
-    assert torch.allclose(_bending_gradient(u.detach(), weights, periodic), u.grad / 2)
+    assert torch.allclose(_BendingGradient(u, weights, periodic)(u.detach()), u.grad / 2)
 
 
 def test_bending_holds_the_context_reproduces_a_plane_and_nears_the_thin_plate_spline():
@@ -389,6 +389,19 @@ def test_bending_across_steps_fills_a_frame_of_two_cells_from_the_steps_either_s
     across = bend(field * mask, mask, start, steps=300, across=1.0)
     assert torch.equal(by_frame[0, 0, 2], start[0, 0, 2])
     assert torch.equal(across[mask], field[mask]) and float((across - field).abs().max()) < 1e-3
+
+
+@pytest.mark.parametrize("across", [0.0, 0.7])
+def test_bending_a_few_frames_at_a_time_gives_each_frame_what_bending_all_at_once_does(monkeypatch, across):
+    import xrimpute.nets.prior as prior
+
+    field = smooth_field(24, 12, 16).reshape(2, 3, 4, 12, 16)  # six windows of four frames
+    mask = torch.rand(field.shape, generator=torch.Generator().manual_seed(6)) < 0.2
+    start = torch.zeros_like(field)
+    whole = bend(field * mask, mask, start, steps=25, across=across)
+    monkeypatch.setattr(prior, "BEND_CHUNK_CELLS", 2 * 4 * 12 * 16)  # two windows, or eight frames, at a time
+    parts = bend(field * mask, mask, start, steps=25, across=across)
+    assert torch.allclose(parts, whole, atol=1e-6) and not torch.equal(whole, start)
 
 
 def test_a_fit_chooses_a_guess_bent_across_steps_for_a_smooth_slow_field_seen_in_few_cells():

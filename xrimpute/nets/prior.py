@@ -293,9 +293,18 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
         enough = (frames.flatten(1).sum(1) >= 3).reshape(-1, *(1,) * (len(shape) - 1))
         x = torch.where(frames, values.reshape(shape), start.reshape(shape)).to(torch.float32)
         free = (~frames & enough).to(torch.float32)
-        residual = _bending_gradient(x, weights, periodic).mul_(free).neg_()
-        _conjugate_gradients(lambda u: _bending_gradient(u, weights, periodic).mul_(free), x, residual, steps)
+        # on a CPU a few frames at a time, so that the solve's fields stay in the core's cache (SW windows:
+        # 200 -> 110-150 ms a batch); on a GPU all at once
+        chunk = max(1, BEND_CHUNK_CELLS // x.shape[1:].numel()) if x.device.type == "cpu" else max(1, len(x))
+        for part, free_part in zip(x.split(chunk), free.split(chunk)):
+            gradient = _BendingGradient(part, weights, periodic)
+            residual = gradient(part).mul(free_part).neg_()  # its own tensor: the gradient's buffer is overwritten
+            _conjugate_gradients(lambda u: gradient(u).mul_(free_part), part, residual, steps)
     return torch.where(enough, x, start.reshape(shape).to(torch.float32)).reshape(values.shape)
+
+
+BEND_CHUNK_CELLS = 2**17
+"""Cells a CPU bends at once: the solve's six fields of half a megabyte each stay within a core's 4 MiB cache."""
 
 
 def _conjugate_gradients(operator, x: torch.Tensor, residual: torch.Tensor, steps: int) -> None:
@@ -319,42 +328,83 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a.flatten(1), b.flatten(1)).reshape(-1, *(1,) * (a.dim() - 1))
 
 
-def _bending_gradient(u: torch.Tensor, weights: dict[int, float], periodic: bool) -> torch.Tensor:
-    """Half the gradient of the bending energy of :func:`bend` at fields ``u``: ``D'D u`` summed over the second
-    differences ``D`` along and across the axes of ``weights`` (axis: weight of one of its steps against one cell),
-    each pair of axes weighed by the product of their weights squared, twice over for two axes.
+class _BendingGradient:
+    """Half the gradient of the bending energy of :func:`bend` at fields shaped like ``like``: ``D'D u`` summed
+    over the second differences ``D`` along and across the axes of ``weights`` (axis: weight of one of its steps
+    against one cell), each pair of axes weighed by the product of their weights squared, twice over for two axes.
 
     Computed as ``M(M u)``, ``M`` the weighted Laplacian ``sum_a w_a^2 L_a`` (``L_a = D_a'D_a``, first differences
     ``D_a``), plus ``sum_a w_a^4 (P_a - L_a^2) u`` (``P_a`` of the second differences along ``a``), which differs
     from 0 only in the two cells at either end of an axis that does not wrap: about 14 passes over the fields
     instead of one per difference and adjoint of every pair (57), which had made the bending solve a third of a
-    training step on the ERA5 sample (``benchmarks/RESULTS.md``)."""
-    def wraps(dim):
-        return periodic and dim == -1
+    training step on the ERA5 sample. A call writes into buffers made once, cuts the slices of a field the first
+    time it is called on it (the solve calls it on the same direction at every step), and takes the end cells'
+    missing neighbours into ``M``'s diagonal and both ends of an axis into one slice: fresh outputs, slicing and
+    the end cells' small operations had been a third of the solve's time on the ERA5 windows
+    (``benchmarks/RESULTS.md``). The result is overwritten by the next call."""
 
-    def laplacian(x):
-        out = x * (2 * sum(w * w for w in weights.values()))
+    def __init__(self, like: torch.Tensor, weights: dict[int, float], periodic: bool):
+        self.weights, self.periodic = weights, periodic
+        # M's diagonal: a cell's neighbours along each axis (one at an end that does not wrap), weighed
+        self.centre = torch.zeros(like.shape[1:], dtype=like.dtype, device=like.device)
         for dim, w in weights.items():
-            n, c = x.shape[dim], w * w
-            out.narrow(dim, 1, n - 1).sub_(x.narrow(dim, 0, n - 1), alpha=c)
-            out.narrow(dim, 0, n - 1).sub_(x.narrow(dim, 1, n - 1), alpha=c)
-            # an end cell's other neighbour: across the seam, or none (L_a's diagonal is 1 there, not 2)
-            before, after = (n - 1, 0) if wraps(dim) else (0, n - 1)
-            out.narrow(dim, 0, 1).sub_(x.narrow(dim, before, 1), alpha=c)
-            out.narrow(dim, n - 1, 1).sub_(x.narrow(dim, after, 1), alpha=c)
-        return out
+            n = like.shape[dim]
+            cells = torch.arange(n, device=like.device)
+            neighbours = torch.full_like(cells, 2) if self._wraps(dim) else (cells > 0).long() + (cells < n - 1).long()
+            self.centre += (w * w * neighbours.to(like)).reshape(n, *(1,) * (-dim - 1))
+        self.inner, self.out = torch.empty_like(like), torch.empty_like(like)
+        self._inner_steps = self._laplacian_steps(self.inner, self.out)
+        self._plans = {}  # data pointer of a field called on: (the field, its Laplacian's steps, its edge terms)
 
-    out = laplacian(laplacian(u))
-    for dim, w in weights.items():
-        n = u.shape[dim]
-        if wraps(dim) or n < 2:
-            continue
-        # P_a - L_a^2 = -D_a' E D_a, E picking the first and last difference
-        for first, second in ((0, 1), (n - 1, n - 2)):
-            edge = u.narrow(dim, second, 1) - u.narrow(dim, first, 1)
-            out.narrow(dim, first, 1).add_(edge, alpha=w**4)
-            out.narrow(dim, second, 1).sub_(edge, alpha=w**4)
-    return out
+    def _wraps(self, dim: int) -> bool:
+        return self.periodic and dim == -1
+
+    def _laplacian_steps(self, x: torch.Tensor, out: torch.Tensor) -> list:
+        """``(into, subtracted, weight)`` of each neighbour term of ``M x`` once ``out`` holds its centre term."""
+        steps = []
+        for dim, w in self.weights.items():
+            n, c = x.shape[dim], w * w
+            steps += [(out.narrow(dim, 1, n - 1), x.narrow(dim, 0, n - 1), c),
+                      (out.narrow(dim, 0, n - 1), x.narrow(dim, 1, n - 1), c)]
+            if self._wraps(dim):  # the end cells' neighbours across the seam
+                steps += [(out.narrow(dim, 0, 1), x.narrow(dim, n - 1, 1), c),
+                          (out.narrow(dim, n - 1, 1), x.narrow(dim, 0, 1), c)]
+        return steps
+
+    def _edge_terms(self, u: torch.Tensor) -> list:
+        """``(firsts, seconds, u_firsts, u_seconds, differences, weight)`` of the ends of each axis that does not
+        wrap: ``P_a - L_a^2 = -D_a' E D_a``, ``E`` picking the first and last difference; both ends of an axis
+        in one strided slice where their four cells differ."""
+        terms = []
+        for dim, w in self.weights.items():
+            n = u.shape[dim]
+            if self._wraps(dim) or n < 2:
+                continue
+            if n >= 4:
+                ends = [(slice(0, n, n - 1), slice(1, n - 1, n - 3))]  # cells 0 and n-1, then 1 and n-2
+            else:
+                ends = [(slice(0, 1), slice(1, 2)), (slice(n - 1, n), slice(n - 2, n - 1))]
+            for first, second in ends:
+                cells = [t[(..., i) + (slice(None),) * (-dim - 1)] for t in (self.out, u) for i in (first, second)]
+                terms.append((*cells, torch.empty_like(cells[0]), w**4))
+        return terms
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        plan = self._plans.get(u.data_ptr())
+        if plan is None or plan[0] is not u:
+            plan = self._plans[u.data_ptr()] = (u, self._laplacian_steps(u, self.inner), self._edge_terms(u))
+        _, steps, edges = plan
+        torch.mul(u, self.centre, out=self.inner)
+        for into, subtracted, c in steps:
+            into.sub_(subtracted, alpha=c)
+        torch.mul(self.inner, self.centre, out=self.out)
+        for into, subtracted, c in self._inner_steps:
+            into.sub_(subtracted, alpha=c)
+        for first, second, u_first, u_second, difference, w4 in edges:
+            torch.sub(u_second, u_first, out=difference)
+            first.add_(difference, alpha=w4)
+            second.sub_(difference, alpha=w4)
+        return self.out
 
 
 SPLINE_KERNELS = {"thin plate": 3, "exponential": 1}
