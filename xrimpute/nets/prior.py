@@ -138,15 +138,22 @@ class FirstGuess(nn.Module):
         for i, (space, time) in enumerate(self.levels):
             self.register_buffer(f"space{i}", gaussian_kernel(space), persistent=False)
             self.register_buffer(f"time{i}", gaussian_kernel(time), persistent=False)
+        self._bands = {}  # (level, T, H, W, device): the band matrices of _smooth
 
-    def _smooth(self, x: torch.Tensor, space: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """Separable smoothing of ``(N, T, H, W)`` along time, rows and columns, each a product with a band matrix
-        (on the CPU ten times faster than convolutions with one channel); zero beyond the edges, but round the
-        globe along columns when ``periodic``."""
+    def _smooth(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Separable smoothing of ``(N, T, H, W)`` at ``level`` along time, rows and columns, each a product with a
+        band matrix (on the CPU ten times faster than convolutions with one channel); zero beyond the edges, but
+        round the globe along columns when ``periodic``. The matrices are made once per level and window shape."""
         _, t, h, w = x.shape
-        x = torch.einsum("st,nthw->nshw", smoothing_matrix(time, t), x)
-        x = torch.einsum("gh,nshw->nsgw", smoothing_matrix(space, h), x)
-        return torch.einsum("nsgw,vw->nsgv", x, smoothing_matrix(space, w, self.periodic))
+        key = (level, t, h, w, x.device)
+        if key not in self._bands:
+            space, time = getattr(self, f"space{level}"), getattr(self, f"time{level}")
+            self._bands[key] = (smoothing_matrix(time, t), smoothing_matrix(space, h),
+                                smoothing_matrix(space, w, self.periodic))
+        along_time, along_rows, along_columns = self._bands[key]
+        x = torch.einsum("st,nthw->nshw", along_time, x)
+        x = torch.einsum("gh,nshw->nsgw", along_rows, x)
+        return torch.einsum("nsgw,vw->nsgv", x, along_columns)
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor,
                 baseline: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,10 +184,10 @@ class FirstGuess(nn.Module):
     def _blend(self, signal: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The levels' estimates from ``(N, T, H, W)`` context values and weights, blended widest to narrowest,
         and the narrowest level's share of context cells."""
-        n = signal.shape[0]
+        n, signal_and_weight = signal.shape[0], torch.cat([signal, weight])
         guess = certainty = None
         for i in range(len(self.levels)):
-            both = self._smooth(torch.cat([signal, weight]), getattr(self, f"space{i}"), getattr(self, f"time{i}"))
+            both = self._smooth(signal_and_weight, i)
             num, den = both[:n], both[n:]
             estimate = num / den.clamp(min=1e-6)
             if guess is None:
