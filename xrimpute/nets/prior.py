@@ -311,28 +311,34 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
 
 
 BEND_CHUNK_CELLS = 2**17
-"""Cells a CPU bends at once: the solve's six fields of half a megabyte each stay within a core's 4 MiB cache."""
+"""Cells a CPU bends at once: the solve's six fields, half a megabyte each, then stay in a core's cache (4 MiB of
+L2 on the machine measured, ``benchmarks/RESULTS.md``)."""
 
 
 def _conjugate_gradients(operator, x: torch.Tensor, residual: torch.Tensor, steps: int) -> None:
     """``steps`` conjugate-gradient steps of the symmetric system ``operator`` from ``x``, whose residual is
     ``residual``, for every frame of ``(N, ...)`` at once; both updated in place (a fifth off a bending solve on the
     ERA5 grid, ``benchmarks/RESULTS.md``). A frame whose direction or residual vanishes stays where it is."""
-    direction, norm = residual.clone(), _dot(residual, residual)
+    direction, norm = residual.clone(), _squared_norm(residual)
     for _ in range(steps):
         curve = operator(direction)
         along = _dot(direction, curve)
-        alpha = torch.where(along > 0, norm / along.clamp(min=1e-30), torch.zeros_like(along))
+        alpha = torch.where(along > 0, norm / along, 0.0)  # the quotient by 0 lies in the branch not taken
         x.addcmul_(alpha, direction)
         residual.addcmul_(alpha, curve, value=-1)
-        new = _dot(residual, residual)
-        direction.mul_(torch.where(norm > 0, new / norm.clamp(min=1e-30), torch.zeros_like(new))).add_(residual)
+        new = _squared_norm(residual)
+        direction.mul_(torch.where(norm > 0, new / norm, 0.0)).add_(residual)
         norm = new
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(N, 1, ...)``: the dot products of the frames of ``a`` and ``b`` ``(N, ...)``."""
     return torch.linalg.vecdot(a.flatten(1), b.flatten(1)).reshape(-1, *(1,) * (a.dim() - 1))
+
+
+def _squared_norm(a: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, ...)``: each frame's ``_dot`` with itself, in one read of ``a`` (half a product's time)."""
+    return torch.linalg.vector_norm(a.flatten(1), dim=1).square().reshape(-1, *(1,) * (a.dim() - 1))
 
 
 class _BendingGradient:
