@@ -301,7 +301,7 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
         x = torch.where(frames, values.reshape(shape), start.reshape(shape)).to(torch.float32)
         free = (~frames & enough).to(torch.float32)
         # on a CPU a few frames at a time, so that the solve's fields stay in the core's cache (SW windows:
-        # 200 -> 110-150 ms a batch); on a GPU all at once
+        # 200 -> 111-160 ms a batch); on a GPU all at once
         chunk = max(1, BEND_CHUNK_CELLS // x.shape[1:].numel()) if x.device.type == "cpu" else max(1, len(x))
         for part, free_part in zip(x.split(chunk), free.split(chunk)):
             gradient = _BendingGradient(part, weights, periodic)
@@ -353,7 +353,7 @@ class _BendingGradient:
     training step on the ERA5 sample. A call writes into buffers made once, cuts the slices of a field the first
     time it is called on it (the solve calls it on the same direction at every step), and takes the end cells'
     missing neighbours into ``M``'s diagonal and both ends of an axis into one slice: fresh outputs, slicing and
-    the end cells' small operations had been a third of the solve's time on the ERA5 windows
+    the end cells' small operations had been a quarter to a third of the solve's time on the ERA5 windows
     (``benchmarks/RESULTS.md``). The result is overwritten by the next call."""
 
     def __init__(self, like: torch.Tensor, weights: dict[int, float], periodic: bool):
