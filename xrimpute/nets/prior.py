@@ -627,8 +627,8 @@ def spatial_modes(values: torch.Tensor, observed: torch.Tensor, count: int = MOD
     any value where not ``observed``), the gaps filled by a straight line along time between their cell's
     observations (0 in cells never observed). They hold what the whole series says of the field's large-scale
     patterns, which a window alone cannot, as DINEOF's modes do (Beckers & Rixen 2003): on the pixels of the annual
-    cube they took the first guess's error from 0.0083 to 0.0027-0.0028; refilling the gaps from the modes and finding them
-    again, as DINEOF does, made that no better (``benchmarks/RESULTS.md``)."""
+    cube they took the first guess's error from 0.0083 to 0.0027-0.0028; refilling the gaps from the modes and
+    finding them again, as DINEOF does, made that no better (``benchmarks/RESULTS.md``)."""
     step = max(1, math.ceil(values.numel() / MOST_MODE_CELLS))
     values, observed = values[:, :, ::step], observed[:, :, ::step]
     n, c, t, h, w = values.shape
