@@ -310,9 +310,10 @@ def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: i
     return torch.where(enough, x, start.reshape(shape).to(torch.float32)).reshape(values.shape)
 
 
-BEND_CHUNK_CELLS = 2**17
-"""Cells a CPU bends at once: the solve's six fields, half a megabyte each, then stay in a core's cache (4 MiB of
-L2 on the machine measured, ``benchmarks/RESULTS.md``)."""
+BEND_CHUNK_CELLS = 2**16
+"""Cells a CPU bends at once: the solve's six fields, a quarter megabyte each, then stay in a core's cache. With
+4 MiB of L2 a core, 2^16 and 2^17 were as fast and 2^18 up to 17 % slower (``benchmarks/RESULTS.md``); the smaller
+suits the 1-2 MiB of many laptops' cores too."""
 
 
 def _conjugate_gradients(operator, x: torch.Tensor, residual: torch.Tensor, steps: int) -> None:
