@@ -368,7 +368,7 @@ class _BendingGradient:
             self.centre += (w * w * neighbours.to(like)).reshape(n, *(1,) * (-dim - 1))
         self.inner, self.out = torch.empty_like(like), torch.empty_like(like)
         self._inner_steps = self._laplacian_steps(self.inner, self.out)
-        self._plans = {}  # data pointer of a field called on: (the field, its Laplacian's steps, its edge terms)
+        self._field = None  # the field last called on, and its Laplacian's steps and edge terms
 
     def _wraps(self, dim: int) -> bool:
         return self.periodic and dim == -1
@@ -404,17 +404,15 @@ class _BendingGradient:
         return terms
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
-        plan = self._plans.get(u.data_ptr())
-        if plan is None or plan[0] is not u:
-            plan = self._plans[u.data_ptr()] = (u, self._laplacian_steps(u, self.inner), self._edge_terms(u))
-        _, steps, edges = plan
+        if u is not self._field:
+            self._field, self._steps, self._edges = u, self._laplacian_steps(u, self.inner), self._edge_terms(u)
         torch.mul(u, self.centre, out=self.inner)
-        for into, subtracted, c in steps:
+        for into, subtracted, c in self._steps:
             into.sub_(subtracted, alpha=c)
         torch.mul(self.inner, self.centre, out=self.out)
         for into, subtracted, c in self._inner_steps:
             into.sub_(subtracted, alpha=c)
-        for first, second, u_first, u_second, difference, w4 in edges:
+        for first, second, u_first, u_second, difference, w4 in self._edges:
             torch.sub(u_second, u_first, out=difference)
             first.add_(difference, alpha=w4)
             second.sub_(difference, alpha=w4)
