@@ -6,7 +6,7 @@ import xarray as xr
 
 import xrimpute
 from xrimpute.engine import FLAGS
-from xrimpute.masks import reach
+from xrimpute.masks import gaps_only_where_never_observed, reach
 
 from synthetic import blobs
 
@@ -230,3 +230,70 @@ def test_the_model_says_how_many_never_observed_cells_it_fills_and_leaves_nan():
     never = int(observed.isnull().all(["sample", "time"]).sum())
     assert f"{never - int(land.sum())} of {never} never-observed cells filled by default; {int(land.sum())} in " \
            "the permanent mask stay NaN" in repr(model)
+
+
+def test_gaps_only_where_never_observed_tells_complete_station_series_from_outages_pixels_and_land():
+    def cube(a):  # (sample, time, y, x) as (N, C, T, H, W)
+        return np.asarray(a)[:, None]
+
+    values = cube(station_cube())
+    station = tuple(np.argwhere(np.isfinite(values).any(axis=(0, 1, 2)))[0])
+    nothing = np.zeros((1, *values.shape[-2:]), bool)
+    assert gaps_only_where_never_observed(values, nothing)
+    assert gaps_only_where_never_observed(values, nothing, steps=5)  # read a few steps at a time
+    outage = values.copy()
+    outage[0, 0, -1, station[0], station[1]] = np.nan  # one station misses the last step
+    assert not gaps_only_where_never_observed(outage, nothing, steps=5)
+    assert not gaps_only_where_never_observed(cube(pixel_cube(0.5, frames=8)), nothing)
+    _, land = land_cube()
+    complete = cube(blobs(n=1, t=8, size=24, seed=0).where(~land))
+    assert gaps_only_where_never_observed(complete, nothing)  # land not known as such: gaps there only
+    assert not gaps_only_where_never_observed(complete, land.values[None])  # known: no gap to fill
+    assert not gaps_only_where_never_observed(cube(blobs(n=1, t=8, size=24, seed=0)), nothing)
+
+
+def test_a_default_fit_of_complete_station_series_trains_nothing_and_fills_as_a_trained_one(caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr("xrimpute.training.CPU_BUDGET", 3.0)  # the default budget, short for the test
+    observed = station_cube()
+    options = dict(mask="station", batch_size=2, window=3, progress=False, device="cpu", seed=0)
+    with caplog.at_level(logging.INFO, logger="xrimpute"):
+        model = xrimpute.fit(observed, **options)
+    assert model.history.step == [] and "the default time budget is not spent" in caplog.text
+    trained = xrimpute.fit(observed, steps=4, verbose=False, **options)  # an explicit budget trains
+    assert trained.history.step[-1] == 4
+    filled, again = (m.impute(observed, K=2, progress=False, context="observed") for m in (model, trained))
+    assert not filled.isnull().any()
+    xr.testing.assert_allclose(filled, again, atol=1e-5)
+    outage = observed.copy()
+    outage[0, 0] = np.nan  # every station misses one step: gaps a network learns to fill
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="xrimpute"):
+        model = xrimpute.fit(outage, **options)
+    assert "not spent" not in caplog.text and model.history.step
+
+
+def test_every_context_station_scores_the_first_guesses_once_and_none_leans_on_what_knows_its_values():
+    from xrimpute.engine import _first_guess, _with_station_folds
+    from xrimpute.nets.prior import spatial_modes
+
+    rng = np.random.default_rng(0)
+    cells = rng.permutation(10 * 12)
+    stations, withheld = np.zeros(120, bool), np.zeros(120, bool)
+    stations[cells[:15]], withheld[cells[15:17]] = True, True
+    xs = torch.as_tensor(rng.normal(size=(2, 1, 3, 10, 12)), dtype=torch.float32)
+    ms = torch.as_tensor(stations.reshape(10, 12)).expand(2, 1, 3, 10, 12)
+    hs = torch.as_tensor(withheld.reshape(10, 12)).expand(2, 1, 3, 10, 12)
+    values, contexts, held = _with_station_folds(xs, ms, hs, folds=5, seed=0)
+    assert len(values) == 12 and torch.equal(contexts[:2], ms) and torch.equal(held[:2], hs)
+    shares, seen = held[2:].view(5, 2, 1, 3, 10, 12), contexts[2:].view(5, 2, 1, 3, 10, 12)
+    assert torch.equal(shares.sum(0), ms.int())  # every context station held back in exactly one share
+    assert torch.equal(seen | shares, ms.expand_as(seen)) and not (seen & shares).any()
+    assert shares.any(dim=(1, 2, 3)).flatten(1).sum(1).tolist() == [3, 3, 3, 3, 3]
+    # modes fitted to every training station know the values of the stations a share holds back: not scored there
+    modes = spatial_modes(xs, ms)
+    label, errors = _first_guess((xs, ms, hs, {}), False, None, modes=modes, station_folds=5)
+    assert errors and not any(name.endswith("modes") for name in errors)
+    _, without = _first_guess((xs, ms, hs, {}), False, None, modes=modes)
+    assert any(name.endswith("modes") for name in without)

@@ -239,7 +239,11 @@ class CtxDiffModel:
             Training steps (optimiser updates). Default: on the CPU, as many as
             ``max_time`` allows (a fit of 5 minutes unless given); on a GPU, 2000. Only an
             explicit ``steps`` without ``max_time`` trains reproducibly: a time
-            budget depends on the machine's speed and load.
+            budget depends on the machine's speed and load. Without either, none
+            where every gap of a cube in memory lies in a cell never observed
+            (complete station series, blocks that never move in one series), which
+            imputation fills with the first guess alone: training could not change
+            that fill (:func:`xrimpute.masks.gaps_only_where_never_observed`).
         batch_size : int, default 16
             Windows per training step.
         lr : float, default 2e-3

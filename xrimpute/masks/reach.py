@@ -127,10 +127,26 @@ def observations_persist(observed: np.ndarray) -> float:
     return float((now & observed[:, :, 1:]).sum() / count) if count else 1.0
 
 
+def gaps_only_where_never_observed(values: np.ndarray, permanent: np.ndarray, steps: int = 64) -> bool:
+    """Whether ``values`` ``(N, C, T, H, W)`` (NaN = unobserved, in memory) has gaps to fill outside ``permanent``
+    ``(C, H, W)``, and every one of them lies in a cell never observed: the complete series of a station network,
+    blocks that never move in a single series. No training context ever queries such a cell. Read ``steps`` steps
+    at a time, and no further than the first cell seen at some steps and not at others."""
+    ever = np.zeros((values.shape[1], *values.shape[3:]), bool)
+    always = np.ones_like(ever)
+    for start in range(0, values.shape[2], steps):
+        seen = np.isfinite(values[:, :, start : start + steps])
+        ever |= seen.any(axis=(0, 2))
+        always &= seen.all(axis=(0, 2))
+        if (ever & ~always).any():
+            return False
+    return bool((~ever & ~np.asarray(permanent, bool)).any())
+
+
 def unreachable(valid: np.ndarray) -> np.ndarray:
     """``(C, H, W)``: per variable, the never-observed cells beyond the observing system's reach (:func:`reach`)."""
     return np.stack([reach(channel).unreachable for channel in np.asarray(valid, dtype=bool)])
 
 
 __all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "gaps_in_reach", "gaps_near_in_time",
-           "observations_persist", "reach", "unreachable"]
+           "gaps_only_where_never_observed", "observations_persist", "reach", "unreachable"]
