@@ -117,3 +117,15 @@ def test_a_filler_over_the_time_budget_or_without_its_optional_dependency_is_ski
     assert set(result["classical"]) == {"quick"} and result["best_classical"] == "quick"
     assert "more than the" in result["classical_skipped"]["slow"] and "of 5 s" in result["classical_skipped"]["slow"]
     assert "pip install" in result["classical_skipped"]["opencv"]
+
+
+def test_a_fit_that_trained_no_step_names_the_better_filler_without_telling_to_train_longer():
+    from xrimpute.baselines.heldout import warn_if_beaten
+
+    validation = dict(best_classical="rbf", classical={"rbf": 0.1}, nmse=0.2, skill=0.8, cells=12)
+    for trained, advice in ((True, True), (False, False)):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            warn_if_beaten(validation, trained=trained)
+        (message,) = [str(w.message) for w in record if issubclass(w.category, SkillWarning)]
+        assert 'method="rbf"' in message and ("train longer" in message) == advice

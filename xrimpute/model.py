@@ -413,7 +413,7 @@ class CtxDiffModel:
                             init=None if init is None else init.engine, stats=stats, permanent_mask=permanent,
                             compare=compare, phase=phase, started=started)
         if verbose and engine.config.validation:
-            warn_if_beaten(engine.config.validation)
+            warn_if_beaten(engine.config.validation, trained=bool(engine.history.step))
         return cls(engine)
 
     # -- imputation ------------------------------------------------------------

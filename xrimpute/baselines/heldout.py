@@ -151,17 +151,19 @@ def score(windows, budget: float, times: np.ndarray | None = None, fillers: dict
                 classical_skipped=skipped, classical_seconds=time.perf_counter() - started, classical_context=context)
 
 
-def warn_if_beaten(validation: dict) -> None:
+def warn_if_beaten(validation: dict, trained: bool = True) -> None:
     """One :class:`~xrimpute.errors.SkillWarning` when a classical filler scored better than the network on the
-    held-back cells of ``validation`` (a model's), naming it, both scores and the call that runs it."""
+    held-back cells of ``validation`` (a model's), naming it, both scores and the call that runs it; ``trained``
+    False: the fit trained no step, since training could not change its fill, so longer training is no remedy."""
     best = validation.get("best_classical")
     if best is None or validation["classical"][best] >= validation["nmse"]:
         return
+    remedy = ("for now, or train longer (a larger max_time= or steps=)" if trained else
+              "(ctxdiff's fill there is its first guess, which training cannot change)")
     warnings.warn(
         f"on the {validation['cells']} held-back cells the classical filler {best!r} scores skill "
         f"{1 - validation['classical'][best]:.3f} and ctxdiff {validation['skill']:.3f} (1 - MSE / MSE of the mean "
-        f"fill): fill with {fill_call(best)} for now, or train longer (a larger max_time= or steps=)",
-        SkillWarning, stacklevel=3)
+        f"fill): fill with {fill_call(best)} {remedy}", SkillWarning, stacklevel=3)
 
 
 def _narrowed(item, pad: int):
