@@ -1,4 +1,5 @@
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -297,6 +298,17 @@ def test_dineof_multivariate_fits_the_channels_together():
     assert result.rank[0, 0] == result.rank[0, 1] and result.cv_error[0, 0] == result.cv_error[0, 1]
     np.testing.assert_allclose(result.filled[0, 0], field, atol=1e-3)
     np.testing.assert_allclose(result.filled[0, 1], 10 * field - 4, atol=1e-2)
+
+
+def test_dineof_of_complete_station_series_warns_of_no_empty_mean():
+    rng = np.random.default_rng(9)
+    field = rank3_field(rng)
+    stations = rng.random(field.shape[1:]) < 0.3  # observed at every step, the rest never
+    values = np.where(stations, field, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "Mean of empty slice" when nothing was left to fill
+        result = dineof_array(values)
+    np.testing.assert_array_equal(result.filled[:, stations], field[:, stations])
 
 
 def test_dineof_fixed_rank_and_too_few_observations():

@@ -261,6 +261,8 @@ def test_a_default_fit_of_complete_station_series_trains_nothing_and_fills_as_a_
     with caplog.at_level(logging.INFO, logger="xrimpute"):
         model = xrimpute.fit(observed, **options)
     assert model.history.step == [] and "the default time budget is not spent" in caplog.text
+    assert "training:   none: every gap lies in a cell never observed" in repr(model)
+    assert "correction_weight" not in model.validation  # an untrained network corrects nothing
     trained = xrimpute.fit(observed, steps=4, verbose=False, **options)  # an explicit budget trains
     assert trained.history.step[-1] == 4
     filled, again = (m.impute(observed, K=2, progress=False, context="observed") for m in (model, trained))

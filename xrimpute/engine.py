@@ -466,8 +466,9 @@ class Engine:
         permanent = masks.unreachable(stats.valid)
         if permanent_mask is not None:
             permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
-        if (init is None and train_config.steps is None and train_config.max_time is None
-                and not is_dask_collection(values) and masks.gaps_only_where_never_observed(values, permanent)):
+        untrainable = (init is None and train_config.steps is None and train_config.max_time is None
+                       and not is_dask_collection(values) and masks.gaps_only_where_never_observed(values, permanent))
+        if untrainable:
             # imputation fills such cells with the first guess alone (no loss ever reached them: Engine._fill), so the
             # default budget could not change this cube's fill; an explicit one still trains, for other data
             train_config = replace(train_config, steps=0)
@@ -617,12 +618,15 @@ class Engine:
                 training = _training_budget(train_config, started, imputed, denoiser, verbose, bool(compared))
                 ema, history = train(denoiser, windows, spec, training, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
+            if untrainable:
+                history.stopped = UNTRAINABLE
             scores, estimates, weights, weighted, context = {}, {}, None, None, None
             if imputed is not None and history.val:
                 scores, estimates = _context_scores(ema, imputed)
                 # a tie keeps the sampled contexts, the paper's estimate
                 context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled"))
-                weights, weighted = imputed.correction_weights(ema, context, estimates[context])
+                if history.step:  # an untrained network corrects nothing
+                    weights, weighted = imputed.correction_weights(ema, context, estimates[context])
             if compare is not None and not budgeted and history.val:
                 compared = compare(plain, history.seconds)
         finally:
@@ -997,6 +1001,10 @@ def _first_guess_only(net):
         return net.guess(values, mask, history, nearby)[0].to(values.dtype)
     return guess
 
+
+UNTRAINABLE = "none: every gap lies in a cell never observed, which the first guess fills alone"
+"""Why a fit trained no step (``model.history.stopped``): under the default budget, where training could not change
+the fill (:func:`xrimpute.masks.gaps_only_where_never_observed`); an explicit ``steps`` or ``max_time`` trains."""
 
 STATION_FOLDS = 5
 """Shares of the context stations that, each held back in turn from a copy of the validation windows, score the first

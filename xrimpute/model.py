@@ -613,8 +613,8 @@ class CtxDiffModel:
                            if self.denoiser.modes is not None else "")
                         + (f", filling the departures from each cell's {self.info['cycle']} cycle"
                            if self.info.get("cycle") else "")),
-            ("training", f"{self.history.step[-1] if self.history.step else 0} steps in "
-                         f"{self.history.seconds:.0f} s on {train_info.get('device', '?')}"),
+            ("training", f"{self.history.step[-1]} steps in {self.history.seconds:.0f} s on "
+                         f"{train_info.get('device', '?')}" if self.history.step else self.history.stopped or "none"),
         ]
         never, filled = int((~self.valid).sum()), int((~self.valid & ~self.permanent).sum())
         if never or self.permanent.any():
@@ -629,8 +629,11 @@ class CtxDiffModel:
                                        f"held-back cells (RMSE {rmse}){versus}"))
             if v.get("first_guess") in v.get("first_guess_nmse", {}):
                 alone = 1 - v["first_guess_nmse"][v["first_guess"]]
+                folds = (isinstance(self.spec, masks.Station) and not self.denoiser.uses_history
+                         and not self.denoiser.nearby_span)  # as Engine.fit scored the guesses (_first_guess)
+                where = "every station, a fifth of them held back at a time" if folds else "the held-back cells"
                 rows.append(("guess", f"first guess {v['first_guess']}, chosen among {len(v['first_guess_nmse'])} "
-                                      f"on the held-back cells (skill alone {alone:.3f})"))
+                                      f"on {where} (skill alone {alone:.3f})"))
             if "context_nmse" in v:
                 scored = ", ".join(f"{name} {1 - nmse:.3f}" for name, nmse in v["context_nmse"].items())
                 rows.append(("imputes", f"with {v['context']} contexts by default (skill by context: {scored})"))

@@ -265,7 +265,7 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
     running = torch.zeros((), device=device)
     # a time budget's bar counts towards the steps the budget is projected to allow, and stays to say why it stopped
     bar = tqdm(initial=start, total=config.steps if config.max_time is None else None, desc="training", unit="step",
-               disable=not progress or rank > 0, leave=config.max_time is not None)
+               disable=not progress or rank > 0 or config.steps == 0, leave=config.max_time is not None)
     if config.max_time is not None:
         bar.set_postfix_str(f"time budget {config.max_time:.0f} s")
     step, stopping = start, False

@@ -325,6 +325,8 @@ def _reconstruct(anomaly, missing, rank, tol, max_iter):
     """Replace the ``missing`` entries of ``anomaly`` (in place) by their rank-``rank`` SVD
     reconstruction until the RMS change of those entries falls below ``tol`` times the
     RMS of the known entries."""
+    if not missing.any():  # nothing to reconstruct (station series observed at every step)
+        return anomaly
     scale = math.sqrt(np.mean(anomaly[~missing] ** 2)) or 1.0
     for _ in range(max_iter):
         update = _truncated_svd(anomaly, rank)[missing]
