@@ -473,8 +473,8 @@ class Engine:
             # default budget could not change this cube's fill; an explicit one still trains, for other data
             train_config = replace(train_config, steps=0)
             if verbose:
-                log.info("every gap lies in a cell never observed (complete station series, or blocks that never "
-                         "move), which imputation fills with the first guess alone: training could not change "
+                log.info("every gap lies in a cell never observed (complete station series, say), which "
+                         "imputation fills with the first guess alone: training could not change "
                          "this fill, so the default time budget is not spent; pass max_time= or steps= to train "
                          "the network for data with gaps in observed cells")
         train_config = with_budget(train_config, device)

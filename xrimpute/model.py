@@ -241,7 +241,7 @@ class CtxDiffModel:
             explicit ``steps`` without ``max_time`` trains reproducibly: a time
             budget depends on the machine's speed and load. Without either, none
             where every gap of a cube in memory lies in a cell never observed
-            (complete station series, blocks that never move in one series), which
+            outside the permanent mask (complete station series, say), which
             imputation fills with the first guess alone: training could not change
             that fill (:func:`xrimpute.masks.gaps_only_where_never_observed`).
         batch_size : int, default 16

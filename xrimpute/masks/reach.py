@@ -129,8 +129,9 @@ def observations_persist(observed: np.ndarray) -> float:
 
 def gaps_only_where_never_observed(values: np.ndarray, permanent: np.ndarray, steps: int = 64) -> bool:
     """Whether ``values`` ``(N, C, T, H, W)`` (NaN = unobserved, in memory) has gaps to fill outside ``permanent``
-    ``(C, H, W)``, and every one of them lies in a cell never observed: the complete series of a station network,
-    blocks that never move in a single series. No training context ever queries such a cell. Read ``steps`` steps
+    ``(C, H, W)``, and every one of them lies in a cell never observed: the complete series of a station network
+    (a block that never moves in a single series is mostly beyond reach, :func:`reach`, so permanent). No training
+    context ever queries such a cell. Read ``steps`` steps
     at a time, and no further than the first cell seen at some steps and not at others."""
     ever = np.zeros((values.shape[1], *values.shape[3:]), bool)
     always = np.ones_like(ever)
