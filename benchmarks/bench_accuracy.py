@@ -249,7 +249,8 @@ def fit_option(text: str) -> tuple[str, object]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="*", default=None, choices=list(CASES), metavar="CASE",
-                        help="default: every case, those of the real cubes other than the ERA5 sample only with their files")
+                        help="default: every case, those of the real cubes other than the ERA5 sample only with "
+                             "their files")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     parser.add_argument("--max-time", type=float, default=None, help="ctxdiff time budget (default: the package's)")
     parser.add_argument("--steps", type=int, default=None, help="ctxdiff steps (default: the package's)")

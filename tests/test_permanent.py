@@ -263,6 +263,7 @@ def test_a_default_fit_of_complete_station_series_trains_nothing_and_fills_as_a_
     assert model.history.step == [] and "the default time budget is not spent" in caplog.text
     assert "training:   none: every gap lies in a cell never observed" in repr(model)
     assert "correction_weight" not in model.validation  # an untrained network corrects nothing
+    assert model.validation["first_guess_folds"] == 5 and "on every station (5 shares held back" in repr(model)
     trained = xrimpute.fit(observed, steps=4, verbose=False, **options)  # an explicit budget trains
     assert trained.history.step[-1] == 4
     filled, again = (m.impute(observed, K=2, progress=False, context="observed") for m in (model, trained))

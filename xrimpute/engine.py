@@ -550,8 +550,9 @@ class Engine:
                 log.info("estimating the series' space-time covariance: one pass over a share of the archive")
             covariance = (field_covariance(*windows.training_series(), periodic=config.periodic) if offers_covariance
                           else None)
+            folds = _station_folds(spec, init, config.nearby, windows.validation)
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes,
-                                          covariance, STATION_FOLDS if isinstance(spec, masks.Station) else 0, seed)
+                                          covariance, folds, seed)
             if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
                 if verbose and is_dask_collection(values):
@@ -641,7 +642,8 @@ class Engine:
             validation = dict(nmse=final["nmse"], skill=1 - final["nmse"], rmse=rmse,
                               cells=int(windows.validation[2].sum()), context=context,
                               context_nmse={name: score["nmse"] for name, score in scores.items()},
-                              first_guess=guess, first_guess_nmse=guesses, **compared)
+                              first_guess=guess, first_guess_nmse=guesses,
+                              **({"first_guess_folds": folds} if folds else {}), **compared)
             if weights is not None:
                 validation.update(network_nmse=scores[context]["nmse"],
                                   correction_weight=dict(zip(config.channels, weights)))
@@ -1021,13 +1023,13 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     ``covariance`` (the series' own, or None), that best
     fills the held-back cells (a label of
     :func:`~xrimpute.nets.prior.choose_guess`), and every candidate's NMSE there; None (the defaults) without
-    held-back cells or with ``init`` (whose guess is kept). ``station_folds``: the context stations also score
-    them, in that many shares (:func:`_with_station_folds`, drawn with ``seed``), unless the guess leans on
-    nearby steps or history; then without the nearby steps, modes or covariance."""
+    held-back cells or with ``init`` (whose guess is kept). ``station_folds`` (:func:`_station_folds`): the context
+    stations also score them, in that many shares (:func:`_with_station_folds`, drawn with ``seed``), without the
+    nearby steps, modes or covariance."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs = validation
-    if station_folds and not nearby and inputs.get("history") is None:
+    if station_folds:
         xs, ms, hs = _with_station_folds(xs, ms, hs, station_folds, seed)
         # a station of a share keeps no observations at nearby steps, as a cell between stations has none; and the
         # series' modes and covariance, fitted to every training station, would know its values
@@ -1038,6 +1040,16 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
     return label, errors
+
+
+def _station_folds(spec, init: Engine | None, nearby: bool | None, validation) -> int:
+    """How many shares of the context stations also score the first guesses of a fit (``model.validation``'s
+    ``first_guess_folds``): :data:`STATION_FOLDS` for station data whose guess leans on neither nearby steps
+    (``nearby`` True) nor history, else 0 (the held-back cells alone)."""
+    if (init is not None or validation is None or not isinstance(spec, masks.Station) or nearby
+            or validation[3].get("history") is not None):
+        return 0
+    return STATION_FOLDS
 
 
 def _with_station_folds(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, folds: int,

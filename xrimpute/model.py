@@ -629,9 +629,8 @@ class CtxDiffModel:
                                        f"held-back cells (RMSE {rmse}){versus}"))
             if v.get("first_guess") in v.get("first_guess_nmse", {}):
                 alone = 1 - v["first_guess_nmse"][v["first_guess"]]
-                folds = (isinstance(self.spec, masks.Station) and not self.denoiser.uses_history
-                         and not self.denoiser.nearby_span)  # as Engine.fit scored the guesses (_first_guess)
-                where = "every station, a fifth of them held back at a time" if folds else "the held-back cells"
+                folds = v.get("first_guess_folds")
+                where = f"every station ({folds} shares held back in turn)" if folds else "the held-back cells"
                 rows.append(("guess", f"first guess {v['first_guess']}, chosen among {len(v['first_guess_nmse'])} "
                                       f"on {where} (skill alone {alone:.3f})"))
             if "context_nmse" in v:
