@@ -326,6 +326,33 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
     assert "bending" not in errors  # frames empty for hours: a surface bent through a strip overshoots
 
 
+
+def test_frames_denser_than_one_solve_allows_are_splined_in_overlapping_pieces_near_the_whole_frames_spline(
+        monkeypatch):
+    from xrimpute.nets import prior
+
+    # a tiled model imputing a whole grid: 10 % pixels of 60 x 120 frames, some 720 cells each
+    x = torch.as_tensor(np.stack([np.asarray(rough_field(1, 20, 40, seed=s))[0, 0, 0] for s in range(2)]))
+    x = F.interpolate(x[:, None], size=(60, 120), mode="bicubic", align_corners=True)[:, 0][None, None]
+    context = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.1
+    fallback = torch.zeros_like(x)
+    monkeypatch.setattr(prior, "MOST_SPLINE_POINTS", 10**9)
+    whole = spline(x * context, context, fallback)
+    monkeypatch.setattr(prior, "MOST_SPLINE_POINTS", 500)
+    solved = []
+    original = prior._spline_solved
+    monkeypatch.setattr(prior, "_spline_solved",
+                        lambda v, m, *a: solved.append(int(m.flatten(-2).sum(-1).max())) or original(v, m, *a))
+    pieces = spline(x * context, context, fallback)
+    assert len(solved) > 9 and max(solved) < 400  # every solve a piece's, far smaller than a frame's
+    # each piece holds its cells, as the whole frame's spline does (to its ridge), and so does the blend
+    assert float((pieces - x)[context].abs().max()) <= max(1e-4, float((whole - x)[context].abs().max()))
+    gaps = ~context
+    error, error_whole = (float(((guess - x)[gaps] ** 2).mean()) for guess in (pieces, whole))
+    assert error < 1.03 * error_whole, (error, error_whole)
+    assert float(((pieces - whole)[gaps] ** 2).mean()) < 0.05 * error_whole
+
+
 SPACE = {-2: 1.0, -1: 1.0}
 SPACE_TIME = {-3: 0.7, -2: 1.0, -1: 1.0}
 

@@ -83,6 +83,15 @@ CANDIDATES: dict[str, dict] = {
 MAX_SPLINE_POINTS = 256
 """The thin-plate and kriging guesses are candidates only where no frame holds more context cells (a dense solve
 per frame)."""
+SPLINE_CHUNK_ENTRIES = 2**17
+"""Entries of the systems a CPU builds and solves at once in :func:`spline` (1 MiB in float64, a core's cache, not
+fresh pages): 300 frames of 520 cells each took 1.6-1.7 s at 2^16-2^18 and 4.5 s all at once, 2000 frames of 40
+stations 0.20-0.26 s and 0.55 s (``benchmarks/RESULTS.md``)."""
+MOST_SPLINE_POINTS = 4 * MAX_SPLINE_POINTS
+"""Context cells of a frame beyond which :func:`spline` solves it in overlapping pieces: a model that trained on tiles
+(whose frames hold at most :data:`MAX_SPLINE_POINTS`) may impute a whole grid, whose frames hold many more, and one
+dense solve costs the cube of a frame's cells (a 96 x 192 grid of 10 % pixels, 1800 cells a frame: 98 % of a 137 s
+imputation). Below this one solve is as fast as the pieces (``benchmarks/RESULTS.md``)."""
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -231,6 +240,16 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
     if kernel not in SPLINE_KERNELS:
         raise ValueError(f"kernel must be one of {sorted(SPLINE_KERNELS)}, not {kernel!r}")
     *lead, h, w = values.shape
+    most = int(mask.reshape(-1, h * w).sum(1).max()) if mask.numel() else 0
+    if most > MOST_SPLINE_POINTS:
+        return _spline_in_pieces(values, mask, fallback, kernel, ridge, most)
+    return _spline_solved(values, mask, fallback, kernel, ridge)
+
+
+def _spline_solved(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, kernel: str,
+                   ridge: float) -> torch.Tensor:
+    """:func:`spline` by one dense solve per frame."""
+    *lead, h, w = values.shape
     device = values.device
     precise = torch.float32 if device.type == "mps" else torch.float64
     flat, seen = values.reshape(-1, h * w), mask.reshape(-1, h * w)
@@ -247,26 +266,68 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
     for n in counts.unique().tolist():
         if n < 3:
             continue
-        frames = torch.nonzero(counts == n)[:, 0]
-        cells = torch.nonzero(seen[frames])[:, 1].view(len(frames), n)  # row-major, so each frame's n cells
-        r, c = rows[cells], cols[cells]  # (F, n)
-        trend = plane[:, cells].permute(1, 2, 0)  # (F, n, terms)
-        system = torch.zeros(len(frames), n + terms, n + terms, device=device, dtype=precise)
-        system[:, :n, :n] = table[r[:, :, None] - r[:, None, :], c[:, :, None] - c[:, None, :]]  # negative: wraps
-        system[:, :n, :n] += ridge * torch.eye(n, device=device, dtype=precise)
-        system[:, :n, n:], system[:, n:, :n] = trend, trend.transpose(1, 2)
-        system[:, n:, n:] = -ridge * torch.eye(terms, device=device, dtype=precise)
-        target = torch.zeros(len(frames), n + terms, device=device, dtype=precise)
-        target[:, :n] = flat[frames].gather(1, cells)
-        weights = _solve(system, target[..., None])[..., 0]
-        per_chunk = max(1, 2**24 // (4 * h * w))  # frames at a time: images of a few million cells
-        for i in range(0, len(frames), per_chunk):
-            part = slice(i, i + per_chunk)
-            image = torch.zeros(len(frames[part]), 2 * h, 2 * w, device=device, dtype=precise)
-            image[torch.arange(len(image), device=device)[:, None], r[part], c[part]] = weights[part, :n]
+        # frames at a time: images of a few million cells, and on a CPU systems of SPLINE_CHUNK_ENTRIES
+        chunk = 2**24 // (4 * h * w)
+        if device.type == "cpu":
+            chunk = min(chunk, SPLINE_CHUNK_ENTRIES // (n + terms) ** 2)
+        for frames in torch.nonzero(counts == n)[:, 0].split(max(1, chunk)):
+            cells = torch.nonzero(seen[frames])[:, 1].view(len(frames), n)  # row-major, so each frame's n cells
+            r, c = rows[cells], cols[cells]  # (F, n)
+            trend = plane[:, cells].permute(1, 2, 0)  # (F, n, terms)
+            system = torch.zeros(len(frames), n + terms, n + terms, device=device, dtype=precise)
+            system[:, :n, :n] = table[r[:, :, None] - r[:, None, :], c[:, :, None] - c[:, None, :]]  # <0: wraps
+            system[:, :n, :n] += ridge * torch.eye(n, device=device, dtype=precise)
+            system[:, :n, n:], system[:, n:, :n] = trend, trend.transpose(1, 2)
+            system[:, n:, n:] = -ridge * torch.eye(terms, device=device, dtype=precise)
+            target = torch.zeros(len(frames), n + terms, device=device, dtype=precise)
+            target[:, :n] = flat[frames].gather(1, cells)
+            weights = _solve(system, target[..., None])[..., 0]
+            image = torch.zeros(len(frames), 2 * h, 2 * w, device=device, dtype=precise)
+            image[torch.arange(len(frames), device=device)[:, None], r, c] = weights[:, :n]
             surface = torch.fft.irfft2(torch.fft.rfft2(image) * spectrum, s=(2 * h, 2 * w))[:, :h, :w]
-            out[frames[part]] = (surface.reshape(len(image), h * w) + weights[part, n:] @ plane).to(out.dtype)
+            out[frames] = (surface.reshape(len(frames), h * w) + weights[:, n:] @ plane).to(out.dtype)
     return out.reshape(*lead, h, w)
+
+
+def _spline_in_pieces(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, kernel: str, ridge: float,
+                      most: int) -> torch.Tensor:
+    """:func:`spline` of frames holding up to ``most`` mask cells, in pieces: the frame cut into cores of about a
+    quarter of :data:`MAX_SPLINE_POINTS` cells at its densest, each piece the spline through the cells of its core
+    and of a margin as wide as the core either side, the pieces blended with weights of 1 in their core falling to 0
+    across their margin. Each piece holds its cells, so the blend does too. The cost grows with the frame's cells,
+    not their cube: on 96 x 192 frames of 10 % pixels an imputation took 79 s instead of 133 and filled the gaps
+    within 0.6 % of the whole frames' splines (``benchmarks/RESULTS.md``)."""
+    *lead, h, w = values.shape
+    device = values.device
+    pieces = math.ceil(4 * most / MAX_SPLINE_POINTS)
+    rows = min(h, max(1, round(math.sqrt(pieces * h / w))))
+    cols = min(w, math.ceil(pieces / rows))
+    total = torch.zeros(values.shape, device=device)
+    weight = torch.zeros(h, w, device=device)
+    for r0, r1 in _cores(h, rows):
+        for c0, c1 in _cores(w, cols):
+            (ra, rb, row_weights), (ca, cb, col_weights) = _margin(r0, r1, h, device), _margin(c0, c1, w, device)
+            cut = (..., slice(ra, rb), slice(ca, cb))
+            blend = row_weights[:, None] * col_weights[None, :]
+            total[cut] += _spline_solved(values[cut], mask[cut], fallback[cut], kernel, ridge) * blend
+            weight[ra:rb, ca:cb] += blend
+    return (total / weight).to(fallback.dtype)
+
+
+def _cores(size: int, count: int) -> list[tuple[int, int]]:
+    """``count`` runs of about equal length covering ``size`` cells."""
+    edges = [round(i * size / count) for i in range(count + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _margin(start: int, stop: int, size: int, device: torch.device) -> tuple[int, int, torch.Tensor]:
+    """The run ``start:stop`` of an axis of ``size`` cells with a margin as long as the run either side (within the
+    axis), and each cell's weight in the blend: 1 in the run, falling to 0 across the margin."""
+    margin = stop - start
+    a, b = max(0, start - margin), min(size, stop + margin)
+    cells = torch.arange(a, b, dtype=torch.float32, device=device)
+    outside = torch.clamp(torch.maximum(start - cells, cells - (stop - 1)), min=0)
+    return a, b, 1 - outside / (margin + 1)
 
 
 def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: int,
