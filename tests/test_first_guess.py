@@ -327,6 +327,24 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
 
 
 
+def test_a_frame_that_overlapping_windows_share_is_splined_once_and_as_it_is_alone(monkeypatch):
+    from xrimpute.nets import prior
+
+    x = smooth_field(5, 20, 28)[0, 0]
+    context = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) < 0.2
+    context[2] = False
+    context[2, 0, :2] = True  # two cells: the frame keeps its window's own fallback
+    windows, masks = torch.stack([x[s : s + 3] for s in range(3)]), torch.stack([context[s : s + 3] for s in range(3)])
+    fallback = torch.randn(windows.shape, generator=torch.Generator().manual_seed(4))  # each window's own
+    solved = []
+    original = prior._spline_solved
+    monkeypatch.setattr(prior, "_spline_solved", lambda v, *a: solved.append(len(v)) or original(v, *a))
+    together = spline(windows * masks, masks, fallback)
+    assert sum(solved) == 5  # the five steps, not the nine frames of three windows
+    for w in range(3):
+        assert torch.equal(together[w], spline(windows[w] * masks[w], masks[w], fallback[w]))
+
+
 def test_frames_denser_than_one_solve_allows_are_splined_in_overlapping_pieces_near_the_whole_frames_spline(
         monkeypatch):
     from xrimpute.nets import prior
@@ -351,6 +369,22 @@ def test_frames_denser_than_one_solve_allows_are_splined_in_overlapping_pieces_n
     error, error_whole = (float(((guess - x)[gaps] ** 2).mean()) for guess in (pieces, whole))
     assert error < 1.03 * error_whole, (error, error_whole)
     assert float(((pieces - whole)[gaps] ** 2).mean()) < 0.05 * error_whole
+
+
+
+def test_a_piece_of_too_few_cells_adds_nothing_and_cells_no_piece_reaches_keep_the_fallback(monkeypatch):
+    from xrimpute.nets import prior
+
+    monkeypatch.setattr(prior, "MOST_SPLINE_POINTS", 100)
+    monkeypatch.setattr(prior, "MAX_SPLINE_POINTS", 16)  # cores of four cells: 5 x 9 pieces of 12 x 13
+    x = smooth_field(1, 60, 120)
+    context = torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) < 0.1
+    context[..., :90] = False  # never observed (land): pieces there hold no cell
+    out = spline(x * context, context, torch.full_like(x, 7.0))
+    assert torch.isfinite(out).all()
+    assert (out[..., :50] == 7.0).all()  # beyond every margin of a piece with cells
+    assert (out[..., 80:90] != 7.0).all()  # within one: its spline reaches on
+    assert float(((out - x)[..., 90:][~context[..., 90:]] ** 2).mean()) < 0.01
 
 
 SPACE = {-2: 1.0, -1: 1.0}
