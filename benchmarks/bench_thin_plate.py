@@ -6,10 +6,10 @@
 Each case is a batch of frames shaped like one training step's windows (16 windows of 5 steps by default) with
 context cells drawn at a rate; :func:`xrimpute.nets.prior.spline` fills every frame, and
 ``scipy.interpolate.RBFInterpolator(kernel="thin_plate_spline")`` fills the same frames one at a time on the same
-coordinates. The table gives both times, their ratio and the largest difference between the two fills (the
-field has unit variance); frames of more than :data:`~xrimpute.nets.prior.MOST_SPLINE_POINTS` context cells are
-splined in overlapping pieces, so there the difference is the pieces' from the whole frame's spline. One torch thread (``torch.set_num_threads(1)``; set ``OMP_NUM_THREADS=1`` too, so that
-SciPy's BLAS runs on one thread as well).
+coordinates. The table gives both times, their ratio and the largest difference between the two fills (the field
+has unit variance); frames of more than :data:`~xrimpute.nets.prior.MOST_SPLINE_POINTS` context cells are splined
+in overlapping pieces, so there the difference is the pieces' from the whole frame's spline. One torch thread
+(``torch.set_num_threads(1)``; set ``OMP_NUM_THREADS=1`` too, so that SciPy's BLAS runs on one thread as well).
 """
 from __future__ import annotations
 

@@ -245,10 +245,10 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
     *lead, h, w = values.shape
     values, mask, fallback = (x.reshape(-1, h, w) for x in (values, mask, fallback))
     seen = mask.flatten(1)
-    frames = torch.cat([torch.where(seen, values.flatten(1), 0.0), seen.to(values.dtype)], 1)
-    unique, inverse = torch.unique(frames, dim=0, return_inverse=True)
-    order = torch.arange(len(frames), device=values.device)
-    first = torch.full((len(unique),), len(frames), device=values.device).scatter_reduce(0, inverse, order, "amin")
+    keys = torch.cat([torch.where(seen, values.flatten(1), 0.0), seen.to(values.dtype)], 1)  # a frame's all
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    order = torch.arange(len(keys), device=values.device)
+    first = torch.full((len(unique),), len(keys), device=values.device).scatter_reduce(0, inverse, order, "amin")
     out = _spline_frames(values[first], mask[first], kernel, ridge)[inverse]
     return torch.where(torch.isnan(out), fallback, out).to(fallback.dtype).reshape(*lead, h, w)
 
