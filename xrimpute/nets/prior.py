@@ -245,8 +245,10 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
     *lead, h, w = values.shape
     values, mask, fallback = (x.reshape(-1, h, w) for x in (values, mask, fallback))
     seen = mask.flatten(1)
-    keys = torch.cat([torch.where(seen, values.flatten(1), 0.0), seen.to(values.dtype)], 1)  # a frame's all
-    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    keys = torch.cat([torch.where(seen, values.flatten(1), 0.0), seen.to(values.dtype)], 1)  # values and cells
+    # on Apple's GPUs (MPS) the rows are compared on the CPU: their unique over rows came late and has disagreed with it
+    unique, inverse = torch.unique(keys.cpu() if keys.device.type == "mps" else keys, dim=0, return_inverse=True)
+    inverse = inverse.to(values.device)
     order = torch.arange(len(keys), device=values.device)
     first = torch.full((len(unique),), len(keys), device=values.device).scatter_reduce(0, inverse, order, "amin")
     out = _spline_frames(values[first], mask[first], kernel, ridge)[inverse]
