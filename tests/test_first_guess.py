@@ -371,6 +371,21 @@ def test_frames_denser_than_one_solve_allows_are_splined_in_overlapping_pieces_n
     assert float(((pieces - whole)[gaps] ** 2).mean()) < 0.05 * error_whole
 
 
+def test_a_frame_splined_in_pieces_is_cut_as_its_own_cells_ask_whatever_it_is_batched_with(monkeypatch):
+    from xrimpute.nets import prior
+
+    # imputation's batches hold frames of every density (sampled contexts, one member or K at once, a series imputed
+    # whole or chunk by chunk): a frame's fill must not follow the densest frame beside it
+    monkeypatch.setattr(prior, "MOST_SPLINE_POINTS", 200)
+    x = smooth_field(2, 60, 120)[0, 0]
+    generator = torch.Generator().manual_seed(6)
+    context = torch.stack([torch.rand(x.shape[1:], generator=generator) < rate for rate in (0.04, 0.15)])
+    fallback = torch.zeros_like(x)
+    alone = spline(x[:1] * context[:1], context[:1], fallback[:1])
+    batched = spline(x * context, context, fallback)
+    assert int(context[0].sum()) > 200  # in pieces, as the denser frame beside it
+    assert torch.allclose(batched[:1], alone, atol=1e-6)
+
 
 def test_a_piece_of_too_few_cells_adds_nothing_and_cells_no_piece_reaches_keep_the_fallback(monkeypatch):
     from xrimpute.nets import prior

@@ -257,12 +257,27 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
 
 
 def _spline_frames(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float) -> torch.Tensor:
-    """:func:`spline` of frames ``(F, H, W)``, NaN where too few cells decide it: in pieces where one holds more than
-    :data:`MOST_SPLINE_POINTS` cells."""
-    most = int(mask.flatten(1).sum(1).max()) if mask.numel() else 0
-    if most > MOST_SPLINE_POINTS:
-        return _spline_in_pieces(values, mask, kernel, ridge, most)
-    return _spline_solved(values, mask, kernel, ridge)
+    """:func:`spline` of frames ``(F, H, W)``, NaN where too few cells decide it: in pieces where a frame holds more
+    than :data:`MOST_SPLINE_POINTS` cells, as many as its own cells ask for (:func:`_spline_in_pieces`), so that its
+    spline does not depend on the frames batched with it."""
+    counts = mask.flatten(1).sum(1)
+    if not bool((counts > MOST_SPLINE_POINTS).any()):
+        return _spline_solved(values, mask, kernel, ridge)
+    layouts = [_layout(int(n), *values.shape[-2:]) if n > MOST_SPLINE_POINTS else None for n in counts.tolist()]
+    out = torch.empty(values.shape, device=values.device)
+    for layout in set(layouts):  # frames of about as many cells share one: a few solves of many frames
+        frames = torch.tensor([it == layout for it in layouts], device=values.device)
+        out[frames] = (_spline_solved(values[frames], mask[frames], kernel, ridge) if layout is None
+                       else _spline_in_pieces(values[frames], mask[frames], kernel, ridge, layout))
+    return out
+
+
+def _layout(cells: int, h: int, w: int) -> tuple[int, int]:
+    """The rows and columns of pieces that :func:`_spline_in_pieces` cuts a frame of ``cells`` mask cells into: about
+    a quarter of :data:`MAX_SPLINE_POINTS` cells a piece, of about equal area."""
+    pieces = math.ceil(4 * cells / MAX_SPLINE_POINTS)
+    rows = min(h, max(1, round(math.sqrt(pieces * h / w))))
+    return rows, min(w, math.ceil(pieces / rows))
 
 
 def _spline_solved(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float) -> torch.Tensor:
@@ -307,9 +322,10 @@ def _spline_solved(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge:
     return out.reshape(*lead, h, w)
 
 
-def _spline_in_pieces(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float, most: int) -> torch.Tensor:
-    """:func:`spline` of frames holding up to ``most`` mask cells, in pieces: the frame cut into cores of about a
-    quarter of :data:`MAX_SPLINE_POINTS` cells at its densest, each piece the spline through the cells of its core
+def _spline_in_pieces(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float,
+                      layout: tuple[int, int]) -> torch.Tensor:
+    """:func:`spline` of frames in pieces, ``layout`` (:func:`_layout`) rows and columns of them: the frame cut into
+    cores of about equal area, each piece the spline through the cells of its core
     and of a margin as wide as the core either side, the pieces blended with weights of 1 in their core falling to 0
     across their margin; a piece of fewer than three cells adds nothing, and cells no piece reaches are NaN.
     Each piece holds its cells, so the blend does too. The cost grows with the frame's cells,
@@ -317,9 +333,7 @@ def _spline_in_pieces(values: torch.Tensor, mask: torch.Tensor, kernel: str, rid
     within 0.6 % of the whole frames' splines (``benchmarks/RESULTS.md``)."""
     *lead, h, w = values.shape
     device = values.device
-    pieces = math.ceil(4 * most / MAX_SPLINE_POINTS)
-    rows = min(h, max(1, round(math.sqrt(pieces * h / w))))
-    cols = min(w, math.ceil(pieces / rows))
+    rows, cols = layout
     total = torch.zeros(values.shape, device=device)
     weight = torch.zeros(values.shape, device=device)
     for r0, r1 in _cores(h, rows):
