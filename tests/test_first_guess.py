@@ -121,6 +121,30 @@ def test_an_untrained_network_returns_the_first_guess():
     assert torch.allclose(out, guess)
 
 
+def test_a_cpu_batch_larger_than_its_chunks_fills_as_one_batch(monkeypatch):
+    import xrimpute.nets as nets
+    from xrimpute.nets import prior
+
+    torch.manual_seed(0)
+    net = Denoiser(1, 5, None, preset="narrow", first_guess=True, guess=CANDIDATES["bending across steps 0.5"],
+                   exact_grid=True).eval()
+    for p in net.unet.head[-1].parameters():  # a correction that is not 0, so the network's chunks count
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(6, 1, 5, 20, 28)
+    mask = torch.rand(x.shape) < 0.3
+    t = torch.full((6,), 1e-3)
+    with torch.no_grad():
+        whole = net(x * mask, mask, t)
+        calls = []
+        unet_forward = net.unet.forward
+        monkeypatch.setattr(net.unet, "forward", lambda *a: calls.append(len(a[0])) or unet_forward(*a))
+        for module in (prior, nets):  # two windows at a time
+            monkeypatch.setattr(module, "CPU_CHUNK_CELLS", 2 * 5 * 20 * 28)
+        chunked = net(x * mask, mask, t)
+    assert calls == [2, 2, 2]
+    assert torch.allclose(chunked, whole, atol=1e-6)
+
+
 def step_flops(net: Denoiser, rows: int, cols: int) -> int:
     """FLOPs of a training step (forward and backward) of ``net`` on 4 windows of ``rows`` x ``cols`` cells."""
     x = torch.randn(4, 1, net.config["window"], rows, cols)

@@ -87,6 +87,10 @@ SPLINE_CHUNK_ENTRIES = 2**17
 """Entries of the systems a CPU builds and solves at once in :func:`spline` (1 MiB in float64, a core's cache, not
 fresh pages): 300 frames of 520 cells each took 1.6-1.7 s at 2^16-2^18 and 4.5 s all at once, 2000 frames of 40
 stations 0.20-0.26 s and 0.55 s (``benchmarks/RESULTS.md``)."""
+CPU_CHUNK_CELLS = 2**20
+"""Window cells (steps x rows x columns, each variable counted) that a CPU smooths, or runs through the network, at
+once: imputation's batches of a large grid outgrow the caches (80 windows of 5 steps of 96 x 192 cells took a fifth
+less time in pieces of about ten windows, ``benchmarks/RESULTS.md``); training's batches of tiles hold fewer."""
 MOST_SPLINE_POINTS = 4 * MAX_SPLINE_POINTS
 """Context cells of a frame beyond which :func:`spline` solves it in overlapping pieces: a model that trained on tiles
 (whose frames hold at most :data:`MAX_SPLINE_POINTS`) may impute a whole grid, whose frames hold many more, and one
@@ -192,7 +196,11 @@ class FirstGuess(nn.Module):
 
     def _blend(self, signal: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The levels' estimates from ``(N, T, H, W)`` context values and weights, blended widest to narrowest,
-        and the narrowest level's share of context cells."""
+        and the narrowest level's share of context cells; on a CPU :data:`CPU_CHUNK_CELLS` at a time."""
+        chunk = max(1, CPU_CHUNK_CELLS // signal[0].numel())
+        if signal.device.type == "cpu" and len(signal) > chunk:
+            parts = [self._blend(s, w) for s, w in zip(signal.split(chunk), weight.split(chunk))]
+            return torch.cat([guess for guess, _ in parts]), torch.cat([certainty for _, certainty in parts])
         n, signal_and_weight = signal.shape[0], torch.cat([signal, weight])
         guess = certainty = None
         for i in range(len(self.levels)):
