@@ -89,8 +89,8 @@ fresh pages): 300 frames of 520 cells each took 1.6-1.7 s at 2^16-2^18 and 4.5 s
 stations 0.20-0.26 s and 0.55 s (``benchmarks/RESULTS.md``)."""
 CPU_CHUNK_CELLS = 2**20
 """Window cells (steps x rows x columns, each variable counted) that a CPU smooths, or runs through the network, at
-once: imputation's batches of a large grid outgrow the caches (80 windows of 5 steps of 96 x 192 cells took a fifth
-less time in pieces of about ten windows, ``benchmarks/RESULTS.md``); training's batches of tiles hold fewer."""
+once: imputation's batches of a large grid outgrow the caches (80 windows of 5 steps of 96 x 192 cells took a sixth
+less time in chunks of about ten windows, ``benchmarks/RESULTS.md``); training's batches of tiles hold fewer."""
 MOST_SPLINE_POINTS = 4 * MAX_SPLINE_POINTS
 """Context cells of a frame beyond which :func:`spline` solves it in overlapping pieces: a model that trained on tiles
 (whose frames hold at most :data:`MAX_SPLINE_POINTS`) may impute a whole grid, whose frames hold many more, and one
