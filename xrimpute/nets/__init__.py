@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prior import CPU_CHUNK_CELLS, DEFAULT_LEVELS, FirstGuess, flow_closeness, history_baseline, modes_baseline, nearby_guess
+from .prior import (CPU_CHUNK_CELLS, DEFAULT_LEVELS, FirstGuess, flow_closeness, history_baseline, modes_baseline,
+                    nearby_guess)
 from .unet import PRESETS, UNet
 
 
@@ -153,8 +154,12 @@ class Denoiser(nn.Module):
                 static = self.static.expand(b, -1, h, wd)
             inputs.append(static.to(values.dtype))
         x = F.pad(torch.cat(inputs, dim=1), pad)
-        chunk = max(1, CPU_CHUNK_CELLS // values[0].numel()) if x.device.type == "cpu" else b
-        out = torch.cat([self.unet(x[i : i + chunk], t[i : i + chunk]) for i in range(0, b, chunk)])[..., :h, :wd]
+        if x.device.type == "cpu" and values.numel() > CPU_CHUNK_CELLS:  # a large grid's batch: a chunk at a time
+            chunk = max(1, CPU_CHUNK_CELLS * b // values.numel())
+            out = torch.cat([self.unet(x[i : i + chunk], t[i : i + chunk]) for i in range(0, b, chunk)])
+        else:
+            out = self.unet(x, t)
+        out = out[..., :h, :wd]
         if self.first_guess is None:
             return out.reshape(b, c, w, h, wd)
         if share is not None:

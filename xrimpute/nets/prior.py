@@ -197,8 +197,8 @@ class FirstGuess(nn.Module):
     def _blend(self, signal: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The levels' estimates from ``(N, T, H, W)`` context values and weights, blended widest to narrowest,
         and the narrowest level's share of context cells; on a CPU :data:`CPU_CHUNK_CELLS` at a time."""
-        chunk = max(1, CPU_CHUNK_CELLS // signal[0].numel())
-        if signal.device.type == "cpu" and len(signal) > chunk:
+        if signal.device.type == "cpu" and signal.numel() > CPU_CHUNK_CELLS and len(signal) > 1:
+            chunk = max(1, CPU_CHUNK_CELLS * len(signal) // signal.numel())
             parts = [self._blend(s, w) for s, w in zip(signal.split(chunk), weight.split(chunk))]
             return torch.cat([guess for guess, _ in parts]), torch.cat([certainty for _, certainty in parts])
         n, signal_and_weight = signal.shape[0], torch.cat([signal, weight])
@@ -273,7 +273,7 @@ def _spline_frames(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge:
         return _spline_solved(values, mask, kernel, ridge)
     layouts = [_layout(int(n), *values.shape[-2:]) if n > MOST_SPLINE_POINTS else None for n in counts.tolist()]
     out = torch.empty(values.shape, device=values.device)
-    for layout in set(layouts):  # frames of about as many cells share one: a few solves of many frames
+    for layout in dict.fromkeys(layouts):  # frames of about as many cells share one: a few solves of many frames
         frames = torch.tensor([it == layout for it in layouts], device=values.device)
         out[frames] = (_spline_solved(values[frames], mask[frames], kernel, ridge) if layout is None
                        else _spline_in_pieces(values[frames], mask[frames], kernel, ridge, layout))
