@@ -122,7 +122,6 @@ def test_an_untrained_network_returns_the_first_guess():
 
 
 def test_a_cpu_batch_larger_than_its_chunks_fills_as_one_batch(monkeypatch):
-    import xrimpute.nets as nets
     from xrimpute.nets import prior
 
     torch.manual_seed(0)
@@ -138,8 +137,7 @@ def test_a_cpu_batch_larger_than_its_chunks_fills_as_one_batch(monkeypatch):
         calls = []
         unet_forward = net.unet.forward
         monkeypatch.setattr(net.unet, "forward", lambda *a: calls.append(len(a[0])) or unet_forward(*a))
-        for module in (prior, nets):  # two windows at a time
-            monkeypatch.setattr(module, "CPU_CHUNK_CELLS", 2 * 5 * 20 * 28)
+        monkeypatch.setattr(prior, "CPU_CHUNK_CELLS", 2 * 5 * 20 * 28)  # two windows at a time
         chunked = net(x * mask, mask, t)
     assert calls == [2, 2, 2]
     assert torch.allclose(chunked, whole, atol=1e-6)

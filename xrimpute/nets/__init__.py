@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prior import (CPU_CHUNK_CELLS, DEFAULT_LEVELS, FirstGuess, flow_closeness, history_baseline, modes_baseline,
+from .prior import (DEFAULT_LEVELS, FirstGuess, cpu_chunk, flow_closeness, history_baseline, modes_baseline,
                     nearby_guess)
 from .unet import PRESETS, UNet
 
@@ -154,11 +154,9 @@ class Denoiser(nn.Module):
                 static = self.static.expand(b, -1, h, wd)
             inputs.append(static.to(values.dtype))
         x = F.pad(torch.cat(inputs, dim=1), pad)
-        if x.device.type == "cpu" and values.numel() > CPU_CHUNK_CELLS:  # a large grid's batch: a chunk at a time
-            chunk = max(1, CPU_CHUNK_CELLS * b // values.numel())
-            out = torch.cat([self.unet(x[i : i + chunk], t[i : i + chunk]) for i in range(0, b, chunk)])
-        else:
-            out = self.unet(x, t)
+        chunk = cpu_chunk(values)  # a large grid's batch a chunk at a time on a CPU
+        out = self.unet(x, t) if chunk >= b else torch.cat(
+            [self.unet(x[i : i + chunk], t[i : i + chunk]) for i in range(0, b, chunk)])
         out = out[..., :h, :wd]
         if self.first_guess is None:
             return out.reshape(b, c, w, h, wd)

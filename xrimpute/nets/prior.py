@@ -87,15 +87,23 @@ SPLINE_CHUNK_ENTRIES = 2**17
 """Entries of the systems a CPU builds and solves at once in :func:`spline` (1 MiB in float64, a core's cache, not
 fresh pages): 300 frames of 520 cells each took 1.6-1.7 s at 2^16-2^18 and 4.5 s all at once, 2000 frames of 40
 stations 0.20-0.26 s and 0.55 s (``benchmarks/RESULTS.md``)."""
-CPU_CHUNK_CELLS = 2**20
-"""Window cells (steps x rows x columns, each variable counted) that a CPU smooths, or runs through the network, at
-once: imputation's batches of a large grid outgrow the caches (80 windows of 5 steps of 96 x 192 cells took a sixth
-less time in chunks of about ten windows, ``benchmarks/RESULTS.md``); training's batches of tiles hold fewer."""
 MOST_SPLINE_POINTS = 4 * MAX_SPLINE_POINTS
 """Context cells of a frame beyond which :func:`spline` solves it in overlapping pieces: a model that trained on tiles
 (whose frames hold at most :data:`MAX_SPLINE_POINTS`) may impute a whole grid, whose frames hold many more, and one
 dense solve costs the cube of a frame's cells (a 96 x 192 grid of 10 % pixels, 1800 cells a frame: 98 % of a 137 s
 imputation). Below this one solve is as fast as the pieces (``benchmarks/RESULTS.md``)."""
+CPU_CHUNK_CELLS = 2**20
+"""Window cells (steps x rows x columns, each variable counted) that a CPU smooths, or runs through the network, at
+once: imputation's batches of a large grid outgrow the caches (80 windows of 5 steps of 96 x 192 cells took a sixth
+less time in chunks of about ten windows, ``benchmarks/RESULTS.md``); training's batches of tiles hold fewer."""
+
+
+def cpu_chunk(x: torch.Tensor) -> int:
+    """How many of the leading items of ``x`` (windows, or a window's variables) to process at once: all of them, but
+    on a CPU no more than :data:`CPU_CHUNK_CELLS` cells' worth."""
+    if x.device.type != "cpu" or x.numel() <= CPU_CHUNK_CELLS:
+        return len(x)
+    return max(1, CPU_CHUNK_CELLS * len(x) // x.numel())
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -197,8 +205,8 @@ class FirstGuess(nn.Module):
     def _blend(self, signal: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The levels' estimates from ``(N, T, H, W)`` context values and weights, blended widest to narrowest,
         and the narrowest level's share of context cells; on a CPU :data:`CPU_CHUNK_CELLS` at a time."""
-        if signal.device.type == "cpu" and signal.numel() > CPU_CHUNK_CELLS and len(signal) > 1:
-            chunk = max(1, CPU_CHUNK_CELLS * len(signal) // signal.numel())
+        chunk = cpu_chunk(signal)
+        if chunk < len(signal):
             parts = [self._blend(s, w) for s, w in zip(signal.split(chunk), weight.split(chunk))]
             return torch.cat([guess for guess, _ in parts]), torch.cat([certainty for _, certainty in parts])
         n, signal_and_weight = signal.shape[0], torch.cat([signal, weight])
