@@ -7,10 +7,11 @@ import xarray as xr
 import xrimpute
 from test_lazy import imputed_alike_on_every_path
 from xrimpute import cube
-from xrimpute.engine import Engine, ImputeConfig
+from xrimpute.engine import Engine, ImputeConfig, _first_guess
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import (BASELINE_MARGIN, MODES, MODES_LABEL, NEARBY_SPAN, choose_guess, modes_baseline,
                                  spatial_modes)
+from xrimpute.samplers import VALIDATION_WINDOWS, training_windows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -143,3 +144,36 @@ def test_a_guess_leans_on_the_modes_only_where_they_fill_the_held_back_cells_cle
         better = min(error for label, error in errors.items() if label.endswith(MODES_LABEL)) / plain
         assert better < 1 and (better < BASELINE_MARGIN) == leans, errors  # the modes win on both
         assert chosen.endswith(MODES_LABEL) == leans, errors
+
+
+def test_a_guess_leaning_on_the_modes_must_win_by_the_margin_on_every_window_with_held_back_cells_too():
+    rng = np.random.default_rng(0)
+    level, elsewhere = (torch.as_tensor(rng.standard_normal((16, 20)) * 2, dtype=torch.float32) for _ in range(2))
+    modes = torch.zeros(1 + MODES, 1, 16, 20)
+    modes[0, 0] = 0.2 * level  # their means hold a share of each cell's level, as in the test above
+
+    def windows(field, seed):
+        rng = np.random.default_rng(seed)
+        values = field + 0.3 * torch.as_tensor(rng.standard_normal((2, 1, 5, 16, 20)), dtype=torch.float32)
+        mask = torch.as_tensor(rng.random(values.shape) < 0.3)
+        return values, mask, torch.as_tensor(rng.random(values.shape) < 0.1) & ~mask, {}
+
+    validation = windows(level, 1)
+    label, errors = _first_guess(validation, False, None, modes=modes)
+    assert label.endswith(MODES_LABEL), errors
+    assert _first_guess(validation, False, None, modes=modes, wide=windows(level, 2))[0] == label
+    # windows where the modes' means are no cell's level: they fill worse there, and the best without them is kept
+    plain, errors = _first_guess(validation, False, None, modes=modes, wide=windows(elsewhere, 2))
+    assert plain == min((name for name in errors if not name.endswith(MODES_LABEL)), key=errors.get)
+
+
+def test_a_fit_in_memory_keeps_every_window_with_held_back_cells_where_more_than_it_scores_hold_some():
+    truth, _ = patterns(t=60, h=8, w=10)
+    spec = xrimpute.masks.Pixel(0.5)
+    mean, std = np.zeros(1, dtype=np.float32), np.ones(1, dtype=np.float32)
+    long = training_windows(pixels(truth, 0.5), spec, mean, std, window=3, seed=0)
+    held = long.validation[2]
+    assert len(held) == VALIDATION_WINDOWS and len(long.wide_validation[2]) == 20  # 60 steps: 20 windows of 3
+    assert int(long.wide_validation[2].sum()) > 1.2 * int(held.sum())
+    short = training_windows(pixels(truth[:, :, :30], 0.5), spec, mean, std, window=3, seed=0)
+    assert short.wide_validation is None and len(short.validation[2]) == 10  # every window scored already

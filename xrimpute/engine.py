@@ -552,7 +552,7 @@ class Engine:
                           else None)
             folds = _station_folds(spec, init, config.nearby, windows.validation)
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes,
-                                          covariance, folds, seed)
+                                          covariance, folds, seed, windows.wide_validation)
             if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
                 if verbose and is_dask_collection(values):
@@ -564,6 +564,7 @@ class Engine:
                 if verbose and cycle is not None:
                     log.info(f"the first guess fills the departures from the {config.cycle} cycle"
                              + guess.partition(f" + {config.cycle} cycle")[2])
+            windows.wide_validation = plain.wide_validation = None  # the guess is chosen: not kept through training
             label = None if guess is None else _without_cycle_label(guess, config.cycle)
             name, nearby, flow = candidate_label(label) if guess is not None else (None, bool(config.nearby), False)
             if init is not None:
@@ -1017,7 +1018,7 @@ spline (``benchmarks/RESULTS.md``). Between stations the guess is the whole fill
 
 def _first_guess(validation, periodic: bool, init: Engine | None,
                  nearby: bool | None = None, modes=None, covariance=None, station_folds: int = 0,
-                 seed: int = 0) -> tuple[str | None, dict]:
+                 seed: int = 0, wide=None) -> tuple[str | None, dict]:
     """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES`, with or without the nearby steps the validation
     inputs carry (``nearby`` True: with), or leaning on ``modes`` (the series' spatial modes, or None), or under
     ``covariance`` (the series' own, or None), that best
@@ -1025,7 +1026,8 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     :func:`~xrimpute.nets.prior.choose_guess`), and every candidate's NMSE there; None (the defaults) without
     held-back cells or with ``init`` (whose guess is kept). ``station_folds`` (:func:`_station_folds`): the context
     stations also score them, in that many shares (:func:`_with_station_folds`, drawn with ``seed``), without the
-    nearby steps, modes or covariance."""
+    nearby steps, modes or covariance. ``wide``: the validation windows' ``wide_validation`` (or None), on which a
+    guess leaning on the modes must also win by its margin (:func:`_on_every_window`)."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs = validation
@@ -1039,7 +1041,39 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
                                  covariance=covariance)
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
+    elif wide is not None and label.endswith(MODES_LABEL):
+        plain = min((name for name in errors if not name.endswith(MODES_LABEL)
+                     and not CANDIDATES[candidate_label(name)[0]].get("covariance_steps")), key=errors.get)
+        # against the best without them here and the same guess without them
+        settled = _on_every_window(wide, periodic, modes, label, [plain, label.removesuffix(MODES_LABEL)])
+        label = label if settled is None or settled[0] < BASELINE_MARGIN * settled[1] else plain
     return label, errors
+
+
+def _on_every_window(wide, periodic: bool, modes, label: str, others: list[str], wide_others=None,
+                     modes_others=None) -> tuple[float, float] | None:
+    """The error of the guess ``label`` (of :func:`choose_guess`) on the held-back cells of ``wide``, and the least
+    of the guesses ``others`` there (on ``wide_others`` with their ``modes_others`` where they differ: the values'
+    windows beside their departures from a cycle), each against the mean fill of ``wide_others`` or ``wide``; None
+    where a guess does not run there (a spline on windows denser than the validation's). A guess leaning on a
+    series-wide baseline that wins on the validation windows by its margin must win here too: on 16 windows the
+    differences of a few per cent that the margin weighs come and go (``samplers.WIDE_VALIDATION_CELLS``)."""
+    def error(windows, modes, guess):
+        xs, ms, hs, inputs = windows
+        name = candidate_label(guess)[0]
+        _, errors = choose_guess(xs, ms, hs, candidates={name: CANDIDATES[name]}, periodic=periodic,
+                                 history=inputs.get("history"), nearby=inputs.get("nearby"), span=NEARBY_SPAN,
+                                 curve=True, modes=modes)
+        return errors.get(guess)
+
+    own = error(wide, modes, label)
+    theirs = [error(wide, modes, other) if wide_others is None else error(wide_others, modes_others, other)
+              for other in dict.fromkeys(others)]
+    if own is None or None in theirs:
+        return None
+    if wide_others is not None:  # both against the values' mean fill
+        own *= float(_channel_reference(wide).sum() / _channel_reference(wide_others).sum())
+    return own, min(theirs)
 
 
 def _station_folds(spec, init: Engine | None, nearby: bool | None, validation) -> int:
@@ -1126,7 +1160,8 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     for k, (width, cycle) in enumerate(candidates):
         suffix = _cycle_label(kind, width)
         cycled, cycled_modes = windows_of(cycle)
-        label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes)
+        label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes,
+                                     wide=cycled.wide_validation)
         scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
         errors = {name + suffix: error * scale for name, error in errors.items()}
         scored.update(errors)
@@ -1145,7 +1180,11 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     if error < BASELINE_MARGIN * guesses[guess]:
         if cycled is None:
             cycled, cycled_modes = windows_of(cycle)
-        return cycle, cycled, cycled_modes, label, both
+        settled = None if cycled.wide_validation is None or plain.wide_validation is None else _on_every_window(
+            cycled.wide_validation, periodic, cycled_modes, _without_cycle_label(label, kind),
+            [guess, _without_cycle_label(label, kind)], plain.wide_validation, modes)
+        if settled is None or settled[0] < BASELINE_MARGIN * settled[1]:
+            return cycle, cycled, cycled_modes, label, both
     if cycled is not None:
         cycled.close()
     return None, plain, modes, guess, both

@@ -722,7 +722,8 @@ BASELINE_MARGIN = 0.95
 """A first guess on the departures from a baseline found in the whole series (its spatial modes, each cell's cycle)
 is chosen only where it fills the held-back cells better than this share of the best guess without it: on the ERA5
 sample's 10 % pixels the modes won by 3 % (seed 1) and then filled the gaps worse; where they carry, they win by 9 to
-74 % (``benchmarks/RESULTS.md``)."""
+74 % (``benchmarks/RESULTS.md``). A fit in memory asks it on every window with held-back cells too
+(``xrimpute.samplers.WIDE_VALIDATION_CELLS``)."""
 MODES_LABEL = " + modes"
 """Appended to a candidate's name (:func:`choose_guess`) when its guess leans on :func:`modes_baseline`."""
 MOST_MODE_CELLS = 20_000_000
