@@ -564,7 +564,8 @@ class Engine:
                 if verbose and cycle is not None:
                     log.info(f"the first guess fills the departures from the {config.cycle} cycle"
                              + guess.partition(f" + {config.cycle} cycle")[2])
-            windows.wide_validation = plain.wide_validation = None  # the guess is chosen: not kept through training
+            for made in (windows, plain):  # the guess is chosen: its wide validation windows are not kept for training
+                vars(made).pop("wide_validation", None)
             label = None if guess is None else _without_cycle_label(guess, config.cycle)
             name, nearby, flow = candidate_label(label) if guess is not None else (None, bool(config.nearby), False)
             if init is not None:
