@@ -7,7 +7,7 @@ import xarray as xr
 import xrimpute
 from test_lazy import imputed_alike_on_every_path
 from xrimpute import cube
-from xrimpute.engine import Engine, ImputeConfig, _first_guess
+from xrimpute.engine import Engine, ImputeConfig, _first_guess, _on_every_window
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import (BASELINE_MARGIN, MODES, MODES_LABEL, NEARBY_SPAN, choose_guess, modes_baseline,
                                  spatial_modes)
@@ -165,6 +165,22 @@ def test_a_guess_leaning_on_the_modes_must_win_by_the_margin_on_every_window_wit
     # windows where the modes' means are no cell's level: they fill worse there, and the best without them is kept
     plain, errors = _first_guess(validation, False, None, modes=modes, wide=windows(elsewhere, 2))
     assert plain == min((name for name in errors if not name.endswith(MODES_LABEL)), key=errors.get)
+
+
+def test_a_guess_on_departures_is_weighed_on_every_window_against_the_values_mean_fill():
+    """The cycle's margin: a guess on the departures from a cycle against guesses on the values, both as shares of
+    the values' mean fill on the same held-back cells."""
+    rng = np.random.default_rng(0)
+    values = torch.as_tensor(rng.standard_normal((3, 1, 5, 12, 14)), dtype=torch.float32)
+    mask = torch.as_tensor(rng.random(values.shape) < 0.4)
+    held = torch.as_tensor(rng.random(values.shape) < 0.1) & ~mask
+    plain = (values, mask, held, {})
+    own, theirs = _on_every_window(plain, False, None, "space", ["space", "time first"])
+    _, errors = choose_guess(values, mask, held)
+    assert (own, theirs) == pytest.approx((errors["space"], min(errors["space"], errors["time first"])))
+    halved = (values / 2, mask, held, {})  # departures half the values: a linear guess errs a quarter as much
+    own, theirs = _on_every_window(halved, False, None, "space", ["space"], plain)
+    assert own == pytest.approx(theirs / 4, rel=1e-4)
 
 
 def test_a_fit_in_memory_keeps_every_window_with_held_back_cells_where_more_than_it_scores_hold_some():

@@ -46,7 +46,7 @@ WIDE_VALIDATION_CELLS = 2**22
 whether a guess leaning on a series-wide baseline wins by its margin (``ArrayWindows.wide_validation``, made when
 asked, from the held-back cells kept a bit each): on the
 ERA5 sample's 10 % pixels 16 windows put the modes and the daily cycle 7 % ahead where all 148 put them behind, and
-the guess without them filled the gaps 17 % better (``benchmarks/RESULTS.md``)."""
+the default fit from the guess without them filled the gaps 15 % better (``benchmarks/RESULTS.md``)."""
 
 
 @dataclass
@@ -693,7 +693,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                                nearby_span=nearby_span, flow=flow, hide=spec)
         if heldout.any():
             windows.validation, windows.validation_jobs = _validation_windows(windows, heldout, seed, still)
-            # more windows than scored: gaps that stay put lean on no series-wide baseline with a margin
+            # those scored may be fewer than the windows holding held-back cells; gaps that stay put lean on no
+            # series-wide baseline with a margin
             if not still and len(windows.validation_jobs) == VALIDATION_WINDOWS:
                 windows.held_cells, windows.validation_seed = np.packbits(heldout, axis=None), seed
         return windows
