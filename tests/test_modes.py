@@ -161,9 +161,9 @@ def test_a_guess_leaning_on_the_modes_must_win_by_the_margin_on_every_window_wit
     validation = windows(level, 1)
     label, errors = _first_guess(validation, False, None, modes=modes)
     assert label.endswith(MODES_LABEL), errors
-    assert _first_guess(validation, False, None, modes=modes, wide=windows(level, 2))[0] == label
+    assert _first_guess(validation, False, None, modes=modes, wide=lambda: windows(level, 2))[0] == label
     # windows where the modes' means are no cell's level: they fill worse there, and the best without them is kept
-    plain, errors = _first_guess(validation, False, None, modes=modes, wide=windows(elsewhere, 2))
+    plain, errors = _first_guess(validation, False, None, modes=modes, wide=lambda: windows(elsewhere, 2))
     assert plain == min((name for name in errors if not name.endswith(MODES_LABEL)), key=errors.get)
 
 

@@ -552,7 +552,7 @@ class Engine:
                           else None)
             folds = _station_folds(spec, init, config.nearby, windows.validation)
             guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes,
-                                          covariance, folds, seed, windows.wide_validation)
+                                          covariance, folds, seed, lambda: windows.wide_validation)
             if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
                 if verbose and is_dask_collection(values):
@@ -1027,8 +1027,9 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     :func:`~xrimpute.nets.prior.choose_guess`), and every candidate's NMSE there; None (the defaults) without
     held-back cells or with ``init`` (whose guess is kept). ``station_folds`` (:func:`_station_folds`): the context
     stations also score them, in that many shares (:func:`_with_station_folds`, drawn with ``seed``), without the
-    nearby steps, modes or covariance. ``wide``: the validation windows' ``wide_validation`` (or None), on which a
-    guess leaning on the modes must also win by its margin (:func:`_on_every_window`)."""
+    nearby steps, modes or covariance. ``wide``: a callable giving the validation windows' ``wide_validation`` (or
+    None), on which a guess leaning on the modes must also win by its margin (:func:`_on_every_window`); called only
+    then, since the windows make them when asked."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs = validation
@@ -1042,11 +1043,11 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
                                  covariance=covariance)
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
-    elif wide is not None and label.endswith(MODES_LABEL):
+    elif wide is not None and label.endswith(MODES_LABEL) and (windows := wide()) is not None:
         plain = min((name for name in errors if not name.endswith(MODES_LABEL)
                      and not CANDIDATES[candidate_label(name)[0]].get("covariance_steps")), key=errors.get)
         # against the best without them here and the same guess without them
-        settled = _on_every_window(wide, periodic, modes, label, [plain, label.removesuffix(MODES_LABEL)])
+        settled = _on_every_window(windows, periodic, modes, label, [plain, label.removesuffix(MODES_LABEL)])
         label = label if settled is None or settled[0] < BASELINE_MARGIN * settled[1] else plain
     return label, errors
 
@@ -1162,7 +1163,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
         suffix = _cycle_label(kind, width)
         cycled, cycled_modes = windows_of(cycle)
         label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes,
-                                     wide=cycled.wide_validation)
+                                     wide=lambda: cycled.wide_validation)
         scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
         errors = {name + suffix: error * scale for name, error in errors.items()}
         scored.update(errors)
