@@ -33,7 +33,7 @@ from .atomic import atomic_write
 from .cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
 from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess,
-                         field_covariance, spatial_modes, widest_reach)
+                         costly, field_covariance, spatial_modes, widest_reach)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, Stretch, statistics, training_windows
@@ -1044,8 +1044,7 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
     elif wide is not None and label.endswith(MODES_LABEL) and (windows := wide()) is not None:
-        plain = min((name for name in errors if not name.endswith(MODES_LABEL)
-                     and not CANDIDATES[candidate_label(name)[0]].get("covariance_steps")), key=errors.get)
+        plain = min((name for name in errors if not costly(name)), key=errors.get)
         # against the best without them here and the same guess without them
         settled = _on_every_window(windows, periodic, modes, label, [plain, label.removesuffix(MODES_LABEL)])
         label = label if settled is None or settled[0] < BASELINE_MARGIN * settled[1] else plain

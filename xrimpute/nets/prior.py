@@ -899,6 +899,12 @@ def candidate_label(label: str) -> tuple[str, bool, bool]:
     return label.removesuffix(MODES_LABEL), False, False
 
 
+def costly(label: str, candidates: dict[str, dict] = CANDIDATES) -> bool:
+    """Whether the guess ``label`` (of :func:`choose_guess`) leans on a series-wide baseline or solves under the
+    series' covariance: chosen only where it beats the best guess without either by :data:`BASELINE_MARGIN`."""
+    return label.endswith(MODES_LABEL) or bool(candidates.get(label, {}).get("covariance_steps"))
+
+
 @torch.no_grad()
 def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                  candidates: dict[str, dict] = CANDIDATES, periodic: bool = False,
@@ -951,11 +957,8 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     def best(labels):
         return min(labels, key=lambda label: (errors[label], order.index(label)))
 
-    def costly(label):  # leaning on a series-wide baseline, or solving under the series' covariance
-        return label.endswith(MODES_LABEL) or bool(candidates.get(label, {}).get("covariance_steps"))
-
     chosen = best(errors)
-    if costly(chosen):
-        plain = best([label for label in errors if not costly(label)])
+    if costly(chosen, candidates):
+        plain = best([label for label in errors if not costly(label, candidates)])
         chosen = chosen if errors[chosen] < BASELINE_MARGIN * errors[plain] else plain
     return chosen, errors
