@@ -193,3 +193,5 @@ def test_a_fit_in_memory_keeps_every_window_with_held_back_cells_where_more_than
     assert int(long.wide_validation[2].sum()) > 1.2 * int(held.sum())
     short = training_windows(pixels(truth[:, :, :30], 0.5), spec, mean, std, window=3, seed=0)
     assert short.wide_validation is None and len(short.validation[2]) == 10  # every window scored already
+    just = training_windows(pixels(truth[:, :, :48], 0.5), spec, mean, std, window=3, seed=0)
+    assert just.wide_validation is None and len(just.validation[2]) == VALIDATION_WINDOWS  # all 16, not twice

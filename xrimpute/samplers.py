@@ -307,14 +307,14 @@ class ArrayWindows:
     @functools.cached_property
     def wide_validation(self) -> tuple | None:
         """As ``validation``, from every window with held-back cells (:data:`WIDE_VALIDATION_CELLS` at most), made
-        when first asked (delete it to free it); None where ``validation`` holds every one."""
-        if self.held_cells is None:
+        when first asked (delete it to free it); None where it would hold no more windows than ``validation``."""
+        n, c, t, h, w = self.values.shape
+        (th, tw) = self.tile or (h, w)
+        most = WIDE_VALIDATION_CELLS // (c * self.window * th * tw)
+        if self.held_cells is None or most <= VALIDATION_WINDOWS:  # no more windows than validation scores
             return None
         shape = tuple(self.observed.shape)
         heldout = np.unpackbits(self.held_cells, count=int(np.prod(shape))).view(bool).reshape(shape)
-        n, c, t, h, w = self.values.shape
-        (th, tw) = self.tile or (h, w)
-        most = max(VALIDATION_WINDOWS, WIDE_VALIDATION_CELLS // (c * self.window * th * tw))
         return _validation_windows(self, heldout, self.validation_seed, max_windows=most)[0]
 
     def close(self) -> None:
@@ -594,12 +594,14 @@ def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tenso
 def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = False,
                         max_windows: int = VALIDATION_WINDOWS):
     """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
-    inputs)`` and the ``(sample, start, row, col)`` of each; ``still``: as for :func:`training_windows`."""
+    inputs)``, the ``(sample, start, row, col)`` of each, and whether more windows hold some;
+    ``still``: as for :func:`training_windows`."""
     n, c, t, h, w = windows.values.shape
     (th, tw) = windows.tile or (h, w)
     window = windows.window
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
     jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
+    more = len(jobs) > max_windows
     jobs = [jobs[k] for k in evenly_spaced(len(jobs), max_windows)]
     rng = np.random.default_rng(seed)
     placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))) for i, s in jobs]
@@ -616,7 +618,7 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = Fals
                                     windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~hidden.numpy(),
                                     s - a, window, span, flow=windows.flow)
                 for (i, s, r, q), hidden, (a, z) in zip(placed, union, stretches)]))
-    return (xs, ms, hs, inputs), placed
+    return (xs, ms, hs, inputs), placed, more
 
 
 def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -692,10 +694,10 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals,
                                nearby_span=nearby_span, flow=flow, hide=spec)
         if heldout.any():
-            windows.validation, windows.validation_jobs = _validation_windows(windows, heldout, seed, still)
+            windows.validation, windows.validation_jobs, more = _validation_windows(windows, heldout, seed, still)
             # those scored may be fewer than the windows holding held-back cells; gaps that stay put lean on no
             # series-wide baseline with a margin
-            if not still and len(windows.validation_jobs) == VALIDATION_WINDOWS:
+            if more and not still:
                 windows.held_cells, windows.validation_seed = np.packbits(heldout, axis=None), seed
         return windows
     n, _, t, h, w = values.shape
