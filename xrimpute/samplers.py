@@ -594,14 +594,14 @@ def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tenso
 def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = False,
                         max_windows: int = VALIDATION_WINDOWS):
     """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
-    inputs)``, the ``(sample, start, row, col)`` of each, and whether more windows hold some;
+    inputs)``, the ``(sample, start, row, col)`` of each, and whether windows with held-back cells were left out;
     ``still``: as for :func:`training_windows`."""
     n, c, t, h, w = windows.values.shape
     (th, tw) = windows.tile or (h, w)
     window = windows.window
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
     jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
-    more = len(jobs) > max_windows
+    left_out = len(jobs) > max_windows
     jobs = [jobs[k] for k in evenly_spaced(len(jobs), max_windows)]
     rng = np.random.default_rng(seed)
     placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))) for i, s in jobs]
@@ -618,7 +618,7 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = Fals
                                     windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~hidden.numpy(),
                                     s - a, window, span, flow=windows.flow)
                 for (i, s, r, q), hidden, (a, z) in zip(placed, union, stretches)]))
-    return (xs, ms, hs, inputs), placed, more
+    return (xs, ms, hs, inputs), placed, left_out
 
 
 def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -694,10 +694,10 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals,
                                nearby_span=nearby_span, flow=flow, hide=spec)
         if heldout.any():
-            windows.validation, windows.validation_jobs, more = _validation_windows(windows, heldout, seed, still)
+            windows.validation, windows.validation_jobs, left_out = _validation_windows(windows, heldout, seed, still)
             # those scored may be fewer than the windows holding held-back cells; gaps that stay put lean on no
             # series-wide baseline with a margin
-            if more and not still:
+            if left_out and not still:
                 windows.held_cells, windows.validation_seed = np.packbits(heldout, axis=None), seed
         return windows
     n, _, t, h, w = values.shape
