@@ -6,7 +6,7 @@ import xarray as xr
 
 import xrimpute
 from test_lazy import imputed_alike_on_every_path
-from xrimpute import cube
+from xrimpute import cube, samplers
 from xrimpute.engine import Engine, ImputeConfig, _first_guess, _on_every_window
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import (BASELINE_MARGIN, MODES, MODES_LABEL, NEARBY_SPAN, choose_guess, modes_baseline,
@@ -183,7 +183,7 @@ def test_a_guess_on_departures_is_weighed_on_every_window_against_the_values_mea
     assert own == pytest.approx(theirs / 4, rel=1e-4)
 
 
-def test_a_fit_in_memory_keeps_every_window_with_held_back_cells_where_more_than_it_scores_hold_some():
+def test_a_fit_in_memory_keeps_every_window_with_held_back_cells_where_more_than_it_scores_hold_some(monkeypatch):
     truth, _ = patterns(t=60, h=8, w=10)
     spec = xrimpute.masks.Pixel(0.5)
     mean, std = np.zeros(1, dtype=np.float32), np.ones(1, dtype=np.float32)
@@ -195,3 +195,5 @@ def test_a_fit_in_memory_keeps_every_window_with_held_back_cells_where_more_than
     assert short.wide_validation is None and len(short.validation[2]) == 10  # every window scored already
     just = training_windows(pixels(truth[:, :, :48], 0.5), spec, mean, std, window=3, seed=0)
     assert just.wide_validation is None and len(just.validation[2]) == VALIDATION_WINDOWS  # all 16, not twice
+    monkeypatch.setattr(samplers, "WIDE_VALIDATION_CELLS", VALIDATION_WINDOWS * 3 * 8 * 10)  # room for 16 windows
+    assert training_windows(pixels(truth, 0.5), spec, mean, std, window=3, seed=0).wide_validation is None
