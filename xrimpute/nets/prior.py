@@ -80,6 +80,11 @@ CANDIDATES: dict[str, dict] = {
     "optimal interpolation": dict(levels=DEFAULT_LEVELS, covariance_steps=COVARIANCE_STEPS),
 }
 """The first guesses a fit chooses among (:func:`choose_guess`, in this order on a tie): :class:`FirstGuess` options."""
+SPLINE_RIDGES = {torch.float64: 1e-9, torch.float32: 1e-6}
+"""The ridge that keeps :func:`spline`'s solve regular, by the precision it is solved in: 1e-6 in double precision
+smoothed where context cells lie a cell apart and put the thin plate through 40 stations 1e-4 off the exact spline
+of the RBF filler (the heights' stations 1.00018 of its error, 1.0000005 at 1e-9; the pixel guesses as good or a
+hair better, ``benchmarks/RESULTS.md``); single precision (Apple's GPUs) keeps 1e-6."""
 MAX_SPLINE_POINTS = 256
 """The thin-plate and kriging guesses are candidates only where no frame holds more context cells (a dense solve
 per frame)."""
@@ -242,11 +247,12 @@ def smoothing_matrix(kernel: torch.Tensor, size: int, periodic: bool = False) ->
 
 
 def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, kernel: str = "thin plate",
-           ridge: float = 1e-6) -> torch.Tensor:
+           ridge: float | None = None) -> torch.Tensor:
     """The spline of ``kernel`` (:data:`SPLINE_KERNELS`) through the mask's cells, frame by frame, on ``(..., H, W)``.
 
     Coordinates are cell indices scaled by the larger side; ``ridge`` keeps
-    the solve regular. Frames with fewer than three cells keep ``fallback``.
+    the solve regular (default by its precision, :data:`SPLINE_RIDGES`).
+    Frames with fewer than three cells keep ``fallback``.
     Frames with the same number of cells are solved together, so a frame's
     spline does not depend on the frames batched with it, and frames of the
     same cells and values are solved once (windows overlapping in time hold
@@ -272,7 +278,7 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
     return torch.where(torch.isnan(out), fallback, out).to(fallback.dtype).reshape(*lead, h, w)
 
 
-def _spline_frames(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float) -> torch.Tensor:
+def _spline_frames(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float | None) -> torch.Tensor:
     """:func:`spline` of frames ``(F, H, W)``, NaN where too few cells decide it: in pieces where a frame holds more
     than :data:`MOST_SPLINE_POINTS` cells, as many as its own cells ask for (:func:`_spline_in_pieces`), so that its
     spline does not depend on the frames batched with it."""
@@ -296,11 +302,12 @@ def _layout(cells: int, h: int, w: int) -> tuple[int, int]:
     return rows, min(w, math.ceil(pieces / rows))
 
 
-def _spline_solved(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float) -> torch.Tensor:
+def _spline_solved(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float | None) -> torch.Tensor:
     """:func:`spline` by one dense solve per frame ``(..., H, W)``; NaN in frames of fewer than three cells."""
     *lead, h, w = values.shape
     device = values.device
     precise = torch.float32 if device.type == "mps" else torch.float64
+    ridge = SPLINE_RIDGES[precise] if ridge is None else ridge
     flat, seen = values.reshape(-1, h * w), mask.reshape(-1, h * w)
     out = torch.full((flat.shape[0], h * w), float("nan"), device=device)
     counts = seen.sum(1)
@@ -338,7 +345,7 @@ def _spline_solved(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge:
     return out.reshape(*lead, h, w)
 
 
-def _spline_in_pieces(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float,
+def _spline_in_pieces(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float | None,
                       layout: tuple[int, int]) -> torch.Tensor:
     """:func:`spline` of frames in pieces, ``layout`` (:func:`_layout`) rows and columns of them: the frame cut into
     cores of about equal area, each piece the spline through the cells of its core
