@@ -57,7 +57,16 @@ def test_the_repr_shows_the_best_classical_filler_next_to_the_skill_also_after_l
     for shown in (model, xrimpute.load(model.save(tmp_path / "m.xri"))):
         text = repr(shown)
         assert f"best classical filler {best} 1.000" in text
+        assert "ctxdiff's MSE" not in text  # the filler is exact here: no ratio to its error of 0
         assert "classical:" in text and "telea" in text.split("classical:")[-1]
+
+
+def test_the_repr_gives_the_error_ratio_to_the_best_classical_filler():
+    observed = xrimpute.observe(blobs(n=2, t=12, size=16, seed=1), "pixel", rate=0.3, seed=0)
+    model = observed.ctxdiff.fit(**TINY)
+    v = model.validation
+    assert v["classical"][v["best_classical"]] > 0
+    assert f"ctxdiff's MSE {v['nmse'] / v['classical'][v['best_classical']]:.2g} times its" in repr(model)
 
 
 def test_compare_classical_false_skips_the_comparison_and_verbose_false_only_the_warning():
@@ -129,3 +138,12 @@ def test_a_fit_that_trained_no_step_names_the_better_filler_without_telling_to_t
             warn_if_beaten(validation, trained=trained)
         (message,) = [str(w.message) for w in record if issubclass(w.category, SkillWarning)]
         assert 'method="rbf"' in message and ("train longer" in message) == advice
+        assert "ctxdiff's MSE 2 times its" in message  # near a skill of 1 the skills alone hide how far apart
+
+
+def test_the_error_ratio_is_left_out_where_the_classical_filler_is_exact():
+    from xrimpute.baselines.heldout import ratio_text
+
+    assert ratio_text(dict(best_classical="rbf", classical={"rbf": 0.05}, nmse=0.04)) == "ctxdiff's MSE 0.8 times its"
+    assert ratio_text(dict(best_classical="rbf", classical={"rbf": 0.0}, nmse=0.04)) == ""
+    assert ratio_text(dict(best_classical=None, classical={}, nmse=0.04)) == ""

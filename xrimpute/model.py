@@ -621,10 +621,14 @@ class CtxDiffModel:
             rows.append(("never seen", f"{filled} of {never} never-observed cells filled by default; "
                                        f"{int(self.permanent.sum())} in the permanent mask stay NaN"))
         if self.validation:
+            from .baselines.heldout import ratio_text  # here: the baselines package imports this module
+
             v = self.validation
             rmse = ", ".join(f"{k} {x:.3g}" for k, x in v["rmse"].items())
             best = v.get("best_classical")
-            versus = f"; best classical filler {best} {1 - v['classical'][best]:.3f}" if best else ""
+            ratio = ratio_text(v)
+            versus = (f"; best classical filler {best} {1 - v['classical'][best]:.3f}" + (f", {ratio}" if ratio else "")
+                      if best else "")
             rows.append(("validation", f"skill {v['skill']:.3f} = 1 - MSE / MSE of the mean fill, on {v['cells']} "
                                        f"held-back cells (RMSE {rmse}){versus}"))
             if v.get("first_guess") in v.get("first_guess_nmse", {}):

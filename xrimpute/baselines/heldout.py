@@ -151,6 +151,16 @@ def score(windows, budget: float, times: np.ndarray | None = None, fillers: dict
                 classical_skipped=skipped, classical_seconds=time.perf_counter() - started, classical_context=context)
 
 
+def ratio_text(validation: dict) -> str:
+    """ctxdiff's MSE on the held-back cells of ``validation`` (a model's) over the best classical filler's, in words
+    for the repr and the warning: near a skill of 1 the two skills agree to three digits while one error is a
+    fraction of the other. "" without a comparison, or where that filler fills the cells exactly."""
+    best = validation.get("best_classical")
+    if best is None or validation["classical"][best] <= 0:
+        return ""
+    return f"ctxdiff's MSE {validation['nmse'] / validation['classical'][best]:.2g} times its"
+
+
 def warn_if_beaten(validation: dict, trained: bool = True) -> None:
     """One :class:`~xrimpute.errors.SkillWarning` when a classical filler scored better than the network on the
     held-back cells of ``validation`` (a model's), naming it, both scores and the call that runs it; ``trained``
@@ -158,12 +168,13 @@ def warn_if_beaten(validation: dict, trained: bool = True) -> None:
     best = validation.get("best_classical")
     if best is None or validation["classical"][best] >= validation["nmse"]:
         return
+    ratio = ratio_text(validation)
     remedy = ("for now, or train longer (a larger max_time= or steps=)" if trained else
               "(ctxdiff's fill there is its first guess, which training cannot change)")
     warnings.warn(
         f"on the {validation['cells']} held-back cells the classical filler {best!r} scores skill "
         f"{1 - validation['classical'][best]:.3f} and ctxdiff {validation['skill']:.3f} (1 - MSE / MSE of the mean "
-        f"fill): fill with {fill_call(best)} {remedy}", SkillWarning, stacklevel=3)
+        f"fill{'; ' + ratio if ratio else ''}): fill with {fill_call(best)} {remedy}", SkillWarning, stacklevel=3)
 
 
 def _narrowed(item, pad: int):
