@@ -173,7 +173,8 @@ def run_case(job) -> dict:
     score, unfilled = gap_nmse(filled, true_values, gaps)
     row["ctxdiff"] = dict(nmse=score, unfilled=unfilled, fit_seconds=fitted, fit_options=args["fit_options"],
                           impute_seconds=time.perf_counter() - start - fitted,
-                          steps=model.history.step[-1] if model.history.step else 0, mask=repr(model.spec),
+                          steps=model.history.step[-1] if model.history.step else 0, kept=model.history.kept,
+                          mask=repr(model.spec),
                           validation=model.validation.get("nmse"), context=model.validation.get("context"),
                           first_guess=model.validation.get("first_guess"), tile=model.engine.config.tile,
                           correction=model.validation.get("correction_weight"))
@@ -203,7 +204,8 @@ def table(rows: list[dict]) -> str:
     """One line per case: means over seeds (and the spread between them)."""
     lines = ["| case | observed | best classical | its gap NMSE | its s | ctxdiff gap NMSE | ratio | ctxdiff steps | "
              "ctxdiff s (fit + impute) | unfilled (ctxdiff) | "
-             "first guess; contexts; tile; correction kept (per seed) | kriging / RBF |",
+             "first guess; contexts; tile; correction kept; the network's step where not the last (per seed) | "
+             "kriging / RBF |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = [r for r in rows if r["case"] == case]
@@ -220,7 +222,8 @@ def table(rows: list[dict]) -> str:
         peer_seconds = np.mean([r["classical"][name]["seconds"] for r, (name, _) in zip(mine, best)])
         steps = np.mean([r["ctxdiff"]["steps"] for r in mine])
         choices = ", ".join(f"{r['ctxdiff'].get('first_guess')}; {r['ctxdiff'].get('context')}; {tile_text(r)}; "
-                            f"{kept_text(r)}" for r in mine)
+                            f"{kept_text(r)}" + (f"; step {r['ctxdiff']['kept']}" if r["ctxdiff"].get("kept") else "")
+                            for r in mine)
         station = ""
         if any("kriging" in r["classical"] for r in mine):  # station rows
             station = ", ".join(f"{m} {np.mean([r['classical'][m]['nmse'] for r in mine]):.4f}"

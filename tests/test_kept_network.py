@@ -44,9 +44,10 @@ def test_training_returns_the_network_of_the_best_validation_and_names_its_step(
     assert same(validate.seen[1], net) and not same(validate.seen[3], net)
 
 
-def test_the_last_network_is_kept_where_it_scored_best():
-    net, history, validate = fit([0.5, 0.4, 0.3, 0.2], steps=8)
-    assert history.kept is None and same(validate.seen[3], net)
+def test_the_last_network_is_kept_where_it_scored_best_or_nearly():
+    for scores in ([0.5, 0.4, 0.3, 0.2], [0.5, 0.3, 0.4, 0.31]):  # 0.3 is within KEEP_MARGIN of 0.31
+        net, history, validate = fit(scores, steps=8)
+        assert history.kept is None and same(validate.seen[3], net)
 
 
 def test_a_resumed_training_keeps_the_best_network_of_the_steps_before_its_checkpoint(tmp_path):

@@ -109,6 +109,14 @@ def test_training_curves_show_loss_and_validation_skill():
     skill = fig.axes[1].lines[0].get_ydata()
     np.testing.assert_allclose(skill, [0.4, 0.6])
     assert len(xplot.training_curves(History(step=[0, 10], loss=[1.0, 0.5])).axes) == 1
+    assert not fig.axes[1].get_legend()
+
+
+def test_training_curves_mark_the_network_kept_before_the_last_step():
+    history = History(step=[0, 10, 20], loss=[1.0, 0.5, 0.3], val_step=[10, 20],
+                      val=[{"nmse": 0.4}, {"nmse": 0.6}], seconds=1.0, kept=10)
+    skill = xplot.training_curves(history).axes[1]
+    assert skill.lines[1].get_xdata()[0] == 10 and "step 10" in skill.get_legend().get_texts()[0].get_text()
 
 
 def test_a_missing_matplotlib_names_the_extra_to_install(monkeypatch):

@@ -216,7 +216,8 @@ def training_curves(model):
     -------
     matplotlib.figure.Figure
         Loss against step (log scale), and validation skill (1 - normalised MSE
-        of held-back cells) against step when the model was validated.
+        of held-back cells) against step when the model was validated, with
+        the step of the network training kept where it is not the last.
     """
     plt = _pyplot()
     history = getattr(model, "history", model)
@@ -229,8 +230,11 @@ def training_curves(model):
     loss.set(xlabel="step", ylabel="context-query loss", yscale="log", title="training loss")
     if history.val:
         skill = axes[0, 1]
-        skill.plot(history.val_step, [1 - v["nmse"] for v in history.val], marker="o")
+        skill.plot(history.val_step, [1 - v["nmse"] for v in history.val], marker=".")
         skill.set(xlabel="step", ylabel="skill (1 - NMSE)", title="held-back observations")
+        if history.kept:  # training returned an earlier network than the last
+            skill.axvline(history.kept, color="grey", linestyle="--", label=f"network kept (step {history.kept})")
+            skill.legend()
     return fig
 
 

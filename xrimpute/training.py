@@ -185,7 +185,8 @@ def train(
     (default: :func:`~xrimpute.diffusion.context_query_loss`). ``validate(ema_net)``
     returns a dict of metrics, run every ``config.val_every`` steps and at the
     end; where they hold ``nmse``, the EMA network of the lowest is returned
-    (``History.kept`` names its step where it is not the last). With
+    where it scored :data:`KEEP_MARGIN` below the last (``History.kept`` names
+    its step), else the last. With
     ``checkpoint``, the state is written atomically every
     ``config.checkpoint_every`` steps and training resumes from it if it
     exists (``fingerprint`` must match). Returns the EMA network and the history
@@ -197,6 +198,12 @@ def train(
     with seeded(config.seed, device):  # dropout draws from the global stream
         return _train(denoiser, windows, spec, config, schedule, device, validate, checkpoint, fingerprint, progress,
                       loss_fn)
+
+
+KEEP_MARGIN = 0.05
+"""How much better than the last an earlier network must score on the held-back cells to be kept instead: the score
+of a few windows moves by a per cent or two between scorings where the network no longer improves, while a network
+that learned its windows by heart lost 14-40 % there (``benchmarks/RESULTS.md``)."""
 
 
 def _validated(validate, ema, step: int, history: History, best: tuple | None) -> tuple | None:
@@ -347,11 +354,13 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
     bar.total = bar.n
     bar.set_description(f"training: {history.stopped}")
     bar.close()
-    if validate is not None and rank == 0:
+    scored = validate is not None and rank == 0
+    if scored:
         best = _validated(validate, ema, step + 1, history, best)
-        if best is not None and best[1] != step + 1:  # the network had begun to learn its training windows by heart
-            ema.load_state_dict(best[2])
-            history.kept = best[1]
     if checkpoint is not None:
-        save(step + 1)
+        save(step + 1)  # the last EMA network, the best beside it: a longer run resumes where this one stopped
+    if scored and best is not None and best[0] < (1 - KEEP_MARGIN) * history.val[-1]["nmse"]:
+        # the network had begun to learn its training windows by heart
+        ema.load_state_dict(best[2])
+        history.kept = best[1]
     return ema, history
