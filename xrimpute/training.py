@@ -186,11 +186,11 @@ def train(
     returns a dict of metrics, run every ``config.val_every`` steps and at the
     end; where they hold ``nmse``, the EMA network of the lowest is returned
     where it scored :data:`KEEP_MARGIN` below the last (``History.kept`` names
-    its step), else the last. With
-    ``checkpoint``, the state is written atomically every
-    ``config.checkpoint_every`` steps and training resumes from it if it
-    exists (``fingerprint`` must match). Returns the EMA network and the history
-    (under DDP, rank 0's history is the one with validation scores).
+    its step), else the last. With ``checkpoint``, the state is written
+    atomically every ``config.checkpoint_every`` steps and training resumes
+    from it if it exists (``fingerprint`` must match). Returns the EMA network
+    and the history (under DDP, rank 0's history is the one with validation
+    scores, and rank 0's network the one kept).
     """
     device = torch.device(device)
     config = with_budget(config, device)  # a no-op on a config that Engine.fit resolved already
@@ -209,7 +209,8 @@ that learned its windows by heart lost 14-40 % there (``benchmarks/RESULTS.md``)
 def _validated(validate, ema, step: int, history: History, best: tuple | None) -> tuple | None:
     """Scores ``ema`` at ``step`` into ``history``; returns ``best`` or, where it scored better, ``ema``'s own
     ``(score, step, state)``. A small cube's network learns its training windows by heart within the budget, and
-    its held-back score then worsens (``benchmarks/RESULTS.md``): a fit keeps the best network, not the last."""
+    its held-back score then worsens (``benchmarks/RESULTS.md``): training returns the best network where it scored
+    :data:`KEEP_MARGIN` below the last."""
     history.val_step.append(step)
     history.val.append(validate(ema))
     score = history.val[-1].get("nmse")
