@@ -203,7 +203,7 @@ def train(
 KEEP_MARGIN = 0.05
 """How much better than the last an earlier network must score on the held-back cells to be kept instead: the score
 of a few windows moves by a per cent or two between scorings where the network no longer improves, while a network
-that learned its windows by heart lost 14-40 % there (``benchmarks/RESULTS.md``)."""
+that learned its windows by heart scored 17-40 % worse at the end than at its best (``benchmarks/RESULTS.md``)."""
 
 
 def _validated(validate, ema, step: int, history: History, best: tuple | None) -> tuple | None:
