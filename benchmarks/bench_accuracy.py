@@ -174,6 +174,7 @@ def run_case(job) -> dict:
     row["ctxdiff"] = dict(nmse=score, unfilled=unfilled, fit_seconds=fitted, fit_options=args["fit_options"],
                           impute_seconds=time.perf_counter() - start - fitted,
                           steps=model.history.step[-1] if model.history.step else 0, kept=model.history.kept,
+                          restarts=model.history.restarts, stopped=model.history.stopped,
                           mask=repr(model.spec),
                           validation=model.validation.get("nmse"), context=model.validation.get("context"),
                           first_guess=model.validation.get("first_guess"), tile=model.engine.config.tile,

@@ -68,6 +68,7 @@ BAD_ARGUMENTS = [
     (dict(workers=0), ArgumentError, "workers must be >= 1"),
     (dict(lr="fast"), ArgumentTypeError, "lr must be a number"),
     (dict(val_fraction=1.0), ArgumentError, "val_fraction must lie in [0, 1)"),
+    (dict(patience=-1), ArgumentError, "patience must be >= 0"),
 ]
 
 
@@ -81,7 +82,8 @@ def test_argument_check_refuses_the_value_and_names_it(given, error, fragment):
 
 def test_argument_check_passes_usual_values_and_numpy_integers():
     arguments.check(K=np.int64(10), steps=2000, window=3, batch_size=16, stride=1, tile=(64, 64), seed=0, n=16,
-                    observed_rate=0.3, max_time=60.0, workers=2, lr=2e-3, val_fraction=0.05, overlap=0)
+                    observed_rate=0.3, max_time=60.0, workers=2, lr=2e-3, val_fraction=0.05, overlap=0,
+                    patience=0)
     arguments.check(tile=None, observed_rate=None, max_time=None, overlap=None)
 
 

@@ -2,9 +2,11 @@
 learns its training windows by heart within the budget, and its held-back score worsens as it does."""
 import torch
 
+import xrimpute
+from synthetic import blobs
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
-from xrimpute.training import TrainConfig, train
+from xrimpute.training import MAX_RESTARTS, History, TrainConfig, overfitting, train
 
 
 class RandomWindows:
@@ -26,9 +28,10 @@ class ScriptedScores:
         return dict(nmse=self.scores[len(self.seen) - 1])
 
 
-def fit(scores, steps, checkpoint=None):
+def fit(scores, steps, checkpoint=None, patience=5):
     validate = ScriptedScores(scores)
-    config = TrainConfig(steps=steps, batch_size=2, val_every=2, checkpoint_every=2, warmup=0.0, seed=0)
+    config = TrainConfig(steps=steps, batch_size=2, val_every=2, checkpoint_every=2, warmup=0.0, seed=0,
+                         patience=patience)
     net, history = train(Denoiser(1, 3, torch.zeros(0, 8, 8), preset="narrow"), RandomWindows(), Pixel(), config,
                          validate=validate, checkpoint=checkpoint, fingerprint=dict(test=1), progress=False)
     return net, history, validate
@@ -56,3 +59,40 @@ def test_a_resumed_training_keeps_the_best_network_of_the_steps_before_its_check
     net, history, _ = fit([0.6, 0.7], steps=8, checkpoint=checkpoint)
     assert history.val_step == [2, 4, 6, 8] and history.kept == 4
     assert same(before.seen[1], net)
+
+
+def distance(state, other):
+    return sum(float((value - other[name]).square().sum()) for name, value in state.items() if value.is_floating_point())
+
+
+def test_overfitting_needs_every_recent_scoring_past_the_margin_since_the_best_and_the_last_return():
+    history = History(val_step=[2, 4, 6, 8], val=[dict(nmse=v) for v in (0.5, 0.3, 0.4, 0.4)])
+    best = (0.3, 4, {})
+    assert overfitting(history, best, patience=2)
+    assert not overfitting(history, best, patience=3)  # the best itself is among the last three
+    assert not overfitting(history, best, patience=0)
+    assert not overfitting(History(val_step=[2, 4, 6, 8], val=[dict(nmse=v) for v in (0.5, 0.3, 0.4, 0.31)]),
+                           best, patience=2)  # 0.31 is within KEEP_MARGIN of 0.3
+    assert not overfitting(History(val_step=history.val_step, val=history.val, restarts=[6]), best, patience=2)
+
+
+def test_a_worsening_score_sends_training_back_to_the_best_network_and_then_stops_it():
+    scores = [0.5, 0.3] + [0.4] * 2 * (MAX_RESTARTS + 1) + [0.1] * 20
+    net, history, validate = fit(scores, steps=60, patience=2)
+    assert history.restarts == [8 + 4 * i for i in range(MAX_RESTARTS)]
+    stop = 8 + 4 * MAX_RESTARTS
+    assert history.step[-1] == stop and history.val_step[-1] == stop and "held-back score worsened" in history.stopped
+    assert history.kept == 4 and same(validate.seen[1], net)
+    best, before, after = validate.seen[1], validate.seen[3], validate.seen[4]  # scored at steps 4, 8 and 10
+    assert distance(after, best) < 0.5 * distance(before, best)  # two steps after going back to the best
+
+
+def test_the_repr_names_the_network_kept_and_the_returns_to_it_also_after_loading(tmp_path):
+    observed = xrimpute.observe(blobs(n=2, t=12, size=16, seed=1), "pixel", rate=0.3, seed=0)
+    model = observed.ctxdiff.fit(mask="pixel", steps=3, batch_size=2, progress=False, seed=0)
+    assert "keeping the network" not in repr(model) and "back to its best" not in repr(model)
+    model.history.kept, model.history.restarts = 2, [1, 2]  # as a fit that learned its windows by heart leaves them
+    for shown in (model, xrimpute.load(model.save(tmp_path / "m.xri"))):
+        training = repr(shown).split("training:")[1].split("\n")[0]
+        assert "keeping the network of step 2" in training
+        assert "back to its best network at a lower learning rate at step 1, 2" in training

@@ -119,6 +119,15 @@ def test_training_curves_mark_the_network_kept_before_the_last_step():
     assert skill.lines[1].get_xdata()[0] == 10 and "step 10" in skill.get_legend().get_texts()[0].get_text()
 
 
+def test_training_curves_mark_the_returns_to_the_best_network():
+    history = History(step=[0, 10, 20, 30], loss=[1.0, 0.5, 0.3, 0.2], val_step=[10, 20, 30],
+                      val=[{"nmse": 0.4}, {"nmse": 0.6}, {"nmse": 0.5}], seconds=1.0, kept=10, restarts=[20])
+    skill = xplot.training_curves(history).axes[1]
+    assert [line.get_xdata()[0] for line in skill.lines[1:]] == [10, 20]
+    assert [t.get_text() for t in skill.get_legend().get_texts()] == ["network kept (step 10)",
+                                                                      "back to the best network"]
+
+
 def test_a_missing_matplotlib_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r'pip install "xrimpute\[plot\]"'):

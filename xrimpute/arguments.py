@@ -66,7 +66,7 @@ def _unit(name: str, value) -> None:
         raise ArgumentError(f"{name} must lie in [0, 1], got {value}")
 
 
-def _overlap(name: str, value) -> None:
+def _count(name: str, value) -> None:
     _whole(name, value, 0)
 
 
@@ -100,7 +100,8 @@ RULES = {
     "workers": _positive_int,
     "seed": _seed,
     "tile": _tile,
-    "overlap": _overlap,
+    "overlap": _count,
+    "patience": _count,
     "observed_rate": _rate,
     "max_time": _positive,
     "lr": _positive,

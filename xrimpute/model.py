@@ -348,7 +348,7 @@ class CtxDiffModel:
         **train_options
             Further optimisation settings of :class:`xrimpute.training.TrainConfig`
             (``warmup``, ``weight_decay``, ``ema_decay``, ``grad_clip``,
-            ``val_every``, ``checkpoint_every``, ...).
+            ``val_every``, ``patience``, ``checkpoint_every``, ...).
 
         Returns
         -------
@@ -362,7 +362,10 @@ class CtxDiffModel:
             network there every ``val_every`` (100) steps and keeps the best:
             on a small cube the network learns its training windows by heart
             within the budget, and ``model.history.kept`` then names the step
-            of the network kept.
+            of the network kept. Where ``patience`` (5) scorings in a row
+            score 5 % above the best, training goes back to the best network
+            at half the learning rate (``model.history.restarts``), and the
+            third time it stops: such a fit ends before its time budget.
 
         Notes
         -----
@@ -620,7 +623,10 @@ class CtxDiffModel:
             ("training", f"{self.history.step[-1]} steps in {self.history.seconds:.0f} s on "
                          f"{train_info.get('device', '?')}"
                          + (f", keeping the network of step {self.history.kept}, the best on the held-back cells"
-                            if self.history.kept else "") if self.history.step else self.history.stopped or "none"),
+                            if self.history.kept else "")
+                         + (f", back to its best network at a lower learning rate at step "
+                            f"{', '.join(map(str, self.history.restarts))}" if self.history.restarts else "")
+                         if self.history.step else self.history.stopped or "none"),
         ]
         never, filled = int((~self.valid).sum()), int((~self.valid & ~self.permanent).sum())
         if never or self.permanent.any():

@@ -217,7 +217,8 @@ def training_curves(model):
     matplotlib.figure.Figure
         Loss against step (log scale), and validation skill (1 - normalised MSE
         of held-back cells) against step when the model was validated, with
-        the step of the network training kept where it is not the last.
+        the step of the network training kept where it is not the last, and the
+        steps where training went back to its best network.
     """
     plt = _pyplot()
     history = getattr(model, "history", model)
@@ -234,6 +235,9 @@ def training_curves(model):
         skill.set(xlabel="step", ylabel="skill (1 - NMSE)", title="held-back observations")
         if history.kept:  # training returned an earlier network than the last
             skill.axvline(history.kept, color="grey", linestyle="--", label=f"network kept (step {history.kept})")
+        for i, step in enumerate(history.restarts):
+            skill.axvline(step, color="grey", linestyle=":", label="back to the best network" if i == 0 else None)
+        if history.kept or history.restarts:
             skill.legend()
     return fig
 

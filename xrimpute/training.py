@@ -41,6 +41,9 @@ class TrainConfig:
     small noise levels that single-step imputation uses (see
     :func:`~xrimpute.diffusion.context_query_loss`). ``steps`` and
     ``low_noise`` left at None are resolved per device by :func:`with_budget`.
+    ``patience``: the scorings on the held-back cells in a row that must all
+    score :data:`KEEP_MARGIN` above the best before training goes back to the
+    best network at a lower learning rate (:func:`overfitting`); 0 never does.
     """
 
     steps: int | None = 2000
@@ -55,6 +58,7 @@ class TrainConfig:
     max_time: float | None = None
     log_every: int = 25
     val_every: int = 100  # a small cube's network can pass its best within a few hundred steps
+    patience: int = 5
     checkpoint_every: int = 250
     seed: int = 0
     bf16: bool = True
@@ -71,6 +75,7 @@ class History:
     seconds: float = 0.0
     stopped: str = ""  # why training ended: the steps were done, or the time budget
     kept: int | None = None  # the step whose EMA network training returned, where not the last: the best validated
+    restarts: list[int] = field(default_factory=list)  # the steps where training went back to the best network
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,15 +211,29 @@ of a few windows moves by a per cent or two between scorings where the network n
 that learned its windows by heart scored 17-40 % worse at the end than at its best (``benchmarks/RESULTS.md``)."""
 
 
+RESTART_LR = 0.5
+"""The learning rate's factor at each return to the best network."""
+MAX_RESTARTS = 2
+"""Returns to the best network before training stops the next time the held-back score worsens."""
+
+
+def overfitting(history: History, best: tuple | None, patience: int) -> bool:
+    """Whether the last ``patience`` scorings since the best one (and since the last return to it) all scored
+    :data:`KEEP_MARGIN` above it: the network is learning its training windows by heart."""
+    if not patience or best is None or len(history.val) < patience:
+        return False
+    since = max(best[1], history.restarts[-1] if history.restarts else 0)
+    recent = list(zip(history.val_step, history.val))[-patience:]
+    return all(step > since and (record.get("nmse") or 0.0) > best[0] / (1 - KEEP_MARGIN) for step, record in recent)
+
+
 def _validated(validate, ema, step: int, history: History, best: tuple | None) -> tuple | None:
     """Scores ``ema`` at ``step`` into ``history``; returns ``best`` or, where it scored better, ``ema``'s own
-    ``(score, step, state)``. A small cube's network learns its training windows by heart within the budget, and
-    its held-back score then worsens (``benchmarks/RESULTS.md``): training returns the best network where it scored
-    :data:`KEEP_MARGIN` below the last."""
+    ``(score, step, state)``; None where the validation gives no ``nmse``."""
     history.val_step.append(step)
     history.val.append(validate(ema))
     score = history.val[-1].get("nmse")
-    if score is None:  # a validation without that score: the last network
+    if score is None:
         return None
     if best is None or score < best[0]:
         return score, step, {name: value.detach().clone() for name, value in ema.state_dict().items()}
@@ -295,10 +314,11 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
                disable=not progress or rank > 0 or config.steps == 0, leave=config.max_time is not None)
     if config.max_time is not None:
         bar.set_postfix_str(f"time budget {config.max_time:.0f} s")
-    step, stopping = start, False
+    step, stopping, learned = start, False, False
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * learning_rate_factor(config, step, time.perf_counter() - t0)
+            group["lr"] = (config.lr * RESTART_LR ** len(history.restarts)
+                           * learning_rate_factor(config, step, time.perf_counter() - t0))
         x, observed, *inputs = windows.sample(config.batch_size, picks)
         x, observed = x.to(device, non_blocking=True), observed.to(device, non_blocking=True)
         inputs = {name: v.to(device, non_blocking=True) for name, v in (inputs[0] if inputs else {}).items()}
@@ -322,7 +342,17 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
             flag = torch.tensor(float(stopping), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stopping = bool(flag)
-        if done % config.log_every == 0 or done == config.steps or stopping:  # one host sync per interval
+        if validate is not None and rank == 0 and done % config.val_every == 0 and done < config.steps:
+            best = _validated(validate, ema, done, history, best)
+            if world == 1 and overfitting(history, best, config.patience):  # one rank alone cannot go back
+                if len(history.restarts) == MAX_RESTARTS:
+                    learned = True
+                else:  # from the best network, at a lower learning rate, with the optimiser's moments afresh
+                    history.restarts.append(done)
+                    denoiser.load_state_dict(best[2])
+                    ema.load_state_dict(best[2])
+                    optimizer.state.clear()
+        if done % config.log_every == 0 or done == config.steps or stopping or learned:  # one host sync per interval
             if world > 1:
                 dist.all_reduce(running)
                 running /= world
@@ -341,22 +371,25 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
                 bar.set_postfix_str(f"loss {history.loss[-1]:.4f}, time budget {config.max_time:.0f} s")
             else:
                 bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
-        if validate is not None and rank == 0 and done % config.val_every == 0 and done < config.steps:
-            best = _validated(validate, ema, done, history, best)
         if checkpoint is not None and done % config.checkpoint_every == 0:
             history.seconds = time.perf_counter() - t0
             save(done)
         bar.update(1)
-        if stopping:
+        if stopping or learned:
             break
     history.seconds = time.perf_counter() - t0
-    history.stopped = (f"the time budget of {config.max_time:.0f} s ended it after {step + 1 - start} steps"
-                       if stopping else f"all {config.steps} steps done")
+    if learned:
+        history.stopped = (f"the held-back score worsened after {step + 1 - start} steps, {MAX_RESTARTS} returns to "
+                           "the best network at a lower learning rate included")
+    elif stopping:
+        history.stopped = f"the time budget of {config.max_time:.0f} s ended it after {step + 1 - start} steps"
+    else:
+        history.stopped = f"all {config.steps} steps done"
     bar.total = bar.n
     bar.set_description(f"training: {history.stopped}")
     bar.close()
     scored = validate is not None and rank == 0
-    if scored:
+    if scored and (not history.val_step or history.val_step[-1] != step + 1):  # not scored at its last step yet
         best = _validated(validate, ema, step + 1, history, best)
     if checkpoint is not None:
         save(step + 1)  # the last EMA network, the best beside it: a longer run resumes where this one stopped
