@@ -73,7 +73,7 @@ class History:
     val_step: list[int] = field(default_factory=list)
     val: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-    stopped: str = ""  # why training ended: the steps were done, or the time budget
+    stopped: str = ""  # why training ended: the steps were done, the time budget, or a worsening held-back score
     kept: int | None = None  # the step whose EMA network training returned, where not the last: the best validated
     restarts: list[int] = field(default_factory=list)  # the steps where training went back to the best network
 
@@ -191,7 +191,10 @@ def train(
     returns a dict of metrics, run every ``config.val_every`` steps and at the
     end; where they hold ``nmse``, the EMA network of the lowest is returned
     where it scored :data:`KEEP_MARGIN` below the last (``History.kept`` names
-    its step), else the last. With ``checkpoint``, the state is written
+    its step), else the last; where the score keeps worsening
+    (:func:`overfitting`), training goes back to the best network at a lower
+    learning rate (``History.restarts``), and after :data:`MAX_RESTARTS`
+    returns it stops. With ``checkpoint``, the state is written
     atomically every ``config.checkpoint_every`` steps and training resumes
     from it if it exists (``fingerprint`` must match). Returns the EMA network
     and the history (under DDP, rank 0's history is the one with validation
@@ -314,7 +317,7 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
                disable=not progress or rank > 0 or config.steps == 0, leave=config.max_time is not None)
     if config.max_time is not None:
         bar.set_postfix_str(f"time budget {config.max_time:.0f} s")
-    step, stopping, learned = start, False, False
+    step, stopping, by_heart = start, False, False
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = (config.lr * RESTART_LR ** len(history.restarts)
@@ -346,13 +349,13 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
             best = _validated(validate, ema, done, history, best)
             if world == 1 and overfitting(history, best, config.patience):  # one rank alone cannot go back
                 if len(history.restarts) == MAX_RESTARTS:
-                    learned = True
+                    by_heart = True
                 else:  # from the best network, at a lower learning rate, with the optimiser's moments afresh
                     history.restarts.append(done)
                     denoiser.load_state_dict(best[2])
                     ema.load_state_dict(best[2])
                     optimizer.state.clear()
-        if done % config.log_every == 0 or done == config.steps or stopping or learned:  # one host sync per interval
+        if done % config.log_every == 0 or done == config.steps or stopping or by_heart:  # one host sync per interval
             if world > 1:
                 dist.all_reduce(running)
                 running /= world
@@ -375,10 +378,10 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
             history.seconds = time.perf_counter() - t0
             save(done)
         bar.update(1)
-        if stopping or learned:
+        if stopping or by_heart:
             break
     history.seconds = time.perf_counter() - t0
-    if learned:
+    if by_heart:
         history.stopped = (f"the held-back score worsened after {step + 1 - start} steps, {MAX_RESTARTS} returns to "
                            "the best network at a lower learning rate included")
     elif stopping:
