@@ -27,8 +27,8 @@ The score is the gap NMSE: the mean squared error over *every* gap cell divided
 by the variance of the truth there (per variable, then averaged); a cell a
 method leaves NaN is scored as the observed mean (column ``unfilled``). The
 table gives the best classical filler, ctxdiff, their ratio (below 1: ctxdiff
-is better) and the wall seconds; station rows also give kriging and RBF
-apart. The thin-plate RBF fills every case frame by frame: on smooth fields
+is better) and the wall seconds; station rows also give kriging (PyKrige, the
+package's ``kriging`` extra; skipped without it) and RBF apart. The thin-plate RBF fills every case frame by frame: on smooth fields
 observed in scattered pixels it is the peer to beat.
 Each case runs in its own process with one torch thread (``--jobs`` of them at
 once), so timings of one run compare side by side; the machine's load is
