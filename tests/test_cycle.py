@@ -104,9 +104,13 @@ def sparse_monthly(seed=0):
     return season, truth.where(rng.random(field.shape) < 0.12)
 
 
-def test_cells_observed_a_few_times_each_share_their_neighbours_cycle():
+def test_cells_observed_a_few_times_each_share_their_neighbours_cycle(monkeypatch):
     """Sparse pixels of a monthly series: each cell's own few observations would add their noise to the cycle;
     pooled over its neighbours the cycle is what they share, and a fit keeps that one."""
+    # whether to keep a cycle at all is the margin's (tests/test_modes.py); here the cycle's lead is too small for it:
+    # imputed after fit(steps=1), the guess on the pooled cycle fills this cube's gaps 2-4 % better than none
+    # (seeds 0-3, benchmarks/RESULTS.md)
+    monkeypatch.setattr(xrimpute.engine, "BASELINE_MARGIN", 1.0)
     season, observed = sparse_monthly()
     values = torch.as_tensor(observed.sst.values[None, None])
     phase = cube.cycle_phase(observed, cube.layout_of(observed))[1]

@@ -548,3 +548,83 @@ def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
     assert tiled.tiling().size == (70, 90) and tiled.tiling(overlap=4).size == (70, 90)
     filled, _ = tiled.fill(values, ImputeConfig(K=1, progress=False))
     assert np.isfinite(filled).all() and np.array_equal(filled[:, :, :, 1::2], values[:, :, :, 1::2])
+
+
+def test_the_guesses_score_as_imputation_blends_the_overlapping_windows():
+    from xrimpute.nets.prior import blend_runs
+
+    # a guess of each window at stride 1 that is its own start: a step's blend is the mean of the starts holding it
+    window, steps, scored = 3, 9, 4
+    starts = range(scored - window + 1, scored + window)
+    guess = torch.stack([torch.full((1, window, 1, 1), float(s)) for s in starts])
+    runs = (torch.zeros(len(guess), dtype=torch.long), torch.tensor([s - scored for s in starts]))
+    blended = blend_runs(guess, runs)[0, 0, :, 0, 0]
+    assert blended.tolist() == [np.mean([s for s in starts if s <= scored + k < s + window]) for k in range(window)]
+    assert blend_runs(guess, None) is guess
+    # choose_guess with runs scores the guess that impute's mean over every window gives the held-back cells
+    rng = torch.Generator().manual_seed(4)
+    series = torch.randn(1, 1, steps, 12, 16, generator=rng).cumsum(2) / 3
+    observed = torch.rand(series.shape, generator=rng) < 0.3
+    held = torch.zeros_like(observed)
+    held[:, :, scored : scored + window] = observed[:, :, scored : scored + window] & (
+        torch.rand((1, 1, window, 12, 16), generator=rng) < 0.3)
+    context = observed & ~held
+    name = "bending across steps 1"
+    total, count = torch.zeros_like(series), torch.zeros(steps)
+    for s in range(steps - window + 1):
+        guess, _ = FirstGuess(**CANDIDATES[name])(series[:, :, s : s + window] * context[:, :, s : s + window],
+                                                  context[:, :, s : s + window])
+        total[:, :, s : s + window] += guess
+        count[s : s + window] += 1
+    imputed = (total / count[:, None, None])[:, :, scored : scored + window]
+    truth, cells = series[:, :, scored : scored + window], held[:, :, scored : scored + window]
+    expected = float(((imputed - truth) ** 2 * cells).sum() / (truth**2 * cells).sum())
+    xs = torch.cat([series[:, :, s : s + window] for s in starts])
+    ms = torch.cat([context[:, :, s : s + window] for s in starts])
+    _, errors = choose_guess(xs, ms, cells, candidates={name: CANDIDATES[name]}, runs=runs)
+    assert errors[name] == pytest.approx(expected, rel=1e-5)
+    _, alone = choose_guess(truth, context[:, :, scored : scored + window], cells, candidates={name: CANDIDATES[name]})
+    assert alone[name] != pytest.approx(expected, rel=1e-3)  # one window alone is not what imputation fills
+
+
+def test_a_fit_scores_its_first_guesses_on_the_held_back_cells_as_imputation_fills_them(monkeypatch):
+    from xrimpute import masks, samplers
+    from xrimpute.engine import imputation_tiling
+    from xrimpute.samplers import training_windows
+    from xrimpute.windows import Tiling
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(1, 2, 20, 40, 90)).astype(np.float32)
+    values[rng.random(values.shape) < 0.8] = np.nan
+    mean, std = np.zeros(2, np.float32), np.ones(2, np.float32)
+
+    def made(tile, lattice=None, spec=masks.Pixel()):
+        return training_windows(values, spec, mean, std, window=5, tile=tile, lattice=lattice, seed=3)
+
+    # untiled: the validation windows, each with every window at stride 1 round it (as many as the series has)
+    whole = made(None)
+    xs, ms, held, _, (owner, offsets) = whole.guess_validation
+    validation = whole.validation
+    assert torch.equal(held, validation[2]) and torch.equal(xs[offsets == 0], validation[0])
+    starts = [s for _, s, _, _ in whole.validation_jobs]
+    for m, j, offset in zip(ms, owner.tolist(), offsets.tolist()):  # training's observations, no held-back cell
+        assert torch.equal(m, whole.observed[0, :, starts[j] + offset : starts[j] + offset + 5])
+    assert [int((owner == j).sum()) for j in range(len(starts))] == [min(15, s + 4) - max(0, s - 4) + 1
+                                                                      for s in starts]
+    # on tiles: every tile imputation cuts the grid into, each held-back cell weighed by its share of their blend
+    tiled = made((16, 40), Tiling((16, 40), (4, 10)))
+    xs, ms, held, _, (owner, offsets) = tiled.guess_validation
+    assert xs.shape[-2:] == (16, 40) and held.dtype == torch.float32 and len(held) == 16
+    assert 0 < float(held[held > 0].min()) < 1 and float(held.max()) == pytest.approx(1.0)
+    assert not bool((ms[offsets == 0] & (held > 0)).any())
+    monkeypatch.setattr(samplers, "VALIDATION_WINDOWS", 10**3)  # all 4 starts x 3 x 3 tiles
+    everywhere = made((16, 40), Tiling((16, 40), (4, 10)))
+    held_back = int(np.isfinite(values).sum() - everywhere.observed.sum())  # 5 % of the observed cells
+    assert len(everywhere.guess_validation[2]) == 4 * 9
+    assert float(everywhere.guess_validation[2].sum()) == pytest.approx(held_back, rel=1e-5)
+    # a grid imputed whole: whole-grid windows
+    assert made((16, 90), Tiling((40, 90))).guess_validation[0].shape[-2:] == (40, 90)
+    assert made(None, spec=masks.Station()).guess_validation is None  # between stations: frame by frame
+    # the lattice is imputation's: whole where the tiles' network wraps as the grid does, else the training tile
+    assert imputation_tiling((64, 64), (32, 64), True, True) == Tiling((64, 64))
+    assert imputation_tiling((73, 144), (32, 64), False, True) == Tiling((32, 64), (8, 16), periodic=True)

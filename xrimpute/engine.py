@@ -114,6 +114,21 @@ def training_tile(tile, rows: int, cols: int, device: str | torch.device = "cpu"
     return min(rows, TILE[0]), min(cols, TILE[1])
 
 
+def imputation_tiling(grid: tuple[int, int], tile, net_wraps: bool, wraps: bool, overlap: int | None = None) -> Tiling:
+    """Tiles of imputation of a ``grid`` by a network trained on ``tile`` (or None: the whole grid): the training
+    tile, neighbours sharing ``overlap`` cells (default a quarter of the tile), wrapping round a global grid
+    (``wraps``); one tile of the whole grid for an untiled model, and for a tiled one on a grid of at most twice
+    :data:`TILE`'s cells (tiled for the steps, as by :data:`CPU_TILE`, not for memory) whose network wraps as the
+    grid does (``net_wraps``): the network is convolutional, its position inputs cover the grid, and a gap that a
+    tile's edge would cut is filled from every side."""
+    grid, tile = tuple(grid), tuple(tile or grid)
+    small = grid[0] * grid[1] <= 2 * TILE[0] * TILE[1]
+    if tile == grid or (small and net_wraps == wraps):
+        return Tiling(grid)
+    shared = [size // 4 if overlap is None else min(overlap, size - 1) for size in tile]
+    return Tiling(tile, tuple(shared), periodic=wraps)
+
+
 WINDOWS = (5, 9, 13, 17)
 """The window lengths (time steps) a fit chooses among unless it names one (:func:`choose_window`), shortest first."""
 REACH_MARGIN = 0.1
@@ -527,7 +542,9 @@ class Engine:
                                   static=static, val_fraction=val_fraction, seed=seed,
                                   pin_memory=device.type == "cuda", valid=stats.valid, history=bool(config.history),
                                   nearby_span=offered, flow=flow_offered, progress=progress,
-                                  still=stay_put and not near)
+                                  still=stay_put and not near,
+                                  lattice=None if tile is None or init is not None else imputation_tiling(
+                                      (h, w), tile, net["periodic"], config.periodic))
         cycle = None
         windows = plain = build(values)  # the classical fillers of the self-assessment are scored on the values
         if init is not None and init.cycle is not None:  # its network learned the departures from its cycle
@@ -551,7 +568,8 @@ class Engine:
             covariance = (field_covariance(*windows.training_series(), periodic=config.periodic) if offers_covariance
                           else None)
             folds = _station_folds(spec, init, config.nearby, windows.validation)
-            guess, guesses = _first_guess(windows.validation, net["periodic"], init, config.nearby, modes,
+            guess, guesses = _first_guess(windows.validation if folds else _guess_validation(windows),
+                                          net["periodic"], init, config.nearby, modes,
                                           covariance, folds, seed, lambda: windows.wide_validation)
             if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
@@ -564,8 +582,9 @@ class Engine:
                 if verbose and cycle is not None:
                     log.info(f"the first guess fills the departures from the {config.cycle} cycle"
                              + guess.partition(f" + {config.cycle} cycle")[2])
-            for made in (windows, plain):  # the guess is chosen: its wide validation windows are not kept for training
+            for made in (windows, plain):  # the guess is chosen: its own validation windows are not kept for training
                 vars(made).pop("wide_validation", None)
+                made.guess_validation = None
             label = None if guess is None else _without_cycle_label(guess, config.cycle)
             name, nearby, flow = candidate_label(label) if guess is not None else (None, bool(config.nearby), False)
             if init is not None:
@@ -708,18 +727,10 @@ class Engine:
 
     # -- imputation ------------------------------------------------------------
     def tiling(self, overlap: int | None = None) -> Tiling:
-        """Tiles of imputation: the training tile, neighbours sharing ``overlap`` cells (default a quarter
-        of the tile), wrapping round a global grid; one tile of the whole grid for an untiled model, and for a
-        tiled one on a grid of at most twice :data:`TILE`'s cells (tiled for the steps, as by :data:`CPU_TILE`, not
-        for memory) whose network wraps as the grid does: the network is convolutional, its position inputs cover
-        the grid, and a gap that a tile's edge would cut is filled from every side."""
-        grid = self.config.grid_shape
-        tile = tuple(self.config.tile or grid)
-        small = grid[0] * grid[1] <= 2 * TILE[0] * TILE[1]
-        if tile == grid or (small and self.denoiser.config["periodic"] == self.config.periodic):
-            return Tiling(grid)
-        shared = [size // 4 if overlap is None else min(overlap, size - 1) for size in tile]
-        return Tiling(tile, tuple(shared), periodic=self.config.periodic)
+        """Tiles of imputation (:func:`imputation_tiling`), neighbours sharing ``overlap`` cells (default a quarter
+        of the tile)."""
+        return imputation_tiling(self.config.grid_shape, self.config.tile, self.denoiser.config["periodic"],
+                                 self.config.periodic, overlap)
 
     def observed_rate(self, values):
         """Share of observed cells of ``values`` ``(N, C, T, H, W)`` in the grid columns the model knows.
@@ -1032,7 +1043,8 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
     then, since the windows make them when asked."""
     if init is not None or validation is None:
         return None, {}
-    xs, ms, hs, inputs = validation
+    xs, ms, hs, inputs, *runs = validation
+    runs = runs[0] if runs else None
     if station_folds:
         xs, ms, hs = _with_station_folds(xs, ms, hs, station_folds, seed)
         # a station of a share keeps no observations at nearby steps, as a cell between stations has none; and the
@@ -1040,7 +1052,7 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
         inputs, modes, covariance = {}, None, None
     label, errors = choose_guess(xs, ms, hs, periodic=periodic, history=inputs.get("history"),
                                  nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes,
-                                 covariance=covariance)
+                                 covariance=covariance, runs=runs)
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
     elif wide is not None and label.endswith(MODES_LABEL) and (windows := wide()) is not None:
@@ -1117,10 +1129,17 @@ def _without_cycle_label(guess: str, kind: str | None) -> str:
     return guess.partition(f" + {kind} cycle")[0] if kind else guess
 
 
+def _guess_validation(windows):
+    """The validation windows of ``windows`` that score the first guesses: as imputation fills them
+    (``guess_validation``, :func:`~xrimpute.samplers.training_windows`), else those that score the network."""
+    return windows.validation if windows.guess_validation is None else windows.guess_validation
+
+
 def _channel_reference(validation) -> torch.Tensor:
     """``(C,)``: the squared error of the mean fill on the held-back cells of ``validation`` (normalised units, where
-    the mean fill is 0)."""
-    xs, _, hs, _ = validation
+    the mean fill is 0; of its scored windows where it holds runs of windows round them)."""
+    xs, _, hs, _, *runs = validation
+    xs = xs[runs[0][1] == 0] if runs else xs
     return (xs**2 * hs).sum(dim=(0, 2, 3, 4))
 
 
@@ -1161,9 +1180,10 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     for k, (width, cycle) in enumerate(candidates):
         suffix = _cycle_label(kind, width)
         cycled, cycled_modes = windows_of(cycle)
-        label, errors = _first_guess(cycled.validation, periodic, None, nearby, cycled_modes,
+        label, errors = _first_guess(_guess_validation(cycled), periodic, None, nearby, cycled_modes,
                                      wide=lambda: cycled.wide_validation)
-        scale = float(_channel_reference(cycled.validation).sum() / _channel_reference(plain.validation).sum())
+        scale = float(_channel_reference(_guess_validation(cycled)).sum()
+                      / _channel_reference(_guess_validation(plain)).sum())
         errors = {name + suffix: error * scale for name, error in errors.items()}
         scored.update(errors)
         better = best is None or errors[label + suffix] < best[0]
@@ -1343,6 +1363,7 @@ class ImputedHeldBack(HeldBack):
 
 
 __all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS",
-           "choose_window", "needs_history", "offers_cycle", "offers_flow", "offers_nearby", "training_tile", "Engine",
+           "choose_window", "imputation_tiling", "needs_history", "offers_cycle", "offers_flow", "offers_nearby",
+           "training_tile", "Engine",
            "HeldBack", "ImputeConfig", "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields",
            "wraps_round", "train_config"]

@@ -36,7 +36,8 @@ from . import masks, robust
 from .geometry import evenly_spaced
 from .passes import compute_pass
 from .training import distributed_rank
-from .windows import flow_velocity, nearby_observations, outside_window, series_totals, window_starts, window_sums
+from .windows import (Tiling, flow_velocity, nearby_observations, outside_window, series_totals, window_starts,
+                      window_sums)
 
 STRUCTURE_STEPS = 32  # consecutive steps the mask structure is judged on (all of a shorter series)
 VALIDATION_WINDOWS = 16
@@ -200,6 +201,7 @@ class ArrayWindows:
     validation_hidden_span = 0  # ... up to this many steps either side of the window
     held_cells = None  # the held-back cells, a bit each, where more windows hold some than validation scores
     validation_seed = 0  # where the validation windows' tiles lie
+    guess_validation = None  # validation as imputation fills it (_overlapping_runs), to choose the first guess on
 
     def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -239,10 +241,12 @@ class ArrayWindows:
         cols = torch.randint(0, w - self.tile[1] + 1, (batch_size,), generator=generator).tolist()
         return self.get(picks, list(zip(rows, cols)), generator)
 
-    def read(self, jobs, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid): ``(x, observed, inputs)``;
-        with ``generator``, the nearby observations of a sampler with ``hide`` leave some out."""
-        (th, tw) = self.tile or self.values.shape[-2:]
+    def read(self, jobs, generator: torch.Generator | None = None,
+             size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid, or of ``size`` cells):
+        ``(x, observed, inputs)``; with ``generator``, the nearby observations of a sampler with ``hide`` leave some
+        out."""
+        (th, tw) = size or self.tile or self.values.shape[-2:]
         cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)) for i, s, r, c in jobs]
         x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
         m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
@@ -352,7 +356,7 @@ class ChunkedWindows:
     validation_jobs = ()  # (sample, start, row, col) of each validation window; set by training_windows
     reserved_stretches = ()  # each validation window's Stretch, as read for it and its imputation; by training_windows
     validation_hidden = None  # per validation window, (C, 1, h, w) cells hidden at every step around it, or None
-    wide_validation = None  # none: an archive's reserved windows are its validation
+    wide_validation = guess_validation = None  # none: an archive's reserved windows are its validation
 
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -592,33 +596,81 @@ def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tenso
 
 
 def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = False,
-                        max_windows: int = VALIDATION_WINDOWS):
+                        max_windows: int = VALIDATION_WINDOWS, lattice: Tiling | None = None):
     """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
-    inputs)``, the ``(sample, start, row, col)`` of each, and whether windows with held-back cells were left out;
-    ``still``: as for :func:`training_windows`."""
+    inputs)``, the ``(sample, start, row, col)`` of each, whether windows with held-back cells were left out, and
+    with ``still`` (as for :func:`training_windows`) the cells hidden round each (``(B, C, 1, h, w)``, else None).
+    ``lattice`` (an imputation's :class:`~xrimpute.windows.Tiling`): every one of its tiles in each window rather
+    than one tile at random (without wrapping over a global grid's seam), and in ``heldout``'s place each held-back
+    cell's share of the blend that imputation weighs the tiles with."""
     n, c, t, h, w = windows.values.shape
-    (th, tw) = windows.tile or (h, w)
+    (th, tw) = lattice.size if lattice is not None else windows.tile or (h, w)
     window = windows.window
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
     jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
-    left_out = len(jobs) > max_windows
-    jobs = [jobs[k] for k in evenly_spaced(len(jobs), max_windows)]
-    rng = np.random.default_rng(seed)
-    placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1))) for i, s in jobs]
-    xs, ms, inputs = windows.read(placed)
+    if lattice is None:
+        left_out = len(jobs) > max_windows
+        rng = np.random.default_rng(seed)
+        placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1)))
+                  for i, s in (jobs[k] for k in evenly_spaced(len(jobs), max_windows))]
+    else:
+        rows, cols = (window_starts(size, tile, tile - shared)
+                      for size, tile, shared in zip((h, w), lattice.size, lattice.overlap))
+        blend = torch.as_tensor(lattice.weight(), dtype=torch.float32)
+        cover = torch.zeros(h, w)  # every cell's total weight over the tiles covering it
+        for r in rows:
+            for q in cols:
+                cover[r : r + th, q : q + tw] += blend
+        placed = [(i, s, r, q) for i, s in jobs for r in rows for q in cols]
+        left_out = len(placed) > max_windows
+        placed = [placed[k] for k in evenly_spaced(len(placed), max_windows)]
+    xs, ms, inputs = windows.read(placed, size=(th, tw))
     hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window, r : r + th, q : q + tw] for i, s, r, q in placed]))
+    union = None
     if still:
         ms, hs, union = _held_still(ms | hs, hs)
-        span = windows.nearby_span
-        windows.validation_hidden, windows.validation_hidden_span = union.numpy(), span
-        if span:
-            stretches = context_spans(placed, window, t, span, apart=False)
-            inputs["nearby"] = torch.as_tensor(np.stack([
-                nearby_observations(windows.values[i, :, a:z, r : r + th, q : q + tw].numpy(),
-                                    windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~hidden.numpy(),
-                                    s - a, window, span, flow=windows.flow)
-                for (i, s, r, q), hidden, (a, z) in zip(placed, union, stretches)]))
-    return (xs, ms, hs, inputs), placed, left_out
+        if windows.nearby_span:
+            inputs["nearby"] = _nearby_hidden(windows, placed, union, (th, tw))
+    if lattice is not None:
+        hs = torch.stack([held * blend / cover[r : r + th, q : q + tw] for held, (_, _, r, q) in zip(hs, placed)])
+    return (xs, ms, hs, inputs), placed, left_out, union
+
+
+def _nearby_hidden(windows: ArrayWindows, placed, hidden: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The nearby observations of windows of ``size`` cells at ``placed`` ``(sample, start, row, col)`` without the
+    cells ``hidden`` ``(B, C, 1, h, w)`` at any step."""
+    (th, tw), window, span = size, windows.window, windows.nearby_span
+    stretches = context_spans(placed, window, windows.values.shape[2], span, apart=False)
+    return torch.as_tensor(np.stack([
+        nearby_observations(windows.values[i, :, a:z, r : r + th, q : q + tw].numpy(),
+                            windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~cells.numpy(),
+                            s - a, window, span, flow=windows.flow)
+        for (i, s, r, q), cells, (a, z) in zip(placed, hidden, stretches)]))
+
+
+def _overlapping_runs(windows: ArrayWindows, validation, placed, hidden: torch.Tensor | None = None):
+    """``validation`` (windows at ``placed``) as imputation fills it, for scoring the first guesses: ``(x,
+    observed, held back, inputs, runs)``, where ``x``, ``observed`` and ``inputs`` are those of every window at
+    stride 1 that overlaps one of ``placed`` (at its tile), ``held back`` is ``validation``'s, and ``runs`` the
+    validation window of each and its start less that window's (:func:`~xrimpute.nets.prior.choose_guess`):
+    imputation fills every cell as the mean over the windows holding it, which a guess that differs from window to
+    window gains from (``benchmarks/RESULTS.md``). ``hidden``: cells hidden at every step of each validation window's
+    overlapping ones too (gaps that stay put)."""
+    window, last = windows.window, windows.values.shape[2] - windows.window
+    size = tuple(validation[0].shape[-2:])
+    jobs, runs = [], []
+    for j, (i, s, r, q) in enumerate(placed):
+        for start in range(max(0, s - window + 1), min(last, s + window - 1) + 1):
+            jobs.append((i, start, r, q))
+            runs.append((j, start - s))
+    xs, ms, inputs = windows.read(jobs, size=size)
+    owner = torch.as_tensor(runs)
+    if hidden is not None:
+        hidden = hidden[owner[:, 0]]
+        ms &= ~hidden
+        if windows.nearby_span:
+            inputs["nearby"] = _nearby_hidden(windows, jobs, hidden, size)
+    return xs, ms, validation[2], inputs, (owner[:, 0], owner[:, 1])
 
 
 def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -640,7 +692,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
                      valid: np.ndarray | None = None, history: bool = False, nearby_span: int = 0,
                      flow: bool = False, progress: bool = False, training_totals: np.ndarray | None = None,
-                     overwrite: bool = False, reserved_stretches: list[Stretch] | None = None, still: bool = False):
+                     overwrite: bool = False, reserved_stretches: list[Stretch] | None = None, still: bool = False,
+                     lattice: Tiling | None = None):
     """The sampler of ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), with validation cells held back.
 
     A numpy array gives :class:`ArrayWindows`: ``val_fraction`` of the observed
@@ -668,7 +721,10 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     move), so a cell held back at any step of a validation window is held back at every step of it and hidden at
     the steps around it (for its imputation, the classical fillers and its nearby observations): held-back cells
     drawn anew every step sit between steps that observe them, which the guesses leaning on nearby steps fill far
-    better than the gaps (``benchmarks/RESULTS.md``).
+    better than the gaps (``benchmarks/RESULTS.md``). In memory, but for stations, ``guess_validation`` holds the
+    held-back cells as imputation fills them, for choosing the first guess (:func:`_overlapping_runs`): with
+    ``lattice``, the tiling imputation cuts the grid into (for windows of tiles), on its tiles rather than at
+    random, as many cells as ``validation``'s.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -694,7 +750,16 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         windows = ArrayWindows(x, train_observed, window, tile=tile, static=static, totals=totals,
                                nearby_span=nearby_span, flow=flow, hide=spec)
         if heldout.any():
-            windows.validation, windows.validation_jobs, left_out = _validation_windows(windows, heldout, seed, still)
+            windows.validation, windows.validation_jobs, left_out, hidden = _validation_windows(windows, heldout, seed,
+                                                                                                still)
+            if hidden is not None:
+                windows.validation_hidden, windows.validation_hidden_span = hidden.numpy(), nearby_span
+            if not stations:  # between stations the guess is the whole fill, frame by frame
+                scored, placed = windows.validation, windows.validation_jobs
+                if lattice is not None:  # imputation's tiles, as many cells as the validation windows
+                    most = max(1, VALIDATION_WINDOWS * int(np.prod(tile)) // int(np.prod(lattice.size)))
+                    scored, placed, _, hidden = _validation_windows(windows, heldout, seed, still, most, lattice)
+                windows.guess_validation = _overlapping_runs(windows, scored, placed, hidden)
             # those scored may be fewer than the windows holding held-back cells; gaps that stay put lean on no
             # series-wide baseline with a margin
             if left_out and not still:

@@ -16,7 +16,8 @@ context never reaches the network's input.
 Which reach suits a cube depends on it (an hourly field is best filled from
 the same cell an hour away, a turbulent one from its neighbours now), so a fit
 chooses the levels among :data:`CANDIDATES` by their error on its held-back
-cells (:func:`choose_guess`), before training; it costs one pass per candidate.
+cells (:func:`choose_guess`), before training, as imputation fills them (the mean over the overlapping windows
+holding each cell, :func:`blend_runs`); it costs a pass per candidate over those windows.
 
 Where gaps lie far in time from any window's context (swaths that leave
 frames empty for hours), the guess can also lean on each cell's history: the
@@ -912,12 +913,30 @@ def costly(label: str, candidates: dict[str, dict] = CANDIDATES) -> bool:
     return label.endswith(MODES_LABEL) or bool(candidates.get(label, {}).get("covariance_steps"))
 
 
+def blend_runs(guess: torch.Tensor, runs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``guess`` ``(B, C, T, H, W)`` of windows at stride 1 round some scored ones (``runs``: the scored window of
+    each and its start less that one's) as imputation blends them: each scored window's steps the mean over the
+    windows holding them; ``guess`` itself without ``runs``."""
+    if runs is None:
+        return guess
+    owner, offsets = runs
+    steps = guess.shape[2]
+    total = guess.new_zeros((int(owner.max()) + 1, *guess.shape[1:]))
+    count = guess.new_zeros((len(total), 1, steps, 1, 1))
+    for k, (j, offset) in enumerate(zip(owner.tolist(), offsets.tolist())):
+        first, stop = max(0, offset), min(steps, offset + steps)
+        total[j, :, first:stop] += guess[k, :, first - offset : stop - offset]
+        count[j, :, first:stop] += 1
+    return total / count
+
+
 @torch.no_grad()
 def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                  candidates: dict[str, dict] = CANDIDATES, periodic: bool = False,
                  history: torch.Tensor | None = None, nearby: torch.Tensor | None = None,
                  span: int = NEARBY_SPAN, curve: bool = False, modes: torch.Tensor | None = None,
-                 covariance: torch.Tensor | None = None) -> tuple[str, dict[str, float]]:
+                 covariance: torch.Tensor | None = None,
+                 runs: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[str, dict[str, float]]:
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the thin-plate and kriging ones run only where no frame
@@ -934,8 +953,22 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     with :data:`MODES_LABEL`), chosen only where one beats the best without them by :data:`BASELINE_MARGIN`.
     ``covariance`` (:func:`field_covariance` of the series): the guess under it is scored too, on the values alone
     (no history, nearby steps or modes: the covariance is theirs), and chosen only where it beats the best of the
-    others by :data:`BASELINE_MARGIN`, since each of its steps costs several of the bending's."""
-    errors, reference = {}, float((values**2 * held).sum().clamp(min=1e-12))
+    others by :data:`BASELINE_MARGIN`, since each of its steps costs several of the bending's. ``runs``: ``values``,
+    ``mask`` and the inputs are windows at stride 1 round the scored ones, ``(scored window, start less its start)``
+    each, and a guess scores as imputation blends it (:func:`blend_runs`) on the scored windows' ``held``."""
+    finalists = None
+    if runs is not None:  # every candidate on the scored windows alone, the best few again as imputation blends them
+        alone = runs[1] == 0
+        cut = (lambda t: None if t is None else t[alone])
+        _, first = choose_guess(values[alone], mask[alone], held, candidates, periodic, cut(history), cut(nearby),
+                                span, curve, modes, covariance)
+        ranked = sorted(first, key=first.get)
+        finalists = set(ranked[:4])
+        finalists.add(next(label for label in ranked if not costly(label, candidates)))
+        leaning_labels = [label for label in ranked if label.endswith((NEARBY_LABEL, FLOW_LABEL))]
+        finalists.update(leaning_labels[:1])
+    scored = values if runs is None else values[runs[1] == 0]
+    errors, reference = {}, float((scored**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
     baseline = None if history is None else history_baseline(history, periodic)
     leaning = FLOW_LABEL if nearby is not None and nearby.dim() == 5 else NEARBY_LABEL
@@ -946,6 +979,8 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
             solved = options.get("thin_plate") or options.get("kriging")
             frame_by_frame = options.get("bending") and not options.get("across")  # the spline's stand-in
             under_covariance = bool(options.get("covariance_steps"))
+            if finalists is not None and name + label not in finalists:
+                continue
             if (solved and dense) or (frame_by_frame and not dense) or (
                     options.get("bending") and history is not None) or (
                     under_covariance and (covariance is None or label or history is not None)):
@@ -958,14 +993,17 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                 guess, _ = nearby_guess(first_guess, values * mask, mask, nearby, span, baseline, curve)
             else:
                 guess, _ = first_guess(values * mask, mask, baseline)
-            errors[name + label] = float(((guess - values) ** 2 * held).sum()) / reference
+            errors[name + label] = float(((blend_runs(guess, runs) - scored) ** 2 * held).sum()) / reference
+    if finalists is not None:  # the others keep their error on the scored windows alone
+        errors = {label: errors.get(label, error) for label, error in first.items()}
+    pool = list(errors) if finalists is None else [label for label in errors if label in finalists]
     order = list(errors)
 
     def best(labels):
         return min(labels, key=lambda label: (errors[label], order.index(label)))
 
-    chosen = best(errors)
+    chosen = best(pool)
     if costly(chosen, candidates):
-        plain = best([label for label in errors if not costly(label, candidates)])
+        plain = best([label for label in pool if not costly(label, candidates)])
         chosen = chosen if errors[chosen] < BASELINE_MARGIN * errors[plain] else plain
     return chosen, errors
