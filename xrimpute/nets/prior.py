@@ -17,7 +17,8 @@ Which reach suits a cube depends on it (an hourly field is best filled from
 the same cell an hour away, a turbulent one from its neighbours now), so a fit
 chooses the levels among :data:`CANDIDATES` by their error on its held-back
 cells (:func:`choose_guess`), before training, as imputation fills them (the mean over the overlapping windows
-holding each cell, :func:`blend_runs`); it costs a pass per candidate over those windows.
+holding each cell, :func:`blend_runs`); it costs a pass per candidate, and the finalists another over those
+windows.
 
 Where gaps lie far in time from any window's context (swaths that leave
 frames empty for hours), the guess can also lean on each cell's history: the
