@@ -622,6 +622,12 @@ def test_a_fit_scores_its_first_guesses_on_the_held_back_cells_as_imputation_fil
     held_back = int(np.isfinite(values).sum() - everywhere.observed.sum())  # 5 % of the observed cells
     assert len(everywhere.guess_validation[2]) == 4 * 9
     assert float(everywhere.guess_validation[2].sum()) == pytest.approx(held_back, rel=1e-5)
+    # round a grid that wraps, imputation's last tile runs over the seam (columns 60-89 and 0-9), and so do these
+    wrapped = made((16, 40), Tiling((16, 40), (4, 10), periodic=True))
+    xs, _, held, _, _ = wrapped.guess_validation
+    assert len(held) == 4 * 9 and float(held.sum()) == pytest.approx(held_back, rel=1e-5)
+    seam = torch.cat([wrapped.values[0, ..., 60:], wrapped.values[0, ..., :10]], -1)
+    assert any(torch.equal(x, seam[:, s : s + 5, r : r + 16]) for x in xs for s in range(16) for r in (0, 12, 24))
     # a grid imputed whole: whole-grid windows
     assert made((16, 90), Tiling((40, 90))).guess_validation[0].shape[-2:] == (40, 90)
     assert made(None, spec=masks.Station()).guess_validation is None  # between stations: frame by frame

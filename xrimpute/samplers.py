@@ -243,15 +243,16 @@ class ArrayWindows:
 
     def read(self, jobs, generator: torch.Generator | None = None,
              size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid, or of ``size`` cells):
-        ``(x, observed, inputs)``; with ``generator``, the nearby observations of a sampler with ``hide`` leave some
-        out."""
+        """Windows at ``(sample, start, row, col)`` (tile-sized, or the whole grid, or of ``size`` cells; columns
+        past the grid's last wrap round, as a tile over a global grid's seam): ``(x, observed, inputs)``; with
+        ``generator``, the nearby observations of a sampler with ``hide`` leave some out."""
         (th, tw) = size or self.tile or self.values.shape[-2:]
-        cuts = [(i, slice(s, s + self.window), slice(r, r + th), slice(c, c + tw)) for i, s, r, c in jobs]
-        x = torch.stack([self.values[i, :, t, y, z] for i, t, y, z in cuts])
-        m = torch.stack([self.observed[i, :, t, y, z] for i, t, y, z in cuts])
+        width = self.values.shape[-1]
+        cuts = [(i, slice(s, s + self.window), slice(r, r + th), _columns(c, tw, width)) for i, s, r, c in jobs]
+        x = torch.stack([self.values[i, :, t, y][..., z] for i, t, y, z in cuts])
+        m = torch.stack([self.observed[i, :, t, y][..., z] for i, t, y, z in cuts])
         static = None if self.static is None else torch.stack([self.static[:, y, z] for _, _, y, z in cuts])
-        totals = None if self.totals is None else torch.stack([self.totals[i, :, y, z] for i, _, y, z in cuts])
+        totals = None if self.totals is None else torch.stack([self.totals[i, :, y][..., z] for i, _, y, z in cuts])
         nearby = [self._nearby(i, s, y, z, generator) for (i, s, _, _), (_, _, y, z) in zip(jobs, cuts)] \
             if self.nearby_span else None
         return x, m, _inputs(static, totals, x, m, nearby)
@@ -261,8 +262,8 @@ class ArrayWindows:
         """:func:`~xrimpute.windows.nearby_observations` of one window (tile), from its stretch of the series."""
         span = self.nearby_span
         first, stop = max(0, start - span), min(self.values.shape[2], start + self.window + span)
-        values = self.values[sample, :, first:stop, rows, cols]
-        observed = self.observed[sample, :, first:stop, rows, cols]
+        values = self.values[sample, :, first:stop, rows][..., cols]
+        observed = self.observed[sample, :, first:stop, rows][..., cols]
         if not self.flow:
             return nearby_observations(values, observed, start - first, self.window, span)
         key = (sample, start, rows.start, cols.start)
@@ -595,13 +596,21 @@ def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tenso
     return observed & ~union, observed & union, union
 
 
+def _columns(first: int, count: int, width: int):
+    """``count`` columns from ``first`` of a grid ``width`` wide: a slice, or where they pass the seam (a tile of a
+    wrapping grid's tiling), their indices modulo ``width``."""
+    if first + count <= width:
+        return slice(first, first + count)
+    return np.arange(first, first + count) % width
+
+
 def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = False,
                         max_windows: int = VALIDATION_WINDOWS, lattice: Tiling | None = None):
     """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
     inputs)``, the ``(sample, start, row, col)`` of each, whether windows with held-back cells were left out, and
     with ``still`` (as for :func:`training_windows`) the cells hidden round each (``(B, C, 1, h, w)``, else None).
     ``lattice`` (an imputation's :class:`~xrimpute.windows.Tiling`): every one of its tiles in each window rather
-    than one tile at random (without wrapping over a global grid's seam), and in ``heldout``'s place each held-back
+    than one tile at random (the last over a global grid's seam, as imputation's), and in ``heldout``'s place each held-back
     cell's share of the blend that imputation weighs the tiles with."""
     n, c, t, h, w = windows.values.shape
     (th, tw) = lattice.size if lattice is not None else windows.tile or (h, w)
@@ -614,25 +623,25 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = Fals
         placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1)))
                   for i, s in (jobs[k] for k in evenly_spaced(len(jobs), max_windows))]
     else:
-        rows, cols = (window_starts(size, tile, tile - shared)
-                      for size, tile, shared in zip((h, w), lattice.size, lattice.overlap))
+        rows, cols = lattice.origins(h, w)
         blend = torch.as_tensor(lattice.weight(), dtype=torch.float32)
         cover = torch.zeros(h, w)  # every cell's total weight over the tiles covering it
         for r in rows:
             for q in cols:
-                cover[r : r + th, q : q + tw] += blend
+                cover[r : r + th, _columns(q, tw, w)] += blend
         placed = [(i, s, r, q) for i, s in jobs for r in rows for q in cols]
         left_out = len(placed) > max_windows
         placed = [placed[k] for k in evenly_spaced(len(placed), max_windows)]
     xs, ms, inputs = windows.read(placed, size=(th, tw))
-    hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window, r : r + th, q : q + tw] for i, s, r, q in placed]))
+    hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window, r : r + th][..., _columns(q, tw, w)]
+                                   for i, s, r, q in placed]))
     union = None
     if still:
         ms, hs, union = _held_still(ms | hs, hs)
         if windows.nearby_span:
             inputs["nearby"] = _nearby_hidden(windows, placed, union, (th, tw))
     if lattice is not None:
-        hs = torch.stack([held * blend / cover[r : r + th, q : q + tw] for held, (_, _, r, q) in zip(hs, placed)])
+        hs = torch.stack([held * blend / cover[r : r + th, _columns(q, tw, w)] for held, (_, _, r, q) in zip(hs, placed)])
     return (xs, ms, hs, inputs), placed, left_out, union
 
 
