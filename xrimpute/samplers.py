@@ -266,7 +266,7 @@ class ArrayWindows:
         observed = self.observed[sample, :, first:stop, rows][..., cols]
         if not self.flow:
             return nearby_observations(values, observed, start - first, self.window, span)
-        key = (sample, start, rows.start, cols.start)
+        key = (sample, start, rows.start, cols.start if isinstance(cols, slice) else int(cols[0]))
         if key not in self._velocities:
             self._velocities[key] = flow_velocity(values, observed, start - first, self.window)
         return _along_flow_kept(values, observed, start - first, self.window, span, self._velocities[key],
@@ -650,10 +650,11 @@ def _nearby_hidden(windows: ArrayWindows, placed, hidden: torch.Tensor, size: tu
     cells ``hidden`` ``(B, C, 1, h, w)`` at any step."""
     (th, tw), window, span = size, windows.window, windows.nearby_span
     stretches = context_spans(placed, window, windows.values.shape[2], span, apart=False)
+    width = windows.values.shape[-1]
     return torch.as_tensor(np.stack([
-        nearby_observations(windows.values[i, :, a:z, r : r + th, q : q + tw].numpy(),
-                            windows.observed[i, :, a:z, r : r + th, q : q + tw].numpy() & ~cells.numpy(),
-                            s - a, window, span, flow=windows.flow)
+        nearby_observations(windows.values[i, :, a:z, r : r + th][..., _columns(q, tw, width)].numpy(),
+                            windows.observed[i, :, a:z, r : r + th][..., _columns(q, tw, width)].numpy()
+                            & ~cells.numpy(), s - a, window, span, flow=windows.flow)
         for (i, s, r, q), cells, (a, z) in zip(placed, hidden, stretches)]))
 
 
