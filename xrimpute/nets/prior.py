@@ -914,6 +914,13 @@ def costly(label: str, candidates: dict[str, dict] = CANDIDATES) -> bool:
     return label.endswith(MODES_LABEL) or bool(candidates.get(label, {}).get("covariance_steps"))
 
 
+FINALISTS = 4
+"""The candidates best on the scored windows alone that :func:`choose_guess` scores again as imputation blends them
+(with the best without a series-wide baseline or covariance, and the best leaning on nearby steps): on the six
+cases measured the choice came out as with every candidate re-scored, at a fraction of its cost
+(``benchmarks/RESULTS.md``)."""
+
+
 def blend_runs(guess: torch.Tensor, runs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """``guess`` ``(B, C, T, H, W)`` of windows at stride 1 round some scored ones (``runs``: the scored window of
     each and its start less that one's) as imputation blends them: each scored window's steps the mean over the
@@ -964,11 +971,11 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
         _, first = choose_guess(values[alone], mask[alone], held, candidates, periodic, cut(history), cut(nearby),
                                 span, curve, modes, covariance)
         ranked = sorted(first, key=first.get)
-        finalists = set(ranked[:4])
+        finalists = set(ranked[:FINALISTS])
         finalists.add(next(label for label in ranked if not costly(label, candidates)))
         leaning_labels = [label for label in ranked if label.endswith((NEARBY_LABEL, FLOW_LABEL))]
         finalists.update(leaning_labels[:1])
-    scored = values if runs is None else values[runs[1] == 0]
+    scored = values if runs is None else values[alone]
     errors, reference = {}, float((scored**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
     baseline = None if history is None else history_baseline(history, periodic)
