@@ -257,6 +257,16 @@ def test_variable_on_another_grid_is_named_as_passed_through_with_the_reason():
     assert "lsm" not in messages[0]  # a static field is plainly not a cube: no need to say so
 
 
+def test_a_coordinates_cf_bounds_pass_through_without_a_warning():
+    ds = latlon_cube()
+    ds["time_bnds"] = (("time", "bnds"), np.stack([ds.time.values, ds.time.values + np.timedelta64(1, "D")], 1))
+    ds.time.attrs["bounds"] = "time_bnds"
+    layout, messages = record_warnings(cube.layout_of, ds)
+    assert messages == [] and "time_bnds" in layout.passed
+    del ds.time.attrs["bounds"]  # the same variable, no longer a coordinate's bounds: it looks like data again
+    assert len(record_warnings(cube.layout_of, ds)[1]) == 1
+
+
 def test_static_variables_alone_pass_through_without_a_warning():
     layout, messages = record_warnings(cube.layout_of, latlon_cube())
     assert messages == [] and layout.passed == {"lsm": "lacks the dim(s) ['time'] (has ('lat', 'lon'))"}

@@ -161,9 +161,12 @@ def passed_through(obj: xr.Dataset, axes: Axes) -> dict[str, str]:
 
 
 def _warn_passed_through(ds: xr.Dataset, axes: Axes, variables: list[str]) -> None:
-    """Say so when a variable that changes in time is left out: it looks like data to fill (e.g. on another grid)."""
+    """Say so when a variable that changes in time is left out: it looks like data to fill (e.g. on another grid).
+    A coordinate's CF bounds (``time_bnds``, in most model output) describe the grid, not data: nothing to say."""
     passed = passed_through(ds, axes)
-    timed = [name for name in passed if axes.time in ds[name].dims or ds[name].ndim >= 3]
+    import cf_xarray  # noqa: F401  (registers .cf)
+    bounds = {name for names in ds.cf.bounds.values() for name in names}
+    timed = [name for name in passed if name not in bounds and (axes.time in ds[name].dims or ds[name].ndim >= 3)]
     if timed:
         reasons = "; ".join(f"{name!r} {passed[name]}" for name in timed)
         warnings.warn(f"modelling {variables} on the grid {axes.core}; passing through unchanged, with their gaps: "

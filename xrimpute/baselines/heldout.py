@@ -154,11 +154,13 @@ def score(windows, budget: float, times: np.ndarray | None = None, fillers: dict
 def ratio_text(validation: dict) -> str:
     """ctxdiff's MSE on the held-back cells of ``validation`` (a model's) over the best classical filler's, in words
     for the repr and the warning: near a skill of 1 the two skills agree to three digits while one error is a
-    fraction of the other. "" without a comparison, or where that filler fills the cells exactly."""
+    fraction of the other. "" without a comparison, or where that filler fills the cells exactly. A ratio within a
+    per cent of 1 keeps three decimals: "1 times" read as a tie in a warning that says one of them is better."""
     best = validation.get("best_classical")
     if best is None or validation["classical"][best] <= 0:
         return ""
-    return f"ctxdiff's MSE {validation['nmse'] / validation['classical'][best]:.2g} times its"
+    ratio = validation["nmse"] / validation["classical"][best]
+    return f"ctxdiff's MSE {ratio:.3f} times its" if f"{ratio:.2g}" == "1" else f"ctxdiff's MSE {ratio:.2g} times its"
 
 
 def warn_if_beaten(validation: dict, trained: bool = True) -> None:
