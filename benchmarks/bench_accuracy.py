@@ -9,6 +9,10 @@
     python benchmarks/bench_accuracy.py --cases era5-pixel10 ns-pixel20 --seeds 0 --max-time 60
     python benchmarks/bench_accuracy.py --jobs 2 --append benchmarks/RESULTS.md
     python benchmarks/bench_accuracy.py --cases era5-block5/9 --max-time 150 --fit-option batch_size=8
+    python benchmarks/bench_accuracy.py --max-time 60 --jobs 2 --era5-file era5-2mt-2019-03-uk.grib  # on a GPU
+
+On a machine with a GPU the fits and imputation run there (the package's default device) and the table's device
+line names it; the classical fillers stay on the CPU.
 
 Every case masks a complete cube with :func:`xrimpute.observe`, then:
 
@@ -192,8 +196,16 @@ def run_case(job) -> dict:
                           mask=repr(model.spec),
                           validation=model.validation.get("nmse"), context=model.validation.get("context"),
                           first_guess=model.validation.get("first_guess"), tile=model.engine.config.tile,
-                          correction=model.validation.get("correction_weight"))
+                          correction=model.validation.get("correction_weight"),
+                          device=device_name(model.engine.config.train["device"]))
     return row
+
+
+def device_name(device: str) -> str:
+    """What a fit ran on, in words: the GPU's own name where it ran on one."""
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else device
 
 
 def tile_text(row: dict) -> str:
@@ -325,7 +337,8 @@ def main(argv=None) -> int:
         "",
         f"- command: `{shlex.join(['python', *sys.argv])}`",
         f"- device: {platform.machine()} CPU, {os.cpu_count()} cores, one torch thread per case, {args.jobs} "
-        f"case(s) at once; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
+        f"case(s) at once; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        + "".join(f"; ctxdiff on {name}" for name in sorted({r['ctxdiff']['device'] for r in rows} - {"cpu"})),
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; wall {time.perf_counter() - start:.0f} s",
         f"- ctxdiff: package defaults{' except ' + budget.strip() if budget.strip() else ''}; seeds {args.seeds}",
         "",
