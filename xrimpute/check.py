@@ -230,7 +230,8 @@ def plot_coverage(coverage: xr.DataArray, ax=None, **kwargs):
     options = dict(cmap="viridis", vmin=0.0, vmax=1.0, cbar_kwargs={"label": "query coverage"}, **kwargs)
     artist = coverage.plot(ax=ax, **options)
     attrs = coverage.attrs
-    ax.set_title(f"{attrs.get('spec', '')}\nzero coverage: {attrs.get('zero_coverage_share', 0):.0%} of observed "
+    spec = textwrap.fill(attrs.get("spec", ""), 45)  # a spec's repr runs wider than one panel
+    ax.set_title(f"{spec}\nzero coverage: {attrs.get('zero_coverage_share', 0):.0%} of observed "
                  f"cells, mean {attrs.get('mean_gap_coverage', float('nan')):.2f}", fontsize=9)
     return artist
 
