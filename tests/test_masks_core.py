@@ -54,6 +54,18 @@ def test_cells_never_observed_have_zero_coverage():
     assert cov[..., :2].max() == 0 and cov[..., 2:].min() > 0
 
 
+@pytest.mark.parametrize("spec", [Pixel(), Pixel(static=True), Block(), Block(static=True), masks.Station(),
+                                  masks.Swath(orientation=60.0, width=3.0), masks.TimeGap(), masks.Patches(length=3.0),
+                                  masks.Combined(masks.Swath(), masks.TimeGap())], ids=repr)
+def test_every_spec_cuts_each_step_into_the_same_pieces(spec):
+    # query coverage pools a piece's steps (MaskSpec.units): a unit at any step is the first step's unit there
+    layout = spec.units((4, 13, 17))
+    first = layout[0].expand_as(layout)
+    step_of = torch.zeros(int(layout.max()) + 1, dtype=torch.long).index_put_((layout.reshape(-1),), first.reshape(-1))
+    assert torch.equal(step_of[layout], first)
+    assert all(len(layout[s].unique()) == len(layout[0].unique()) for s in range(4))
+
+
 def test_a_short_series_rates_each_cell_over_all_its_steps_not_each_place_in_a_window():
     # twelve monthly steps of 10 % pixels, and of moving blocks: two windows of 5 only, so a cell's rate read at each
     # place in a window alone is 0 wherever both windows missed it there, and the fit warned that gaps it fills well

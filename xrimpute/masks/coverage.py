@@ -118,13 +118,11 @@ def query_probability(spec: MaskSpec, observed: torch.Tensor | np.ndarray, obser
 
 def _recurring(layout: torch.Tensor, n_units: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys ``(U,)`` and ``(T H W,)`` that pool the units of ``layout`` ``(T, H, W)`` and its cells over a window's
-    steps: a unit keyed by the unit of the first step with its cells, a cell by its place in the frame. Where a
-    step cuts the frame into other pieces than the first, each unit and cell is its own key."""
+    steps: a unit keyed by the unit of the first step with its cells, a cell by its place in the frame (every spec
+    cuts each step into the same pieces, :meth:`~xrimpute.masks.MaskSpec.units`)."""
     t, h, w = layout.shape
-    first = layout[0].expand(t, h, w)
-    piece = torch.zeros(n_units, dtype=torch.long).index_put_((layout.reshape(-1),), first.reshape(-1))
-    if not torch.equal(piece[layout], first):
-        return torch.arange(n_units), torch.arange(t * h * w)
+    first = layout[0].expand(t, h, w).reshape(-1)
+    piece = torch.zeros(n_units, dtype=torch.long).index_put_((layout.reshape(-1),), first)
     return piece, torch.arange(h * w).repeat(t)
 
 

@@ -92,7 +92,8 @@ class MaskSpec:
         raise NotImplementedError
 
     def units(self, shape: tuple[int, int, int]) -> torch.Tensor:
-        """Integer label ``(T, H, W)`` of the independent unit (pixel, block, ...) of each cell."""
+        """Integer label ``(T, H, W)`` of the independent unit (pixel, block, ...) of each cell: every step cut into
+        the same pieces, labelled once for all steps or anew at each (query coverage pools a piece's steps)."""
         raise NotImplementedError
 
     def leave_out_log_likelihood(self, context: torch.Tensor, possible: torch.Tensor, labels: torch.Tensor,
