@@ -1,9 +1,15 @@
 """Training returns the EMA network that scored best on the held-back cells, not the last one: a small cube's network
-learns its training windows by heart within the budget, and its held-back score worsens as it does."""
+learns its training windows by heart within the budget, and its held-back score worsens as it does. Also: the
+training bar under a time budget keeps its total when the steps outrun the estimate."""
+import functools
+import re
+import time
+
 import torch
 
 import xrimpute
 from synthetic import blobs
+from xrimpute.diffusion import context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
 from xrimpute.training import MAX_RESTARTS, History, TrainConfig, overfitting, train
@@ -96,3 +102,23 @@ def test_the_repr_names_the_network_kept_and_the_returns_to_it_also_after_loadin
         training = repr(shown).split("training:")[1].split("\n")[0]
         assert "keeping the network of step 2" in training
         assert "back to its best network at a lower learning rate at step 1, 2" in training
+
+
+def test_the_bar_keeps_a_total_when_the_steps_outrun_the_budgets_estimate(capsys):
+    # the first steps slow, the rest fast: the total estimated at step 25 falls short before step 50, and the bar
+    # lost its total there ("34step [00:03, ...]"), so no end in sight until the next estimate
+    calls = []
+
+    def slow_then_fast(*args):
+        calls.append(None)
+        if len(calls) <= 25:
+            time.sleep(0.08)
+        return functools.partial(context_query_loss, low_noise=1.0)(*args)
+
+    config = TrainConfig(steps=10**6, max_time=3.5, batch_size=2, warmup=0.0, seed=0)
+    _, history = train(Denoiser(1, 3, torch.zeros(0, 8, 8), preset="narrow"), RandomWindows(), Pixel(), config,
+                       progress=True, loss_fn=slow_then_fast)
+    assert history.step[-1] > 40  # the fast steps did outrun the first estimate, about 25 / 2.8 s * 3.5 s = 31
+    shown = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    first_total = next(i for i, line in enumerate(shown) if re.search(r"\d+/\d+ \[", line))
+    assert not [line for line in shown[first_total:] if re.search(r"\d+step \[", line)]

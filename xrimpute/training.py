@@ -377,6 +377,8 @@ def _train(denoiser, windows, spec, config, schedule, device, validate, checkpoi
         if checkpoint is not None and done % config.checkpoint_every == 0:
             history.seconds = time.perf_counter() - t0
             save(done)
+        if bar.total is not None and bar.n >= bar.total:  # faster steps outran the estimate: keep the end in sight
+            bar.total = bar.n + 1
         bar.update(1)
         if stopping or by_heart:
             break
