@@ -610,8 +610,8 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = Fals
     inputs)``, the ``(sample, start, row, col)`` of each, whether windows with held-back cells were left out, and
     with ``still`` (as for :func:`training_windows`) the cells hidden round each (``(B, C, 1, h, w)``, else None).
     ``lattice`` (an imputation's :class:`~xrimpute.windows.Tiling`): every one of its tiles in each window rather
-    than one tile at random (the last over a global grid's seam, as imputation's), and in ``heldout``'s place each held-back
-    cell's share of the blend that imputation weighs the tiles with."""
+    than one tile at random (the last over a global grid's seam, as imputation's), and in ``heldout``'s place each
+    held-back cell's share of the blend that imputation weighs the tiles with."""
     n, c, t, h, w = windows.values.shape
     (th, tw) = lattice.size if lattice is not None else windows.tile or (h, w)
     window = windows.window
@@ -641,7 +641,8 @@ def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = Fals
         if windows.nearby_span:
             inputs["nearby"] = _nearby_hidden(windows, placed, union, (th, tw))
     if lattice is not None:
-        hs = torch.stack([held * blend / cover[r : r + th, _columns(q, tw, w)] for held, (_, _, r, q) in zip(hs, placed)])
+        hs = torch.stack([held * blend / cover[r : r + th, _columns(q, tw, w)]
+                          for held, (_, _, r, q) in zip(hs, placed)])
     return (xs, ms, hs, inputs), placed, left_out, union
 
 
