@@ -29,7 +29,7 @@ from xrimpute import arguments, cube, masks, robust, samplers
 from xrimpute.datasets import advection, generated
 from xrimpute.datasets.era5 import SAMPLE_FILE, era5_sample
 from xrimpute.errors import (ArgumentError, ArgumentTypeError, DataWarning, ModelFileError, NonFiniteLossError,
-                             XrimputeError)
+                             WorkFailedError, XrimputeError)
 from xrimpute.model import ModelMismatch
 from xrimpute.reconstruct import ResumeError
 from xrimpute.training import CheckpointMismatch
@@ -643,7 +643,7 @@ def test_reconstruct_refuses_to_resume_after_the_source_changed(small, tmp_path)
     data.chunk(time=4).to_zarr(source, consolidated=False)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        with pytest.raises(RuntimeError, match="1 of 2 regions failed"):
+        with pytest.raises(WorkFailedError, match="1 of 2 regions failed"):
             xrimpute.reconstruct(source, path, target, client=client, K=2, progress=False,
                                  before_region=fail_on_region_1)
         (data + 1).chunk(time=4).to_zarr(source, mode="w", consolidated=False)
@@ -688,7 +688,31 @@ def test_every_error_class_of_the_package_derives_from_xrimpute_error():
     from xrimpute.reconstruct import TargetError
 
     for error in (CubeError, ModelMismatch, MaskSpecError, TargetError, ResumeError, CheckpointMismatch,
-                  ArgumentError, ArgumentTypeError, ModelFileError, NonFiniteLossError):
+                  ArgumentError, ArgumentTypeError, ModelFileError, NonFiniteLossError, WorkFailedError):
         assert issubclass(error, XrimputeError), error
     with pytest.raises(XrimputeError, match="unknown mask 'blox'"):
         xrimpute.fit(latlon_cube()[["t2m"]], mask="blox", **SMALL_FIT)
+
+
+def test_no_module_raises_a_bare_builtin_error():
+    """Every ``raise`` of a bad value or type names a class of the package (still a ValueError or TypeError to
+    ``except``), so that ``except XrimputeError`` catches all that xrimpute refuses."""
+    import ast
+
+    builtins = {"ValueError", "TypeError", "KeyError", "IndexError", "RuntimeError", "Exception"}
+    bare = []
+    for path in sorted(Path(xrimpute.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                called = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                if isinstance(called, ast.Name) and called.id in builtins:
+                    bare.append(f"{path.name}:{node.lineno} {called.id}")
+    assert not bare, bare
+
+
+def test_observe_names_the_options_of_each_kind():
+    cube_ = latlon_cube()[["t2m"]]
+    with pytest.raises(ArgumentTypeError, match=r"unknown option\(s\) \['rate'\] for kind 'clouds'"):
+        xrimpute.observe(cube_, "clouds", rate=0.3)
+    with pytest.raises(ArgumentError, match="unknown observing system kind='cloud'"):
+        xrimpute.observe(cube_, "cloud", coverage=0.3)

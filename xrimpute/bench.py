@@ -50,6 +50,7 @@ from .baselines import fill
 from .baselines.em_consistency import fit_em_consistency
 from .baselines.learned import fit_ambient, fit_ctxdiff, fit_diffputer, fit_missdiff
 from .atomic import atomic_write
+from .errors import ArgumentError
 from .observe import observe
 
 LEARNED = ("ctxdiff", "missdiff", "ambient", "diffputer", "em_consistency")
@@ -205,7 +206,7 @@ def _fit(method: str, train: xr.Dataset, kind: str, settings: Settings, seed: in
                              sample_steps=settings.sample_steps, **options)
     if method == "em_consistency":  # continuous form: EM rounds around ctxdiff, consistency loss in the M-steps
         return fit_em_consistency(train, mask=mask, rounds=settings.rounds, K=settings.K, **options)
-    raise ValueError(f"unknown method {method!r}; known: {LEARNED + (ABLATION,) + CLASSICAL}")
+    raise ArgumentError(f"unknown method {method!r}; known: {LEARNED + (ABLATION,) + CLASSICAL}")
 
 
 def _fill(method: str, train_seen, test_seen, kind: str, settings: Settings, seed: int, device):
@@ -266,21 +267,21 @@ def run(table: str = "table1", settings: str | Settings = "small", seeds=(0,), m
     with a note in the report.
     """
     if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; choose one of {sorted(TABLES)}")
+        raise ArgumentError(f"unknown table {table!r}; choose one of {sorted(TABLES)}")
     name = settings if isinstance(settings, str) else "custom"
     if isinstance(settings, str):
         if settings not in SETTINGS:
-            raise ValueError(f"unknown settings {settings!r}; choose one of {sorted(SETTINGS)} or pass a Settings")
+            raise ArgumentError(f"unknown settings {settings!r}; choose one of {sorted(SETTINGS)} or pass a Settings")
         settings = SETTINGS[settings]
     default = LEARNED + ((ABLATION,) if table == "table2" else ()) + CLASSICAL
     everything = default + MULTISTEP
     methods = list(default if methods is None else methods)
     unknown = sorted(set(methods) - set(everything))
     if unknown:
-        raise ValueError(f"unknown methods {unknown} for {table}; choose from {list(everything)}")
+        raise ArgumentError(f"unknown methods {unknown} for {table}; choose from {list(everything)}")
     conditions = [c for c in TABLES[table] if datasets is None or c[0] in datasets]
     if not conditions:
-        raise ValueError(f"no condition of {table} uses the data sets {datasets}")
+        raise ArgumentError(f"no condition of {table} uses the data sets {datasets}")
     report = Report(table, name)
     panels = []
     previous_threads = torch.get_num_threads()
@@ -443,7 +444,7 @@ def ablation(name: str, settings: str | Settings = "small", seed: int = 0, devic
     arm to its peer (``Report.tables``).
     """
     if name not in ABLATIONS:
-        raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
+        raise ArgumentError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
     label = settings if isinstance(settings, str) else "custom"
     settings = SETTINGS[settings] if isinstance(settings, str) else settings
     report = Report(name, label)

@@ -20,6 +20,7 @@ import xarray as xr
 
 from . import cube, masks
 from .engine import choose_window
+from .errors import ArgumentError
 
 
 def _span(values: np.ndarray, first: int, last: int) -> str:
@@ -258,7 +259,7 @@ def permanent_mask(ds: xr.Dataset, var: str = "lsm", *, threshold: float = 0.5, 
     if var not in ds.data_vars:
         raise cube.CubeError(f"no variable {var!r} in the dataset; its variables are {list(ds.data_vars)}")
     if masked not in ("above", "below"):
-        raise ValueError(f"masked must be 'above' or 'below', got {masked!r}")
+        raise ArgumentError(f"masked must be 'above' or 'below', got {masked!r}")
     axes = cube.find_axes(ds)
     static = ds[var]
     if axes.time in static.dims or not set(static.dims) <= {axes.lat, axes.lon}:

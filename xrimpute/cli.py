@@ -14,6 +14,8 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import ArgumentError
+
 USAGE_ERROR = 2
 PRESETS = ("auto", "narrow", "lite", "tiny", "small", "base")  # the network's (cli must not import torch for --help)
 AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # --history and --nearby: None lets the fit decide
@@ -128,7 +130,7 @@ def _check_device(device: str | None) -> None:
 def _check_torch_file(path: str, option: str, kind: str, advice: str) -> None:
     """A file that exists but is not a torch file (a zip archive) fails here, in one line, not deep in torch."""
     if Path(path).is_file() and not zipfile.is_zipfile(path):
-        raise ValueError(f"{option} {path!r} is not {kind}; {advice}")
+        raise ArgumentError(f"{option} {path!r} is not {kind}; {advice}")
 
 
 MODEL_FILE = ("an xrimpute model file (written by 'xrimpute fit')", "pass the .xri file that 'xrimpute fit' wrote")
@@ -138,7 +140,7 @@ def _check_model_target(path: str, overwrite: bool) -> None:
     """Fail before training, not after, when the model file cannot be written."""
     target = Path(path)
     if target.suffix != ".xri":
-        raise ValueError(f"--out {path!r}: name the model file *.xri")
+        raise ArgumentError(f"--out {path!r}: name the model file *.xri")
     if target.exists() and not overwrite:
         raise FileExistsError(f"{path!r} exists; choose another name or pass --overwrite")
     folder = next(p for p in target.absolute().parents if p.exists())  # the nearest folder that exists
@@ -182,7 +184,7 @@ def _impute(args) -> None:
 
 def _reconstruct(args) -> None:
     if not args.target.rstrip("/").endswith(".zarr"):
-        raise ValueError(f"TARGET {args.target!r}: name the zarr store *.zarr")
+        raise ArgumentError(f"TARGET {args.target!r}: name the zarr store *.zarr")
     if not Path(args.model).exists():
         raise FileNotFoundError(f"no model file at {args.model!r}")
     _check_torch_file(args.model, "MODEL", *MODEL_FILE)
@@ -238,7 +240,7 @@ def _quickstart(args) -> None:
 
 def _datasets(args) -> None:
     if args.action == "fetch" and args.name is None:
-        raise ValueError(f"name the dataset to fetch, one of {', '.join(DATASETS)}")
+        raise ArgumentError(f"name the dataset to fetch, one of {', '.join(DATASETS)}")
     if args.action == "list" or args.name is None:
         from .pde import PRESETS as PDE_PRESETS
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ArgumentError
 from .masks import MaskSpec
 
 
@@ -114,7 +115,7 @@ def impute_ensemble(
     scores both on its held-back cells.
     """
     if context not in ("sampled", "observed"):
-        raise ValueError(f"context must be 'sampled' or 'observed', not {context!r}")
+        raise ArgumentError(f"context must be 'sampled' or 'observed', not {context!r}")
     b = x.shape[0]
     t = torch.full((b,), delta, device=x.device)
     if isinstance(generator, (list, tuple)):
@@ -157,7 +158,7 @@ def sampling_times(schedule: VPSchedule, steps: int, t_end: float | None = None)
     """``steps + 1`` times from 1 down to 0: ``steps`` uniform in log-SNR from ``t = 1`` to ``t_end``
     (default ``schedule.t_min``), then 0, where the last step returns the x0-prediction."""
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise ArgumentError(f"steps must be at least 1, got {steps}")
     t_end = schedule.t_min if t_end is None else t_end
     first, last = log_snr(schedule, 1.0), log_snr(schedule, t_end)
     lams = torch.linspace(first, last, steps, dtype=torch.float64).tolist() if steps > 1 else [first]

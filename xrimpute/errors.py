@@ -28,6 +28,11 @@ class NonFiniteLossError(XrimputeError, FloatingPointError):
     """Training produced a non-finite loss; the weights would be useless."""
 
 
+class WorkFailedError(XrimputeError, RuntimeError):
+    """Work that ran elsewhere (a dask worker's region, a thread reading an archive) failed; the message says what
+    is kept and how to go on, the cause is chained."""
+
+
 class DataWarning(UserWarning):
     """The data had something xrimpute handled on its own (non-finite or fill values, odd time stamps, variables
     passed through); the message says what and how many."""
@@ -38,4 +43,5 @@ class SkillWarning(UserWarning):
     names the filler, both scores, the call that runs it, and how to train longer."""
 
 
-__all__ = ["ArgumentError", "DataWarning", "SkillWarning", "ArgumentTypeError", "ModelFileError", "NonFiniteLossError", "XrimputeError"]
+__all__ = ["ArgumentError", "ArgumentTypeError", "DataWarning", "ModelFileError", "NonFiniteLossError", "SkillWarning",
+           "WorkFailedError", "XrimputeError"]

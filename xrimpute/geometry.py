@@ -15,6 +15,8 @@ from itertools import chain
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .errors import ArgumentError
+
 EARTH_RADIUS_KM = 6371.0
 EARTH_MU_KM3_S2 = 398600.4418  # standard gravitational parameter of the Earth
 SIDEREAL_DAY_S = 86164.0905
@@ -27,7 +29,7 @@ DEFAULT_ORBITS_PER_DAY = 14.2
 def block_edges(size: int, parts: int) -> np.ndarray:
     """Start of each of ``parts`` near-equal blocks of ``size`` cells, and the end (the first ones one cell larger)."""
     if not 1 <= parts <= size:
-        raise ValueError(f"cannot split {size} cells into {parts} blocks; use between 1 and {size} blocks")
+        raise ArgumentError(f"cannot split {size} cells into {parts} blocks; use between 1 and {size} blocks")
     return np.r_[0, np.cumsum([len(a) for a in np.array_split(np.arange(size), parts)])]
 
 
@@ -47,19 +49,19 @@ def evenly_spaced(count: int, most: int) -> np.ndarray:
 def orbital_period_s(altitude_km: float) -> float:
     """Period in seconds of a circular orbit at ``altitude_km`` above a spherical Earth (Kepler's third law)."""
     if altitude_km <= 0:
-        raise ValueError(f"altitude_km must be positive, got {altitude_km}")
+        raise ArgumentError(f"altitude_km must be positive, got {altitude_km}")
     return float(2 * np.pi * np.sqrt((EARTH_RADIUS_KM + altitude_km) ** 3 / EARTH_MU_KM3_S2))
 
 
 def resolve_orbits_per_day(orbits_per_day: float | None, altitude_km: float | None) -> float:
     """Revolutions per day from either ``orbits_per_day`` or ``altitude_km`` (default 14.2 when neither is given)."""
     if orbits_per_day is not None and altitude_km is not None:
-        raise ValueError("give either orbits_per_day or altitude_km, not both")
+        raise ArgumentError("give either orbits_per_day or altitude_km, not both")
     if altitude_km is not None:
         return 86400.0 / orbital_period_s(altitude_km)
     orbits_per_day = DEFAULT_ORBITS_PER_DAY if orbits_per_day is None else orbits_per_day
     if orbits_per_day <= 0:
-        raise ValueError(f"orbits_per_day must be positive, got {orbits_per_day}")
+        raise ArgumentError(f"orbits_per_day must be positive, got {orbits_per_day}")
     return float(orbits_per_day)
 
 
@@ -118,7 +120,7 @@ def cell_centres(lat, lon) -> tuple[np.ndarray, np.ndarray]:
         return np.meshgrid(lat, lon, indexing="ij")
     if lat.ndim == 2 and lat.shape == lon.shape:
         return lat, lon
-    raise ValueError(
+    raise ArgumentError(
         f"lat and lon must be 1-D grid axes or 2-D arrays of the same shape, got {lat.shape} and {lon.shape}"
     )
 
@@ -162,7 +164,7 @@ def swath_mask(
         Boolean, ``(len(hours), *grid shape)``, True where seen.
     """
     if swath_width_km <= 0:
-        raise ValueError(f"swath_width_km must be positive, got {swath_width_km}")
+        raise ArgumentError(f"swath_width_km must be positive, got {swath_width_km}")
     orbits_per_day = resolve_orbits_per_day(orbits_per_day, altitude_km)
     hours = np.atleast_1d(np.asarray(hours, dtype=float))
     if step_hours is not None:
@@ -171,9 +173,9 @@ def swath_mask(
         spacing = np.diff(hours)
         durations = np.append(spacing, spacing[-1])
     else:
-        raise ValueError("with a single time step, give step_hours (its length in hours)")
+        raise ArgumentError("with a single time step, give step_hours (its length in hours)")
     if (durations <= 0).any():
-        raise ValueError("hours must increase and step_hours must be positive")
+        raise ArgumentError("hours must increase and step_hours must be positive")
     lat2, lon2 = cell_centres(lat, lon)
     cells = cKDTree(unit_vectors(lat2.ravel(), lon2.ravel()))
     half_width = swath_width_km / 2
@@ -223,12 +225,12 @@ def station_cells(lat, lon, stations) -> tuple[np.ndarray, np.ndarray]:
     lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
     points = np.asarray(stations, dtype=float)
     if points.ndim != 2 or points.shape[1] != 2 or not len(points):
-        raise ValueError(f"stations must be a non-empty list of (lat, lon) pairs, got shape {points.shape}")
+        raise ArgumentError(f"stations must be a non-empty list of (lat, lon) pairs, got shape {points.shape}")
     rows, lat_inside = nearest_on_axis(lat, points[:, 0], period=None)
     cols, lon_inside = nearest_on_axis(lon, points[:, 1], period=360.0)
     outside = points[~(lat_inside & lon_inside)]
     if len(outside):
-        raise ValueError(
+        raise ArgumentError(
             f"station(s) {outside.tolist()} lie outside the grid (lat {lat.min()}..{lat.max()}, "
             f"lon {lon.min()}..{lon.max()})"
         )

@@ -15,6 +15,7 @@ import xarray as xr
 import zarr
 
 from .atomic import atomic_write
+from .errors import ArgumentError
 
 SUFFIXES = (".nc", ".nc4", ".netcdf", ".zarr")
 GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb1", ".grb2")
@@ -160,7 +161,7 @@ def check_target(path, overwrite: bool = False) -> Path:
     """
     path = Path(path)
     if path.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"cannot tell the format of {str(path)!r}: name it *.nc (netCDF) or *.zarr")
+        raise ArgumentError(f"cannot tell the format of {str(path)!r}: name it *.nc (netCDF) or *.zarr")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} exists; choose another name or allow overwriting")
     return path

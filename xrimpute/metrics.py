@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from xrimpute import cube
+from xrimpute.errors import ArgumentError, ArgumentTypeError
 
 _TIME = "__metric_time__"
 
@@ -44,10 +45,10 @@ def _to_numpy(obj, truth, lead: tuple[str, ...] = ()):
         return np.asarray(obj)
     absent = [d for d in lead if d not in obj.dims]
     if absent:
-        raise ValueError(f"{obj.name or 'the ensemble'} has no dim {absent[0]!r}; its dims are {obj.dims}")
+        raise ArgumentError(f"{obj.name or 'the ensemble'} has no dim {absent[0]!r}; its dims are {obj.dims}")
     extra = set(obj.dims) - set(truth.dims) - set(lead)
     if extra:
-        raise ValueError(f"dims {sorted(map(str, extra))} are not dims of the truth {truth.dims}")
+        raise ArgumentError(f"dims {sorted(map(str, extra))} are not dims of the truth {truth.dims}")
     obj, _ = xr.align(obj, truth, join="exact")
     missing = [d for d in truth.dims if d not in obj.dims]
     return obj.expand_dims(missing).transpose(*lead, *truth.dims).values
@@ -128,7 +129,7 @@ def latitude_weights(lat) -> np.ndarray:
     """``cos(latitude)`` normalised to mean 1 over the given latitudes (in degrees)."""
     lat = np.asarray(lat, dtype=np.float64)
     if lat.size == 0 or not np.all(np.abs(lat) <= 90):
-        raise ValueError("latitudes must be in degrees, within [-90, 90]")
+        raise ArgumentError("latitudes must be in degrees, within [-90, 90]")
     weights = np.cos(np.deg2rad(lat))
     return weights / weights.mean()
 
@@ -153,10 +154,10 @@ def lat_weighted_rmse(pred, truth, where=None):
     if isinstance(truth, xr.Dataset):
         return _for_each_variable(lambda t, p, w: lat_weighted_rmse(p, t, w), truth, pred, where)
     if not isinstance(truth, xr.DataArray):
-        raise TypeError("lat_weighted_rmse needs xarray inputs with a latitude coordinate")
+        raise ArgumentTypeError("lat_weighted_rmse needs xarray inputs with a latitude coordinate")
     lat = _grid_axes(truth).lat
     if lat not in truth.coords:
-        raise ValueError(f"the latitude dim {lat!r} needs a coordinate in degrees")
+        raise ArgumentError(f"the latitude dim {lat!r} needs a coordinate in degrees")
     weights = xr.DataArray(latitude_weights(truth[lat].values), dims=lat, coords={lat: truth[lat]})
     return _per_variable(lambda t, p, w, wt: math.sqrt(_mean(*_weighted(t, p, w, wt))), truth, pred, where, weights)
 
@@ -218,7 +219,7 @@ def _spread_skill(truth, ensemble, where):
     members = _members(ensemble, truth)[:, cells]
     m = members.shape[0]
     if m < 2:
-        raise ValueError("spread_skill needs at least 2 members")
+        raise ArgumentError("spread_skill needs at least 2 members")
     spread = math.sqrt(_mean(np.var(members, axis=0, ddof=1)))
     skill = math.sqrt(_mean((members.mean(axis=0) - truth[cells]) ** 2))
     return float(math.sqrt((m + 1) / m) * spread / np.float64(skill))  # inf for an exact mean
@@ -247,13 +248,13 @@ def _spacing(obj, dim) -> float | None:
         return None
     steps = np.diff(np.asarray(obj[dim].values, dtype=np.float64))
     if not np.allclose(steps, steps[0], rtol=1e-6):
-        raise ValueError(f"coordinate {dim!r} is not evenly spaced; pass the spacing explicitly")
+        raise ArgumentError(f"coordinate {dim!r} is not evenly spaced; pass the spacing explicitly")
     return float(abs(steps[0]))
 
 
 def _required(value, name, hint):
     if value is None:
-        raise ValueError(f"pass {name}= ({hint})")
+        raise ArgumentError(f"pass {name}= ({hint})")
     return value
 
 

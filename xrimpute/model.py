@@ -582,7 +582,7 @@ class CtxDiffModel:
         values, layout = cube.to_array(obj)
         check_fits(self.engine, layout, obj)
         if dim in obj.dims:
-            raise ValueError(f"the data already has a dim {dim!r}; name the ensemble dim otherwise with dim=")
+            raise ArgumentError(f"the data already has a dim {dim!r}; name the ensemble dim otherwise with dim=")
         draws = self.engine.sample(values, n, steps, K=K, eta=eta, handover=handover, seed=seed,
                                    batch_size=batch_size, device=or_option("device", device), adapt=adapt,
                                    fill_never_observed=fill_never_observed, progress=or_option("progress", progress),

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from xrimpute.cube import Axes, CubeError, cube_variables, find_axes
+from xrimpute.errors import ArgumentError, ArgumentTypeError
 from xrimpute.geometry import block_index, resolve_orbits_per_day, station_cells, swath_mask
 from xrimpute.geometry import ground_track, orbital_period_s  # noqa: F401  (public here too, as before)
 
@@ -37,7 +38,7 @@ def _station_uptime(rng, steps: int, stations: int, outage: float, outage_length
     recover = 1.0 / outage_length
     fail = outage * recover / (1.0 - outage)  # keeps the long-run fraction of missed steps at `outage`
     if fail > 1:
-        raise ValueError(
+        raise ArgumentError(
             f"outage={outage} cannot be reached with outage_length={outage_length}: outages that last "
             f"{outage_length} steps on average cover at most {outage_length / (outage_length + 1):.2f} of the "
             "steps; raise outage_length"
@@ -92,10 +93,10 @@ class _Cube:
         _, height, width = self.shape
         if bbox is not None:
             if len(bbox) != 4:
-                raise ValueError(f"bbox must be (lat0, lat1, lon0, lon1), got {bbox}")
+                raise ArgumentError(f"bbox must be (lat0, lat1, lon0, lon1), got {bbox}")
             lat0, lat1, lon0, lon1 = map(float, bbox)
             if not (-90 <= min(lat0, lat1) and max(lat0, lat1) <= 90):
-                raise ValueError(f"bbox latitudes must lie in [-90, 90], got {lat0}, {lat1}")
+                raise ArgumentError(f"bbox latitudes must lie in [-90, 90], got {lat0}, {lat1}")
             return (
                 lat0 + (np.arange(height) + 0.5) * (lat1 - lat0) / height,
                 lon0 + (np.arange(width) + 0.5) * (lon1 - lon0) / width,
@@ -113,7 +114,7 @@ class _Cube:
         steps = self.shape[0]
         if hours_per_step is not None:
             if hours_per_step <= 0:
-                raise ValueError(f"hours_per_step must be positive, got {hours_per_step}")
+                raise ArgumentError(f"hours_per_step must be positive, got {hours_per_step}")
             return np.arange(steps) * float(hours_per_step), float(hours_per_step)
         if self.time is not None:
             elapsed = self.time - self.time[0]
@@ -130,7 +131,7 @@ class _Cube:
 
 def _check_fraction(name: str, value: float) -> None:
     if not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a fraction between 0 and 1, got {value}")
+        raise ArgumentError(f"{name} must be a fraction between 0 and 1, got {value}")
 
 
 def _pixel(rng, cube: _Cube, *, rate: float, static: bool = False):
@@ -143,13 +144,13 @@ def _block(rng, cube: _Cube, *, grid=(3, 3), observed: int = 7, static: bool = F
     steps, height, width = cube.shape
     rows, cols = (int(n) for n in grid)
     if rows < 1 or cols < 1 or rows > height or cols > width:
-        raise ValueError(
+        raise ArgumentError(
             f"grid={tuple(grid)} does not fit the {height} x {width} field: use 1..{height} rows "
             f"and 1..{width} columns"
         )
     blocks = rows * cols
     if not 0 <= observed <= blocks:
-        raise ValueError(f"observed={observed} must be between 0 and the {blocks} blocks of grid={tuple(grid)}")
+        raise ArgumentError(f"observed={observed} must be between 0 and the {blocks} blocks of grid={tuple(grid)}")
     frames = 1 if static else steps
     kept = np.zeros((frames, blocks), dtype=bool)
     np.put_along_axis(kept, rng.random((frames, blocks)).argsort(axis=1)[:, :observed], True, axis=1)
@@ -192,14 +193,14 @@ def _station(
 ):
     steps, height, width = cube.shape
     if not 0 <= outage < 1:
-        raise ValueError(f"outage must be a probability in [0, 1), got {outage}")
+        raise ArgumentError(f"outage must be a probability in [0, 1), got {outage}")
     if outage_length < 1:
-        raise ValueError(f"outage_length is a mean number of steps and must be >= 1, got {outage_length}")
+        raise ArgumentError(f"outage_length is a mean number of steps and must be >= 1, got {outage_length}")
     if stations is not None:
         rows, cols = station_cells(*cube.degrees(bbox), stations)
     else:
         if not 1 <= n <= height * width:
-            raise ValueError(f"n={n} stations must be between 1 and the {height * width} grid cells")
+            raise ArgumentError(f"n={n} stations must be between 1 and the {height * width} grid cells")
         rows, cols = np.divmod(rng.choice(height * width, size=n, replace=False), width)
     up = _station_uptime(rng, steps, len(rows), outage, outage_length)
     mask = np.zeros((steps, height * width), dtype=bool)
@@ -219,7 +220,7 @@ def _clouds(
     _check_fraction("coverage", coverage)
     _check_fraction("persistence", persistence)
     if length_scale <= 0 or speed < 0:
-        raise ValueError(f"length_scale must be positive and speed >= 0, got {length_scale} and {speed}")
+        raise ArgumentError(f"length_scale must be positive and speed >= 0, got {length_scale} and {speed}")
     steps, height, width = cube.shape
     # pad so that the periodic FFT field does not tie opposite edges of the domain together
     pad = int(np.ceil(3 * length_scale))
@@ -251,10 +252,10 @@ def _settings(kind: str, options: dict) -> dict:
     unknown = sorted(set(options) - {p.name for p in params})
     if unknown:
         known = [p.name for p in params]
-        raise TypeError(f"unknown option(s) {unknown} for kind {kind!r}; its options are {known}")
+        raise ArgumentTypeError(f"unknown option(s) {unknown} for kind {kind!r}; its options are {known}")
     missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in options]
     if missing:
-        raise TypeError(f"kind {kind!r} needs option(s) {missing}, e.g. observe(ds, {kind!r}, {missing[0]}=0.3)")
+        raise ArgumentTypeError(f"kind {kind!r} needs option(s) {missing}, e.g. observe(ds, {kind!r}, {missing[0]}=0.3)")
     return {p.name: options.get(p.name, p.default) for p in params}
 
 
@@ -320,7 +321,7 @@ def observe(ds: xr.DataArray | xr.Dataset, kind: str, *, seed: int = 0, **option
     >>> seen = observe(truth, "swath", swath_width_km=2000, seed=1)
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown observing system kind={kind!r}; known kinds: {', '.join(KINDS)}")
+        raise ArgumentError(f"unknown observing system kind={kind!r}; known kinds: {', '.join(KINDS)}")
     settings = _settings(kind, options)
     axes = find_axes(ds)
     cube = _Cube.of(ds, axes)

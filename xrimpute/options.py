@@ -24,6 +24,8 @@ import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from .errors import ArgumentError
+
 OPTIONS = {"device": "auto", "progress": True, "dtype": "bfloat16", "threads": "auto"}
 DTYPES = ("bfloat16", "float32")
 log = logging.getLogger("xrimpute")
@@ -37,22 +39,22 @@ def _check_device(value) -> None:
     try:
         torch.device(value)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:1'") from err
+        raise ArgumentError(f"device={value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:1'") from err
 
 
 def _check_progress(value) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"progress must be True or False, got {value!r}")
+        raise ArgumentError(f"progress must be True or False, got {value!r}")
 
 
 def _check_dtype(value) -> None:
     if value not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {value!r}")
+        raise ArgumentError(f"dtype must be one of {DTYPES}, got {value!r}")
 
 
 def _check_threads(value) -> None:
     if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"threads must be 'auto' or a whole number of at least 1, got {value!r}")
+        raise ArgumentError(f"threads must be 'auto' or a whole number of at least 1, got {value!r}")
 
 
 _CHECKS = {"device": _check_device, "progress": _check_progress, "dtype": _check_dtype, "threads": _check_threads}
@@ -92,7 +94,7 @@ class set_options:  # noqa: N801  (lower case: it is used like a function, as in
     def __init__(self, **options):
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown}; the options are {sorted(OPTIONS)}")
+            raise ArgumentError(f"unknown option(s) {unknown}; the options are {sorted(OPTIONS)}")
         for name, value in options.items():
             _CHECKS[name](value)
         self._previous = {name: OPTIONS[name] for name in options}
@@ -209,7 +211,7 @@ def check_device_available(value: str, what: str = "device") -> None:
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError):
-        raise ValueError(f"{what} {value!r} is not a device; use auto, cpu, cuda or cuda:1") from None
+        raise ArgumentError(f"{what} {value!r} is not a device; use auto, cpu, cuda or cuda:1") from None
     if device.type == "cpu":
         return
     if device.type == "cuda":
@@ -217,11 +219,11 @@ def check_device_available(value: str, what: str = "device") -> None:
         if device.index is not None and device.index < count or device.index is None and count:
             return
         found = f"{count} CUDA GPU(s)" if count else "no CUDA GPU"
-        raise ValueError(f"{what} {value!r}: this torch ({torch.__version__}) sees {found}; use cpu or auto, "
+        raise ArgumentError(f"{what} {value!r}: this torch ({torch.__version__}) sees {found}; use cpu or auto, "
                          "or install the torch build for your CUDA")
     backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
     if backend is None or not backend.is_available():
-        raise ValueError(f"{what} {value!r}: this torch ({torch.__version__}) cannot use {device.type} devices; "
+        raise ArgumentError(f"{what} {value!r}: this torch ({torch.__version__}) cannot use {device.type} devices; "
                          "use cpu or auto")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from .cube import SPREAD, find_axes, layout_of
+from .errors import ArgumentError
 
 PANEL_INCHES = 3.2
 
@@ -30,7 +31,7 @@ def _variable(obj, variable: str | None) -> xr.DataArray:
     if variable is None:
         return obj[names[0]]
     if variable not in obj.data_vars:
-        raise ValueError(f"no variable {variable!r}; choose one of {names}")
+        raise ArgumentError(f"no variable {variable!r}; choose one of {names}")
     return obj[variable]
 
 
@@ -49,7 +50,7 @@ def _map(obj, variable=None, time=0, sample=0) -> xr.DataArray:
         field = field.sel({axes.time: time}, method="nearest")
     others = [d for d in field.dims if d not in (axes.lat, axes.lon)]
     if others:
-        raise ValueError(f"the field still has the dim(s) {others} besides {axes.lat}/{axes.lon}; "
+        raise ArgumentError(f"the field still has the dim(s) {others} besides {axes.lat}/{axes.lon}; "
                          f"select one value first, e.g. obj.isel({others[0]}=0)")
     return field.transpose(axes.lat, axes.lon)
 
@@ -104,7 +105,7 @@ def compare(truth, observed, *filled, time=0, names=None, sample=0, variable=Non
     names = list(names) if names is not None else [f"imputed {i + 1}" if len(filled) > 1 else "imputed"
                                                    for i in range(len(filled))]
     if len(names) != len(filled):
-        raise ValueError(f"{len(names)} names for {len(filled)} imputations")
+        raise ArgumentError(f"{len(names)} names for {len(filled)} imputations")
     pick = dict(variable=variable, time=time, sample=sample)
     fields, titles = [], []
     if truth is not None:
@@ -122,18 +123,18 @@ def _spread_field(std, variable: str | None) -> xr.DataArray:
     """The spread variable (``<name>_std``) of ``impute(..., return_std=True)``'s output, never the field itself."""
     if isinstance(std, xr.DataArray):
         if std.name is not None and not str(std.name).endswith(SPREAD):
-            raise ValueError(f"{std.name!r} is not a spread (no {SPREAD!r} suffix); pass the second output "
+            raise ArgumentError(f"{std.name!r} is not a spread (no {SPREAD!r} suffix); pass the second output "
                              "of impute(..., return_std=True)")
         return std
     spreads = [str(name) for name in std.data_vars if str(name).endswith(SPREAD)]
     if not spreads:
-        raise ValueError(f"no spread variable (*{SPREAD}) among {list(map(str, std.data_vars))}; pass the "
+        raise ArgumentError(f"no spread variable (*{SPREAD}) among {list(map(str, std.data_vars))}; pass the "
                          "output of impute(..., return_std=True)")
     if variable is None:
         return std[spreads[0]]
     name = variable if variable.endswith(SPREAD) else variable + SPREAD
     if name not in spreads:
-        raise ValueError(f"no spread of {variable!r}; choose one of {spreads}")
+        raise ArgumentError(f"no spread of {variable!r}; choose one of {spreads}")
     return std[name]
 
 
@@ -193,7 +194,7 @@ def coverage(coverage_map, low: float | None = None):
     field = coverage_map if isinstance(coverage_map, xr.DataArray) else \
         xr.DataArray(np.asarray(coverage_map), dims=("y", "x"), name="query_coverage")
     if field.ndim != 2:
-        raise ValueError(f"expected a 2-D coverage map, got dims {field.dims}")
+        raise ArgumentError(f"expected a 2-D coverage map, got dims {field.dims}")
     low = field.attrs.get("low_coverage_threshold", 0.05) if low is None else low
     fig, ax = plt.subplots(figsize=(PANEL_INCHES + 1.2, PANEL_INCHES), layout="constrained")
     if np.nanmin(field.values) < low < np.nanmax(field.values):  # lines stay above the map drawn next
@@ -223,7 +224,7 @@ def training_curves(model):
     plt = _pyplot()
     history = getattr(model, "history", model)
     if not history.step:
-        raise ValueError("the model has no training history to draw")
+        raise ArgumentError("the model has no training history to draw")
     panels = 2 if history.val else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2), squeeze=False, layout="constrained")
     loss = axes[0, 0]

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import cube
 from .engine import Engine, ImputeConfig, ModelMismatch
-from .errors import XrimputeError
+from .errors import WorkFailedError, XrimputeError
 from .geometry import evenly_spaced
 from .atomic import atomic_write
 from .io import consolidate, open_dataset
@@ -427,7 +427,7 @@ def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, 
             client.shutdown()
     if failed:
         index, error = failed[0]
-        raise RuntimeError(f"{len(failed)} of {len(boxes)} regions failed (region {index}: {error!r}); the others are "
+        raise WorkFailedError(f"{len(failed)} of {len(boxes)} regions failed (region {index}: {error!r}); the others are "
                            f"recorded in {str(book)!r}: rerun reconstruct with the same arguments to finish") from error
     return _finish(target)
 

@@ -33,6 +33,7 @@ import torch
 from dask import compute, is_dask_collection
 
 from . import masks, robust
+from .errors import ArgumentError, WorkFailedError
 from .geometry import evenly_spaced
 from .passes import compute_pass
 from .training import distributed_rank
@@ -383,7 +384,7 @@ class ChunkedWindows:
         pieces = np.concatenate([np.column_stack([np.full(len(spans), i), spans]) for i in range(n)])
         self.pieces = pieces[[bool(self._starts(*p)) for p in pieces]] if reserved else pieces  # (sample, a, b)
         if not len(self.pieces):
-            raise ValueError(f"no window of {window} steps is left to train on ({t} steps, {len(reserved)} "
+            raise ArgumentError(f"no window of {window} steps is left to train on ({t} steps, {len(reserved)} "
                              "windows kept for validation); use a smaller window or val_fraction=0")
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -444,7 +445,7 @@ class ChunkedWindows:
             self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
-            raise RuntimeError("reading a piece of the archive for training failed") from item
+            raise WorkFailedError("reading a piece of the archive for training failed") from item
         return item
 
     # -- sampling ----------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import VPSchedule, impute_ensemble, sample_multistep
+from .errors import ArgumentError
 from .flow import co_moving, displacement, shifted
 from .masks import MaskSpec
 
@@ -19,7 +20,7 @@ from .masks import MaskSpec
 def window_starts(length: int, window: int, stride: int = 1) -> list[int]:
     """Start indices covering ``length`` steps; the last window ends at the last step."""
     if length < window:
-        raise ValueError(f"the series has {length} time steps, fewer than the window of {window}; use a smaller window")
+        raise ArgumentError(f"the series has {length} time steps, fewer than the window of {window}; use a smaller window")
     starts = list(range(0, length - window + 1, max(1, stride)))
     if starts[-1] != length - window:
         starts.append(length - window)
@@ -174,14 +175,14 @@ class Tiling:
 
     def __post_init__(self):
         if any(s < 1 or not 0 <= o < s for s, o in zip(self.size, self.overlap)):
-            raise ValueError(f"tiles need positive sizes and overlaps smaller than the tile, got size={self.size}, "
+            raise ArgumentError(f"tiles need positive sizes and overlaps smaller than the tile, got size={self.size}, "
                              f"overlap={self.overlap}")
 
     def origins(self, height: int, width: int) -> tuple[list[int], list[int]]:
         """First row and first column of every tile on a ``height x width`` grid."""
         (th, tw), (oy, ox) = self.size, self.overlap
         if th > height or tw > width:
-            raise ValueError(f"tiles of {th} x {tw} cells do not fit a {height} x {width} grid; use smaller tiles")
+            raise ArgumentError(f"tiles of {th} x {tw} cells do not fit a {height} x {width} grid; use smaller tiles")
         rows = window_starts(height, th, th - oy)
         if self.periodic and tw < width:  # evenly spaced around the circle, the last one wrapping over the seam
             n = -(-width // (tw - ox))
@@ -332,7 +333,7 @@ def impute_series(
         t_lo, t_hi, r_lo, r_hi = max(s, ta), min(s + window, tb), max(r, ya), min(r + th, yb)
         read = (slice(s - t0, s - t0 + window), slice(r - y0, r - y0 + th), column[cols])
         if min(s - t0, r - y0, *column[cols]) < 0 or s - t0 + window > values.shape[2] or r - y0 + th > values.shape[3]:
-            raise ValueError(f"the cut at {piece.origin} of shape {values.shape} lacks the window at step {s}, "
+            raise ArgumentError(f"the cut at {piece.origin} of shape {values.shape} lacks the window at step {s}, "
                              f"tile ({r}, {col}) of the box {piece.box}; cut it as windows.plan says")
         write = (slice(t_lo - ta, t_hi - ta), slice(r_lo - ya, r_hi - ya), cols[inside] - xa)
         own = (slice(t_lo - s, t_hi - s), slice(r_lo - r, r_hi - r), np.flatnonzero(inside))

@@ -31,6 +31,7 @@ from xrimpute.baselines.classical import (
 from xrimpute.baselines.learned import CORES as LEARNED_CORES
 from xrimpute.baselines.learned import Learned, ambient, ctxdiff, diffputer, missdiff
 from xrimpute.baselines.em_consistency import em_consistency_array
+from xrimpute.errors import ArgumentError
 
 __all__ = [
     "METHODS",
@@ -111,7 +112,7 @@ def fill(obj: xr.DataArray | xr.Dataset, method: str = "interpolate", axes: cube
         A variable's field without any observation stays NaN.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown gap-filling method {method!r}; known methods: {sorted(METHODS)}")
+        raise ArgumentError(f"unknown gap-filling method {method!r}; known methods: {sorted(METHODS)}")
     core = METHODS[method]
     values, layout = cube.to_array(obj, axes)
     if "times" in inspect.signature(core).parameters and "times" not in options:

@@ -21,6 +21,8 @@ import scipy.linalg
 from scipy.interpolate import LinearNDInterpolator
 from scipy.spatial import Delaunay, QhullError, cKDTree
 
+from ..errors import ArgumentError
+
 
 def _per_field(core, values: np.ndarray, **options) -> np.ndarray:
     """Apply a ``(T, H, W)`` core to a field, or to every field of an ``(N, C, T, H, W)`` array."""
@@ -28,7 +30,7 @@ def _per_field(core, values: np.ndarray, **options) -> np.ndarray:
     if values.ndim == 3:
         return core(values, **options)
     if values.ndim != 5:
-        raise ValueError(f"expected a (T, H, W) or (N, C, T, H, W) array, got shape {values.shape}")
+        raise ArgumentError(f"expected a (T, H, W) or (N, C, T, H, W) array, got shape {values.shape}")
     out = np.empty_like(values)
     for n in range(values.shape[0]):
         for c in range(values.shape[1]):
@@ -46,7 +48,7 @@ def _time_positions(times, n_steps: int) -> np.ndarray:
         return np.arange(n_steps, dtype=np.float64)
     times = np.asarray(times, dtype=np.float64)
     if times.shape != (n_steps,):
-        raise ValueError(f"times has shape {times.shape}, expected ({n_steps},)")
+        raise ArgumentError(f"times has shape {times.shape}, expected ({n_steps},)")
     return times
 
 
@@ -345,7 +347,7 @@ def _cross_validate(anomaly, observed, max_rank, cv_fraction, cv_min, tol, max_i
     observed_cells = np.flatnonzero(observed)
     n_cv = max(cv_min, math.ceil(cv_fraction * observed_cells.size))
     if 2 * n_cv > observed_cells.size:
-        raise ValueError(
+        raise ArgumentError(
             f"{observed_cells.size} observations are too few to hold back {n_cv} for "
             "cross-validation; pass rank=k to fix the number of modes instead"
         )
@@ -485,7 +487,7 @@ def dineof_array(
         filled, rank_, error = _dineof_block(values[None], **options)
         return DineofResult(filled[0], rank_, error)
     if values.ndim != 5:
-        raise ValueError(f"expected a (T, H, W) or (N, C, T, H, W) array, got shape {values.shape}")
+        raise ArgumentError(f"expected a (T, H, W) or (N, C, T, H, W) array, got shape {values.shape}")
     filled = values.copy()
     ranks = np.zeros(values.shape[:2], dtype=int)
     errors = np.full(values.shape[:2], np.nan)
@@ -591,7 +593,7 @@ def normalised_convolution_array(values: np.ndarray, sigma: float = 2.0, sigma_t
         Standard deviation of the kernel in time, in steps (0: each frame alone).
     """
     if sigma <= 0 or sigma_time < 0:
-        raise ValueError(f"sigma must be positive and sigma_time non-negative, got {sigma} and {sigma_time}")
+        raise ArgumentError(f"sigma must be positive and sigma_time non-negative, got {sigma} and {sigma_time}")
     return _per_field(_normalised_convolution_field, values, sigma=sigma, sigma_time=sigma_time)
 
 

@@ -52,6 +52,7 @@ from xrimpute import cube, training
 from xrimpute.baselines.learned import Learned
 from xrimpute.diffusion import noised
 from xrimpute.engine import Engine, ImputeConfig
+from xrimpute.errors import ArgumentError
 from xrimpute.model import CtxDiffModel, position_fields
 from xrimpute.nets import Denoiser
 from xrimpute.options import or_option
@@ -80,7 +81,7 @@ class CategoricalDenoiser(nn.Module):
         super().__init__()
         n_classes = [int(k) for k in n_classes]
         if min(n_classes) < 1:
-            raise ValueError(f"every channel needs at least one class, got n_classes={n_classes}")
+            raise ArgumentError(f"every channel needs at least one class, got n_classes={n_classes}")
         k = max(n_classes)
         self.config = dict(n_classes=n_classes, window=window, preset=preset, periodic=periodic, **overrides)
         self.register_buffer("has_class", torch.arange(k)[None] < torch.tensor(n_classes)[:, None])  # (C, K)
@@ -197,7 +198,7 @@ def unmask(net, codes: torch.Tensor, observed: torch.Tensor, steps: int = 8, ord
     codes and, per cell, the class probabilities it was decided with.
     """
     if order not in ("confidence", "random"):
-        raise ValueError(f"order must be 'confidence' or 'random', got {order!r}")
+        raise ArgumentError(f"order must be 'confidence' or 'random', got {order!r}")
     k = net.n_classes_max
     codes = torch.where(observed, codes, 0)
     visible = observed.clone()
@@ -269,9 +270,9 @@ def fit_categorical(codes: np.ndarray, observed: np.ndarray, n_classes, *, windo
     Returns the EMA network of the last round, on the CPU.
     """
     if codes.shape != observed.shape or codes.ndim != 5:
-        raise ValueError(f"codes {codes.shape} and observed {observed.shape} must both be (N, C, T, H, W)")
+        raise ArgumentError(f"codes {codes.shape} and observed {observed.shape} must both be (N, C, T, H, W)")
     if not observed.any():
-        raise ValueError("no cell is observed: there is nothing to learn from")
+        raise ArgumentError("no cell is observed: there is nothing to learn from")
     device = resolve_device(device)
     codes = np.where(observed, codes, 0).astype(np.int64)
     with training.seeded(seed):  # the initial weights
@@ -441,10 +442,10 @@ def categories_of(var: xr.DataArray) -> tuple[np.ndarray, list[str] | None]:
         meanings = var.attrs.get("flag_meanings")
         meanings = str(meanings).split() if meanings is not None else None
         if meanings is not None and len(meanings) != values.size:
-            raise ValueError(f"variable {var.name!r} has {values.size} flag_values but {len(meanings)} "
+            raise ArgumentError(f"variable {var.name!r} has {values.size} flag_values but {len(meanings)} "
                              "flag_meanings; give one meaning (a word) per value")
         if np.unique(values).size != values.size:
-            raise ValueError(f"variable {var.name!r} repeats a value in flag_values {values.tolist()}")
+            raise ArgumentError(f"variable {var.name!r} repeats a value in flag_values {values.tolist()}")
         return values, meanings
     if var.dtype == bool:
         return np.array([False, True]), None
@@ -461,7 +462,7 @@ def encode(values: np.ndarray, categories: np.ndarray, name: str = "data") -> np
     pos = np.clip(np.searchsorted(cats, values[finite]), 0, cats.size - 1)
     stray = cats[pos] != values[finite]
     if stray.any():
-        raise ValueError(f"variable {name!r} has values {np.unique(values[finite][stray])[:10].tolist()} that are "
+        raise ArgumentError(f"variable {name!r} has values {np.unique(values[finite][stray])[:10].tolist()} that are "
                          f"not among its categories {np.asarray(categories).tolist()}; fix the data or its "
                          "flag_values attribute")
     codes = np.full(values.shape, -1, np.int64)
@@ -518,7 +519,7 @@ def em_consistency(obj, *, max_categories: int = 16, **options):
     layout = cube.layout_of(original)
     continuous = [n for n in layout.variables if not is_categorical(original[n], max_categories)]
     if continuous:
-        raise ValueError(f"variable(s) {continuous} look continuous (no flag_values, not integer codes with at most "
+        raise ArgumentError(f"variable(s) {continuous} look continuous (no flag_values, not integer codes with at most "
                          f"{max_categories} values); fill them with em_consistency_continuous, give them "
                          "flag_values, or raise max_categories")
     cats = {n: categories_of(original[n]) for n in layout.variables}
@@ -577,7 +578,7 @@ def em_consistency_array(values: np.ndarray, kind: str = "auto", max_categories:
     """
     values = np.asarray(values, dtype=np.float32)
     if kind not in ("auto", "categorical", "continuous"):
-        raise ValueError(f"kind must be 'auto', 'categorical' or 'continuous', got {kind!r}")
+        raise ArgumentError(f"kind must be 'auto', 'categorical' or 'continuous', got {kind!r}")
     observed = np.isfinite(values)
     if kind == "auto":
         channels = [values[:, c][observed[:, c]] for c in range(values.shape[1])]

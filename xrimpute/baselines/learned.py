@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from xrimpute import cube, masks
 from xrimpute.engine import Engine, ImputeConfig
+from xrimpute.errors import ArgumentError
 from xrimpute.model import CtxDiffModel
 from xrimpute.options import or_option
 
@@ -90,7 +91,7 @@ def _multistep(sample_steps: int | None, members: int) -> dict | None:
     if sample_steps is None:
         return None
     if sample_steps < 1 or members < 1:
-        raise ValueError(f"sample_steps and members must be at least 1, got {sample_steps} and {members}")
+        raise ArgumentError(f"sample_steps and members must be at least 1, got {sample_steps} and {members}")
     return dict(members=members, steps=sample_steps, eta=1.0)
 
 
@@ -118,7 +119,7 @@ def fit_ambient(train, corruption: float = 0.2, *, K: int = 1, sample_steps: int
     instead, the mean of ``members`` conditional samples.
     """
     if not 0 < corruption < 1:
-        raise ValueError(f"corruption must be in (0, 1), the share of observed cells dropped; got {corruption}")
+        raise ArgumentError(f"corruption must be in (0, 1), the share of observed cells dropped; got {corruption}")
     model = CtxDiffModel.fit(train, mask=masks.Pixel(context_ratio=1.0 - corruption), **fit_options)
     return Learned("ambient", model, dict(K=K, adapt=False, spec=masks.Pixel(context_ratio=1.0 - corruption)),
                    _multistep(sample_steps, members))
@@ -149,7 +150,7 @@ def fit_diffputer(train, *, rounds: int = 3, steps: int = 2000, steps_per_round:
     **fit_options : the rest of :meth:`CtxDiffModel.fit` (window, preset, batch_size, ...).
     """
     if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+        raise ArgumentError(f"rounds must be at least 1, got {rounds}")
     per_round = steps_per_round or max(1, steps // rounds)
     fit_options = {"val_fraction": 0.0, "verbose": False, **fit_options}
     values, layout = cube.to_array(train)
@@ -221,7 +222,7 @@ def ambient_array(values: np.ndarray, *, corruption: float = 0.2, seed: int = 0,
     """:func:`ambient` on an ``(N, C, T, H, W)`` array (NaN = gap)."""
     values = _checked(values)
     if not 0 < corruption < 1:
-        raise ValueError(f"corruption must be in (0, 1), the share of observed cells dropped; got {corruption}")
+        raise ArgumentError(f"corruption must be in (0, 1), the share of observed cells dropped; got {corruption}")
     engine = _engine(values, masks.Pixel(context_ratio=1.0 - corruption), seed, fit_options)
     options = ImputeConfig(K=1, adapt=False, spec=masks.Pixel(context_ratio=1.0 - corruption), seed=seed,
                            progress=False)
@@ -234,7 +235,7 @@ def diffputer_array(values: np.ndarray, *, rounds: int = 3, steps: int = 2000, s
     """:func:`diffputer` on an ``(N, C, T, H, W)`` array (NaN = gap): the last completion."""
     values = _checked(values)
     if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+        raise ArgumentError(f"rounds must be at least 1, got {rounds}")
     per_round = steps_per_round or max(1, steps // rounds)
     observed = np.isfinite(values)
     valid = observed.any(axis=(0, 2), keepdims=True)  # cells ever observed: the rest stays NaN
@@ -254,7 +255,7 @@ def diffputer_array(values: np.ndarray, *, rounds: int = 3, steps: int = 2000, s
 def _checked(values) -> np.ndarray:
     values = np.asarray(values, dtype=np.float32)
     if values.ndim != 5:
-        raise ValueError(f"expected an (N, C, T, H, W) array, got shape {values.shape}")
+        raise ArgumentError(f"expected an (N, C, T, H, W) array, got shape {values.shape}")
     return values
 
 

@@ -17,6 +17,7 @@ import xarray as xr
 from xrimpute.cube import find_axes
 from xrimpute.datasets._cache import DATA_DIR_ENV, cache_dir, with_default_permissions
 from xrimpute.atomic import atomic_write
+from xrimpute.errors import ArgumentError
 from xrimpute.io import open_dataset, open_grib, tidy_cfgrib
 
 BASE_URL = "https://github.com/pydata/xarray-data/raw/master/"
@@ -92,7 +93,7 @@ def era5_sample(progressbar: bool = True) -> xr.Dataset:
     except ValueError as err:  # pooch: the hash did not match after all retries
         # a cached copy that failed its check (pooch tried to replace it) is no use either
         (Path(fetcher.abspath) / SAMPLE_FILE).unlink(missing_ok=True)
-        raise ValueError(
+        raise ArgumentError(
             f"{err} Source: {url}. If {DATA_URL_ENV} points to a mirror, check that it serves "
             "the original file; nothing was kept in the cache."
         ) from err
@@ -177,13 +178,13 @@ def open_era5(
         wanted = [variables] if isinstance(variables, str) else list(variables)
         unknown = [name for name in wanted if name not in ds.data_vars]
         if unknown:
-            raise ValueError(f"unknown variable(s) {unknown}; the archive has {sorted(map(str, ds.data_vars))}")
+            raise ArgumentError(f"unknown variable(s) {unknown}; the archive has {sorted(map(str, ds.data_vars))}")
         ds = ds[wanted]
     if time is not None:
         # a string becomes a one-period slice so that an exact timestamp keeps the time dim
         selected = ds.sel(time=slice(time, time) if isinstance(time, str) else time)
         if selected.sizes.get("time") == 0:
             times = ds.indexes["time"]
-            raise ValueError(f"time={time!r} selects no time step; the archive covers {times[0]} to {times[-1]}")
+            raise ArgumentError(f"time={time!r} selects no time step; the archive covers {times[0]} to {times[-1]}")
         ds = selected
     return ds

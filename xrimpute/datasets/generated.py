@@ -23,6 +23,7 @@ import xarray as xr
 from ..pde import PRESETS, generate
 from ..atomic import atomic_write
 from ._cache import cache_dir
+from ..errors import ArgumentError
 
 # Bump when a solver changes its output, so old cache files are not reused (2: the grid's period).
 FORMAT_VERSION = 2
@@ -64,7 +65,7 @@ def navier_stokes(preset: str = "tiny", seed: int = 0, **overrides) -> xr.Datase
 def cache_path(name: str, preset: str, seed: int, **overrides) -> Path:
     """Where the cached file for these arguments lives (whether or not it exists yet)."""
     if name not in PRESETS or preset not in PRESETS[name]:
-        raise ValueError(f"unknown dataset/preset {name!r}/{preset!r}; choose from "
+        raise ArgumentError(f"unknown dataset/preset {name!r}/{preset!r}; choose from "
                          f"{ {n: sorted(p) for n, p in PRESETS.items()} }")
     params = {**PRESETS[name][preset], **overrides}
     key = {k: v for k, v in params.items() if k not in RUN_ONLY}

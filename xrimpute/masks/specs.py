@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from ..errors import XrimputeError
+from ..errors import ArgumentError, XrimputeError
 from ..geometry import block_index, cell_centres, station_cells, swath_mask, unit_vectors
 from .spatial import label_segments, spatial_statistics, swath_geometry
 
@@ -678,6 +678,6 @@ def holdout_keep(spec: MaskSpec, shape: tuple[int, ...], fraction: float,
     if fraction <= 0:
         return torch.ones(shape, dtype=torch.bool)
     if not 0 < fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+        raise ArgumentError(f"val_fraction must be in [0, 1), got {fraction}")
     n, _, t, h, w = shape  # one pattern for all variables: a random subset of each variable's cells either way
     return spec._for_holdout(1.0 - fraction).keep((n, 1, t, h, w), generator, "cpu")

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ArgumentError
 from .prior import (DEFAULT_LEVELS, FirstGuess, cpu_chunk, flow_closeness, history_baseline, modes_baseline,
                     nearby_guess)
 from .unet import PRESETS, UNet
@@ -55,14 +56,14 @@ class Denoiser(nn.Module):
                  covariance: torch.Tensor | None = None, **overrides):
         super().__init__()
         if preset not in PRESETS:
-            raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise ArgumentError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
         if (history or nearby) and not first_guess:
-            raise ValueError("history= and nearby= shape the first guess; build the network with first_guess=True")
+            raise ArgumentError("history= and nearby= shape the first guess; build the network with first_guess=True")
         if modes is not None and (history or nearby or not first_guess):
-            raise ValueError("modes= is a baseline of the first guess of its own: build the network with "
+            raise ArgumentError("modes= is a baseline of the first guess of its own: build the network with "
                              "first_guess=True and without history= or nearby=")
         if flow and not nearby:
-            raise ValueError("flow= says where the nearby steps come from; pass nearby= (a span of steps) too")
+            raise ArgumentError("flow= says where the nearby steps come from; pass nearby= (a span of steps) too")
         self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
                            first_guess=first_guess, **overrides)
         if guess is not None:  # saved only when chosen, so older model files rebuild as they were
@@ -109,22 +110,22 @@ class Denoiser(nn.Module):
         """The first guess and its certainty ``(B, C, T, H, W)`` from the context (and the windows' history and
         nearby observations)."""
         if self.uses_history and history is None:
-            raise ValueError("this network's first guess leans on each window's history; pass history= (the sums "
+            raise ArgumentError("this network's first guess leans on each window's history; pass history= (the sums "
                              "and counts of each cell's observations outside the window, windows.outside_window)")
         if self.nearby_span and nearby is None:
-            raise ValueError("this network's first guess leans on each cell's observations near the window; pass "
+            raise ArgumentError("this network's first guess leans on each cell's observations near the window; pass "
                              "nearby= (windows.nearby_observations)")
         baseline = history_baseline(history, self.config["periodic"]) if self.uses_history else None
         if self.nearby_span and (nearby.dim() == 5) != self.flows:
             where = "along the flow" if self.flows else "in place"
-            raise ValueError(f"this network's first guess leans on the nearby steps {where}; pass "
+            raise ArgumentError(f"this network's first guess leans on the nearby steps {where}; pass "
                              f"nearby=windows.nearby_observations(..., flow={self.flows})")
         if self.nearby_span:
             return nearby_guess(self.first_guess, values, mask, nearby, self.nearby_span, baseline,
                                 self.config.get("curve", False))
         if self.modes is not None:
             if tuple(self.modes.shape[-2:]) != tuple(values.shape[-2:]):
-                raise ValueError(f"this network's first guess leans on modes of a {tuple(self.modes.shape[-2:])} "
+                raise ArgumentError(f"this network's first guess leans on modes of a {tuple(self.modes.shape[-2:])} "
                                  f"grid; pass windows of that whole grid, not {tuple(values.shape[-2:])}")
             baseline = modes_baseline(values, mask, self.modes)
         return self.first_guess(values, mask, baseline)
@@ -149,7 +150,7 @@ class Denoiser(nn.Module):
         if self.static.shape[0]:
             if static is None:
                 if any(n not in (1, size) for n, size in zip(self.static.shape[1:], (h, wd))):
-                    raise ValueError(f"the network's static fields cover a {tuple(self.static.shape[1:])} grid, not "
+                    raise ArgumentError(f"the network's static fields cover a {tuple(self.static.shape[1:])} grid, not "
                                      f"{(h, wd)}; pass static= with per-sample fields (B, S, H, W) for tiles")
                 static = self.static.expand(b, -1, h, wd)
             inputs.append(static.to(values.dtype))

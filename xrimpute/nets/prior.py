@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ArgumentError
+
 
 Levels = tuple[tuple[float, float], ...]
 DEFAULT_LEVELS: Levels = ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0))
@@ -151,10 +153,10 @@ class FirstGuess(nn.Module):
                  covariance_steps: int = 0, covariance: torch.Tensor | None = None):
         super().__init__()
         if thin_plate and kriging:
-            raise ValueError("a first guess draws one spline through the context: pass thin_plate=True or "
+            raise ArgumentError("a first guess draws one spline through the context: pass thin_plate=True or "
                              "kriging=True, not both")
         if bool(covariance_steps) != (covariance is not None):
-            raise ValueError("covariance_steps= and covariance= come together: the guess under the series' own "
+            raise ArgumentError("covariance_steps= and covariance= come together: the guess under the series' own "
                              "covariance needs both (xrimpute.nets.prior.field_covariance gives the covariance)")
         self.levels = tuple(sorted((float(s), float(t)) for s, t in levels))[::-1]  # widest to narrowest
         self.threshold, self.periodic, self.thin_plate, self.bending = threshold, periodic, thin_plate, bending
@@ -265,7 +267,7 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
     where the device has it (float32 on MPS).
     """
     if kernel not in SPLINE_KERNELS:
-        raise ValueError(f"kernel must be one of {sorted(SPLINE_KERNELS)}, not {kernel!r}")
+        raise ArgumentError(f"kernel must be one of {sorted(SPLINE_KERNELS)}, not {kernel!r}")
     *lead, h, w = values.shape
     values, mask, fallback = (x.reshape(-1, h, w) for x in (values, mask, fallback))
     seen = mask.flatten(1)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ArgumentError
+
 PRESETS = {
     # channels, per-level multipliers, residual blocks per level, levels with attention
     "tiny": dict(channels=32, mults=(1, 2, 2), blocks=1, attention=()),
@@ -135,7 +137,7 @@ class UNet(nn.Module):
     ):
         super().__init__()
         if stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride must be 1 (full resolution) or 2 (half), not {stem_stride}")
+            raise ArgumentError(f"stem_stride must be 1 (full resolution) or 2 (half), not {stem_stride}")
         emb_dim = 4 * channels
         self.embed = NoiseEmbedding(emb_dim)
         self.stem = Conv3x3(in_channels, channels, periodic)

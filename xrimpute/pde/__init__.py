@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import xarray as xr
 
+from ..errors import ArgumentError
 from .advection import advect_fd, advection, advection_exact
 from .navier_stokes import integrate_vorticity, navier_stokes
 from .shallow_water import shallow_water, shallow_water_residual
@@ -53,9 +54,9 @@ def generate(name: str, preset: str = "tiny", seed: int = 0, **overrides) -> xr.
     xarray.Dataset
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ArgumentError(f"unknown dataset {name!r}; choose one of {sorted(PRESETS)}")
     if preset not in PRESETS[name]:
-        raise ValueError(f"unknown preset {preset!r} for {name!r}; choose one of {sorted(PRESETS[name])}")
+        raise ArgumentError(f"unknown preset {preset!r} for {name!r}; choose one of {sorted(PRESETS[name])}")
     return GENERATORS[name](**{**PRESETS[name][preset], "seed": seed, **overrides})
 
 

@@ -6,6 +6,8 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from ..errors import ArgumentError
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -13,13 +15,13 @@ def check_positive(**values) -> None:
     """Raise a clear error for any argument that must be positive but is not."""
     for name, value in values.items():
         if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value!r}")
+            raise ArgumentError(f"{name} must be positive, got {value!r}")
 
 
 def resolve(dtype: str, device) -> tuple[torch.dtype, torch.device]:
     """Torch dtype and device for a generator run."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ArgumentError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype], torch.device(device or "cpu")
 
 

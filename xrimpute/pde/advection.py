@@ -15,17 +15,18 @@ import xarray as xr
 
 from ._common import (as_tensor, batches, check_positive, cube_dataset, like_input, progress_bar,
                       resolve, sample_rngs, spectral_coords)
+from ..errors import ArgumentError
 
 EQUATION = "u_t + c_x u_x + c_y u_y = 0 (constant c per trajectory, periodic square)"
 
 
 def _split_velocity(velocity: torch.Tensor, batch_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
     if velocity.shape[-1:] != (2,):
-        raise ValueError(f"velocity must end in an axis of 2 components (c_x, c_y), got shape {tuple(velocity.shape)}")
+        raise ArgumentError(f"velocity must end in an axis of 2 components (c_x, c_y), got shape {tuple(velocity.shape)}")
     try:
         torch.broadcast_shapes(velocity.shape[:-1], batch_shape)
     except RuntimeError:
-        raise ValueError(
+        raise ArgumentError(
             f"velocity of shape {tuple(velocity.shape)} does not broadcast with fields whose leading "
             f"shape is {tuple(batch_shape)}; give one (c_x, c_y) pair per field"
         ) from None
@@ -61,13 +62,13 @@ def advection_exact(u0, velocity, t, dx: float = 1.0):
     u0, was_numpy = as_tensor(u0)
     size = u0.shape[-1]
     if u0.ndim < 2 or u0.shape[-2] != size:
-        raise ValueError(f"u0 must end in a square (n, n) grid, got shape {tuple(u0.shape)}")
+        raise ArgumentError(f"u0 must end in a square (n, n) grid, got shape {tuple(u0.shape)}")
     cx, cy = _split_velocity(torch.as_tensor(velocity, dtype=u0.dtype, device=u0.device), u0.shape[:-2])
     ky, kx = spectral_coords(size, size * dx, u0.device, u0.dtype)
     u_hat = torch.fft.rfft2(u0)
     times = np.asarray(t, dtype=float)
     if times.ndim > 1:
-        raise ValueError(f"t must be a number or a 1-D array of times, got shape {times.shape}")
+        raise ArgumentError(f"t must be a number or a 1-D array of times, got shape {times.shape}")
     if times.ndim == 0:
         return like_input(_translate(u_hat, cx, cy, ky, kx, float(times), size), was_numpy)
     frames = [_translate(u_hat, cx, cy, ky, kx, float(time), size) for time in times]
@@ -120,10 +121,10 @@ def advect_fd(u0, velocity, dx: float, dt: float, steps: int, *, cfl: float = 0.
     """
     check_positive(dx=dx, dt=dt, cfl=cfl)
     if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+        raise ArgumentError(f"steps must be a non-negative integer, got {steps!r}")
     u, was_numpy = as_tensor(u0)
     if u.ndim < 2:
-        raise ValueError(f"u0 must end in a (ny, nx) grid, got shape {tuple(u.shape)}")
+        raise ArgumentError(f"u0 must end in a (ny, nx) grid, got shape {tuple(u.shape)}")
     cx, cy = _split_velocity(torch.as_tensor(velocity, dtype=u.dtype, device=u.device), u.shape[:-2])
     courant = float((cx.abs() + cy.abs()).max()) * dt / dx
     substeps = max(1, math.ceil(courant / cfl))
@@ -216,7 +217,7 @@ def advection(
     check_positive(n_samples=n_samples, size=size, frames=frames, dt=dt, length=length,
                    max_speed=max_speed, modes=modes)
     if not 2 * modes < size:
-        raise ValueError(f"modes={modes} must be below size / 2 = {size / 2} to stay resolved; "
+        raise ArgumentError(f"modes={modes} must be below size / 2 = {size / 2} to stay resolved; "
                          "lower modes or raise size")
     torch_dtype, device = resolve(dtype, device)
     rngs = sample_rngs(seed, n_samples)

@@ -17,6 +17,7 @@ import xarray as xr
 
 from ._common import (as_tensor, batches, check_positive, cube_dataset, like_input, progress_bar,
                       resolve, sample_rngs, spectral_coords)
+from ..errors import ArgumentError
 
 LENGTH = 2 * np.pi
 FORCINGS = ("kolmogorov", "none")
@@ -86,10 +87,10 @@ def integrate_vorticity(w0, dt: float, steps: int, *, reynolds: float = 1000.0, 
     """
     check_positive(dt=dt)
     if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+        raise ArgumentError(f"steps must be a non-negative integer, got {steps!r}")
     w, was_numpy = as_tensor(w0)
     if w.ndim < 2 or w.shape[-2] != w.shape[-1]:
-        raise ValueError(f"w0 must end in a square (n, n) grid, got shape {tuple(w.shape)}")
+        raise ArgumentError(f"w0 must end in a square (n, n) grid, got shape {tuple(w.shape)}")
     spectral = _Spectral(w.shape[-1], w.device, w.dtype)
     decay, forcing_hat = _linear_terms(spectral, reynolds, drag, forcing, forcing_wavenumber, forcing_amplitude)
     w_hat = torch.fft.rfft2(w) * spectral.dealias
@@ -102,16 +103,16 @@ def integrate_vorticity(w0, dt: float, steps: int, *, reynolds: float = 1000.0, 
 def _linear_terms(spectral, reynolds, drag, forcing, forcing_wavenumber, forcing_amplitude):
     """Decay rate ``nu k^2 + alpha`` per mode and the forcing spectrum."""
     if forcing not in FORCINGS:
-        raise ValueError(f"forcing must be one of {FORCINGS}, got {forcing!r}")
+        raise ArgumentError(f"forcing must be one of {FORCINGS}, got {forcing!r}")
     check_positive(reynolds=reynolds)
     if drag < 0:
-        raise ValueError(f"drag must be >= 0, got {drag}")
+        raise ArgumentError(f"drag must be >= 0, got {drag}")
     size = spectral.size
     y = torch.arange(size, dtype=spectral.k2.dtype, device=spectral.k2.device) * LENGTH / size
     curl = torch.zeros_like(y)
     if forcing == "kolmogorov":
         if not 0 < forcing_wavenumber < size / 3:
-            raise ValueError(f"forcing_wavenumber must be in (0, size / 3) = (0, {size / 3:.1f}) "
+            raise ArgumentError(f"forcing_wavenumber must be in (0, size / 3) = (0, {size / 3:.1f}) "
                              f"to be resolved, got {forcing_wavenumber}")
         curl = -forcing_amplitude * forcing_wavenumber * torch.cos(forcing_wavenumber * y)  # of (A sin(k y), 0)
     return spectral.k2 / reynolds + drag, torch.fft.rfft2(curl[:, None].expand(size, size))
@@ -210,7 +211,7 @@ def navier_stokes(
     check_positive(n_samples=n_samples, size=size, frames=frames, dt=dt, peak_wavenumber=peak_wavenumber,
                    rms_velocity=rms_velocity, max_velocity=max_velocity, cfl=cfl)
     if spinup < 0:
-        raise ValueError(f"spinup must be >= 0, got {spinup}")
+        raise ArgumentError(f"spinup must be >= 0, got {spinup}")
     drag = (0.1 if forcing == "kolmogorov" else 0.0) if drag is None else drag
     torch_dtype, device = resolve(dtype, device)
     spectral = _Spectral(size, device, torch_dtype)

@@ -20,6 +20,7 @@ import xarray as xr
 
 from ._common import (as_tensor, batches, check_positive, cube_dataset, like_input, progress_bar,
                       resolve, sample_rngs)
+from ..errors import ArgumentError
 
 EQUATION = ("h_t + (h u)_x + (h v)_y = 0; u_t + u u_x + v u_y - f v + g h_x = nu lap(u); "
             "v_t + u v_x + v v_y + f u + g h_y = nu lap(v) (periodic square)")
@@ -125,7 +126,7 @@ def shallow_water_residual(h, u, v, dx: float, dt: float, f, g: float = 1.0, nu:
     h, was_numpy = as_tensor(h)
     u, v = (as_tensor(a)[0].to(h) for a in (u, v))
     if not h.shape == u.shape == v.shape or h.ndim < 3 or h.shape[-3] < 5:
-        raise ValueError(f"h, u, v must share a shape (..., time >= 5, y, x); got "
+        raise ArgumentError(f"h, u, v must share a shape (..., time >= 5, y, x); got "
                          f"{tuple(h.shape)}, {tuple(u.shape)}, {tuple(v.shape)}")
     f = torch.as_tensor(f, dtype=h.dtype, device=h.device)[..., None, None, None]
 
@@ -235,14 +236,14 @@ def shallow_water(
                               "n_bumps": n_bumps, "amplitude_range": amplitude_range,
                               "width_range": width_range}.items():
         if not 0 <= low <= high:
-            raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)}")
+            raise ArgumentError(f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)}")
     if width_range[0] == 0:
-        raise ValueError(f"bump widths must be positive, got width_range={width_range}")
+        raise ArgumentError(f"bump widths must be positive, got width_range={width_range}")
     if depth_range[0] == 0 or n_bumps[1] * amplitude_range[1] >= 1:
-        raise ValueError("the depth must stay positive: need depth_range[0] > 0 and "
+        raise ArgumentError("the depth must stay positive: need depth_range[0] > 0 and "
                          f"n_bumps[1] * amplitude_range[1] < 1, got {depth_range}, {n_bumps}, {amplitude_range}")
     if viscosity < 0:
-        raise ValueError(f"viscosity must be >= 0, got {viscosity}")
+        raise ArgumentError(f"viscosity must be >= 0, got {viscosity}")
     torch_dtype, device = resolve(dtype, device)
     step = length / size
     x = step * (np.arange(size) + 0.5)
