@@ -255,7 +255,8 @@ def _settings(kind: str, options: dict) -> dict:
         raise ArgumentTypeError(f"unknown option(s) {unknown} for kind {kind!r}; its options are {known}")
     missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in options]
     if missing:
-        raise ArgumentTypeError(f"kind {kind!r} needs option(s) {missing}, e.g. observe(ds, {kind!r}, {missing[0]}=0.3)")
+        raise ArgumentTypeError(f"kind {kind!r} needs option(s) {missing}, e.g. observe(ds, {kind!r}, "
+                                f"{missing[0]}=0.3)")
     return {p.name: options.get(p.name, p.default) for p in params}
 
 

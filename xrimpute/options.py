@@ -220,11 +220,11 @@ def check_device_available(value: str, what: str = "device") -> None:
             return
         found = f"{count} CUDA GPU(s)" if count else "no CUDA GPU"
         raise ArgumentError(f"{what} {value!r}: this torch ({torch.__version__}) sees {found}; use cpu or auto, "
-                         "or install the torch build for your CUDA")
+                            "or install the torch build for your CUDA")
     backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
     if backend is None or not backend.is_available():
         raise ArgumentError(f"{what} {value!r}: this torch ({torch.__version__}) cannot use {device.type} devices; "
-                         "use cpu or auto")
+                            "use cpu or auto")
 
 
 def mixed_precision(device) -> bool:

@@ -51,7 +51,7 @@ def _map(obj, variable=None, time=0, sample=0) -> xr.DataArray:
     others = [d for d in field.dims if d not in (axes.lat, axes.lon)]
     if others:
         raise ArgumentError(f"the field still has the dim(s) {others} besides {axes.lat}/{axes.lon}; "
-                         f"select one value first, e.g. obj.isel({others[0]}=0)")
+                            f"select one value first, e.g. obj.isel({others[0]}=0)")
     return field.transpose(axes.lat, axes.lon)
 
 
@@ -124,12 +124,12 @@ def _spread_field(std, variable: str | None) -> xr.DataArray:
     if isinstance(std, xr.DataArray):
         if std.name is not None and not str(std.name).endswith(SPREAD):
             raise ArgumentError(f"{std.name!r} is not a spread (no {SPREAD!r} suffix); pass the second output "
-                             "of impute(..., return_std=True)")
+                                "of impute(..., return_std=True)")
         return std
     spreads = [str(name) for name in std.data_vars if str(name).endswith(SPREAD)]
     if not spreads:
         raise ArgumentError(f"no spread variable (*{SPREAD}) among {list(map(str, std.data_vars))}; pass the "
-                         "output of impute(..., return_std=True)")
+                            "output of impute(..., return_std=True)")
     if variable is None:
         return std[spreads[0]]
     name = variable if variable.endswith(SPREAD) else variable + SPREAD

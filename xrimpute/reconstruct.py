@@ -427,8 +427,9 @@ def reconstruct(source, model, target, client=None, K: int = ImputeConfig.K, *, 
             client.shutdown()
     if failed:
         index, error = failed[0]
-        raise WorkFailedError(f"{len(failed)} of {len(boxes)} regions failed (region {index}: {error!r}); the others are "
-                           f"recorded in {str(book)!r}: rerun reconstruct with the same arguments to finish") from error
+        message = (f"{len(failed)} of {len(boxes)} regions failed (region {index}: {error!r}); the others are "
+                   f"recorded in {str(book)!r}: rerun reconstruct with the same arguments to finish")
+        raise WorkFailedError(message) from error
     return _finish(target)
 
 

@@ -385,7 +385,7 @@ class ChunkedWindows:
         self.pieces = pieces[[bool(self._starts(*p)) for p in pieces]] if reserved else pieces  # (sample, a, b)
         if not len(self.pieces):
             raise ArgumentError(f"no window of {window} steps is left to train on ({t} steps, {len(reserved)} "
-                             "windows kept for validation); use a smaller window or val_fraction=0")
+                                "windows kept for validation); use a smaller window or val_fraction=0")
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._rng = np.random.default_rng([seed, distributed_rank()[0]])

@@ -20,7 +20,8 @@ from .masks import MaskSpec
 def window_starts(length: int, window: int, stride: int = 1) -> list[int]:
     """Start indices covering ``length`` steps; the last window ends at the last step."""
     if length < window:
-        raise ArgumentError(f"the series has {length} time steps, fewer than the window of {window}; use a smaller window")
+        raise ArgumentError(f"the series has {length} time steps, fewer than the window of {window}; use a smaller "
+                            "window")
     starts = list(range(0, length - window + 1, max(1, stride)))
     if starts[-1] != length - window:
         starts.append(length - window)
@@ -176,7 +177,7 @@ class Tiling:
     def __post_init__(self):
         if any(s < 1 or not 0 <= o < s for s, o in zip(self.size, self.overlap)):
             raise ArgumentError(f"tiles need positive sizes and overlaps smaller than the tile, got size={self.size}, "
-                             f"overlap={self.overlap}")
+                                f"overlap={self.overlap}")
 
     def origins(self, height: int, width: int) -> tuple[list[int], list[int]]:
         """First row and first column of every tile on a ``height x width`` grid."""
@@ -334,7 +335,7 @@ def impute_series(
         read = (slice(s - t0, s - t0 + window), slice(r - y0, r - y0 + th), column[cols])
         if min(s - t0, r - y0, *column[cols]) < 0 or s - t0 + window > values.shape[2] or r - y0 + th > values.shape[3]:
             raise ArgumentError(f"the cut at {piece.origin} of shape {values.shape} lacks the window at step {s}, "
-                             f"tile ({r}, {col}) of the box {piece.box}; cut it as windows.plan says")
+                                f"tile ({r}, {col}) of the box {piece.box}; cut it as windows.plan says")
         write = (slice(t_lo - ta, t_hi - ta), slice(r_lo - ya, r_hi - ya), cols[inside] - xa)
         own = (slice(t_lo - s, t_hi - s), slice(r_lo - r, r_hi - r), np.flatnonzero(inside))
         places[s, r, col] = read, write, own, tile_weight[own[1]][:, own[2]]

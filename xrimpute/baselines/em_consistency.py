@@ -443,7 +443,7 @@ def categories_of(var: xr.DataArray) -> tuple[np.ndarray, list[str] | None]:
         meanings = str(meanings).split() if meanings is not None else None
         if meanings is not None and len(meanings) != values.size:
             raise ArgumentError(f"variable {var.name!r} has {values.size} flag_values but {len(meanings)} "
-                             "flag_meanings; give one meaning (a word) per value")
+                                "flag_meanings; give one meaning (a word) per value")
         if np.unique(values).size != values.size:
             raise ArgumentError(f"variable {var.name!r} repeats a value in flag_values {values.tolist()}")
         return values, meanings
@@ -463,8 +463,8 @@ def encode(values: np.ndarray, categories: np.ndarray, name: str = "data") -> np
     stray = cats[pos] != values[finite]
     if stray.any():
         raise ArgumentError(f"variable {name!r} has values {np.unique(values[finite][stray])[:10].tolist()} that are "
-                         f"not among its categories {np.asarray(categories).tolist()}; fix the data or its "
-                         "flag_values attribute")
+                            f"not among its categories {np.asarray(categories).tolist()}; fix the data or its "
+                            "flag_values attribute")
     codes = np.full(values.shape, -1, np.int64)
     codes[finite] = order[pos]
     return codes
@@ -520,8 +520,8 @@ def em_consistency(obj, *, max_categories: int = 16, **options):
     continuous = [n for n in layout.variables if not is_categorical(original[n], max_categories)]
     if continuous:
         raise ArgumentError(f"variable(s) {continuous} look continuous (no flag_values, not integer codes with at most "
-                         f"{max_categories} values); fill them with em_consistency_continuous, give them "
-                         "flag_values, or raise max_categories")
+                            f"{max_categories} values); fill them with em_consistency_continuous, give them "
+                            "flag_values, or raise max_categories")
     cats = {n: categories_of(original[n]) for n in layout.variables}
     ds = _with_gaps_as_nan(original, layout.variables)
     with warnings.catch_warnings():  # integer and boolean codes are expected here

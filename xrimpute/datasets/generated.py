@@ -66,7 +66,7 @@ def cache_path(name: str, preset: str, seed: int, **overrides) -> Path:
     """Where the cached file for these arguments lives (whether or not it exists yet)."""
     if name not in PRESETS or preset not in PRESETS[name]:
         raise ArgumentError(f"unknown dataset/preset {name!r}/{preset!r}; choose from "
-                         f"{ {n: sorted(p) for n, p in PRESETS.items()} }")
+                            f"{ {n: sorted(p) for n, p in PRESETS.items()} }")
     params = {**PRESETS[name][preset], **overrides}
     key = {k: v for k, v in params.items() if k not in RUN_ONLY}
     key |= {"name": name, "seed": seed, "format_version": FORMAT_VERSION}

@@ -61,7 +61,7 @@ class Denoiser(nn.Module):
             raise ArgumentError("history= and nearby= shape the first guess; build the network with first_guess=True")
         if modes is not None and (history or nearby or not first_guess):
             raise ArgumentError("modes= is a baseline of the first guess of its own: build the network with "
-                             "first_guess=True and without history= or nearby=")
+                                "first_guess=True and without history= or nearby=")
         if flow and not nearby:
             raise ArgumentError("flow= says where the nearby steps come from; pass nearby= (a span of steps) too")
         self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
@@ -111,22 +111,22 @@ class Denoiser(nn.Module):
         nearby observations)."""
         if self.uses_history and history is None:
             raise ArgumentError("this network's first guess leans on each window's history; pass history= (the sums "
-                             "and counts of each cell's observations outside the window, windows.outside_window)")
+                                "and counts of each cell's observations outside the window, windows.outside_window)")
         if self.nearby_span and nearby is None:
             raise ArgumentError("this network's first guess leans on each cell's observations near the window; pass "
-                             "nearby= (windows.nearby_observations)")
+                                "nearby= (windows.nearby_observations)")
         baseline = history_baseline(history, self.config["periodic"]) if self.uses_history else None
         if self.nearby_span and (nearby.dim() == 5) != self.flows:
             where = "along the flow" if self.flows else "in place"
             raise ArgumentError(f"this network's first guess leans on the nearby steps {where}; pass "
-                             f"nearby=windows.nearby_observations(..., flow={self.flows})")
+                                f"nearby=windows.nearby_observations(..., flow={self.flows})")
         if self.nearby_span:
             return nearby_guess(self.first_guess, values, mask, nearby, self.nearby_span, baseline,
                                 self.config.get("curve", False))
         if self.modes is not None:
             if tuple(self.modes.shape[-2:]) != tuple(values.shape[-2:]):
                 raise ArgumentError(f"this network's first guess leans on modes of a {tuple(self.modes.shape[-2:])} "
-                                 f"grid; pass windows of that whole grid, not {tuple(values.shape[-2:])}")
+                                    f"grid; pass windows of that whole grid, not {tuple(values.shape[-2:])}")
             baseline = modes_baseline(values, mask, self.modes)
         return self.first_guess(values, mask, baseline)
 
@@ -151,7 +151,7 @@ class Denoiser(nn.Module):
             if static is None:
                 if any(n not in (1, size) for n, size in zip(self.static.shape[1:], (h, wd))):
                     raise ArgumentError(f"the network's static fields cover a {tuple(self.static.shape[1:])} grid, not "
-                                     f"{(h, wd)}; pass static= with per-sample fields (B, S, H, W) for tiles")
+                                        f"{(h, wd)}; pass static= with per-sample fields (B, S, H, W) for tiles")
                 static = self.static.expand(b, -1, h, wd)
             inputs.append(static.to(values.dtype))
         x = F.pad(torch.cat(inputs, dim=1), pad)

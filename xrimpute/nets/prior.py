@@ -154,10 +154,10 @@ class FirstGuess(nn.Module):
         super().__init__()
         if thin_plate and kriging:
             raise ArgumentError("a first guess draws one spline through the context: pass thin_plate=True or "
-                             "kriging=True, not both")
+                                "kriging=True, not both")
         if bool(covariance_steps) != (covariance is not None):
             raise ArgumentError("covariance_steps= and covariance= come together: the guess under the series' own "
-                             "covariance needs both (xrimpute.nets.prior.field_covariance gives the covariance)")
+                                "covariance needs both (xrimpute.nets.prior.field_covariance gives the covariance)")
         self.levels = tuple(sorted((float(s), float(t)) for s, t in levels))[::-1]  # widest to narrowest
         self.threshold, self.periodic, self.thin_plate, self.bending = threshold, periodic, thin_plate, bending
         self.across, self.kriging, self.covariance_steps = across, kriging, covariance_steps

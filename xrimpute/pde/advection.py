@@ -22,7 +22,8 @@ EQUATION = "u_t + c_x u_x + c_y u_y = 0 (constant c per trajectory, periodic squ
 
 def _split_velocity(velocity: torch.Tensor, batch_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
     if velocity.shape[-1:] != (2,):
-        raise ArgumentError(f"velocity must end in an axis of 2 components (c_x, c_y), got shape {tuple(velocity.shape)}")
+        raise ArgumentError("velocity must end in an axis of 2 components (c_x, c_y), got shape "
+                            f"{tuple(velocity.shape)}")
     try:
         torch.broadcast_shapes(velocity.shape[:-1], batch_shape)
     except RuntimeError:
@@ -218,7 +219,7 @@ def advection(
                    max_speed=max_speed, modes=modes)
     if not 2 * modes < size:
         raise ArgumentError(f"modes={modes} must be below size / 2 = {size / 2} to stay resolved; "
-                         "lower modes or raise size")
+                            "lower modes or raise size")
     torch_dtype, device = resolve(dtype, device)
     rngs = sample_rngs(seed, n_samples)
     initial = random_fields(rngs, size, modes)

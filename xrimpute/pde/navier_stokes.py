@@ -113,7 +113,7 @@ def _linear_terms(spectral, reynolds, drag, forcing, forcing_wavenumber, forcing
     if forcing == "kolmogorov":
         if not 0 < forcing_wavenumber < size / 3:
             raise ArgumentError(f"forcing_wavenumber must be in (0, size / 3) = (0, {size / 3:.1f}) "
-                             f"to be resolved, got {forcing_wavenumber}")
+                                f"to be resolved, got {forcing_wavenumber}")
         curl = -forcing_amplitude * forcing_wavenumber * torch.cos(forcing_wavenumber * y)  # of (A sin(k y), 0)
     return spectral.k2 / reynolds + drag, torch.fft.rfft2(curl[:, None].expand(size, size))
 

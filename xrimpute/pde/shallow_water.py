@@ -127,7 +127,7 @@ def shallow_water_residual(h, u, v, dx: float, dt: float, f, g: float = 1.0, nu:
     u, v = (as_tensor(a)[0].to(h) for a in (u, v))
     if not h.shape == u.shape == v.shape or h.ndim < 3 or h.shape[-3] < 5:
         raise ArgumentError(f"h, u, v must share a shape (..., time >= 5, y, x); got "
-                         f"{tuple(h.shape)}, {tuple(u.shape)}, {tuple(v.shape)}")
+                            f"{tuple(h.shape)}, {tuple(u.shape)}, {tuple(v.shape)}")
     f = torch.as_tensor(f, dtype=h.dtype, device=h.device)[..., None, None, None]
 
     def time_derivative(a):
@@ -241,7 +241,7 @@ def shallow_water(
         raise ArgumentError(f"bump widths must be positive, got width_range={width_range}")
     if depth_range[0] == 0 or n_bumps[1] * amplitude_range[1] >= 1:
         raise ArgumentError("the depth must stay positive: need depth_range[0] > 0 and "
-                         f"n_bumps[1] * amplitude_range[1] < 1, got {depth_range}, {n_bumps}, {amplitude_range}")
+                            f"n_bumps[1] * amplitude_range[1] < 1, got {depth_range}, {n_bumps}, {amplitude_range}")
     if viscosity < 0:
         raise ArgumentError(f"viscosity must be >= 0, got {viscosity}")
     torch_dtype, device = resolve(dtype, device)
