@@ -7,7 +7,8 @@ import xarray as xr
 import xrimpute
 from test_lazy import imputed_alike_on_every_path
 from xrimpute.engine import Engine, ImputeConfig
-from xrimpute.nets.prior import COVARIANCE_STEPS, FirstGuess, covariance_guess, field_covariance
+from xrimpute.nets.prior import (COVARIANCE_STEPS, SETTLED_COVARIANCE_STEPS, FirstGuess, covariance_guess,
+                                 field_covariance)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,6 +77,25 @@ def test_the_covariance_guess_is_the_best_linear_estimate_from_the_context_alone
     torch.testing.assert_close(covariance_guess(changed, mask, covariance, 400, nugget=0.01), guess)
     with pytest.raises(ValueError, match="come together"):
         FirstGuess(covariance_steps=COVARIANCE_STEPS)
+
+
+def test_the_covariance_guess_settles_further_outside_training():
+    """A training step solves :data:`COVARIANCE_STEPS` steps; held-back scores and imputation (``eval()``), which
+    run it once a window, solve :data:`SETTLED_COVARIANCE_STEPS`, nearer the converged guess."""
+    lags, radius, (t, h, w) = 1, 7, (3, 16, 16)
+    covariance = gaussian_covariance(lags, radius, 20.0)  # smooth and far-reaching: slow to converge
+    gen = torch.Generator().manual_seed(2)
+    values = torch.randn(1, 1, t, h, w, generator=gen)
+    mask = torch.zeros(1, 1, t, h, w, dtype=torch.bool)
+    mask[..., :, :6] = mask[..., 10:, 8:] = True  # blocks that never move
+    guess = FirstGuess(covariance_steps=COVARIANCE_STEPS, covariance=covariance)
+    values = values * mask
+    trained, _ = guess(values, mask)
+    settled, _ = guess.eval()(values, mask)
+    torch.testing.assert_close(trained, covariance_guess(values, mask, covariance, COVARIANCE_STEPS))
+    torch.testing.assert_close(settled, covariance_guess(values, mask, covariance, SETTLED_COVARIANCE_STEPS))
+    converged = covariance_guess(values, mask, covariance, 2000)
+    assert (settled - converged).norm() < 0.5 * (trained - converged).norm()
 
 
 def test_the_covariance_guess_round_a_circle_is_the_best_linear_estimate_with_offsets_the_short_way_round():

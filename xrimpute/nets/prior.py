@@ -60,7 +60,13 @@ COVARIANCE_RADIUS = 64
 the shallow-water static blocks 24 cells filled 0.339 of the mean fill's error, the whole grid (63) 0.231
 (``benchmarks/RESULTS.md``)."""
 COVARIANCE_STEPS = 50
-"""Conjugate-gradient steps of the covariance guess (:func:`covariance_guess`)."""
+"""Conjugate-gradient steps of the covariance guess (:func:`covariance_guess`) in a training step."""
+SETTLED_COVARIANCE_STEPS = 100
+"""Conjugate-gradient steps of the covariance guess outside training (a network in ``eval()`` mode: held-back
+scores, imputation), where it runs once a window rather than every training step: on a whole grid the 50-step guess
+is some way from the converged one (the shallow-water static blocks' gap error 0.1795 at 50 steps, 0.1685 at 100,
+0.1628 at 400), and the trained static blocks filled 1-3 % better at 100 steps and about as well at 150, imputing in
+1.6-1.8 and 2-2.5 times the time (``benchmarks/RESULTS.md``)."""
 COVARIANCE_NUGGET = 0.01
 """The share of the field's variance the covariance guess allows each context cell to miss by: it keeps the solve
 well posed where the estimated covariance is nearly singular."""
@@ -144,8 +150,9 @@ class FirstGuess(nn.Module):
     thin plate's solve; frame by frame, or with ``across`` (the cells one
     step counts as) over the window's steps at once. ``covariance_steps``:
     instead the best linear estimate under ``covariance`` (the series' own,
-    :func:`field_covariance`), that many steps solving for it
-    (:func:`covariance_guess`).
+    :func:`field_covariance`), that many steps solving for it in training
+    (:func:`covariance_guess`), at least :data:`SETTLED_COVARIANCE_STEPS`
+    outside it (``eval()``).
     """
 
     def __init__(self, levels: Levels = DEFAULT_LEVELS, threshold: float = 0.01, periodic: bool = False,
@@ -206,7 +213,8 @@ class FirstGuess(nn.Module):
         if self.bending:
             guess = bend(values, mask, guess, self.bending, self.periodic, self.across)
         if self.covariance is not None:
-            guess = covariance_guess(values, mask, self.covariance, self.covariance_steps, self.periodic)
+            steps = self.covariance_steps if self.training else max(self.covariance_steps, SETTLED_COVARIANCE_STEPS)
+            guess = covariance_guess(values, mask, self.covariance, steps, self.periodic)
         if baseline is not None:
             guess = guess + baseline
         return guess, certainty.reshape(b, c, t, h, w)
