@@ -139,7 +139,7 @@ def waves(t=40, h=24, w=24, seed=0, periodic=False) -> np.ndarray:
 
 
 def test_a_fit_on_blocks_that_never_move_fills_them_under_the_series_covariance_and_keeps_it(tmp_path):
-    truth = np.concatenate([waves(seed=0), waves(seed=1)])
+    truth = np.concatenate([waves(t=24, seed=0), waves(t=24, seed=1)])
     values = truth.copy()
     values[0, ..., 8:16, 8:16] = np.nan  # blocks that never move: their cells are observed in the other sample
     values[0, ..., 0:8, 16:24] = np.nan
@@ -220,7 +220,7 @@ def test_a_fit_from_an_archive_reads_the_series_covariance_from_it(tmp_path):
 
 def test_a_fit_from_an_archive_of_blocks_that_never_move_holds_its_cells_back_as_still_and_takes_the_covariance(
         tmp_path):
-    truth = np.concatenate([waves(seed=0), waves(seed=1)])[:, 0]
+    truth = np.concatenate([waves(t=24, seed=0), waves(t=24, seed=1)])[:, 0]
     values = truth.copy()
     values[0, :, 8:16, 8:16] = np.nan  # blocks that never move: their cells are observed in the other sample
     values[0, :, 0:8, 16:24] = np.nan

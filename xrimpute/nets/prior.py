@@ -65,8 +65,8 @@ SETTLED_COVARIANCE_STEPS = 100
 """Conjugate-gradient steps of the covariance guess outside training (a network in ``eval()`` mode: held-back
 scores, imputation), where it runs once a window rather than every training step: on a whole grid the 50-step guess
 is some way from the converged one (the shallow-water static blocks' gap error 0.1795 at 50 steps, 0.1685 at 100,
-0.1628 at 400), and the trained static blocks filled 1-3 % better at 100 steps and about as well at 150, imputing in
-1.6-1.8 and 2-2.5 times the time (``benchmarks/RESULTS.md``)."""
+0.1628 at 400), and the trained static blocks filled 1.4-14 % better at 100 steps and as well at 150, imputing in
+1.4-1.9 and 2-2.5 times the time (``benchmarks/RESULTS.md``)."""
 COVARIANCE_NUGGET = 0.01
 """The share of the field's variance the covariance guess allows each context cell to miss by: it keeps the solve
 well posed where the estimated covariance is nearly singular."""
