@@ -13,7 +13,9 @@ import xarray as xr
 import xrimpute
 from samples import ERA5_SAMPLE, needs_era5
 from synthetic import blobs
+from xrimpute import cli
 from xrimpute.cli import build_parser, main
+from xrimpute.errors import NonFiniteLossError, WorkFailedError
 
 COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
@@ -136,6 +138,19 @@ def test_device_cuda_without_cuda_says_so_before_reading_the_data(observed_file,
     assert main(["fit", str(observed_file), "--out", str(tmp_path / "m.xri"), "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sees no CUDA GPU; use cpu or auto" in err, err
+
+
+@pytest.mark.parametrize("error", [WorkFailedError("1 of 4 regions failed (region 2: OSError('disk full')); the others "
+                                                     "are recorded: rerun reconstruct with the same arguments to finish"),
+                                     NonFiniteLossError("the loss became NaN at step 7; lower the learning rate")])
+def test_work_that_fails_ends_in_one_line_and_exit_status_1(error, monkeypatch, capsys):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_versions", fail)  # the command run, whatever it is; no input of the user's to blame
+    assert main(["versions"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"xrimpute versions: error: {error}\n"
 
 
 def test_bad_options_are_refused_by_the_parser(capsys):

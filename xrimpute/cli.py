@@ -14,9 +14,10 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ArgumentError
+from .errors import ArgumentError, XrimputeError
 
 USAGE_ERROR = 2
+FAILED = 1  # the input was fine, the work failed (a region on a worker, a non-finite loss): the message says what next
 PRESETS = ("auto", "narrow", "lite", "tiny", "small", "base")  # the network's (cli must not import torch for --help)
 AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # --history and --nearby: None lets the fit decide
 DATASETS = {
@@ -503,10 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with set_options(progress=not args.quiet):
             status = args.run(args)
-    except (OSError, ValueError, ImportError) as err:  # the user's input: say what is wrong, no traceback
+    except (OSError, ValueError, ImportError, XrimputeError) as err:  # say what is wrong, no traceback
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"xrimpute {args.command}: error: {message}", file=sys.stderr)
-        return USAGE_ERROR
+        return USAGE_ERROR if isinstance(err, (OSError, ValueError, TypeError, ImportError)) else FAILED
     except KeyboardInterrupt:
         print(f"xrimpute {args.command}: interrupted", file=sys.stderr)
         return 130
