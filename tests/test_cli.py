@@ -140,9 +140,12 @@ def test_device_cuda_without_cuda_says_so_before_reading_the_data(observed_file,
     assert err.count("\n") == 1 and "sees no CUDA GPU; use cpu or auto" in err, err
 
 
-@pytest.mark.parametrize("error", [WorkFailedError("1 of 4 regions failed (region 2: OSError('disk full')); the others "
-                                                     "are recorded: rerun reconstruct with the same arguments to finish"),
-                                     NonFiniteLossError("the loss became NaN at step 7; lower the learning rate")])
+FAILED_REGIONS = ("1 of 4 regions failed (region 2: OSError('disk full')); the others are recorded: rerun reconstruct "
+                  "with the same arguments to finish")
+
+
+@pytest.mark.parametrize("error", [WorkFailedError(FAILED_REGIONS),
+                                   NonFiniteLossError("the loss became NaN at step 7; lower the learning rate")])
 def test_work_that_fails_ends_in_one_line_and_exit_status_1(error, monkeypatch, capsys):
     def fail(args):
         raise error
