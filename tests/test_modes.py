@@ -159,11 +159,11 @@ def test_a_guess_leaning_on_the_modes_must_win_by_the_margin_on_every_window_wit
         return values, mask, torch.as_tensor(rng.random(values.shape) < 0.1) & ~mask, {}
 
     validation = windows(level, 1)
-    label, errors = _first_guess(validation, False, None, modes=modes)
+    label, errors = _first_guess(validation, {}, None, modes=modes)
     assert label.endswith(MODES_LABEL), errors
-    assert _first_guess(validation, False, None, modes=modes, wide=lambda: windows(level, 2))[0] == label
+    assert _first_guess(validation, {}, None, modes=modes, wide=lambda: windows(level, 2))[0] == label
     # windows where the modes' means are no cell's level: they fill worse there, and the best without them is kept
-    plain, errors = _first_guess(validation, False, None, modes=modes, wide=lambda: windows(elsewhere, 2))
+    plain, errors = _first_guess(validation, {}, None, modes=modes, wide=lambda: windows(elsewhere, 2))
     assert plain == min((name for name in errors if not name.endswith(MODES_LABEL)), key=errors.get)
 
 
@@ -175,11 +175,11 @@ def test_a_guess_on_departures_is_weighed_on_every_window_against_the_values_mea
     mask = torch.as_tensor(rng.random(values.shape) < 0.4)
     held = torch.as_tensor(rng.random(values.shape) < 0.1) & ~mask
     plain = (values, mask, held, {})
-    own, theirs = _on_every_window(plain, False, None, "space", ["space", "time first"])
+    own, theirs = _on_every_window(plain, {}, None, "space", ["space", "time first"])
     _, errors = choose_guess(values, mask, held)
     assert (own, theirs) == pytest.approx((errors["space"], min(errors["space"], errors["time first"])))
     halved = (values / 2, mask, held, {})  # departures half the values: a linear guess errs a quarter as much
-    own, theirs = _on_every_window(halved, False, None, "space", ["space"], plain)
+    own, theirs = _on_every_window(halved, {}, None, "space", ["space"], plain)
     assert own == pytest.approx(theirs / 4, rel=1e-4)
 
 

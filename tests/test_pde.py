@@ -12,6 +12,7 @@ from xrimpute import pde
 from xrimpute.cube import find_axes
 from xrimpute.datasets import generated
 from xrimpute.engine import wraps_round
+from xrimpute.errors import ArgumentTypeError
 from xrimpute.pde import (advect_fd, advection, advection_exact, integrate_vorticity, navier_stokes,
                           shallow_water, shallow_water_residual)
 from xrimpute.pde._common import sample_rngs
@@ -176,10 +177,24 @@ def test_a_fit_wraps_a_generated_cube_round_the_period_its_grid_declares(tiny, c
     fit = functools.partial(xrimpute.fit, mask="pixel", steps=1, batch_size=2, progress=False, verbose=False,
                             compare_classical=False)
     with caplog.at_level("INFO", logger="xrimpute"):
-        assert fit(observed, verbose=True).engine.config.periodic
-    assert "the grid wraps round along 'x': its 32 cells span the period of 1" in caplog.text  # said once, why
+        model = fit(observed, verbose=True)
+    engine = model.engine
+    assert engine.config.periodic and engine.config.periodic_rows  # the square wraps both ways
+    assert "32 x 32, window 5, wrapping round its rows and columns" in repr(model)
+    assert engine.denoiser.row_period == engine.denoiser.first_guess.row_period == engine.denoiser.unet.row_period == 32
+    # trained on tiles of fewer rows, the network has learned rows that end at their edges: only the guess wraps them
+    tiled = fit(observed, tile=(16, 32)).engine.denoiser
+    assert tiled.first_guess.row_period == 32 and tiled.unet.row_period == 0
+    for axis in "xy":  # said once each, and why
+        assert f"the grid wraps round along {axis!r}: its 32 cells span the period of 1" in caplog.text
     # a subdomain of the square (its cells do not span the period) does not wrap
     assert not fit(observed.isel(x=slice(24))).engine.config.periodic
+    strip = fit(observed.isel(y=slice(24))).engine
+    assert strip.config.periodic and not strip.config.periodic_rows and strip.denoiser.row_period == 0
+    # a pair says which axes wrap, whatever the coordinates declare; anything else is refused before any work
+    assert not fit(observed, periodic=(False, True)).engine.config.periodic_rows
+    with pytest.raises(ArgumentTypeError, match=r"periodic must be True or False .* or a pair \(rows, columns\)"):
+        fit(observed, periodic="both")
     assert wraps_round(np.arange(0.0, 360.0, 2.5), degrees=True)  # longitudes once round the globe
     assert wraps_round(np.arange(0.0, 360.0, 2.5), degrees=True, period=180.0)  # whatever else they declare
     assert not wraps_round(np.arange(0.0, 2 * np.pi, 0.1), degrees=False)  # no period declared

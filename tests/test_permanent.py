@@ -296,7 +296,7 @@ def test_every_context_station_scores_the_first_guesses_once_and_none_leans_on_w
     assert shares.any(dim=(1, 2, 3)).flatten(1).sum(1).tolist() == [3, 3, 3, 3, 3]
     # modes fitted to every training station know the values of the stations a share holds back: not scored there
     modes = spatial_modes(xs, ms)
-    label, errors = _first_guess((xs, ms, hs, {}), False, None, modes=modes, station_folds=5)
+    label, errors = _first_guess((xs, ms, hs, {}), {}, None, modes=modes, station_folds=5)
     assert errors and not any(name.endswith("modes") for name in errors)
-    _, without = _first_guess((xs, ms, hs, {}), False, None, modes=modes)
+    _, without = _first_guess((xs, ms, hs, {}), {}, None, modes=modes)
     assert any(name.endswith("modes") for name in without)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from dask import is_dask_collection
 
-from .nets.prior import HISTORY_LEVELS, FirstGuess, gaussian_kernel, smoothing_matrix
+from .nets.prior import HISTORY_LEVELS, FirstGuess, Wrap, gaussian_kernel, smoothing_matrix, wrapping
 from .passes import compute_pass
 
 HARMONICS = 2
@@ -63,7 +63,7 @@ def harmonics(phase: np.ndarray, count: int = HARMONICS) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=-1).reshape(len(angle), 2 * count)
 
 
-def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, periodic: bool = False,
+def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, periodic: Wrap = False,
               neighbourhoods: tuple[float, ...] = (0.0,), progress: bool = False, return_sums: bool = False):
     """``[(2 count, C, H, W), ...]``: each cell's cycle for each of ``neighbourhoods`` (Gaussian widths in cells
     over which the cell's neighbours pool their observations with its own; 0: its own alone), the amplitudes of
@@ -71,15 +71,16 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
     ``(N, C, T, H, W)`` (any value where not ``observed``), pulled towards 0 by :data:`RIDGE`. A cell observed
     fewer than twice as often as there are terms, pooled, takes the cycles of the cells round it (normalised
     convolution over the spatial scales that fill a history baseline,
-    :data:`~xrimpute.nets.prior.HISTORY_LEVELS`), weighed by their observations (round the globe with
-    ``periodic``); a cell whose neighbourhood (the widest of :data:`NEIGHBOURHOODS`) covers the cycle less evenly
-    than :data:`COVERAGE`, none.
+    :data:`~xrimpute.nets.prior.HISTORY_LEVELS`), weighed by their observations (round the axes that wrap,
+    :func:`~xrimpute.nets.prior.wrapping` of ``periodic``); a cell whose neighbourhood (the widest of
+    :data:`NEIGHBOURHOODS`) covers the cycle less evenly than :data:`COVERAGE`, none.
     The mean itself is not part of the cycle (the guess finds each cell's level). ``values`` and ``observed`` in
     memory (numpy or torch), or dask: then one pass over the archive, chunk by chunk, for all neighbourhoods (with
     a progress bar when ``progress``). With ``return_sums``, ``(cycles, sums)``: ``sums`` ``(N, C, H, W, 2 count)``
     float64, each cell's harmonics summed over its observed steps in each sample, from the same pass, from which
     :func:`departures_totals` takes the cycles out of a series' totals."""
     n, c, t, h, w = values.shape
+    wraps_rows, wraps_columns = wrapping(periodic)
     rows = np.concatenate([np.ones((t, 1)), harmonics(phase, count)], 1)  # (T, P)
     terms = rows.shape[1]
     upper = np.triu_indices(terms)  # the matrix is symmetric: sum only its distinct products
@@ -107,7 +108,8 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
             return sums
         kernel = gaussian_kernel(width)
         kernel = kernel / kernel.max()
-        across, along = smoothing_matrix(kernel, h).double(), smoothing_matrix(kernel, w, periodic).double()
+        across = smoothing_matrix(kernel, h, wraps_rows).double()
+        along = smoothing_matrix(kernel, w, wraps_columns).double()
         return torch.einsum("vw,cgw...->cgv...", along, torch.einsum("gh,chw...->cgw...", across, sums))
 
     # the directions the series' steps span (a 6-hourly series never sees the day's second sine)
@@ -129,7 +131,8 @@ def fit_cycle(values, observed, phase: np.ndarray, count: int = HARMONICS, perio
         enough = (gram[..., 0, 0] >= 2 * terms).reshape(1, c, 1, h, w)
         maps = amplitudes.permute(3, 0, 1, 2)[:, :, None].float()  # (2 count, C, 1, H, W)
         if bool(enough.any()) and not bool(enough.all()):  # cells with too few observations: their neighbours'
-            spread, _ = FirstGuess(HISTORY_LEVELS, periodic=periodic)(maps, enough.expand_as(maps))
+            spread, _ = FirstGuess(HISTORY_LEVELS, periodic=wraps_columns, row_period=h if wraps_rows else 0)(
+                maps, enough.expand_as(maps))
             maps = torch.where(enough, maps, spread)
         cycles.append(torch.where(covered & enough.any(), maps, 0)[:, :, 0])
     return (cycles, np.asarray(sums[2], np.float64)) if return_sums else cycles

@@ -33,7 +33,7 @@ from .atomic import atomic_write
 from .cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
 from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess,
-                         costly, field_covariance, spatial_modes, widest_reach)
+                         costly, field_covariances, spatial_modes, widest_reach, wrapping)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, Stretch, statistics, training_windows
@@ -240,7 +240,10 @@ class ModelConfig:
     ``validation``). ``extra`` keeps other JSON-able facts (e.g. ``em`` after
     EM rounds), saved at the top level like the rest. ``positions``: whether
     the network sees each cell's position as static inputs (files older than
-    the option: True). ``history``: whether the first guess leans on each
+    the option: True). ``periodic``: whether the columns wrap round (a global
+    grid, or a periodic model domain); ``periodic_rows``: whether the rows do
+    too (a doubly periodic domain; files older than the option: False), in a
+    window that spans them. ``history``: whether the first guess leans on each
     cell's observations outside the window (None: :meth:`Engine.fit` decides,
     :func:`needs_history`; files older than the option: False). ``nearby``:
     whether it starts from each cell's nearest observations either side of the
@@ -264,6 +267,7 @@ class ModelConfig:
     degrees: bool = False
     tile: list[int] | None = None
     periodic: bool = False
+    periodic_rows: bool = False
     positions: bool | None = True  # None: Engine.fit decides (no position inputs for station data)
     history: bool | None = False  # None: Engine.fit decides (needs_history)
     nearby: bool | None = False  # None: Engine.fit decides (choose_guess on the held-back cells)
@@ -437,7 +441,7 @@ class Engine:
             started: float | None = None) -> Engine:
         """Train on ``values`` ``(N, C, T, H, W)``, a numpy or dask array (read piece by piece), NaN = unobserved.
 
-        ``config`` describes the data (channels, grid, window, tile, periodic);
+        ``config`` describes the data (channels, grid, window, tile, periodic, periodic_rows);
         the returned engine's config adds the facts of training. ``mask``: as for
         :meth:`xrimpute.CtxDiffModel.fit`. ``train_config`` holds the optimisation
         settings, its seed also seeds the initial weights, the statistics and the
@@ -509,11 +513,15 @@ class Engine:
         tile = None if config.tile is None else (min(int(config.tile[0]), h), min(int(config.tile[1]), w))
         static = position_fields(np.asarray(config.grid["lat"], float), np.asarray(config.grid["lon"], float),
                                  config.degrees) if config.positions else np.zeros((0, h, w), np.float32)
-        # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead
+        # tiles narrower than the grid are not periodic themselves; imputation wraps them round the globe instead;
+        # the rows of a grid that wraps them wrap in the guess of a window that spans them (the whole grid), and in
+        # the network where it trains on such windows
         # a new network works on the grid as it is, no cells padded (an init keeps its own way)
         exact_grid = init is None or init.denoiser.config.get("exact_grid", False)
         net = dict(n_channels=len(config.channels), window=config.window, preset=preset,
                    periodic=config.periodic and (tile is None or tile[1] == w), first_guess=True,
+                   **({"row_period": h} if config.periodic_rows else {}),
+                   **({"network_wraps_rows": True} if config.periodic_rows and (tile is None or tile[0] == h) else {}),
                    **({"history": True} if config.history else {}), **({"exact_grid": True} if exact_grid else {}),
                    **({"nearby": init.denoiser.nearby_span} if init is not None and init.denoiser.nearby_span else {}),
                    **({"flow": True} if init is not None and init.denoiser.flows else {}),
@@ -565,19 +573,21 @@ class Engine:
                                  and windows.validation is not None)
             if offers_covariance and verbose and is_dask_collection(values):
                 log.info("estimating the series' space-time covariance: one pass over a share of the archive")
-            covariance = (field_covariance(*windows.training_series(), periodic=config.periodic) if offers_covariance
-                          else None)
+            covariances = (field_covariances(*windows.training_series(), periodic=(config.periodic_rows,
+                                                                                    config.periodic))
+                           if offers_covariance else None)
+            wrap = dict(periodic=net["periodic"], row_period=net.get("row_period", 0))  # as the guess wraps
             folds = _station_folds(spec, init, config.nearby, windows.validation)
             guess, guesses = _first_guess(windows.validation if folds else _guess_validation(windows),
-                                          net["periodic"], init, config.nearby, modes,
-                                          covariance, folds, seed, lambda: windows.wide_validation)
+                                          wrap, init, config.nearby, modes,
+                                          covariances, folds, seed, lambda: windows.wide_validation)
             if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
                 if verbose and is_dask_collection(values):
                     log.info(f"fitting each cell's {config.cycle} cycle: one pass over the archive")
                 cycle, windows, modes, guess, guesses = _try_cycle(values, plain, build, phase, config.cycle, std,
-                                                                   net["periodic"], config.nearby, modes, guess,
-                                                                   guesses, wraps=config.periodic,
+                                                                   wrap, config.nearby, modes, guess, guesses,
+                                                                   wraps=(config.periodic_rows, config.periodic),
                                                                    progress=progress)
                 if verbose and cycle is not None:
                     log.info(f"the first guess fills the departures from the {config.cycle} cycle"
@@ -612,9 +622,12 @@ class Engine:
                 covariance = None if init.denoiser.first_guess is None else init.denoiser.first_guess.covariance
             elif name is None or not CANDIDATES[name].get("covariance_steps"):
                 covariance = None
-            elif verbose:
-                log.info("the first guess is the best linear estimate under the series' own space-time covariance "
-                         "(optimal interpolation)")
+            else:
+                covariance = covariances[name]
+                if verbose:
+                    log.info("the first guess is the best linear estimate under the series' own space-time covariance"
+                             + (", tapered where few pairs of cells share an offset" if CANDIDATES[name].get("tapered")
+                                else "") + " (optimal interpolation)")
             with seeded(seed):  # the initial weights
                 denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), torch.as_tensor(static),
                                     guess=init.denoiser.config.get("guess") if init is not None else
@@ -676,8 +689,9 @@ class Engine:
 
     @classmethod
     def fit_array(cls, values: np.ndarray, mask="auto", *, window: int | None = None, tile="auto",
-                  periodic: bool = False, preset: str = "auto", val_fraction: float = 0.05, device: str | None = None,
-                  checkpoint=None, progress: bool | None = None, verbose: bool = True, init: Engine | None = None,
+                  periodic: bool | tuple[bool, bool] = False, preset: str = "auto", val_fraction: float = 0.05,
+                  device: str | None = None, checkpoint=None, progress: bool | None = None, verbose: bool = True,
+                  init: Engine | None = None,
                   permanent_mask: np.ndarray | None = None, history: bool | None = None,
                   nearby: bool | None = None, **train_options) -> Engine:
         """:meth:`fit` on a plain array, with the options of :meth:`xrimpute.CtxDiffModel.fit`.
@@ -688,9 +702,10 @@ class Engine:
         ``lr``, ``max_time``, ``seed``, ...).
         """
         values = np.asarray(values, dtype=np.float32)
+        rows, columns = wrapping(periodic)
         tile = training_tile(tile, *values.shape[-2:], or_option("device", device))
-        config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=periodic, history=history,
-                         nearby=nearby)
+        config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=columns, periodic_rows=rows,
+                         history=history, nearby=nearby)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
                        val_fraction=val_fraction, device=or_option("device", device), checkpoint=checkpoint,
                        progress=or_option("progress", progress), verbose=verbose, init=init,
@@ -1028,19 +1043,20 @@ guesses of station data beside the stations held back from training: those are 5
 spline (``benchmarks/RESULTS.md``). Between stations the guess is the whole fill."""
 
 
-def _first_guess(validation, periodic: bool, init: Engine | None,
-                 nearby: bool | None = None, modes=None, covariance=None, station_folds: int = 0,
+def _first_guess(validation, wrap: dict, init: Engine | None,
+                 nearby: bool | None = None, modes=None, covariances=None, station_folds: int = 0,
                  seed: int = 0, wide=None) -> tuple[str | None, dict]:
     """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES`, with or without the nearby steps the validation
     inputs carry (``nearby`` True: with), or leaning on ``modes`` (the series' spatial modes, or None), or under
-    ``covariance`` (the series' own, or None), that best
+    ``covariances`` (the series' own, by the name of the candidate that takes each, or None), that best
     fills the held-back cells (a label of
     :func:`~xrimpute.nets.prior.choose_guess`), and every candidate's NMSE there; None (the defaults) without
     held-back cells or with ``init`` (whose guess is kept). ``station_folds`` (:func:`_station_folds`): the context
     stations also score them, in that many shares (:func:`_with_station_folds`, drawn with ``seed``), without the
     nearby steps, modes or covariance. ``wide``: a callable giving the validation windows' ``wide_validation`` (or
     None), on which a guess leaning on the modes must also win by its margin (:func:`_on_every_window`); called only
-    then, since the windows make them when asked."""
+    then, since the windows make them when asked. ``wrap``: how the guess wraps round
+    (:class:`~xrimpute.nets.prior.FirstGuess`'s ``periodic`` and ``row_period``)."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs, *runs = validation
@@ -1049,21 +1065,21 @@ def _first_guess(validation, periodic: bool, init: Engine | None,
         xs, ms, hs = _with_station_folds(xs, ms, hs, station_folds, seed)
         # a station of a share keeps no observations at nearby steps, as a cell between stations has none; and the
         # series' modes and covariance, fitted to every training station, would know its values
-        inputs, modes, covariance = {}, None, None
-    label, errors = choose_guess(xs, ms, hs, periodic=periodic, history=inputs.get("history"),
+        inputs, modes, covariances = {}, None, None
+    label, errors = choose_guess(xs, ms, hs, **wrap, history=inputs.get("history"),
                                  nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes,
-                                 covariance=covariance, runs=runs)
+                                 covariances=covariances, runs=runs)
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
     elif wide is not None and label.endswith(MODES_LABEL) and (windows := wide()) is not None:
         plain = min((name for name in errors if not costly(name)), key=errors.get)
         # against the best without them here and the same guess without them
-        settled = _on_every_window(windows, periodic, modes, label, [plain, label.removesuffix(MODES_LABEL)])
+        settled = _on_every_window(windows, wrap, modes, label, [plain, label.removesuffix(MODES_LABEL)])
         label = label if settled is None or settled[0] < BASELINE_MARGIN * settled[1] else plain
     return label, errors
 
 
-def _on_every_window(wide, periodic: bool, modes, label: str, others: list[str], wide_others=None,
+def _on_every_window(wide, wrap: dict, modes, label: str, others: list[str], wide_others=None,
                      modes_others=None) -> tuple[float, float] | None:
     """The error of the guess ``label`` (of :func:`choose_guess`) on the held-back cells of ``wide``, and the least
     of the guesses ``others`` there (on ``wide_others`` with their ``modes_others`` where they differ: the values'
@@ -1074,7 +1090,7 @@ def _on_every_window(wide, periodic: bool, modes, label: str, others: list[str],
     def error(windows, modes, guess):
         xs, ms, hs, inputs = windows
         name = candidate_label(guess)[0]
-        _, errors = choose_guess(xs, ms, hs, candidates={name: CANDIDATES[name]}, periodic=periodic,
+        _, errors = choose_guess(xs, ms, hs, candidates={name: CANDIDATES[name]}, **wrap,
                                  history=inputs.get("history"), nearby=inputs.get("nearby"), span=NEARBY_SPAN,
                                  curve=True, modes=modes)
         return errors.get(guess)
@@ -1143,8 +1159,9 @@ def _channel_reference(validation) -> torch.Tensor:
     return (xs**2 * hs).sum(dim=(0, 2, 3, 4))
 
 
-def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, std: np.ndarray, periodic: bool,
-               nearby: bool | None, modes, guess: str, guesses: dict, wraps: bool, progress: bool = False):
+def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, std: np.ndarray, wrap: dict,
+               nearby: bool | None, modes, guess: str, guesses: dict, wraps: tuple[bool, bool],
+               progress: bool = False):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
     ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training series of ``plain``, the held-back
     cells hidden; in an archive, one pass over it, which also gives the history of the departures), its own or
@@ -1154,7 +1171,8 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     ``guesses`` on ``plain``'s windows, of the values); else ``(None, plain, modes, guess, guesses)``; ``guesses``
     with those of every candidate cycle on the departures added. ``build(values)`` makes the windows: the same
     held-back cells for the departures. Every guess's NMSE is against the mean fill of the values.
-    ``periodic``: whether the windows wrap round the globe (a tile does not); ``wraps``: whether the grid does.
+    ``wrap``: how the guess wraps round (:class:`~xrimpute.nets.prior.FirstGuess`'s ``periodic`` and ``row_period``;
+    a tile's columns do not); ``wraps``: whether the grid's rows and columns do.
     ``progress``: a bar over an archive's pass."""
     best, scored = None, {}  # (error, cycle, windows or None, modes, label), and every candidate's guesses
     # the history of the departures comes from that of the values and the same pass as the cycles
@@ -1180,7 +1198,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     for k, (width, cycle) in enumerate(candidates):
         suffix = _cycle_label(kind, width)
         cycled, cycled_modes = windows_of(cycle)
-        label, errors = _first_guess(_guess_validation(cycled), periodic, None, nearby, cycled_modes,
+        label, errors = _first_guess(_guess_validation(cycled), wrap, None, nearby, cycled_modes,
                                      wide=lambda: cycled.wide_validation)
         scale = float(_channel_reference(_guess_validation(cycled)).sum()
                       / _channel_reference(_guess_validation(plain)).sum())
@@ -1202,7 +1220,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
         if cycled is None:
             cycled, cycled_modes = windows_of(cycle)
         settled = None if cycled.wide_validation is None or plain.wide_validation is None else _on_every_window(
-            cycled.wide_validation, periodic, cycled_modes, _without_cycle_label(label, kind),
+            cycled.wide_validation, wrap, cycled_modes, _without_cycle_label(label, kind),
             [guess, _without_cycle_label(label, kind)], plain.wide_validation, modes)
         if settled is None or settled[0] < BASELINE_MARGIN * settled[1]:
             return cycle, cycled, cycled_modes, label, both

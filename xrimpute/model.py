@@ -22,20 +22,20 @@ from .engine import (Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit
                      position_fields, train_config, training_tile, wraps_round)
 from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
+from .nets.prior import wrapping
 from .options import or_option
 from .samplers import statistics
 
 log = logging.getLogger("xrimpute")
 
 
-def _period(obj, layout: cube.Layout) -> float | None:
-    """The period the longitude (x) coordinate declares in its ``period`` attribute, or None."""
-    lon = layout.axes.lon
-    period = obj[lon].attrs.get("period") if lon in obj.coords else None
+def _period(obj, name: str) -> float | None:
+    """The period the coordinate ``name`` declares in its ``period`` attribute, or None."""
+    period = obj[name].attrs.get("period") if name in obj.coords else None
     try:
         return None if period is None else float(period)
     except (TypeError, ValueError):
-        raise cube.CubeError(f"the {lon!r} coordinate's 'period' attribute is {period!r}, not a number; set it to "
+        raise cube.CubeError(f"the {name!r} coordinate's 'period' attribute is {period!r}, not a number; set it to "
                              "the length after which the axis repeats (e.g. 2 * pi), or delete it") from None
 
 
@@ -187,7 +187,7 @@ class CtxDiffModel:
         seed: int = 0,
         device: str | None = None,
         checkpoint: str | os.PathLike | None = None,
-        periodic: bool | None = None,
+        periodic: bool | tuple[bool, bool] | None = None,
         tile: tuple[int, int] | str | None = "auto",
         progress: bool | None = None,
         verbose: bool = True,
@@ -268,12 +268,17 @@ class CtxDiffModel:
         checkpoint : str or path-like, optional
             File to write the training state to (atomically) as training goes; an
             existing one is resumed.
-        periodic : bool, optional
+        periodic : bool or (bool, bool), optional
             Wrap the longitude (x) axis in the convolutions, the first guess and
-            the tiles; default: when the grid spans 360 degrees, or when its x
-            coordinate declares a ``period`` attribute that its cells span (a
-            periodic model domain; the generated cubes of
-            :mod:`xrimpute.datasets` declare theirs).
+            the tiles; a pair ``(rows, columns)`` wraps the rows (y) too, a
+            doubly periodic domain, wherever a window spans them (imputation on
+            the whole grid: one of up to twice 128 x 128 cells whose training
+            tiles span its columns; tiles of fewer rows end at their edges).
+            Default: the columns when the grid spans 360 degrees of longitude,
+            or when the x coordinate declares a ``period`` attribute that its
+            cells span; the rows when the y coordinate declares one (a periodic
+            model domain; the generated cubes of :mod:`xrimpute.datasets`
+            declare both).
         tile : tuple of int or "auto", default "auto"
             ``(rows, cols)``: train on random spatial tiles of a large grid (e.g.
             ``(128, 128)``), with the cells' position as an input so that one
@@ -376,11 +381,13 @@ class CtxDiffModel:
         """
         started = time.perf_counter()  # a time budget counts from here
         check_fit_options(window, tile, val_fraction, or_option("device", device), history, nearby, preset)
+        wraps = None if periodic is None else wrapping(periodic)
         options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
                                **train_options)
         values, layout = cube.to_array(obj, lazy=True)
         permanent = None if permanent_mask is None else permanent_cells(obj, layout, permanent_mask)
-        period = _period(obj, layout) if periodic is None else None  # before the statistics read an archive
+        # before the statistics read an archive
+        periods = [_period(obj, axis) for axis in (layout.axes.lat, layout.axes.lon)] if periodic is None else None
         t = values.shape[2]
         if window is not None and t < window:
             raise cube.CubeError(f"only {t} time steps along {layout.axes.time!r}, fewer than window={window}; "
@@ -393,17 +400,18 @@ class CtxDiffModel:
         coords = cube.coordinates(obj, layout)
         tile = training_tile(tile, coords["lat"].size, coords["lon"].size, or_option("device", device))
         degrees = layout.axes.lat in obj.coords and _is_degrees(obj[layout.axes.lat].attrs)
-        if periodic is None:
-            periodic = wraps_round(coords["lon"], degrees, period)
-            if verbose and periodic and period is not None and not wraps_round(coords["lon"], degrees):
-                log.info(f"the grid wraps round along {layout.axes.lon!r}: its {coords['lon'].size} cells span the "
-                         f"period of {period:g} that its coordinate declares")
+        if wraps is None:  # latitudes never wrap round; rows only where their coordinate declares a period
+            wraps = (wraps_round(coords["lat"], False, periods[0]), wraps_round(coords["lon"], degrees, periods[1]))
+            for axis, wrap, period, plain in zip(("lat", "lon"), wraps, periods, (False, degrees)):
+                if verbose and wrap and period is not None and not wraps_round(coords[axis], plain):
+                    log.info(f"the grid wraps round along {getattr(layout.axes, axis)!r}: its {coords[axis].size} "
+                             f"cells span the period of {period:g} that its coordinate declares")
         config = ModelConfig(
             channels=layout.channels, window=window, variables=layout.variables, channel_of=layout.channel_of,
             axes=asdict(layout.axes), grid=dict(lat=coords["lat"].astype(float).tolist(),
                                                 lon=coords["lon"].astype(float).tolist()),
             degrees=degrees, tile=None if tile is None else list(tile),
-            periodic=periodic,
+            periodic=wraps[1], periodic_rows=wraps[0],
             positions=positions, history=history, nearby=nearby,
         )
         # imported here: the baselines package imports this module
@@ -605,9 +613,12 @@ class CtxDiffModel:
     # -- display ---------------------------------------------------------------
     def _summary(self) -> list[tuple[str, str]]:
         train_info = self.info.get("train", {})
+        wraps = [axes for axes, wrap in (("rows", self.info.get("periodic_rows")), ("columns", self.info["periodic"]))
+                 if wrap]
         rows = [
             ("variables", ", ".join(self.channels)),
-            ("grid", f"{len(self.info['grid']['lat'])} x {len(self.info['grid']['lon'])}, window {self.window}"),
+            ("grid", f"{len(self.info['grid']['lat'])} x {len(self.info['grid']['lon'])}, window {self.window}"
+                     + (f", wrapping round its {' and '.join(wraps)}" if wraps else "")),
             ("mask", repr(self.spec)),
             ("network", f"{self.denoiser.config['preset']} U-Net, {self.n_parameters / 1e6:.2f} M parameters"
                         + (", first guess leaning on each cell's history outside the window"

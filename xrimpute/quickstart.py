@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = observed.ctxdiff.fit(mask="auto", steps=args.steps, max_time=args.max_time, periodic=True,
-                                     seed=args.seed)
+        # the square wraps round both ways, as its coordinates declare: the fit wraps the grid round them
+        model = observed.ctxdiff.fit(mask="auto", steps=args.steps, max_time=args.max_time, seed=args.seed)
     print(f"2. {model!r}")
     for caught_warning in caught:  # a classical filler beating the network is part of this report: said here
         if issubclass(caught_warning.category, SkillWarning):

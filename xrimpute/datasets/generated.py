@@ -8,7 +8,7 @@ sidecar ``<file>.sha256``; every load checks the hash, and a corrupted or trunca
 file is regenerated with a warning. Loads read the whole file into memory and close
 it, so a returned dataset never depends on the file staying in place. Each cube lies on a
 periodic square, and its ``x`` and ``y`` coordinates say so in a ``period`` attribute (the
-square's length), from which a fit wraps the grid round along ``x``.
+square's length), from which a fit wraps the grid round along both.
 """
 from __future__ import annotations
 

@@ -27,6 +27,12 @@ class Denoiser(nn.Module):
     from the context alone (:class:`~xrimpute.nets.prior.FirstGuess`): the
     guess and its certainty are extra input channels, and the U-Net, whose
     last layer starts at zero, predicts the correction to the guess.
+    ``periodic`` wraps the columns round, and ``row_period`` (rows, 0: none)
+    the rows of a window that has that many, the whole grid of a doubly
+    periodic domain, in the guess, and with ``network_wraps_rows`` in the
+    U-Net too: a U-Net trained on tiles of fewer rows has learned rows that
+    end at their edges, and wrapping them only at imputation filled the
+    advected pixels worse (``benchmarks/RESULTS.md``).
     ``guess``: the :class:`~xrimpute.nets.prior.FirstGuess` options (default
     its defaults), e.g. one of :data:`~xrimpute.nets.prior.CANDIDATES`.
     With ``history`` the guess leans on each cell's observations outside the
@@ -50,7 +56,8 @@ class Denoiser(nn.Module):
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
-                 preset: str = "tiny", periodic: bool = False, first_guess: bool = False,
+                 preset: str = "tiny", periodic: bool = False, row_period: int = 0, network_wraps_rows: bool = False,
+                 first_guess: bool = False,
                  guess: dict | None = None, history: bool = False, nearby: int = 0, flow: bool = False,
                  curve: bool = False, modes: torch.Tensor | None = None,
                  covariance: torch.Tensor | None = None, **overrides):
@@ -66,7 +73,11 @@ class Denoiser(nn.Module):
             raise ArgumentError("flow= says where the nearby steps come from; pass nearby= (a span of steps) too")
         self.config = dict(n_channels=n_channels, window=window, preset=preset, periodic=periodic,
                            first_guess=first_guess, **overrides)
-        if guess is not None:  # saved only when chosen, so older model files rebuild as they were
+        if row_period:  # saved only when the rows wrap, so older model files rebuild as they were
+            self.config["row_period"] = int(row_period)
+        if network_wraps_rows:
+            self.config["network_wraps_rows"] = True
+        if guess is not None:  # likewise
             guess = dict(guess, levels=[list(map(float, level)) for level in guess.get("levels", DEFAULT_LEVELS)])
             self.config["guess"] = guess
         if history:  # likewise
@@ -85,10 +96,17 @@ class Denoiser(nn.Module):
         static = torch.zeros(0, 1, 1) if static is None else torch.as_tensor(static, dtype=torch.float32)
         self.register_buffer("static", static)
         cw = n_channels * window
-        self.first_guess = FirstGuess(**(guess or {}), periodic=periodic, covariance=covariance) \
-            if first_guess else None
+        self.first_guess = FirstGuess(**(guess or {}), periodic=periodic, row_period=row_period,
+                                      covariance=covariance) if first_guess else None
         inputs = (4 if first_guess else 2) * cw + (cw if flow else 0) + static.shape[0]
-        self.unet = UNet(inputs, cw, periodic=periodic, zero_head=first_guess, **{**PRESETS[preset], **overrides})
+        self.unet = UNet(inputs, cw, periodic=periodic, row_period=row_period if network_wraps_rows else 0,
+                         zero_head=first_guess,
+                         **{**PRESETS[preset], **overrides})
+
+    @property
+    def row_period(self) -> int:
+        """The rows of a grid whose rows wrap round (0: they do not): a window of that many wraps them."""
+        return self.config.get("row_period", 0)
 
     @property
     def uses_history(self) -> bool:
@@ -115,7 +133,7 @@ class Denoiser(nn.Module):
         if self.nearby_span and nearby is None:
             raise ArgumentError("this network's first guess leans on each cell's observations near the window; pass "
                                 "nearby= (windows.nearby_observations)")
-        baseline = history_baseline(history, self.config["periodic"]) if self.uses_history else None
+        baseline = history_baseline(history, self.config["periodic"], self.row_period) if self.uses_history else None
         if self.nearby_span and (nearby.dim() == 5) != self.flows:
             where = "along the flow" if self.flows else "in place"
             raise ArgumentError(f"this network's first guess leans on the nearby steps {where}; pass "

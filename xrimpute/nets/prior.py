@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ArgumentTypeError
 
 
 Levels = tuple[tuple[float, float], ...]
@@ -88,6 +88,9 @@ CANDIDATES: dict[str, dict] = {
        for across in (0.5, 1.0, 2.0)},
     # the best linear estimate under the series' own space-time covariance (only with that covariance given)
     "optimal interpolation": dict(levels=DEFAULT_LEVELS, covariance_steps=COVARIANCE_STEPS),
+    # the same under the tapered estimate of that covariance (field_covariance), which offsets few pairs share
+    # weigh less
+    "optimal interpolation, tapered": dict(levels=DEFAULT_LEVELS, covariance_steps=COVARIANCE_STEPS, tapered=True),
 }
 """The first guesses a fit chooses among (:func:`choose_guess`, in this order on a tie): :class:`FirstGuess` options."""
 SPLINE_RIDGES = {torch.float64: 1e-9, torch.float32: 1e-6}
@@ -137,7 +140,10 @@ class FirstGuess(nn.Module):
     ``values`` are 0 outside the mask. ``levels``: ``(space, time)``
     Gaussian widths in cells and steps (0: that axis alone), blended from the
     widest reach to the narrowest; ``periodic`` wraps the last axis
-    (longitude) instead of treating beyond the edge as unobserved. Cells with
+    (longitude) instead of treating beyond the edge as unobserved, and
+    ``row_period`` (rows; 0: none) the rows of a window with that many (the
+    whole grid of a doubly periodic domain; a tile of fewer rows ends at its
+    edges). Cells with
     no context within reach of the widest level get a guess of 0 (the
     normalised mean). ``thin_plate``: in every frame with at least three
     context cells, the guess is instead the thin-plate spline through them
@@ -152,12 +158,14 @@ class FirstGuess(nn.Module):
     instead the best linear estimate under ``covariance`` (the series' own,
     :func:`field_covariance`), that many steps solving for it in training
     (:func:`covariance_guess`), at least :data:`SETTLED_COVARIANCE_STEPS`
-    outside it (``eval()``).
+    outside it (``eval()``); ``tapered`` says which estimate ``covariance``
+    is (:func:`field_covariance`), a fact of the model that changes no sum.
     """
 
     def __init__(self, levels: Levels = DEFAULT_LEVELS, threshold: float = 0.01, periodic: bool = False,
-                 thin_plate: bool = False, bending: int = 0, across: float = 0.0, kriging: bool = False,
-                 covariance_steps: int = 0, covariance: torch.Tensor | None = None):
+                 row_period: int = 0, thin_plate: bool = False, bending: int = 0, across: float = 0.0,
+                 kriging: bool = False, covariance_steps: int = 0, covariance: torch.Tensor | None = None,
+                 tapered: bool = False):
         super().__init__()
         if thin_plate and kriging:
             raise ArgumentError("a first guess draws one spline through the context: pass thin_plate=True or "
@@ -167,7 +175,9 @@ class FirstGuess(nn.Module):
                                 "covariance needs both (xrimpute.nets.prior.field_covariance gives the covariance)")
         self.levels = tuple(sorted((float(s), float(t)) for s, t in levels))[::-1]  # widest to narrowest
         self.threshold, self.periodic, self.thin_plate, self.bending = threshold, periodic, thin_plate, bending
+        self.row_period = row_period
         self.across, self.kriging, self.covariance_steps = across, kriging, covariance_steps
+        self.tapered = tapered
         if covariance is not None:
             self.register_buffer("covariance", torch.as_tensor(covariance, dtype=torch.float32))
         else:
@@ -180,17 +190,22 @@ class FirstGuess(nn.Module):
     def _smooth(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Separable smoothing of ``(N, T, H, W)`` at ``level`` along time, rows and columns, each a product with a
         band matrix (on the CPU ten times faster than convolutions with one channel); zero beyond the edges, but
-        round the globe along columns when ``periodic``. The matrices are made once per level and window shape."""
+        round the axes that wrap (:meth:`wraps`). The matrices are made once per level and window shape."""
         _, t, h, w = x.shape
         key = (level, t, h, w, x.device)
         if key not in self._bands:
             space, time = getattr(self, f"space{level}"), getattr(self, f"time{level}")
-            self._bands[key] = (smoothing_matrix(time, t), smoothing_matrix(space, h),
-                                smoothing_matrix(space, w, self.periodic))
+            rows, columns = self.wraps(h)
+            self._bands[key] = (smoothing_matrix(time, t), smoothing_matrix(space, h, rows),
+                                smoothing_matrix(space, w, columns))
         along_time, along_rows, along_columns = self._bands[key]
         x = torch.einsum("st,nthw->nshw", along_time, x)
         x = torch.einsum("gh,nshw->nsgw", along_rows, x)
         return torch.einsum("nsgw,vw->nsgv", x, along_columns)
+
+    def wraps(self, rows: int) -> tuple[bool, bool]:
+        """Whether the rows and the columns of a window of ``rows`` rows wrap round."""
+        return rows == self.row_period, self.periodic
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor,
                 baseline: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,10 +226,10 @@ class FirstGuess(nn.Module):
         if self.thin_plate or self.kriging:
             guess = spline(values, mask, guess, "exponential" if self.kriging else "thin plate")
         if self.bending:
-            guess = bend(values, mask, guess, self.bending, self.periodic, self.across)
+            guess = bend(values, mask, guess, self.bending, self.wraps(h), self.across)
         if self.covariance is not None:
             steps = self.covariance_steps if self.training else max(self.covariance_steps, SETTLED_COVARIANCE_STEPS)
-            guess = covariance_guess(values, mask, self.covariance, steps, self.periodic)
+            guess = covariance_guess(values, mask, self.covariance, steps, self.wraps(h))
         if baseline is not None:
             guess = guess + baseline
         return guess, certainty.reshape(b, c, t, h, w)
@@ -239,6 +254,20 @@ class FirstGuess(nn.Module):
                 guess = trust * estimate + (1 - trust) * guess
             certainty = den
         return guess, certainty
+
+
+Wrap = bool | tuple[bool, bool]
+"""Which axes of a grid wrap round: the columns (x / longitude) alone, or ``(rows, columns)``."""
+
+
+def wrapping(periodic: Wrap) -> tuple[bool, bool]:
+    """``(rows, columns)``: whether each axis wraps round, from a flag for the columns or a pair."""
+    pair = tuple(periodic) if isinstance(periodic, (tuple, list)) else (False, periodic)
+    if len(pair) != 2 or not all(isinstance(flag, (bool, np.bool_)) for flag in pair):
+        raise ArgumentTypeError(f"periodic must be True or False (the columns: x / longitude) or a pair (rows, "
+                                f"columns) of them, got {periodic!r}; pass e.g. periodic=(True, True) for a doubly "
+                                "periodic domain")
+    return bool(pair[0]), bool(pair[1])
 
 
 def smoothing_matrix(kernel: torch.Tensor, size: int, periodic: bool = False) -> torch.Tensor:
@@ -399,14 +428,15 @@ def _margin(start: int, stop: int, size: int, device: torch.device) -> tuple[int
 
 
 def bend(values: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, steps: int,
-         periodic: bool = False, across: float = 0.0) -> torch.Tensor:
+         periodic: Wrap = False, across: float = 0.0) -> torch.Tensor:
     """``start`` bent towards the smoothest surface through the mask's cells, frame by frame on ``(..., H, W)``,
     or with ``across`` over each window ``(..., T, H, W)`` at once.
 
     ``steps`` conjugate-gradient steps, from ``start`` with the mask's cells set
     to ``values``, on the grid's thin-plate bending energy (the sum of
-    ``u_xx^2 + 2 u_xy^2 + u_yy^2`` over the cells, by finite differences; rows
-    end at the edges, columns wrap round when ``periodic``), the mask's cells
+    ``u_xx^2 + 2 u_xy^2 + u_yy^2`` over the cells, by finite differences; the
+    axes end at the edges but those that wrap round, :func:`wrapping` of
+    ``periodic``), the mask's cells
     held. Converged, this is the thin-plate spline's counterpart on the grid,
     whatever the number of mask cells: each step costs a few passes over the
     frame, not a dense solve. Stopped early from a smooth ``start`` it stays
@@ -486,8 +516,8 @@ class _BendingGradient:
     the end cells' small operations had been a quarter to a third of the solve's time on the ERA5 windows
     (``benchmarks/RESULTS.md``). The result is overwritten by the next call."""
 
-    def __init__(self, like: torch.Tensor, weights: dict[int, float], periodic: bool):
-        self.weights, self.periodic = weights, periodic
+    def __init__(self, like: torch.Tensor, weights: dict[int, float], periodic: Wrap):
+        self.weights, self.wrapped = weights, dict(zip((-2, -1), wrapping(periodic)))
         # M's diagonal: a cell's neighbours along each axis (one at an end that does not wrap), weighed
         self.centre = torch.zeros(like.shape[1:], dtype=like.dtype, device=like.device)
         for dim, w in weights.items():
@@ -500,7 +530,7 @@ class _BendingGradient:
         self._field = None  # the field last called on, and its Laplacian's steps and edge terms
 
     def _wraps(self, dim: int) -> bool:
-        return self.periodic and dim == -1
+        return self.wrapped.get(dim, False)
 
     def _laplacian_steps(self, x: torch.Tensor, out: torch.Tensor) -> list:
         """``(into, subtracted, weight)`` of each neighbour term of ``M x`` once ``out`` holds its centre term."""
@@ -588,18 +618,20 @@ HISTORY_SHRINK = 16.0
 """Observations a cell needs before its own mean outweighs its neighbours' in a history baseline."""
 
 
-def history_baseline(history: torch.Tensor, periodic: bool = False) -> torch.Tensor:
+def history_baseline(history: torch.Tensor, periodic: bool = False, row_period: int = 0) -> torch.Tensor:
     """``(B, C, H, W)``: each cell's mean over the observations of its series outside the window, from ``history``
     ``(B, 2C, H, W)`` = their sums and counts (normalised units; :func:`xrimpute.windows.outside_window`).
 
     A cell with few observations of its own leans on its neighbours': its raw mean, filled over space by
     normalised convolution at :data:`HISTORY_LEVELS` where it has none, is shrunk towards that fill by
     :data:`HISTORY_SHRINK` observations. A series without observations outside the window gives 0 (the mean).
+    ``periodic``, ``row_period``: the axes that wrap round, as :class:`FirstGuess` has them.
     """
     sums, counts = history.to(torch.float32).chunk(2, dim=1)
     seen = counts > 0
     raw = torch.where(seen, sums / counts.clamp(min=1), torch.zeros_like(sums))
-    filled, _ = FirstGuess(HISTORY_LEVELS, periodic=periodic).to(history.device)(raw[:, :, None], seen[:, :, None])
+    guess = FirstGuess(HISTORY_LEVELS, periodic=periodic, row_period=row_period).to(history.device)
+    filled, _ = guess(raw[:, :, None], seen[:, :, None])
     return (sums + HISTORY_SHRINK * filled[:, :, 0]) / (counts + HISTORY_SHRINK)
 
 
@@ -785,21 +817,40 @@ def spatial_modes(values: torch.Tensor, observed: torch.Tensor, count: int = MOD
 
 
 def field_covariance(values: torch.Tensor, observed: torch.Tensor, lags: int = COVARIANCE_LAGS,
-                     radius: int = COVARIANCE_RADIUS, periodic: bool = False) -> torch.Tensor:
+                     radius: int = COVARIANCE_RADIUS, periodic: Wrap = False, tapered: bool = False) -> torch.Tensor:
     """``(C, 2 lags + 1, 2 Ry + 1, 2 Rx + 1)``: the mean product of the values of every two observed cells at each
     offset in steps and cells (``Ry``, ``Rx``: ``radius``, at most the grid's size less one), from ``values``
     ``(N, C, T, H, W)`` (normalised, any value where not ``observed``): the series' own space-time covariance, as a
     stationary field has it, which :func:`covariance_guess` interpolates with. Offsets that no two observed cells
-    share get 0. ``periodic``: the columns wrap round, and so do the pairs (an offset of ``d`` columns is one of
-    ``d - W``), as :func:`covariance_guess` wrapping round reads them: estimated without the pairs across the
+    share get 0. ``tapered``: the products' sum at each offset over the count of pairs at no offset in space (at
+    that lag) instead, so that an offset few pairs share weighs less, as the classical biased estimate of an
+    autocovariance, which is positive semi-definite where the mean is not: where the observations come in static
+    blocks, the offsets between blocks rest on few pairs (``benchmarks/RESULTS.md``). ``periodic``
+    (:func:`wrapping`): the axes that wrap round, and so do the pairs along them (an offset of ``d`` columns is one
+    of ``d - W``), as :func:`covariance_guess` wrapping round reads them: estimated without the pairs across the
     seam, the offsets past half the circle were cut there, and on the generated cubes' static blocks the guess
     filled 5-20 % worse wrapping than not (``benchmarks/RESULTS.md``). Sums the products run of steps by run of
     steps, a spectrum per frame (a run of a 721 x 1440 grid holds about 360 MB of spectra per variable); on a series
     of more than :data:`MOST_COVARIANCE_CELLS` frames times cells, over runs spread through it; ``values`` and
     ``observed`` may be tensors, or dask arrays of an archive (each run read once)."""
+    return _covariance_estimates(values, observed, lags, radius, periodic)[tapered]
+
+
+def field_covariances(values: torch.Tensor, observed: torch.Tensor, periodic: Wrap = False,
+                      candidates: dict[str, dict] = CANDIDATES) -> dict[str, torch.Tensor]:
+    """The covariance (:func:`field_covariance`) each of the ``candidates`` that solves under one takes, by name,
+    every estimate from one pass over the series."""
+    estimates = _covariance_estimates(values, observed, COVARIANCE_LAGS, COVARIANCE_RADIUS, periodic)
+    return {name: estimates[bool(options.get("tapered"))] for name, options in candidates.items()
+            if options.get("covariance_steps")}
+
+
+def _covariance_estimates(values, observed, lags: int, radius: int, periodic: Wrap) -> tuple[torch.Tensor, ...]:
+    """:func:`field_covariance`'s mean and tapered estimates, in that order."""
     n, c, t, h, w = values.shape
     lags, ry, rx = min(lags, t - 1), min(radius, h - 1), min(radius, w - 1)
-    size = (h + ry, w if periodic else w + rx)  # zeros beyond the edges: no product wraps round, but periodic columns
+    wraps = wrapping(periodic)
+    size = (h if wraps[0] else h + ry, w if wraps[1] else w + rx)  # zeros beyond the edges but round those that wrap
     run = min(t, max(4 * (lags + 1), 16))
     starts = [(i, s) for i in range(n) for s in range(0, t - lags, run)]
     keep = max(1, math.ceil(len(starts) * run * h * w / MOST_COVARIANCE_CELLS))
@@ -813,24 +864,29 @@ def field_covariance(values: torch.Tensor, observed: torch.Tensor, lags: int = C
             first = min(run, stop - s - lag)  # every pair of steps that far apart, each run's once
             products = spectra[:, :, :first].conj() * spectra[:, :, lag : lag + first]
             sums[:, :, lag] += torch.fft.irfft2(products.sum(2), s=size)
-    counts = sums[1].round()
-    covariance = torch.where(counts > 0, sums[0] / counts.clamp(min=1), 0.0)  # (C, lags + 1, H + ry, W + rx)
+    counts = sums[1].round()  # (C, lags + 1, H + ry, W + rx), offset 0 at [0, 0]
+    mean = torch.where(counts > 0, sums[0] / counts.clamp(min=1), 0.0)
+    tapered = sums[0] / counts[..., :1, :1].clamp(min=1)
     rows = torch.arange(-ry, ry + 1) % size[0]
     cols = torch.arange(-rx, rx + 1) % size[1]
-    ahead = covariance[:, :, rows][:, :, :, cols]  # offsets -r..r at steps 0..lags
-    behind = ahead.flip(1, 2, 3)[:, :-1]  # a stationary covariance: (-dt, -d) as (dt, d)
-    return torch.cat([behind, ahead], dim=1).float()
+
+    def offsets(covariance):
+        ahead = covariance[:, :, rows][:, :, :, cols]  # offsets -r..r at steps 0..lags
+        behind = ahead.flip(1, 2, 3)[:, :-1]  # a stationary covariance: (-dt, -d) as (dt, d)
+        return torch.cat([behind, ahead], dim=1).float()
+
+    return offsets(mean), offsets(tapered)
 
 
 def covariance_guess(values: torch.Tensor, mask: torch.Tensor, covariance: torch.Tensor, steps: int,
-                     periodic: bool = False, nugget: float = COVARIANCE_NUGGET) -> torch.Tensor:
+                     periodic: Wrap = False, nugget: float = COVARIANCE_NUGGET) -> torch.Tensor:
     """The mask's cells' best linear estimate of every cell of ``(B, C, T, H, W)`` windows under ``covariance``
     (:func:`field_covariance`, per channel): simple kriging in space and time with the series' own covariance
     (optimal interpolation), ``steps`` conjugate-gradient steps on the context cells' system, each one FFT
     convolution each way. Offsets beyond the window's size are dropped and those along time tapered to 0 past the
-    covariance's lags; ``periodic``: the columns wrap round, each offset round the circle taken once (estimate the
-    covariance wrapping too). The convolution's spectrum is kept non-negative, so the system stays positive
-    definite. Where the gaps stay put and never see their own cells observed (static blocks), the field's
+    covariance's lags; ``periodic`` (:func:`wrapping`): the axes that wrap round, each offset round the circle taken
+    once (estimate the covariance wrapping too). The convolution's spectrum is kept non-negative, so the system stays
+    positive definite. Where the gaps stay put and never see their own cells observed (static blocks), the field's
     covariance carries what the context says into them far better than the smoothest surface does
     (``benchmarks/RESULTS.md``). The mask's cells keep their values; a window without context gets 0 (the mean)."""
     b, c, t, h, w = values.shape
@@ -838,13 +894,14 @@ def covariance_guess(values: torch.Tensor, mask: torch.Tensor, covariance: torch
     middle_y, middle_x = (covariance.shape[2] - 1) // 2, (covariance.shape[3] - 1) // 2
     ry, rx = min(middle_y, h - 1), min(middle_x, w - 1)
     reach = min(lags, t - 1)
-    # offsets from -before to after: round a circle of w columns, each once (-31 to 32 of 64)
-    before = (reach, ry, min(rx, (w - 1) // 2) if periodic else rx)
-    after = (reach, ry, min(rx, w // 2) if periodic else rx)
-    size = (_fast_size(t + reach), _fast_size(h + ry), w if periodic else _fast_size(w + rx))
+    # offsets from -before to after: round a circle of w columns (or h rows), each once (-31 to 32 of 64)
+    wraps = wrapping(periodic)
+    before = (reach, *(min(r, (n - 1) // 2) if wrap else r for r, n, wrap in zip((ry, rx), (h, w), wraps)))
+    after = (reach, *(min(r, n // 2) if wrap else r for r, n, wrap in zip((ry, rx), (h, w), wraps)))
+    size = (_fast_size(t + reach), *(n if wrap else _fast_size(n + r) for r, n, wrap in zip((ry, rx), (h, w), wraps)))
     with torch.autocast(values.device.type, enabled=False):
         taper = 1 - torch.arange(-reach, reach + 1, device=values.device).abs() / (lags + 1)
-        table = covariance[:, lags - reach : lags + reach + 1, middle_y - ry : middle_y + ry + 1,
+        table = covariance[:, lags - reach : lags + reach + 1, middle_y - before[1] : middle_y + after[1] + 1,
                            middle_x - before[2] : middle_x + after[2] + 1] * taper[:, None, None]
         kernel = torch.zeros(c, *size, device=values.device)
         index = [torch.arange(-b, a + 1, device=values.device) % n for b, a, n in zip(before, after, size)]
@@ -960,10 +1017,10 @@ def blend_runs(guess: torch.Tensor, runs: tuple[torch.Tensor, torch.Tensor] | No
 
 @torch.no_grad()
 def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
-                 candidates: dict[str, dict] = CANDIDATES, periodic: bool = False,
+                 candidates: dict[str, dict] = CANDIDATES, periodic: bool = False, row_period: int = 0,
                  history: torch.Tensor | None = None, nearby: torch.Tensor | None = None,
                  span: int = NEARBY_SPAN, curve: bool = False, modes: torch.Tensor | None = None,
-                 covariance: torch.Tensor | None = None,
+                 covariances: dict[str, torch.Tensor] | None = None,
                  runs: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[str, dict[str, float]]:
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
@@ -979,17 +1036,18 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     :func:`candidate_label`), in place with the curved baseline where ``curve``. ``modes`` (:func:`spatial_modes`,
     without ``history``): every candidate is also scored on the departures from :func:`modes_baseline` (labelled
     with :data:`MODES_LABEL`), chosen only where one beats the best without them by :data:`BASELINE_MARGIN`.
-    ``covariance`` (:func:`field_covariance` of the series): the guess under it is scored too, on the values alone
-    (no history, nearby steps or modes: the covariance is theirs), and chosen only where it beats the best of the
+    ``covariances`` (:func:`field_covariances` of the series): the guesses under them are scored too, on the values
+    alone (no history, nearby steps or modes: the covariance is theirs), and chosen only where one beats the best of the
     others by :data:`BASELINE_MARGIN`, since each of its steps costs several of the bending's. ``runs``: ``values``,
     ``mask`` and the inputs are windows at stride 1 round the scored ones, ``(scored window, start less its start)``
-    each, and a guess scores as imputation blends it (:func:`blend_runs`) on the scored windows' ``held``."""
+    each, and a guess scores as imputation blends it (:func:`blend_runs`) on the scored windows' ``held``.
+    ``periodic``, ``row_period``: the axes that wrap round, as :class:`FirstGuess` has them."""
     finalists = None
     if runs is not None:  # every candidate on the scored windows alone, the best few again as imputation blends them
         alone = runs[1] == 0
         cut = (lambda t: None if t is None else t[alone])
-        _, first = choose_guess(values[alone], mask[alone], held, candidates, periodic, cut(history), cut(nearby),
-                                span, curve, modes, covariance)
+        _, first = choose_guess(values[alone], mask[alone], held, candidates, periodic, row_period, cut(history),
+                                cut(nearby), span, curve, modes, covariances)
         ranked = sorted(first, key=first.get)
         finalists = set(ranked[:FINALISTS])
         finalists.add(next(label for label in ranked if not costly(label, candidates)))
@@ -998,7 +1056,7 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     scored = values if runs is None else values[alone]
     errors, reference = {}, float((scored**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
-    baseline = None if history is None else history_baseline(history, periodic)
+    baseline = None if history is None else history_baseline(history, periodic, row_period)
     leaning = FLOW_LABEL if nearby is not None and nearby.dim() == 5 else NEARBY_LABEL
     leaning_on_modes = None if modes is None or history is not None else modes_baseline(values * mask, mask, modes)
     labels = ("",) + (() if nearby is None else (leaning,)) + (() if leaning_on_modes is None else (MODES_LABEL,))
@@ -1011,10 +1069,10 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                 continue
             if (solved and dense) or (frame_by_frame and not dense) or (
                     options.get("bending") and history is not None) or (
-                    under_covariance and (covariance is None or label or history is not None)):
+                    under_covariance and (name not in (covariances or {}) or label or history is not None)):
                 continue
-            first_guess = FirstGuess(**options, periodic=periodic,
-                                     covariance=covariance if under_covariance else None)
+            first_guess = FirstGuess(**options, periodic=periodic, row_period=row_period,
+                                     covariance=covariances[name] if under_covariance else None)
             if label == MODES_LABEL:
                 guess, _ = first_guess(values * mask, mask, leaning_on_modes)
             elif label:

@@ -32,16 +32,21 @@ def _groups(channels: int) -> int:
 
 
 class Conv3x3(nn.Module):
-    """3x3 convolution; ``periodic`` wraps the last (x / longitude) axis instead of zero padding."""
+    """3x3 convolution; ``periodic`` wraps the last (x / longitude) axis instead of zero padding, and a call with
+    ``wrap_rows`` the rows too."""
 
     def __init__(self, cin: int, cout: int, periodic: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=(1, 0) if periodic else 1)
         self.periodic = periodic
 
-    def forward(self, x):
-        if self.periodic:  # wrap round; a concatenation keeps a channels-last input so (a circular F.pad does not)
+    def forward(self, x, wrap_rows: bool = False):
+        # wrap round; a concatenation keeps a channels-last input so (a circular F.pad does not)
+        if self.periodic:
             x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+        if wrap_rows:
+            x = torch.cat([x[..., -1:, :], x, x[..., :1, :]], dim=-2)
+            return F.conv2d(x, self.conv.weight, self.conv.bias, padding=(0, 0 if self.periodic else 1))
         return self.conv(x)
 
 
@@ -73,11 +78,11 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.conv.bias)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x, emb):
-        h = self.conv1(F.silu(self.norm1(x)))
+    def forward(self, x, emb, wrap_rows: bool = False):
+        h = self.conv1(F.silu(self.norm1(x)), wrap_rows)
         scale, shift = self.modulation(emb)[:, :, None, None].chunk(2, dim=1)
         h = F.silu(self.norm2(h) * (1 + scale) + shift)
-        return self.skip(x) + self.conv2(self.dropout(h))
+        return self.skip(x) + self.conv2(self.dropout(h), wrap_rows)
 
 
 class Attention(nn.Module):
@@ -118,7 +123,8 @@ class UNet(nn.Module):
     ``H`` and ``W`` must be multiples of :attr:`multiple`: ``2 ** (len(mults) - 1)`` times ``stem_stride``,
     or, with ``exact_grid``, any size: each halving rounds up and each doubling returns to the size it halved,
     so no cell is spent on padding (a 33 x 49 grid padded to 40 x 56 cost 1.4 times the work). On multiples
-    both give the same numbers.
+    both give the same numbers. ``periodic`` wraps the columns round; ``row_period`` (rows, 0: none) wraps the rows
+    round wherever the input has that many, the whole grid of a doubly periodic domain.
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class UNet(nn.Module):
         attention: tuple[int, ...] = (),
         dropout: float = 0.0,
         periodic: bool = False,
+        row_period: int = 0,
         stem_stride: int = 1,
         zero_head: bool = False,
         exact_grid: bool = False,
@@ -167,6 +174,7 @@ class UNet(nn.Module):
         if zero_head:  # the output starts at zero: a network predicting a correction starts from what it corrects
             nn.init.zeros_(self.head[-1].conv.weight)
             nn.init.zeros_(self.head[-1].conv.bias)
+        self.row_period = row_period
         self.multiple = 1 if exact_grid else 2 ** (len(mults) - 1) * stem_stride
 
     @staticmethod
@@ -177,9 +185,9 @@ class UNet(nn.Module):
         return nn.ModuleList(layers)
 
     @staticmethod
-    def _run(stage, x, emb):
+    def _run(stage, x, emb, wrap_rows):
         for layer in stage:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            x = layer(x, emb, wrap_rows) if isinstance(layer, ResBlock) else layer(x)
         return x
 
     def forward(self, x, t):
@@ -187,19 +195,23 @@ class UNet(nn.Module):
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         emb = self.embed(t)
-        x = full = self.stem(x)
+        # the rows wrap round where the input spans the grid's (a tile of fewer rows ends at its edges); the
+        # coarser levels span them too
+        wrap_rows = x.shape[-2] == self.row_period
+        x = full = self.stem(x, wrap_rows)
         if self.stem_stride > 1:
             x = F.avg_pool2d(x, self.stem_stride, ceil_mode=True)
         skips = [x]
         for stage in self.down:
-            x = stage(x) if isinstance(stage, nn.AvgPool2d) else self._run(stage, x, emb)
+            x = stage(x) if isinstance(stage, nn.AvgPool2d) else self._run(stage, x, emb, wrap_rows)
             skips.append(x)
-        x = self._run(self.middle, x, emb)
+        x = self._run(self.middle, x, emb, wrap_rows)
         for stage in self.up:
             if isinstance(stage, Double):
                 x = stage(x, skips[-1])
             else:
-                x = self._run(stage, torch.cat([x, skips.pop()], dim=1), emb)
+                x = self._run(stage, torch.cat([x, skips.pop()], dim=1), emb, wrap_rows)
         if self.stem_stride > 1:
             x = torch.cat([upsample_to(x, full), full], dim=1)
-        return self.head(x)
+        norm, act, conv = self.head
+        return conv(act(norm(x)), wrap_rows)
