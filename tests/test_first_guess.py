@@ -564,8 +564,8 @@ def test_periodic_bending_reads_across_the_seam():
     assert errors[True] < 0.1 * errors[False], errors
 
 
-def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
-    from xrimpute.engine import CPU_TILE, TILE, Engine, ImputeConfig, training_tile
+def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_or_a_torus_whole():
+    from xrimpute.engine import BATCH, CPU_TILE, TILE, Engine, ImputeConfig, training_batch, training_tile
 
     gpu = "cuda"  # the rule of the device named, whether or not this machine has one
     assert training_tile("auto", 64, 128, gpu) is None and training_tile("auto", 2 * TILE[0], TILE[1], gpu) is None
@@ -575,6 +575,13 @@ def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
     assert training_tile("auto", 33, 49) is None and training_tile("auto", 64, 64) == (32, 64)
     assert training_tile("auto", 18, 432) == (18, 113) and training_tile("auto", 721, 1440) == (32, 64)
     assert training_tile((16, 16), 721, 1440) == (16, 16) and training_tile(None, 64, 64) is None
+    # a doubly periodic grid whole, so the network learns both seams, at half the windows a step
+    both = (True, True)
+    assert training_tile("auto", 64, 64, wraps=both) is None and training_tile("auto", 64, 64, wraps=(False, True))
+    assert training_tile("auto", 64, 96, wraps=both) == (32, 64) and training_tile("auto", 64, 64, gpu, both) is None
+    assert training_batch(None, None, 64, 64) == BATCH // 2 and training_batch(None, (32, 64), 64, 64) == BATCH
+    assert training_batch(None, None, 33, 49) == BATCH and training_batch(None, None, 64, 64, gpu) == BATCH
+    assert training_batch(None, None, 721, 1440) == 1 and training_batch(5, None, 64, 64) == 5
     rows, cells = CPU_TILE
     values = np.random.default_rng(0).normal(size=(1, 1, 5, 70, 90)).astype(np.float32)
     values[:, :, :, ::2] = np.nan
@@ -586,6 +593,20 @@ def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_whole():
     assert tiled.tiling().size == (70, 90) and tiled.tiling(overlap=4).size == (70, 90)
     filled, _ = tiled.fill(values, ImputeConfig(K=1, progress=False))
     assert np.isfinite(filled).all() and np.array_equal(filled[:, :, :, 1::2], values[:, :, :, 1::2])
+    square = values[..., :64, :64]
+    torus = Engine.fit_array(square, mask="pixel", steps=1, periodic=(True, True), progress=False, verbose=False,
+                             device="cpu")
+    assert torus.config.tile is None and torus.config.train["batch_size"] == BATCH // 2
+    assert torus.denoiser.config["network_wraps_rows"] and torus.denoiser.config["periodic"]
+    named = Engine.fit_array(square, mask="pixel", steps=1, batch_size=3, periodic=(True, True), progress=False,
+                             verbose=False, device="cpu")
+    assert named.config.train["batch_size"] == 3
+    # a model trained on tiles goes on training on them: its network never learned to wrap the rows
+    tiled = Engine.fit_array(square, mask="pixel", steps=1, tile=(32, 64), periodic=(True, True), progress=False,
+                             verbose=False, device="cpu")
+    further = Engine.fit_array(square, mask="pixel", steps=1, periodic=(True, True), init=tiled, progress=False,
+                               verbose=False, device="cpu")
+    assert further.config.tile == [32, 64] and further.config.train["batch_size"] == BATCH
 
 
 def test_the_guesses_score_as_imputation_blends_the_overlapping_windows():

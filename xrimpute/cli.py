@@ -363,7 +363,9 @@ def _fit_parser(sub) -> None:
     p.add_argument("--preset", default="auto", choices=PRESETS,
                    help="network size (default: auto, base on a GPU; narrow on the CPU, or lite where the "
                         "gaps lie far in time from observations of their own cell)")
-    p.add_argument("--batch-size", type=POSITIVE, default=16, help="windows per training step (default: 16)")
+    p.add_argument("--batch-size", type=POSITIVE, default=None,
+                   help="windows per training step (default: 16, or as many whole windows as hold 16 tiles' cells "
+                        "where the CPU trains a doubly periodic grid whole)")
     p.add_argument("--variables", type=_names, default=None, metavar="A,B",
                    help="comma-separated variables to model (default: all with time/lat/lon dims)")
     p.add_argument("--tile", type=_size, default=None, metavar="ROWSxCOLS",

@@ -91,27 +91,47 @@ TILE = (128, 128)
 """The training tile of a grid with more than twice its cells, unless a fit names one (``tile="auto"``)."""
 CPU_TILE = (32, 2048)
 """On the CPU: rows and cells of the training tile of a grid with more cells (``tile="auto"``)."""
+BATCH = 16
+"""Windows a training step holds unless a fit names how many (``batch_size=None``; :func:`training_batch`)."""
 
 
-def training_tile(tile, rows: int, cols: int, device: str | torch.device = "cpu") -> tuple[int, int] | None:
+def training_tile(tile, rows: int, cols: int, device: str | torch.device = "cpu",
+                  wraps: tuple[bool, bool] = (False, False)) -> tuple[int, int] | None:
     """The tile a fit on ``device`` trains on: ``tile`` itself, or for ``"auto"``:
 
     * on the CPU, tiles of at most :data:`CPU_TILE`'s rows and cells on a ``rows`` x ``cols`` grid of more cells:
       at a budget of minutes a step on a tile of a few thousand cells is several times cheaper, and the many more
-      steps fill better (``benchmarks/RESULTS.md``);
+      steps fill better (``benchmarks/RESULTS.md``); but the whole of a grid that ``wraps`` round both axes (a
+      doubly periodic domain) of up to twice those cells, with half the windows a step (:func:`training_batch`):
+      a tile of fewer rows ends where the field runs on across the seam, and a network trained on such tiles can
+      neither wrap its rows at imputation nor learn them; trained whole, it filled the advected pixels four times
+      better (``benchmarks/RESULTS.md``);
     * on a GPU, none on a grid of up to twice :data:`TILE`'s cells and :data:`TILE` beyond, so a step's cost stays
       that of a few hundred thousand cells on a global grid.
     """
     if not (isinstance(tile, str) and tile == "auto"):
         return tile
     if resolve_device(device).type == "cpu":
-        if rows * cols <= CPU_TILE[1]:
+        if rows * cols <= CPU_TILE[1] * (2 if all(wraps) else 1):
             return None
         side = min(rows, CPU_TILE[0])
         return side, min(cols, CPU_TILE[1] // side)
     if rows * cols <= 2 * TILE[0] * TILE[1]:
         return None
     return min(rows, TILE[0]), min(cols, TILE[1])
+
+
+def training_batch(batch_size: int | None, tile: tuple[int, int] | None, rows: int, cols: int,
+                   device: str | torch.device = "cpu") -> int:
+    """Windows per training step: ``batch_size`` itself, or for None :data:`BATCH`, but where the CPU trains a
+    ``rows`` x ``cols`` grid of more cells than :data:`CPU_TILE` holds whole (``tile`` None: by default a doubly
+    periodic one, :func:`training_tile`), as many whole grids as hold :data:`BATCH` tiles' cells, at least one: a
+    step then costs about what a tile's does, and a budget of minutes keeps its many steps."""
+    if batch_size is not None:
+        return batch_size
+    if tile is None and resolve_device(device).type == "cpu" and rows * cols > CPU_TILE[1]:
+        return max(1, BATCH * CPU_TILE[1] // (rows * cols))
+    return BATCH
 
 
 def imputation_tiling(grid: tuple[int, int], tile, net_wraps: bool, wraps: bool, overlap: int | None = None) -> Tiling:
@@ -703,7 +723,11 @@ class Engine:
         """
         values = np.asarray(values, dtype=np.float32)
         rows, columns = wrapping(periodic)
-        tile = training_tile(tile, *values.shape[-2:], or_option("device", device))
+        if init is not None and isinstance(tile, str) and tile == "auto":  # training goes on as the init's did
+            tile = None if init.config.tile is None else tuple(init.config.tile)
+        tile = training_tile(tile, *values.shape[-2:], or_option("device", device), (rows, columns))
+        train_options["batch_size"] = training_batch(train_options.get("batch_size"), tile, *values.shape[-2:],
+                                                     or_option("device", device))
         config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=columns, periodic_rows=rows,
                          history=history, nearby=nearby)
         return cls.fit(values, config, mask, train_config=train_config(**train_options), preset=preset,
@@ -1380,8 +1404,8 @@ class ImputedHeldBack(HeldBack):
         return mean[0]
 
 
-__all__ = ["CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE", "REACH_MARGIN", "TILE", "WINDOWS",
-           "choose_window", "imputation_tiling", "needs_history", "offers_cycle", "offers_flow", "offers_nearby",
-           "training_tile", "Engine",
+__all__ = ["BATCH", "CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE", "REACH_MARGIN", "TILE",
+           "WINDOWS", "choose_window", "imputation_tiling", "needs_history", "offers_cycle", "offers_flow",
+           "offers_nearby", "training_batch", "training_tile", "Engine",
            "HeldBack", "ImputeConfig", "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields",
            "wraps_round", "train_config"]

@@ -18,8 +18,8 @@ import numpy as np
 import xarray as xr
 
 from . import cube, masks
-from .engine import (Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options,
-                     position_fields, train_config, training_tile, wraps_round)
+from .engine import (BATCH, Engine, ImputeConfig, ModelConfig, ModelMismatch, check_fit_options,
+                     position_fields, train_config, training_batch, training_tile, wraps_round)
 from .errors import ArgumentError
 from .lazy import filled_cube, flag_cube, impute_lazy, with_flags
 from .nets.prior import wrapping
@@ -180,7 +180,7 @@ class CtxDiffModel:
         window: int | None = None,
         preset: str = "auto",
         steps: int | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         lr: float = 2e-3,
         max_time: float | None = None,
         val_fraction: float = 0.05,
@@ -244,8 +244,11 @@ class CtxDiffModel:
             outside the permanent mask (complete station series, say), which
             imputation fills with the first guess alone: training could not change
             that fill (:func:`xrimpute.masks.gaps_only_where_never_observed`).
-        batch_size : int, default 16
-            Windows per training step.
+        batch_size : int, optional
+            Windows per training step. Default 16; on the CPU, a grid trained
+            whole that has more cells than a tile (a doubly periodic one, see
+            ``tile``) takes as many whole windows as hold 16 tiles' cells (8 of
+            a 64 x 64 grid), so that a step costs what a tile's does.
         lr : float, default 2e-3
             Peak learning rate of the optimiser.
         max_time : float, optional
@@ -286,9 +289,12 @@ class CtxDiffModel:
             (a grid of at most twice 128 x 128 cells is imputed whole).
             ``"auto"`` (:func:`xrimpute.engine.training_tile`): on the CPU,
             tiles of at most 32 rows and 2048 cells on a grid of more cells,
-            as a budget of minutes fills better with many cheap steps; on a
-            GPU, 128 x 128 tiles on a grid of more than twice their cells; the
-            whole grid otherwise. None: always the whole grid.
+            as a budget of minutes fills better with many cheap steps, but the
+            whole of a doubly periodic grid of up to twice those cells, whose
+            network then learns the field across both seams; on a GPU, 128 x
+            128 tiles on a grid of more than twice their cells; the whole grid
+            otherwise; with ``init``, the init's own tile. None: always the
+            whole grid.
         progress : bool, optional
             Show progress bars (training's, and the passes over a dask
             archive before it: each cell's cycle, each cell's history);
@@ -382,8 +388,8 @@ class CtxDiffModel:
         started = time.perf_counter()  # a time budget counts from here
         check_fit_options(window, tile, val_fraction, or_option("device", device), history, nearby, preset)
         wraps = None if periodic is None else wrapping(periodic)
-        options = train_config(steps=steps, batch_size=batch_size, lr=lr, max_time=max_time, seed=seed,
-                               **train_options)
+        options = train_config(steps=steps, batch_size=BATCH if batch_size is None else batch_size, lr=lr,
+                               max_time=max_time, seed=seed, **train_options)
         values, layout = cube.to_array(obj, lazy=True)
         permanent = None if permanent_mask is None else permanent_cells(obj, layout, permanent_mask)
         # before the statistics read an archive
@@ -398,7 +404,6 @@ class CtxDiffModel:
         if init is not None:
             check_fits(init.engine, layout, obj)
         coords = cube.coordinates(obj, layout)
-        tile = training_tile(tile, coords["lat"].size, coords["lon"].size, or_option("device", device))
         degrees = layout.axes.lat in obj.coords and _is_degrees(obj[layout.axes.lat].attrs)
         if wraps is None:  # latitudes never wrap round; rows only where their coordinate declares a period
             wraps = (wraps_round(coords["lat"], False, periods[0]), wraps_round(coords["lon"], degrees, periods[1]))
@@ -406,6 +411,14 @@ class CtxDiffModel:
                 if verbose and wrap and period is not None and not wraps_round(coords[axis], plain):
                     log.info(f"the grid wraps round along {getattr(layout.axes, axis)!r}: its {coords[axis].size} "
                              f"cells span the period of {period:g} that its coordinate declares")
+        grid = (coords["lat"].size, coords["lon"].size)
+        if init is not None and isinstance(tile, str) and tile == "auto":  # training goes on as the init's did
+            tile = None if init.engine.config.tile is None else tuple(init.engine.config.tile)
+        tile = training_tile(tile, *grid, or_option("device", device), wraps)
+        options = replace(options, batch_size=training_batch(batch_size, tile, *grid, or_option("device", device)))
+        if verbose and batch_size is None and options.batch_size != BATCH and all(wraps):
+            log.info(f"training on the whole grid, {options.batch_size} windows a step (a tile's cost): it wraps "
+                     "round both axes, and a network trained on tiles would never learn the field across the seam")
         config = ModelConfig(
             channels=layout.channels, window=window, variables=layout.variables, channel_of=layout.channel_of,
             axes=asdict(layout.axes), grid=dict(lat=coords["lat"].astype(float).tolist(),
