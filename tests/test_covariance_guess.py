@@ -306,3 +306,30 @@ def test_a_fit_from_an_archive_of_blocks_that_never_move_holds_its_cells_back_as
     # held back at every step around their windows, the blocks lean on no observation of their own cells
     assert errors[chosen] < 0.5 * min(e for label, e in errors.items()
                                       if not label.startswith("optimal interpolation")), errors
+
+
+def test_the_mean_covariance_is_chosen_over_the_tapered_only_where_it_clearly_beats_it():
+    from xrimpute.nets.prior import BASELINE_MARGIN, CANDIDATES, choose_guess
+
+    gen = torch.Generator().manual_seed(0)
+    # one rough pattern whose amplitude changes each step: the covariance carries it, smoothing cannot
+    pattern = torch.randn(1, 1, 1, 12, 12, generator=gen)
+    values = pattern * torch.randn(2, 1, 5, 1, 1, generator=gen)
+    observed = torch.rand(values.shape, generator=gen) > 0.4
+    held = observed & (torch.rand(values.shape, generator=gen) > 0.7)
+    covariance = field_covariance(values, observed, lags=2, radius=11)
+    white = torch.zeros_like(covariance)  # no offset but none: a guess of the mean away from the context
+    white[:, 2, 11, 11] = covariance[:, 2, 11, 11]
+    names = ["space", "optimal interpolation", "optimal interpolation, tapered"]
+    candidates = {name: CANDIDATES[name] for name in names}
+
+    def chosen(mean, tapered):
+        return choose_guess(values, observed & ~held, held, candidates, covariances={names[1]: mean, names[2]: tapered})
+
+    # a tie, or a mean estimate not clearly better: the tapered one, positive semi-definite
+    label, errors = chosen(covariance, covariance)
+    assert errors[names[1]] == errors[names[2]] < BASELINE_MARGIN * errors["space"] and label == names[2]
+    label, errors = chosen(covariance, white)
+    assert errors[names[1]] < BASELINE_MARGIN * errors[names[2]] and label == names[1]
+    label, errors = chosen(white, covariance)
+    assert label == names[2]
