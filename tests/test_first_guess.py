@@ -577,7 +577,9 @@ def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_or_a_torus_whol
     assert training_tile((16, 16), 721, 1440) == (16, 16) and training_tile(None, 64, 64) is None
     # a doubly periodic grid whole, so the network learns both seams, at half the windows a step
     both = (True, True)
-    assert training_tile("auto", 64, 64, wraps=both) is None and training_tile("auto", 64, 64, wraps=(False, True))
+    assert training_tile("auto", 64, 64, wraps=both) is None
+    assert training_tile("auto", 64, 64, wraps=(False, True)) == training_tile("auto", 64, 64, wraps=(True, False))
+    assert training_tile("auto", 64, 64, wraps=(False, True)) == (32, 64)
     assert training_tile("auto", 64, 96, wraps=both) == (32, 64) and training_tile("auto", 64, 64, gpu, both) is None
     assert training_batch(None, None, 64, 64) == BATCH // 2 and training_batch(None, (32, 64), 64, 64) == BATCH
     assert training_batch(None, None, 33, 49) == BATCH and training_batch(None, None, 64, 64, gpu) == BATCH
