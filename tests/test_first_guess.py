@@ -609,6 +609,9 @@ def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_or_a_torus_whol
     further = Engine.fit_array(square, mask="pixel", steps=1, periodic=(True, True), init=tiled, progress=False,
                                verbose=False, device="cpu")
     assert further.config.tile == [32, 64] and further.config.train["batch_size"] == BATCH
+    assert training_tile("auto", 64, 64, wraps=both, init=tiled) == (32, 64)
+    assert training_tile("auto", 64, 64, wraps=both, init=torus) is None
+    assert training_tile((16, 16), 64, 64, wraps=both, init=tiled) == (16, 16)
 
 
 def test_the_guesses_score_as_imputation_blends_the_overlapping_windows():

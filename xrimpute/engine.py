@@ -96,8 +96,9 @@ BATCH = 16
 
 
 def training_tile(tile, rows: int, cols: int, device: str | torch.device = "cpu",
-                  wraps: tuple[bool, bool] = (False, False)) -> tuple[int, int] | None:
-    """The tile a fit on ``device`` trains on: ``tile`` itself, or for ``"auto"``:
+                  wraps: tuple[bool, bool] = (False, False), init: Engine | None = None) -> tuple[int, int] | None:
+    """The tile a fit on ``device`` trains on: ``tile`` itself, or for ``"auto"`` the one ``init`` trained on (its
+    network learned the edges, or the seams, of those windows), or for a new network:
 
     * on the CPU, tiles of at most :data:`CPU_TILE`'s rows and cells on a ``rows`` x ``cols`` grid of more cells:
       at a budget of minutes a step on a tile of a few thousand cells is several times cheaper, and the many more
@@ -111,6 +112,8 @@ def training_tile(tile, rows: int, cols: int, device: str | torch.device = "cpu"
     """
     if not (isinstance(tile, str) and tile == "auto"):
         return tile
+    if init is not None:
+        return None if init.config.tile is None else tuple(init.config.tile)
     if resolve_device(device).type == "cpu":
         if rows * cols <= CPU_TILE[1] * (2 if all(wraps) else 1):
             return None
@@ -723,9 +726,7 @@ class Engine:
         """
         values = np.asarray(values, dtype=np.float32)
         rows, columns = wrapping(periodic)
-        if init is not None and isinstance(tile, str) and tile == "auto":  # training goes on as the init's did
-            tile = None if init.config.tile is None else tuple(init.config.tile)
-        tile = training_tile(tile, *values.shape[-2:], or_option("device", device), (rows, columns))
+        tile = training_tile(tile, *values.shape[-2:], or_option("device", device), (rows, columns), init)
         train_options["batch_size"] = training_batch(train_options.get("batch_size"), tile, *values.shape[-2:],
                                                      or_option("device", device))
         config = replace(ModelConfig.for_array(values.shape, window, tile), periodic=columns, periodic_rows=rows,

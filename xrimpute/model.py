@@ -412,9 +412,7 @@ class CtxDiffModel:
                     log.info(f"the grid wraps round along {getattr(layout.axes, axis)!r}: its {coords[axis].size} "
                              f"cells span the period of {period:g} that its coordinate declares")
         grid = (coords["lat"].size, coords["lon"].size)
-        if init is not None and isinstance(tile, str) and tile == "auto":  # training goes on as the init's did
-            tile = None if init.engine.config.tile is None else tuple(init.engine.config.tile)
-        tile = training_tile(tile, *grid, or_option("device", device), wraps)
+        tile = training_tile(tile, *grid, or_option("device", device), wraps, None if init is None else init.engine)
         options = replace(options, batch_size=training_batch(batch_size, tile, *grid, or_option("device", device)))
         if verbose and batch_size is None and options.batch_size != BATCH and all(wraps):
             log.info(f"training on the whole grid, {options.batch_size} windows a step (a tile's cost): it wraps "
