@@ -105,8 +105,8 @@ def training_tile(tile, rows: int, cols: int, device: str | torch.device = "cpu"
       steps fill better (``benchmarks/RESULTS.md``); but the whole of a grid that ``wraps`` round both axes (a
       doubly periodic domain) of up to twice those cells, with half the windows a step (:func:`training_batch`):
       a tile of fewer rows ends where the field runs on across the seam, and a network trained on such tiles can
-      neither wrap its rows at imputation nor learn them; trained whole, it filled the advected pixels four times
-      better (``benchmarks/RESULTS.md``);
+      neither wrap its rows at imputation nor learn them; trained whole, it filled the advected pixels four to six
+      times better (``benchmarks/RESULTS.md``);
     * on a GPU, none on a grid of up to twice :data:`TILE`'s cells and :data:`TILE` beyond, so a step's cost stays
       that of a few hundred thousand cells on a global grid.
     """

@@ -248,7 +248,7 @@ class CtxDiffModel:
             Windows per training step. Default 16; on the CPU, a grid trained
             whole that has more cells than a tile (a doubly periodic one, see
             ``tile``) takes as many whole windows as hold 16 tiles' cells (8 of
-            a 64 x 64 grid), so that a step costs what a tile's does.
+            a 64 x 64 grid), so that a step costs about what a tile's does.
         lr : float, default 2e-3
             Peak learning rate of the optimiser.
         max_time : float, optional
@@ -388,6 +388,7 @@ class CtxDiffModel:
         started = time.perf_counter()  # a time budget counts from here
         check_fit_options(window, tile, val_fraction, or_option("device", device), history, nearby, preset)
         wraps = None if periodic is None else wrapping(periodic)
+        # checked before any data is read; the batch of batch_size=None is settled once the tile is known
         options = train_config(steps=steps, batch_size=BATCH if batch_size is None else batch_size, lr=lr,
                                max_time=max_time, seed=seed, **train_options)
         values, layout = cube.to_array(obj, lazy=True)
