@@ -80,3 +80,17 @@ def test_a_series_whose_gaps_stay_put_holds_its_cells_back_at_every_step_around_
         found = (steps_away > 0).any(1).any(1)[:, None, None]
         assert (found & held_somewhere).any() != still
         windows.close()
+
+
+def test_where_the_gaps_stay_put_training_never_sees_a_held_back_cell_at_any_step_of_its_sample():
+    values = blobs(n=2, t=STEPS, size=12, seed=3).values[:, None].astype(np.float32)  # observed throughout
+    for still in (False, True):
+        windows = training_windows(values, Block(0.7, grid=(3, 3)), np.zeros(1), np.ones(1), window=WINDOW,
+                                   val_fraction=0.2, seed=0, still=still)
+        _, _, hs, _ = windows.validation
+        assert hs.any()
+        trained = [windows.observed[i, :, :, r : r + 12, q : q + 12].any(1)
+                   for i, _, r, q in windows.validation_jobs]  # (C, h, w): trained on at some step of the sample
+        seen = torch.stack(trained)[:, :, None] & hs.any(2, keepdim=True)
+        # a cell trained on at the steps round those it was held back at would be filled from memory
+        assert seen.any() != still

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xrimpute import masks
+from xrimpute.errors import ArgumentError
 from xrimpute.masks import Block, Pixel, block_index, query_coverage
 
 
@@ -127,6 +128,26 @@ def test_spec_round_trips_through_dict_and_unknown_names_fail_clearly():
         masks.resolve("blocks")
     with pytest.raises(masks.MaskSpecError, match="context_ratio"):
         Pixel(context_ratio=0.0)
+
+
+def test_holdout_in_runs_of_steps_keeps_each_run_alike_and_draws_the_next_anew():
+    shape = (2, 1, 12, 18, 18)
+    keep = masks.holdout_keep(Block(grid=(3, 3)), shape, 0.3, torch.Generator().manual_seed(0), span=5)
+    assert keep.shape == (2, 1, 12, 18, 18)
+    runs = [keep[:, :, a:b] for a, b in ((0, 5), (5, 10), (10, 12))]
+    assert all(torch.equal(run, run[:, :, :1].expand_as(run)) for run in runs)
+    assert not torch.equal(runs[0][:, :, 0], runs[1][:, :, 0])
+    with pytest.raises(ArgumentError, match="span"):
+        masks.holdout_keep(Block(grid=(3, 3)), shape, 0.3, span=0)
+
+
+def test_observed_run_is_the_series_length_for_blocks_that_stay_put_and_short_for_pixels_drawn_anew():
+    still = np.ones((2, 1, 30, 6, 6), bool)
+    still[0, :, :, :3] = False
+    assert masks.observed_run(still) == 30
+    pixels = np.random.default_rng(0).random((1, 1, 400, 8, 8)) < 0.2
+    assert masks.observed_run(pixels) == pytest.approx(1 / 0.8, rel=0.05)
+    assert masks.observed_run(np.zeros((1, 1, 7, 2, 2), bool)) == 7
 
 
 def test_adapted_keeps_the_effective_input_fraction():

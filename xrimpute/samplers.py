@@ -588,10 +588,14 @@ def context_spans(jobs, window: int, length: int, pad: int, apart: bool) -> list
     return spans
 
 
+HOLDOUT_DRAWS = 8
+"""Draws of the held-back cells a fit makes at most until one holds back an observed cell."""
+
+
 def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validation windows' ``(training sees, held back, held anywhere)`` where the gaps stay put: held-back cells are
-    drawn anew every step, so a step away their own cells were observed, which a gap that stays put never has; a
-    cell held back at any step of a window (``held``, ``(B, C, T, h, w)``) is held back at every step it is
+    """Validation windows' ``(training sees, held back, held anywhere)`` where the gaps stay put: held-back cells
+    drawn anew every step (an archive's reserved windows) or for runs that a window straddles are observed a step
+    away, which a gap that stays put never is; a cell held back at any step of a window (``held``, ``(B, C, T, h, w)``) is held back at every step it is
     ``observed``, and ``(B, C, 1, h, w)`` says which, for hiding them at the steps around."""
     union = held.any(2, keepdim=True)
     return observed & ~union, observed & union, union
@@ -733,7 +737,9 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     move), so a cell held back at any step of a validation window is held back at every step of it and hidden at
     the steps around it (for its imputation, the classical fillers and its nearby observations): held-back cells
     drawn anew every step sit between steps that observe them, which the guesses leaning on nearby steps fill far
-    better than the gaps (``benchmarks/RESULTS.md``). In memory, but for stations, ``guess_validation`` holds the
+    better than the gaps (``benchmarks/RESULTS.md``); in memory the held-back cells are drawn for runs of as many
+    steps as a cell stays observed (:func:`xrimpute.masks.observed_run`: a sample's length for blocks that never
+    move), so that training never meets them at the steps around either, as it never meets the gaps. In memory, but for stations, ``guess_validation`` holds the
     held-back cells as imputation fills them, for choosing the first guess (:func:`_overlapping_runs`): with
     ``lattice``, the tiling imputation cuts the grid into (for windows of tiles), on its tiles rather than at
     random, as many cells as ``validation``'s.
@@ -750,8 +756,16 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
             heldout = observed & withheld_stations(observed, val_fraction, seed)
             train_observed = observed & ~heldout
         else:  # one pass each, no cube-sized temporaries: held back where observed and not kept
-            keep = masks.holdout_keep(spec, observed.shape, val_fraction, torch.Generator().manual_seed(seed)).numpy()
-            heldout, train_observed = observed > keep, observed & keep
+            # where the gaps stay put, so do the held-back cells, as long as a cell stays observed: a cell trained on
+            # at the steps round those it was held back at is filled from memory (benchmarks/RESULTS.md)
+            generator = torch.Generator().manual_seed(seed)
+            span = min(observed.shape[2], max(1, round(masks.observed_run(observed)))) if still else 1
+            for _ in range(HOLDOUT_DRAWS):  # so few units of a sample's length that a draw may hold back none
+                keep = masks.holdout_keep(spec, observed.shape, val_fraction, generator, span).numpy()
+                heldout = observed > keep
+                if heldout.any():
+                    break
+            train_observed = observed & keep
             del keep  # before the normalised copy
         totals = training_totals if training_totals is not None or not history else \
             series_totals(np.where(train_observed, values, np.nan), mean, std)

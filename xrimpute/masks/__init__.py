@@ -34,7 +34,7 @@ from .coverage import (ZERO_COVERAGE, Learnability, QueryDraws, learnability, qu
                        warn_if_unlearnable)
 from .infer import Inference, find_block_grid, infer, infer_pixel_or_block, resolve
 from .reach import (Reach, gaps_in_reach, gaps_near_in_time, gaps_only_where_never_observed, observations_persist,
-                    reach, unreachable)
+                    observed_run, reach, unreachable)
 from .specs import (
     ALIASES,
     NOT_SAVED,
@@ -57,6 +57,6 @@ __all__ = [
     "MaskSpec", "MaskSpecError", "Patches", "Pixel", "QueryDraws", "Station", "Swath", "TimeGap", "block_index",
     "find_block_grid", "holdout_keep", "infer", "infer_pixel_or_block", "learnability", "query_coverage",
     "query_probability", "resolve", "warn_if_unlearnable",
-    "Reach", "gaps_in_reach", "gaps_near_in_time", "gaps_only_where_never_observed", "observations_persist", "reach",
-    "unreachable",
+    "Reach", "gaps_in_reach", "gaps_near_in_time", "gaps_only_where_never_observed", "observations_persist",
+    "observed_run", "reach", "unreachable",
 ]

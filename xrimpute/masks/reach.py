@@ -127,6 +127,15 @@ def observations_persist(observed: np.ndarray) -> float:
     return float((now & observed[:, :, 1:]).sum() / count) if count else 1.0
 
 
+def observed_run(observed: np.ndarray) -> float:
+    """Mean number of steps in a row that ``observed`` ``(N, C, T, H, W)`` observes a cell: ``T`` for blocks that
+    never move within a series, about ``1 / (1 - coverage)`` for pixels drawn anew every step; ``T`` with no
+    observation."""
+    observed = np.asarray(observed, dtype=bool)
+    starts = int(observed[:, :, :1].sum()) + int((observed[:, :, 1:] & ~observed[:, :, :-1]).sum())
+    return float(observed.sum() / starts) if starts else float(observed.shape[2])
+
+
 def gaps_only_where_never_observed(values: np.ndarray, permanent: np.ndarray, steps: int = 64) -> bool:
     """Whether ``values`` ``(N, C, T, H, W)`` (NaN = unobserved, in memory) has gaps to fill outside ``permanent``
     ``(C, H, W)``, and every one of them lies in a cell never observed: the complete series of a station network
@@ -150,4 +159,4 @@ def unreachable(valid: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "gaps_in_reach", "gaps_near_in_time",
-           "gaps_only_where_never_observed", "observations_persist", "reach", "unreachable"]
+           "gaps_only_where_never_observed", "observations_persist", "observed_run", "reach", "unreachable"]

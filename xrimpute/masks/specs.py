@@ -669,15 +669,20 @@ class Combined(MaskSpec):
 
 
 def holdout_keep(spec: MaskSpec, shape: tuple[int, ...], fraction: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, span: int = 1) -> torch.Tensor:
     """Cells kept for training when ``fraction`` of observations is held back for validation.
 
     Held-back cells follow the spec's structure (whole blocks for block data),
-    drawn anew for every time step so that no cell is held back for good.
+    drawn anew for every run of ``span`` time steps (default every step), so
+    that no cell is held back for good.
     """
     if fraction <= 0:
         return torch.ones(shape, dtype=torch.bool)
     if not 0 < fraction < 1:
         raise ArgumentError(f"val_fraction must be in [0, 1), got {fraction}")
+    if span < 1:
+        raise ArgumentError(f"span must be at least one step, got {span}")
     n, _, t, h, w = shape  # one pattern for all variables: a random subset of each variable's cells either way
-    return spec._for_holdout(1.0 - fraction).keep((n, 1, t, h, w), generator, "cpu")
+    runs = -(-t // span)
+    keep = spec._for_holdout(1.0 - fraction).keep((n, 1, runs, h, w), generator, "cpu")
+    return keep.repeat_interleave(span, dim=2)[:, :, :t]
