@@ -595,8 +595,9 @@ HOLDOUT_DRAWS = 8
 def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validation windows' ``(training sees, held back, held anywhere)`` where the gaps stay put: held-back cells
     drawn anew every step (an archive's reserved windows) or for runs that a window straddles are observed a step
-    away, which a gap that stays put never is; a cell held back at any step of a window (``held``, ``(B, C, T, h, w)``) is held back at every step it is
-    ``observed``, and ``(B, C, 1, h, w)`` says which, for hiding them at the steps around."""
+    away, which a gap that stays put never is; a cell held back at any step of a window (``held``, ``(B, C, T, h,
+    w)``) is held back at every step it is ``observed``, and ``(B, C, 1, h, w)`` says which, for hiding them at the
+    steps around."""
     union = held.any(2, keepdim=True)
     return observed & ~union, observed & union, union
 
@@ -739,10 +740,10 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     drawn anew every step sit between steps that observe them, which the guesses leaning on nearby steps fill far
     better than the gaps (``benchmarks/RESULTS.md``); in memory the held-back cells are drawn for runs of as many
     steps as a cell stays observed (:func:`xrimpute.masks.observed_run`: a sample's length for blocks that never
-    move), so that training never meets them at the steps around either, as it never meets the gaps. In memory, but for stations, ``guess_validation`` holds the
-    held-back cells as imputation fills them, for choosing the first guess (:func:`_overlapping_runs`): with
-    ``lattice``, the tiling imputation cuts the grid into (for windows of tiles), on its tiles rather than at
-    random, as many cells as ``validation``'s.
+    move), so that training never meets them at the steps around either, as it never meets the gaps.
+    In memory, but for stations, ``guess_validation`` holds the held-back cells as imputation fills them, for
+    choosing the first guess (:func:`_overlapping_runs`): with ``lattice``, the tiling imputation cuts the grid
+    into (for windows of tiles), on its tiles rather than at random, as many cells as ``validation``'s.
     For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
     stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
