@@ -94,3 +94,18 @@ def test_where_the_gaps_stay_put_training_never_sees_a_held_back_cell_at_any_ste
         seen = torch.stack(trained)[:, :, None] & hs.any(2, keepdim=True)
         # a cell trained on at the steps round those it was held back at would be filled from memory
         assert seen.any() != still
+
+
+def test_a_series_of_few_units_that_stay_put_draws_its_held_back_cells_again_until_some_are_held_back(monkeypatch):
+    from xrimpute import samplers
+
+    values = blobs(n=1, t=12, size=12, seed=3).values[:, None].astype(np.float32)  # nine blocks, one run each
+
+    def validated(seed):
+        windows = training_windows(values, Block(0.7, grid=(3, 3)), np.zeros(1), np.ones(1), window=WINDOW,
+                                   val_fraction=0.05, seed=seed, still=True)
+        return windows.validation is not None
+
+    assert all(validated(seed) for seed in range(10))
+    monkeypatch.setattr(samplers, "HOLDOUT_DRAWS", 1)  # a single draw holds back none of the nine most times
+    assert not all(validated(seed) for seed in range(10))

@@ -673,8 +673,8 @@ def holdout_keep(spec: MaskSpec, shape: tuple[int, ...], fraction: float,
     """Cells kept for training when ``fraction`` of observations is held back for validation.
 
     Held-back cells follow the spec's structure (whole blocks for block data),
-    drawn anew for every run of ``span`` time steps (default every step), so
-    that no cell is held back for good.
+    drawn anew for every run of ``span`` time steps (default every step, so
+    that no cell is held back for good).
     """
     if fraction <= 0:
         return torch.ones(shape, dtype=torch.bool)
