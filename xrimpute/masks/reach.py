@@ -132,7 +132,9 @@ def observed_run(observed: np.ndarray) -> float:
     never move within a series, about ``1 / (1 - coverage)`` for pixels drawn anew every step; ``T`` with no
     observation."""
     observed = np.asarray(observed, dtype=bool)
-    starts = int(observed[:, :, :1].sum()) + int((observed[:, :, 1:] & ~observed[:, :, :-1]).sum())
+    # a step at a time: a fit in memory makes no cube-sized temporaries of its mask
+    starts = int(observed[:, :, 0].sum()) + sum(int((observed[:, :, k] & ~observed[:, :, k - 1]).sum())
+                                                 for k in range(1, observed.shape[2]))
     return float(observed.sum() / starts) if starts else float(observed.shape[2])
 
 
