@@ -96,6 +96,29 @@ def test_where_the_gaps_stay_put_training_never_sees_a_held_back_cell_at_any_ste
         assert seen.any() != still
 
 
+def test_where_the_gaps_stay_put_an_archive_never_trains_on_a_held_back_cell_at_any_step_of_its_series():
+    values = blobs(n=2, t=STEPS, size=12, seed=3).values[:, None].astype(np.float32)  # observed throughout
+    archive = da.from_array(values, chunks=(1, 1, 8, 12, 12))
+    for still in (False, True):
+        windows = training_windows(archive, Block(0.7, grid=(3, 3)), np.zeros(1), np.ones(1), window=WINDOW,
+                                   val_fraction=0.2, seed=0, still=still, history=True)
+        try:
+            _, _, hs, _ = windows.validation
+            assert hs.any()
+            if still:  # nor does the history lean on them
+                assert windows.withheld.any() and not windows.totals[:, 1][windows.withheld].any()
+            # each series as the training pieces read it, and as the covariance estimate sees it
+            pieces = [windows._read(i, 0, STEPS, 0, 0, (12, 12), [0], withhold=True).observed
+                      for i, *_ in windows.validation_jobs]
+            series = np.asarray(windows.training_series()[1])
+            for piece, (i, *_), held in zip(pieces, windows.validation_jobs, hs.any(2)):
+                trained = piece.any(1)  # (C, h, w): trained on at some step of the series
+                assert (trained & held).any() != still
+                assert (series[i].any(1) & held.numpy()).any() != still
+        finally:
+            windows.close()
+
+
 def test_a_series_of_few_units_that_stay_put_draws_its_held_back_cells_again_until_some_are_held_back(monkeypatch):
     from xrimpute import samplers
 

@@ -350,8 +350,9 @@ class ChunkedWindows:
     that many more steps either side; with ``flow``, along the flow). Windows
     overlapping the ``reserved`` ones (``(sample, start, ...)``, kept for
     validation) are never drawn, nor are their observations nearby steps of
-    any window, and cells ``withheld`` (``(H, W)``, e.g. stations held out for
-    validation) count as unobserved in training.
+    any window, and cells ``withheld`` (``(N, H, W)``: stations held out for
+    validation, or where the gaps stay put the reserved windows' held-back
+    cells) count as unobserved in training, at every step of their series.
     """
 
     validation = None  # (x, observed, held back, static) windows to score on; set by training_windows
@@ -411,7 +412,7 @@ class ChunkedWindows:
         (bh, bw) = raw.shape[-2:]
         observed = np.isfinite(raw)
         if withhold and self.withheld is not None:
-            observed &= ~self.withheld[row : row + bh, col : col + bw]
+            observed &= ~self.withheld[i, row : row + bh, col : col + bw]
         if withhold:  # the reserved windows' steps, which only nearby steps could reach
             for s in self.reserved_starts.get(i, ()):
                 observed[:, max(s - a, 0) : max(s + self.window - a, 0)] = False
@@ -541,11 +542,11 @@ class ChunkedWindows:
             raws = compute(*[self.values[i, :, a:z, r : r + bh, c : c + bw]  # one pass over the archive's chunks
                              for (i, _, r, c), (a, z) in zip(self.validation_jobs, spans)])
         out = []
-        for b, ((_, s, r, c), (a, _), raw) in enumerate(zip(self.validation_jobs, spans, raws)):
+        for b, ((i, s, r, c), (a, _), raw) in enumerate(zip(self.validation_jobs, spans, raws)):
             raw = np.asarray(raw, np.float32)
             seen = np.isfinite(raw)
             if self.withheld is not None:  # as training sees the steps around the window
-                seen &= ~self.withheld[r : r + bh, c : c + bw]
+                seen &= ~self.withheld[i, r : r + bh, c : c + bw]
             series = np.where(seen, (raw - self.mean) / self.std, np.nan).astype(np.float32)
             series[:, s - a : s - a + self.window] = np.where(ms[b].numpy(), xs[b].numpy(), np.float32(np.nan))
             if self.validation_hidden is not None:
@@ -564,7 +565,7 @@ class ChunkedWindows:
                 steps[i, s : s + self.window] = False
         observed = np.isfinite(self.values) & steps[:, None, :, None, None]
         if self.withheld is not None:
-            observed = observed & ~self.withheld
+            observed = observed & ~self.withheld[:, None, None]
         return (self.values - self.mean) / self.std, observed
 
     def close(self) -> None:
@@ -690,6 +691,29 @@ def _overlapping_runs(windows: ArrayWindows, validation, placed, hidden: torch.T
     return xs, ms, validation[2], inputs, (owner[:, 0], owner[:, 1])
 
 
+def _withheld_where_still(spec: masks.MaskSpec, observed: torch.Tensor, reserved, shape: tuple[int, int, int],
+                          tile: tuple[int, int] | None, fraction: float, seed: int) -> np.ndarray:
+    """``(N, H, W)``: where the gaps stay put, the cells an archive holds back in its ``reserved`` windows (observed
+    as ``observed``, ``(B, C, T, h, w)``), drawn with the spec's structure once per series (the series of ``shape``
+    ``(N, H, W)``) and withheld from training at every step of it, as the gaps of blocks that never move are: held
+    back only in the reserved windows, they would be trained on at the steps round them and filled from memory
+    (``benchmarks/RESULTS.md``); an archive's runs of observation are unknown without a pass, so the series is the
+    run. Only cells inside a reserved window are withheld; a draw that holds back no observed cell of one is drawn
+    again, up to :data:`HOLDOUT_DRAWS` times."""
+    n, h, w = shape
+    (th, tw) = tile or (h, w)
+    scored = np.zeros(shape, bool)  # the reserved windows' cells: withheld anywhere else, a cell would score nothing
+    for i, _, r, c in reserved:
+        scored[i, r : r + th, c : c + tw] = True
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(HOLDOUT_DRAWS):
+        held = ~masks.holdout_keep(spec, (n, 1, 1, h, w), fraction, generator)[:, 0, 0].numpy() & scored
+        cuts = torch.as_tensor(np.stack([held[i, r : r + th, c : c + tw] for i, _, r, c in reserved]))
+        if (observed & cuts[:, None, None]).any():
+            break
+    return held
+
+
 def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
     """``(H, W)``: a share ``fraction`` of the station cells of ``observed`` ``(N, C, T, H, W)``, drawn at random.
 
@@ -740,7 +764,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     drawn anew every step sit between steps that observe them, which the guesses leaning on nearby steps fill far
     better than the gaps (``benchmarks/RESULTS.md``); in memory the held-back cells are drawn for runs of as many
     steps as a cell stays observed (:func:`xrimpute.masks.observed_run`: a sample's length for blocks that never
-    move), so that training never meets them at the steps around either, as it never meets the gaps.
+    move), so that training never meets them at the steps around either, as it never meets the gaps; in an archive
+    they are drawn once per series and withheld from training at every step of it (:func:`_withheld_where_still`).
     In memory, but for stations, ``guess_validation`` holds the held-back cells as imputation fills them, for
     choosing the first guess (:func:`_overlapping_runs`): with ``lattice``, the tiling imputation cuts the grid
     into (for windows of tiles), on its tiles rather than at random, as many cells as ``validation``'s.
@@ -794,36 +819,40 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
         return windows
     n, _, t, h, w = values.shape
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)
-    withheld = withheld_stations(valid[None, :, None], val_fraction, seed) if stations and valid is not None \
-        and reserved else None
-    if training_totals is not None or not history:
-        totals = training_totals
-    else:  # one pass over the archive
-        [totals] = compute_pass(series_totals(values, mean, std, withheld), progress=progress,
-                                desc="each cell's history: reading the archive")
-        totals = np.asarray(totals)
+    withheld = np.broadcast_to(withheld_stations(valid[None, :, None], val_fraction, seed), (n, h, w)) \
+        if stations and valid is not None and reserved else None
     windows = ChunkedWindows(values, window, mean, std, tile=tile, static=static, reserved=reserved, seed=seed,
-                             pin_memory=pin_memory, withheld=withheld, totals=totals, nearby_span=nearby_span,
-                             flow=flow, hide=spec)
-    if reserved:
-        try:
+                             pin_memory=pin_memory, withheld=withheld, nearby_span=nearby_span, flow=flow, hide=spec)
+    try:
+        if reserved:
             # with the steps the held-back cells are imputed from, as imputation fills them (ImputedHeldBack)
             windows.reserved_stretches = reserved_stretches or windows.stretches(reserved, window - 1 + nearby_span)
             xs, ms, inputs = windows.read(reserved, windows.reserved_stretches)
-        except BaseException:
-            windows.close()
-            raise
+            if still and not stations:  # before the history's pass, which leaves them out
+                withheld = windows.withheld = _withheld_where_still(spec, ms, reserved, (n, h, w), tile,
+                                                                    val_fraction, seed)
+        if training_totals is not None or not history:
+            totals = training_totals
+        else:  # one pass over the archive
+            [totals] = compute_pass(series_totals(values, mean, std, withheld), progress=progress,
+                                    desc="each cell's history: reading the archive")
+            totals = np.asarray(totals)
+    except BaseException:
+        windows.close()
+        raise
+    windows.totals = totals
+    if reserved:
         (th, tw) = tile or (h, w)
-        if withheld is not None:  # the windows' cuts of the stations withheld from training
-            keep = torch.as_tensor(np.stack([~withheld[r : r + th, c : c + tw] for _, _, r, c in reserved]))
+        if withheld is not None:  # the windows' cuts of the cells withheld from training
+            keep = torch.as_tensor(np.stack([~withheld[i, r : r + th, c : c + tw] for i, _, r, c in reserved]))
             keep = keep[:, None, None]
         elif stations:
             keep = ~torch.as_tensor(withheld_stations(ms.numpy(), val_fraction, seed))
         else:
             keep = masks.holdout_keep(spec, tuple(ms.shape), val_fraction, torch.Generator().manual_seed(seed))
         if totals is not None and training_totals is None:
-            # training never sees the reserved windows, so their observations leave the totals (withheld stations
-            # are in none)
+            # training never sees the reserved windows, so their observations leave the totals (withheld cells are
+            # in none)
             counted = ms if withheld is None else ms & keep
             for (i, _, r, c), own in zip(reserved, window_sums(xs, counted).numpy()):
                 totals[i, :, r : r + th, c : c + tw] -= own
@@ -839,6 +868,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                                   np.where(np.broadcast_to(cut, st.values.shape), np.float32(np.nan), st.values))
                           for st, cut in zip(windows.reserved_stretches, windows.validation_hidden)]
                 inputs["nearby"] = windows.read(reserved, hidden)[2]["nearby"]
-        windows.validation = (xs, seen, held, inputs)
-        windows.validation_jobs = reserved
+        if held.any():  # a few static blocks may hold back none (a fit then has no self-assessment, as in memory)
+            windows.validation = (xs, seen, held, inputs)
+            windows.validation_jobs = reserved
     return windows

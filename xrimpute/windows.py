@@ -44,7 +44,7 @@ def series_totals(values, mean: np.ndarray, std: np.ndarray, withheld: np.ndarra
 
     ``values`` ``(N, C, T, H, W)`` in data units (NaN = unobserved), numpy, or
     dask (then a lazy reduction: one pass over the archive when computed);
-    ``withheld`` ``(H, W)`` cells count as unobserved. Cut to a window and less
+    ``withheld`` ``(N, H, W)`` cells count as unobserved. Cut to a window and less
     the window's own observations (:func:`outside_window`) they are the history
     a network's first guess may lean on (:func:`xrimpute.nets.prior.history_baseline`).
     """
@@ -52,7 +52,7 @@ def series_totals(values, mean: np.ndarray, std: np.ndarray, withheld: np.ndarra
     std = np.asarray(std, np.float64)[None, :, None, None, None]
     seen = np.isfinite(values)
     if withheld is not None:
-        seen = seen & ~np.asarray(withheld, bool)
+        seen = seen & ~np.asarray(withheld, bool)[:, None, None]
     sums = np.where(seen, (values.astype(np.float64) - mean) / std, 0.0).sum(axis=2)
     return np.concatenate([sums, seen.sum(axis=2, dtype=np.float64)], axis=1)
 
