@@ -5,7 +5,7 @@ import torch
 import dask.array as da
 from synthetic import blobs
 from xrimpute.engine import Engine, HeldBack, ImputedHeldBack
-from xrimpute.masks import Block, Pixel
+from xrimpute.masks import Block, Combined, Pixel, TimeGap
 from xrimpute.samplers import training_windows
 from xrimpute.windows import NEARBY_DEPTH
 
@@ -117,6 +117,20 @@ def test_where_the_gaps_stay_put_an_archive_never_trains_on_a_held_back_cell_at_
                 assert (series[i].any(1) & held.numpy()).any() != still
         finally:
             windows.close()
+
+
+def test_an_archive_with_missing_steps_withholds_blocks_where_the_gaps_stay_put_and_never_a_whole_series():
+    values = blobs(n=2, t=STEPS, size=12, seed=3).values[:, None].astype(np.float32)
+    values[:, :, [3, 11, 19]] = np.nan  # whole missing steps on top of blocks
+    archive = da.from_array(values, chunks=(1, 1, 8, 12, 12))
+    spec = Combined(Block(0.7, grid=(3, 3)), TimeGap())
+    for seed in range(10):
+        windows = training_windows(archive, spec, np.zeros(1), np.ones(1), window=WINDOW, val_fraction=0.2,
+                                   seed=seed, still=True)
+        windows.close()
+        withheld = windows.withheld[[i for i, *_ in windows.validation_jobs]]
+        # whole missing steps are held back a step at a time, never as a whole series
+        assert withheld.any() and withheld.mean(axis=(1, 2)).max() < 0.5
 
 
 def test_a_series_of_few_units_that_stay_put_draws_its_held_back_cells_again_until_some_are_held_back(monkeypatch):

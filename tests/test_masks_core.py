@@ -141,9 +141,25 @@ def test_holdout_in_runs_of_steps_keeps_each_run_alike_and_draws_the_next_anew()
         masks.holdout_keep(Block(grid=(3, 3)), shape, 0.3, span=0)
 
 
+def test_missing_steps_are_drawn_every_step_whatever_the_run_of_the_parts_that_stay_put():
+    spec = masks.Combined(Block(grid=(3, 3), static=True), masks.TimeGap())
+    shape = (40, 1, 30, 18, 18)
+    keep = masks.holdout_keep(spec, shape, 0.1, torch.Generator().manual_seed(0), span=30)
+    dropped = ~keep.any(dim=(1, 3, 4))  # (N, T): whole steps held back
+    assert dropped.any() and not dropped.all(1).any()  # single steps, never a whole series
+    kept = [keep[i, :, ~steps] for i, steps in enumerate(dropped)]  # the block part alone: the same over the run
+    assert all(torch.equal(k, k[:, :1].expand_as(k)) for k in kept) and not all(k.all() for k in kept)
+    # a span of one step draws as Combined.keep does, part by part from one generator
+    drawn = spec._for_holdout(0.9).keep(shape, torch.Generator().manual_seed(1), "cpu")
+    assert torch.equal(masks.holdout_keep(spec, shape, 0.1, torch.Generator().manual_seed(1)), drawn)
+    assert masks.lasting(spec) == Block(grid=(3, 3), static=True) and masks.lasting(masks.TimeGap()) is None
+
+
 def test_observed_run_is_the_series_length_for_blocks_that_stay_put_and_short_for_pixels_drawn_anew():
     still = np.ones((2, 1, 30, 6, 6), bool)
     still[0, :, :, :3] = False
+    assert masks.observed_run(still) == 30
+    still[1, :, [0, 7, 8, 20]] = False  # whole missing steps break no run
     assert masks.observed_run(still) == 30
     pixels = np.random.default_rng(0).random((1, 1, 400, 8, 8)) < 0.2
     assert masks.observed_run(pixels) == pytest.approx(1 / 0.8, rel=0.05)

@@ -694,12 +694,13 @@ def _overlapping_runs(windows: ArrayWindows, validation, placed, hidden: torch.T
 def _withheld_where_still(spec: masks.MaskSpec, observed: torch.Tensor, reserved, shape: tuple[int, int, int],
                           tile: tuple[int, int] | None, fraction: float, seed: int) -> np.ndarray:
     """``(N, H, W)``: where the gaps stay put, the cells an archive holds back in its ``reserved`` windows (observed
-    as ``observed``, ``(B, C, T, h, w)``), drawn with the spec's structure once per series (the series of ``shape``
-    ``(N, H, W)``) and withheld from training at every step of it, as the gaps of blocks that never move are: held
-    back only in the reserved windows, they would be trained on at the steps round them and filled from memory
-    (``benchmarks/RESULTS.md``); an archive's runs of observation are unknown without a pass, so the series is the
-    run. Only cells inside a reserved window are withheld; a draw that holds back no observed cell of one is drawn
-    again, up to :data:`HOLDOUT_DRAWS` times."""
+    as ``observed``, ``(B, C, T, h, w)``), drawn with the structure of ``spec`` (the parts of a fit's spec that stay
+    put, :func:`xrimpute.masks.lasting`) once per series (the series of ``shape`` ``(N, H, W)``) and withheld from
+    training at every step of it, as the gaps of blocks that never move are: held back only in the reserved
+    windows, they would be trained on at the steps round them and filled from memory (``benchmarks/RESULTS.md``);
+    an archive's runs of observation are unknown without a pass, so the series is the run. Only cells inside a
+    reserved window are withheld; a draw that holds back no observed cell of one is drawn again, up to
+    :data:`HOLDOUT_DRAWS` times."""
     n, h, w = shape
     (th, tw) = tile or (h, w)
     scored = np.zeros(shape, bool)  # the reserved windows' cells: withheld anywhere else, a cell would score nothing
@@ -828,9 +829,9 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
             # with the steps the held-back cells are imputed from, as imputation fills them (ImputedHeldBack)
             windows.reserved_stretches = reserved_stretches or windows.stretches(reserved, window - 1 + nearby_span)
             xs, ms, inputs = windows.read(reserved, windows.reserved_stretches)
-            if still and not stations:  # before the history's pass, which leaves them out
-                withheld = windows.withheld = _withheld_where_still(spec, ms, reserved, (n, h, w), tile,
-                                                                    val_fraction, seed)
+            if still and not stations and masks.lasting(spec) is not None:  # before the history's pass
+                withheld = windows.withheld = _withheld_where_still(masks.lasting(spec), ms, reserved, (n, h, w),
+                                                                    tile, val_fraction, seed)
         if training_totals is not None or not history:
             totals = training_totals
         else:  # one pass over the archive

@@ -128,14 +128,24 @@ def observations_persist(observed: np.ndarray) -> float:
 
 
 def observed_run(observed: np.ndarray) -> float:
-    """Mean number of steps in a row that ``observed`` ``(N, C, T, H, W)`` observes a cell: ``T`` for blocks that
-    never move within a series, about ``1 / (1 - coverage)`` for pixels drawn anew every step; ``T`` with no
-    observation."""
+    """Mean number of steps in a row that ``observed`` ``(N, C, T, H, W)`` observes a cell, counted in steps of the
+    series: a whole missing step (one that observes nothing in its series) breaks no run, being a gap of every
+    cell rather than of the cell. ``T`` for blocks that never move within a series, missing steps or not, about
+    ``1 / (1 - coverage)`` for pixels drawn anew every step; ``T`` with no observation."""
     observed = np.asarray(observed, dtype=bool)
-    # a step at a time: a fit in memory makes no cube-sized temporaries of its mask
-    starts = int(observed[:, :, 0].sum()) + sum(int((observed[:, :, k] & ~observed[:, :, k - 1]).sum())
-                                                 for k in range(1, observed.shape[2]))
-    return float(observed.sum() / starts) if starts else float(observed.shape[2])
+    last = np.zeros(observed[:, :, 0].shape, bool)  # each series' cells at its last step that observed anything
+    starts, cells, present = 0, np.zeros(len(observed)), np.zeros(len(observed))  # the last two per series
+    for k in range(observed.shape[2]):  # a step at a time: a fit in memory makes no cube-sized temporaries of its mask
+        now = observed[:, :, k]
+        seen = now.any(axis=(1, 2, 3))
+        starts += int((now & ~last)[seen].sum())
+        last[seen] = now[seen]
+        cells += now.sum(axis=(1, 2, 3))
+        present += seen
+    if not starts:
+        return float(observed.shape[2])
+    steps = cells[present > 0] * observed.shape[2] / present[present > 0]  # a series' missing steps inside its runs
+    return float(steps.sum() / starts)
 
 
 def gaps_only_where_never_observed(values: np.ndarray, permanent: np.ndarray, steps: int = 64) -> bool:

@@ -674,7 +674,9 @@ def holdout_keep(spec: MaskSpec, shape: tuple[int, ...], fraction: float,
 
     Held-back cells follow the spec's structure (whole blocks for block data),
     drawn anew for every run of ``span`` time steps (default every step, so
-    that no cell is held back for good).
+    that no cell is held back for good); a part that holds back whole steps
+    (:class:`TimeGap`) draws every step whatever the span, as the steps an
+    observing system misses are single steps, not runs.
     """
     if fraction <= 0:
         return torch.ones(shape, dtype=torch.bool)
@@ -683,6 +685,17 @@ def holdout_keep(spec: MaskSpec, shape: tuple[int, ...], fraction: float,
     if span < 1:
         raise ArgumentError(f"span must be at least one step, got {span}")
     n, _, t, h, w = shape  # one pattern for all variables: a random subset of each variable's cells either way
-    runs = -(-t // span)
-    keep = spec._for_holdout(1.0 - fraction).keep((n, 1, runs, h, w), generator, "cpu")
-    return keep.repeat_interleave(span, dim=2)[:, :, :t]
+    holdout = spec._for_holdout(1.0 - fraction)
+    keep = None
+    for part in holdout.parts if isinstance(holdout, Combined) else (holdout,):  # in Combined.keep's order
+        run = 1 if isinstance(part, TimeGap) else span
+        drawn = part.keep((n, 1, -(-t // run), h, w), generator, "cpu").repeat_interleave(run, dim=2)[:, :, :t]
+        keep = drawn if keep is None else keep & drawn
+    return keep
+
+
+def lasting(spec: MaskSpec) -> MaskSpec | None:
+    """The parts of ``spec`` whose gaps may stay put: all but those of whole missing steps (:class:`TimeGap`);
+    None where there are none."""
+    parts = [p for p in (spec.parts if isinstance(spec, Combined) else (spec,)) if not isinstance(p, TimeGap)]
+    return None if not parts else parts[0] if len(parts) == 1 else Combined(*parts)
