@@ -111,6 +111,13 @@ def test_infer_finds_the_block_grid(rows, cols, data, static, seed):
     assert found.kind == "block" and found.spec.grid == (rows, cols) and found.spec.static == static
 
 
+def test_blocks_that_never_move_stay_fixed_over_time_through_whole_missing_steps():
+    observed = observe(cube(samples=8, steps=12), "block", grid=(3, 3), observed=5, static=True, seed=0)
+    missing = xr.DataArray(np.isin(np.arange(12), [2, 7]), dims="time")
+    found = infer(observed.where(~missing))
+    assert found.spec == Combined(Block(grid=(3, 3), static=True), TimeGap()), found.explanation
+
+
 def test_infer_handles_data_without_gaps_and_refuses_empty_masks():
     assert infer(np.ones((1, 1, 4, 6, 6), bool)).kind == "pixel"
     with pytest.raises(MaskSpecError, match="no cell is ever observed"):

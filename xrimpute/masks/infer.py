@@ -78,8 +78,9 @@ def find_block_grid(observed: np.ndarray, max_blocks: int = 8, purity: float = 0
         whole = ((count == 0) | (count == size))[with_gaps][:, size >= 2]  # one-cell blocks are whole anyway
         partial = ~((count == 0).all(axis=0) | (count == size).all(axis=0))
         if whole.size and whole.mean() >= purity and partial.any():
-            per_window = count.reshape(observed.shape[0], observed.shape[2], -1)
-            static = bool((per_window == per_window[:, :1]).all())
+            per_series = count.reshape(observed.shape[0], observed.shape[2], -1)
+            # a whole missing step moves no block: fixed over time if fixed over the steps that observe anything
+            static = all((steps == steps[:1]).all() for steps in (series[series.any(1)] for series in per_series))
             return (rows, cols), static
     return None
 
