@@ -118,6 +118,13 @@ def test_blocks_that_never_move_stay_fixed_over_time_through_whole_missing_steps
     assert found.spec == Combined(Block(grid=(3, 3), static=True), TimeGap()), found.explanation
 
 
+def test_a_station_network_with_whole_missing_steps_is_a_station_network():
+    observed = observe(cube(samples=1, steps=40), "station", n=20, seed=0)
+    for steps, expected in (([3], Station()), ([3, 9, 17, 25], Combined(Station(), TimeGap()))):
+        found = infer(observed.where(~xr.DataArray(np.isin(np.arange(40), steps), dims="time")))
+        assert found.spec == expected, found.explanation
+
+
 def test_infer_handles_data_without_gaps_and_refuses_empty_masks():
     assert infer(np.ones((1, 1, 4, 6, 6), bool)).kind == "pixel"
     with pytest.raises(MaskSpecError, match="no cell is ever observed"):

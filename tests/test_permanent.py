@@ -149,15 +149,18 @@ def test_station_validation_holds_out_whole_stations_for_every_step():
     from xrimpute.samplers import training_windows
 
     values = station_cube(share=0.1).values[:, None]  # (N, C, T, H, W)
-    spec = xrimpute.masks.Station()
-    windows = training_windows(values, spec, np.zeros(1, np.float32), np.ones(1, np.float32), window=3,
-                               val_fraction=0.2)
-    held_cells = np.isfinite(values).any((0, 1, 2)) & ~windows.observed.numpy().any((0, 1, 2))
-    stations = int(np.isfinite(values).any((0, 1, 2)).sum())
-    assert 0.1 * stations < held_cells.sum() < 0.3 * stations  # about a fifth of the stations, whole
-    held = windows.validation[2].numpy()
-    assert held.any() and np.array_equal(held.any((0, 1, 2)), held_cells & held.any((0, 1, 2)))
-    assert not (windows.observed.numpy()[:, :, :, held_cells]).any()  # never in training, at any step
+    missing = values.copy()
+    missing[:, :, [2, 7]] = np.nan  # whole steps missing: a station network still
+    masks = xrimpute.masks
+    for values, spec in ((values, masks.Station()), (missing, masks.Combined(masks.Station(), masks.TimeGap()))):
+        windows = training_windows(values, spec, np.zeros(1, np.float32), np.ones(1, np.float32), window=3,
+                                   val_fraction=0.2)
+        held_cells = np.isfinite(values).any((0, 1, 2)) & ~windows.observed.numpy().any((0, 1, 2))
+        stations = int(np.isfinite(values).any((0, 1, 2)).sum())
+        assert 0.1 * stations < held_cells.sum() < 0.3 * stations  # about a fifth of the stations, whole
+        held = windows.validation[2].numpy()
+        assert held.any() and np.array_equal(held.any((0, 1, 2)), held_cells & held.any((0, 1, 2)))
+        assert not (windows.observed.numpy()[:, :, :, held_cells]).any()  # never in training, at any step
 
 
 def test_reconstruct_always_writes_the_flags_of_the_in_memory_imputation(tmp_path, cluster):
@@ -199,6 +202,8 @@ def test_station_models_see_no_position_by_default_and_keep_it_through_save_and_
     loaded = xrimpute.load(model.save(tmp_path / "m.xri"))
     xr.testing.assert_identical(loaded.impute(observed, K=2, progress=False),
                                 model.impute(observed, K=2, progress=False))
+    missing = xr.DataArray(np.isin(np.arange(12), [2, 7]), dims="time")  # whole steps missing: stations still
+    assert xrimpute.fit(observed.where(~missing), mask="auto", **TINY).info["positions"] is False
     pixels = xrimpute.fit(pixel_cube(0.5, frames=8), mask="pixel", **TINY)
     assert pixels.info["positions"] is True and pixels.denoiser.static.shape[0] == 3
 

@@ -531,7 +531,7 @@ class Engine:
         mean, std = (stats.mean, stats.std) if init is None else (init.mean, init.std)
 
         if config.positions is None:  # station data: no position, so that a station learned from its neighbours
-            config = replace(config, positions=not isinstance(spec, masks.Station))  # carries over to every cell
+            config = replace(config, positions=not masks.of_stations(spec))  # carries over to every cell
         h, w = config.grid_shape
         tile = None if config.tile is None else (min(int(config.tile[0]), h), min(int(config.tile[1]), w))
         static = position_fields(np.asarray(config.grid["lat"], float), np.asarray(config.grid["lon"], float),
@@ -1134,7 +1134,7 @@ def _station_folds(spec, init: Engine | None, nearby: bool | None, validation) -
     """How many shares of the context stations also score the first guesses of a fit (``model.validation``'s
     ``first_guess_folds``): :data:`STATION_FOLDS` for station data whose guess leans on neither nearby steps
     (``nearby`` True) nor history, else 0 (the held-back cells alone)."""
-    if (init is not None or validation is None or not isinstance(spec, masks.Station) or nearby
+    if (init is not None or validation is None or not masks.of_stations(spec) or nearby
             or validation[3].get("history") is not None):
         return 0
     return STATION_FOLDS

@@ -776,7 +776,7 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     cells observed at least once; without it, from the reserved windows, and
     training sees them elsewhere).
     """
-    stations = isinstance(spec, masks.Station)
+    stations = masks.of_stations(spec)
     if not is_dask_collection(values):
         observed = np.isfinite(values)
         if stations:

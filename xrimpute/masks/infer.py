@@ -229,11 +229,11 @@ def infer(mask, max_frames: int = 512) -> Inference:
                                              "never: there are no gaps to learn among them")
         else:
             spec, why = Pixel(), "every cell that is ever observed is observed at every step: there are no gaps"
-    elif stats["partial_frames"] <= 0.02 and stats["empty_frames"] > 0:
+    elif stats["partial_frames"] <= 0.02 and stats["empty_frames"] > 0 and not stations:
         spec = TimeGap()
         why = (f"whole time steps are missing ({stats['empty_frames']:.0%} of the steps) and the other steps are "
                "complete; contexts keep a random subset of the observed steps")
-    elif stations and persistence >= 0.5:
+    elif stations and (persistence >= 0.5 or stats["partial_frames"] == 0):  # or all at every step that reports
         spec = Station()
         why = (f"a fixed set of isolated cells is observed ({_percent(stats['fixed_share'])} of the grid, "
                f"reporting {stats['reporting']:.0%} of the steps): a station network; contexts keep a random "

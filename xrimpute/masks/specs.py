@@ -694,6 +694,12 @@ def holdout_keep(spec: MaskSpec, shape: tuple[int, ...], fraction: float,
     return keep
 
 
+def of_stations(spec: MaskSpec) -> bool:
+    """Whether ``spec`` observes a station network, with or without whole missing steps (a :class:`TimeGap`
+    part): validated on whole stations, learned without positions."""
+    return isinstance(lasting(spec), Station)
+
+
 def lasting(spec: MaskSpec) -> MaskSpec | None:
     """The parts of ``spec`` whose gaps may stay put: all but those of whole missing steps (:class:`TimeGap`);
     None where there are none."""
