@@ -119,6 +119,22 @@ def test_where_the_gaps_stay_put_an_archive_never_trains_on_a_held_back_cell_at_
             windows.close()
 
 
+def test_a_step_held_back_whole_where_the_gaps_stay_put_stays_a_single_step_and_a_block_holds_for_the_window():
+    from xrimpute.samplers import _held_still
+
+    observed = torch.ones(1, 1, 4, 3, 3, dtype=torch.bool)
+    held = torch.zeros_like(observed)
+    held[:, :, 1] = True  # a missing step
+    held[:, :, 2, 0, 0] = True  # a block's cell at one step
+    seen, out, hidden = _held_still(observed, held)
+    expected = held.clone()
+    expected[:, :, :, 0, 0] = True
+    assert torch.equal(out, expected) and torch.equal(seen, ~expected)
+    assert torch.equal(hidden[0, 0, 0], expected[0, 0, 0])  # hidden at the steps round: the block's cell alone
+    everything = torch.ones_like(observed)  # every cell held at every step: held throughout, as before
+    assert torch.equal(_held_still(observed, everything)[1], everything)
+
+
 def test_an_archive_with_missing_steps_withholds_blocks_where_the_gaps_stay_put_and_never_a_whole_series():
     values = blobs(n=2, t=STEPS, size=12, seed=3).values[:, None].astype(np.float32)
     values[:, :, [3, 11, 19]] = np.nan  # whole missing steps on top of blocks

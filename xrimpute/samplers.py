@@ -598,9 +598,14 @@ def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tenso
     drawn anew every step (an archive's reserved windows) or for runs that a window straddles are observed a step
     away, which a gap that stays put never is; a cell held back at any step of a window (``held``, ``(B, C, T, h,
     w)``) is held back at every step it is ``observed``, and ``(B, C, 1, h, w)`` says which, for hiding them at the
-    steps around."""
-    union = held.any(2, keepdim=True)
-    return observed & ~union, observed & union, union
+    steps around. A step held back whole where other steps of the window keep cells (a missing step,
+    :class:`~xrimpute.masks.TimeGap`) stays a single step: it is a gap of every cell at that step only."""
+    cells = (1, 3, 4)  # all but the step
+    whole = ((held | ~observed).all(dim=cells, keepdim=True) & held.any(dim=cells, keepdim=True)
+             & (observed & ~held).any(dim=cells, keepdim=True).any(2, keepdim=True))
+    union = (held & ~whole).any(2, keepdim=True)
+    out = observed & (union | (held & whole))
+    return observed & ~out, out, union
 
 
 def _columns(first: int, count: int, width: int):
@@ -770,8 +775,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     In memory, but for stations, ``guess_validation`` holds the held-back cells as imputation fills them, for
     choosing the first guess (:func:`_overlapping_runs`): with ``lattice``, the tiling imputation cuts the grid
     into (for windows of tiles), on its tiles rather than at random, as many cells as ``validation``'s.
-    For a :class:`~xrimpute.masks.Station` spec the held-back cells are whole
-    stations (:func:`withheld_stations`), in every step, that never enter
+    For a station network's spec (:func:`xrimpute.masks.of_stations`, whole missing steps or not) the held-back
+    cells are whole stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
     cells observed at least once; without it, from the reserved windows, and
     training sees them elsewhere).
@@ -829,9 +834,10 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
             # with the steps the held-back cells are imputed from, as imputation fills them (ImputedHeldBack)
             windows.reserved_stretches = reserved_stretches or windows.stretches(reserved, window - 1 + nearby_span)
             xs, ms, inputs = windows.read(reserved, windows.reserved_stretches)
-            if still and not stations and masks.lasting(spec) is not None:  # before the history's pass
-                withheld = windows.withheld = _withheld_where_still(masks.lasting(spec), ms, reserved, (n, h, w),
-                                                                    tile, val_fraction, seed)
+            lasting = masks.lasting(spec) if still and not stations else None
+            if lasting is not None:  # before the history's pass, which leaves them out
+                withheld = windows.withheld = _withheld_where_still(lasting, ms, reserved, (n, h, w), tile,
+                                                                    val_fraction, seed)
         if training_totals is not None or not history:
             totals = training_totals
         else:  # one pass over the archive

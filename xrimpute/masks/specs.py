@@ -694,14 +694,14 @@ def holdout_keep(spec: MaskSpec, shape: tuple[int, ...], fraction: float,
     return keep
 
 
-def of_stations(spec: MaskSpec) -> bool:
-    """Whether ``spec`` observes a station network, with or without whole missing steps (a :class:`TimeGap`
-    part): validated on whole stations, learned without positions."""
-    return isinstance(lasting(spec), Station)
-
-
 def lasting(spec: MaskSpec) -> MaskSpec | None:
     """The parts of ``spec`` whose gaps may stay put: all but those of whole missing steps (:class:`TimeGap`);
     None where there are none."""
     parts = [p for p in (spec.parts if isinstance(spec, Combined) else (spec,)) if not isinstance(p, TimeGap)]
     return None if not parts else parts[0] if len(parts) == 1 else Combined(*parts)
+
+
+def of_stations(spec: MaskSpec) -> bool:
+    """Whether ``spec`` observes a station network, with or without whole missing steps (a :class:`TimeGap`
+    part): validated on whole stations, learned without positions."""
+    return isinstance(lasting(spec), Station)
