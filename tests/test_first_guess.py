@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, choose_guess, gaussian_kernel,
-                                 _BendingGradient, bend, nearby_guess, smoothing_matrix, spline)
+from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, across_unsplined_frames, choose_guess,
+                                 gaussian_kernel, _BendingGradient, bend, nearby_guess, smoothing_matrix, spline)
 from xrimpute.windows import nearby_observations
 from xrimpute.training import TrainConfig, learning_rate_factor
 
@@ -384,6 +384,25 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
     _, errors = choose_guess(torch.randn(1, 1, 1, 20, 20), dense, dense, history=history)
     assert "bending" not in errors  # frames empty for hours: a surface bent through a strip overshoots
 
+
+
+@pytest.mark.parametrize("name", ["thin plate", "kriging"])
+def test_a_missing_step_takes_the_line_in_time_between_the_splines_of_the_steps_either_side(name):
+    x = rough_field(6, 16, 20)
+    stations = (torch.rand(1, 1, 1, 16, 20, generator=torch.Generator().manual_seed(3)) < 0.15).expand_as(x).clone()
+    stations[:, :, 2] = False  # a whole missing step between two with stations
+    stations[:, :, 4] = False
+    stations[:, :, 4, 0, 0] = True  # a step of one cell: no spline through it either
+    stations[:, :, 5] = False  # a missing step at the window's end
+    guess, _ = FirstGuess(**CANDIDATES[name])(x * stations, stations)
+    splined = spline(x * stations, stations, torch.zeros_like(x), "exponential" if name == "kriging" else "thin plate")
+    torch.testing.assert_close(guess[:, :, [0, 1, 3]], splined[:, :, [0, 1, 3]])
+    torch.testing.assert_close(guess[:, :, 2], (splined[:, :, 1] + splined[:, :, 3]) / 2)
+    torch.testing.assert_close(guess[:, :, 4], splined[:, :, 3])  # the nearer beyond the last
+    torch.testing.assert_close(guess[:, :, 5], splined[:, :, 3])
+    nothing = torch.zeros_like(stations)
+    nothing[..., 0, 0] = True
+    assert torch.equal(across_unsplined_frames(guess, nothing), guess)  # no splined frame: the guess as it was
 
 
 def test_a_frame_that_overlapping_windows_share_is_splined_once_and_as_it_is_alone(monkeypatch):

@@ -98,6 +98,8 @@ SPLINE_RIDGES = {torch.float64: 1e-9, torch.float32: 1e-6}
 smoothed where context cells lie a cell apart and put the thin plate through 40 stations 1e-4 off the exact spline
 of the RBF filler (the heights' stations 1.00018 of its error, 1.0000005 at 1e-9; the pixel guesses as good or a
 hair better, ``benchmarks/RESULTS.md``); single precision (Apple's GPUs) keeps 1e-6."""
+FEWEST_SPLINE_CELLS = 3
+"""Mask cells a frame needs for :func:`spline` to draw its surface (a plane's three)."""
 MAX_SPLINE_POINTS = 256
 """The thin-plate and kriging guesses are candidates only where no frame holds more context cells (a dense solve
 per frame)."""
@@ -150,7 +152,10 @@ class FirstGuess(nn.Module):
     (:func:`spline`), which suits scattered pixels of a smooth field; the
     certainty stays that of the finest level. ``kriging``: instead the
     ordinary kriging through them, which suits sparse stations of a field
-    that is not smooth at their spacing. ``bending``: that many steps
+    that is not smooth at their spacing. Under either, a frame of fewer
+    context cells (a whole missing step) takes the straight line in time
+    between the splines of the window's frames either side
+    (:func:`across_unsplined_frames`). ``bending``: that many steps
     bending the guess towards the smoothest surface through the context
     (:func:`bend`), which suits smooth fields observed too densely for the
     thin plate's solve; frame by frame, or with ``across`` (the cells one
@@ -225,6 +230,7 @@ class FirstGuess(nn.Module):
         guess = guess.reshape(b, c, t, h, w)
         if self.thin_plate or self.kriging:
             guess = spline(values, mask, guess, "exponential" if self.kriging else "thin plate")
+            guess = across_unsplined_frames(guess, mask)
         if self.bending:
             guess = bend(values, mask, guess, self.bending, self.wraps(h), self.across)
         if self.covariance is not None:
@@ -293,7 +299,7 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
 
     Coordinates are cell indices scaled by the larger side; ``ridge`` keeps
     the solve regular (default by its precision, :data:`SPLINE_RIDGES`).
-    Frames with fewer than three cells keep ``fallback``.
+    Frames with fewer than :data:`FEWEST_SPLINE_CELLS` cells keep ``fallback``.
     Frames with the same number of cells are solved together, so a frame's
     spline does not depend on the frames batched with it, and frames of the
     same cells and values are solved once (windows overlapping in time hold
@@ -317,6 +323,20 @@ def spline(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, ker
     # NaN where too few cells decide a frame: each frame then keeps its own fallback, whichever alike was solved
     out = _spline_frames(values[first], mask[first], kernel, ridge)[inverse]
     return torch.where(torch.isnan(out), fallback, out).to(fallback.dtype).reshape(*lead, h, w)
+
+
+def across_unsplined_frames(guess: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``guess`` ``(B, C, T, H, W)`` of :func:`spline`, its frames of fewer than :data:`FEWEST_SPLINE_CELLS` mask
+    cells (whole missing steps) replaced by the straight line in time between the nearest splined frames either side
+    in the window, the nearer one beyond the last: a station network's kriging an hour before and after says more of
+    a missing step than the fallback's smoothing of the window's stations does (``benchmarks/RESULTS.md``). A
+    window with no splined frame keeps ``guess``."""
+    splined = mask.flatten(3).sum(3) >= FEWEST_SPLINE_CELLS  # (B, C, T)
+    if bool(splined.all()):
+        return guess
+    frames = splined[..., None, None].expand_as(guess)
+    keep = frames | ~splined.any(2)[..., None, None, None]
+    return torch.where(keep, guess, _along_time(guess, frames))
 
 
 def _spline_frames(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float | None) -> torch.Tensor:
@@ -344,7 +364,8 @@ def _layout(cells: int, h: int, w: int) -> tuple[int, int]:
 
 
 def _spline_solved(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge: float | None) -> torch.Tensor:
-    """:func:`spline` by one dense solve per frame ``(..., H, W)``; NaN in frames of fewer than three cells."""
+    """:func:`spline` by one dense solve per frame ``(..., H, W)``; NaN in frames of fewer than
+    :data:`FEWEST_SPLINE_CELLS` cells."""
     *lead, h, w = values.shape
     device = values.device
     precise = torch.float32 if device.type == "mps" else torch.float64
@@ -361,7 +382,7 @@ def _spline_solved(values: torch.Tensor, mask: torch.Tensor, kernel: str, ridge:
     plane = plane[: SPLINE_KERNELS[kernel]]  # the trend: a plane, or a constant
     terms = plane.shape[0]
     for n in counts.unique().tolist():
-        if n < 3:
+        if n < FEWEST_SPLINE_CELLS:
             continue
         # frames at a time: images of a few million cells, and on a CPU systems of SPLINE_CHUNK_ENTRIES
         chunk = 2**24 // (4 * h * w)
