@@ -65,6 +65,10 @@ CASES = {
     "era5-block5/9": ("era5", "block", dict(grid=(3, 3), observed=5)),
     "era5-swath": ("era5", "swath", dict()),
     "era5-station": ("era5", "station", dict(n=40)),
+    # drifting clouds (xrimpute.observe's "clouds": cells under a smooth random field advected a cell a step), not
+    # among the rows: the structure satellite fields observed through clouds have
+    "era5-clouds20": ("era5", "clouds", dict(coverage=0.2)),
+    "era5-clouds50": ("era5", "clouds", dict(coverage=0.5)),
     "ns-pixel20": ("navier_stokes", "pixel", dict(rate=0.2)),
     "ns-block5/9": ("navier_stokes", "block", dict(grid=(3, 3), observed=5, static=True)),
     "adv-pixel20": ("advection", "pixel", dict(rate=0.2)),
