@@ -10,8 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, across_unsplined_frames, choose_guess,
-                                 gaussian_kernel, _BendingGradient, bend, nearby_guess, smoothing_matrix, spline)
+from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, across_unsplined_frames,
+                                 choose_guess, gaussian_kernel, _BendingGradient, bend, nearby_guess, smoothing_matrix,
+                                 spline)
 from xrimpute.windows import nearby_observations
 from xrimpute.training import TrainConfig, learning_rate_factor
 
@@ -383,7 +384,6 @@ def test_the_thin_plate_guess_keeps_the_fallback_in_frames_with_fewer_than_three
     history = torch.cat([torch.zeros(1, 1, 20, 20), torch.ones(1, 1, 20, 20)], 1)  # sums and counts
     _, errors = choose_guess(torch.randn(1, 1, 1, 20, 20), dense, dense, history=history)
     assert "bending" not in errors  # frames empty for hours: a surface bent through a strip overshoots
-
 
 
 @pytest.mark.parametrize("name", ["thin plate", "kriging"])

@@ -99,7 +99,7 @@ smoothed where context cells lie a cell apart and put the thin plate through 40 
 of the RBF filler (the heights' stations 1.00018 of its error, 1.0000005 at 1e-9; the pixel guesses as good or a
 hair better, ``benchmarks/RESULTS.md``); single precision (Apple's GPUs) keeps 1e-6."""
 FEWEST_SPLINE_CELLS = 3
-"""Mask cells a frame needs for :func:`spline` to draw its surface (a plane's three)."""
+"""Mask cells a frame needs for :func:`spline` to draw its surface, under either kernel (three, as a plane needs)."""
 MAX_SPLINE_POINTS = 256
 """The thin-plate and kriging guesses are candidates only where no frame holds more context cells (a dense solve
 per frame)."""
