@@ -198,7 +198,8 @@ def run_case(job) -> dict:
                           steps=model.history.step[-1] if model.history.step else 0, kept=model.history.kept,
                           restarts=model.history.restarts, stopped=model.history.stopped,
                           mask=repr(model.spec),
-                          validation=model.validation.get("nmse"), context=model.validation.get("context"),
+                          validation=model.validation.get("nmse"), chosen_on=model.validation.get("chosen_on"),
+                          context=model.validation.get("context"),
                           first_guess=model.validation.get("first_guess"), tile=model.engine.config.tile,
                           correction=model.validation.get("correction_weight"),
                           device=device_name(model.engine.config.train["device"]))

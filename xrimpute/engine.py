@@ -36,7 +36,7 @@ from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, 
                          costly, field_covariances, spatial_modes, widest_reach, wrapping)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
-from .samplers import ArrayWindows, Statistics, Stretch, statistics, training_windows
+from .samplers import ArrayWindows, Statistics, Stretch, reported, statistics, training_windows
 from .training import History, TrainConfig, resolve_device, seeded, train, with_budget
 from .windows import Piece, Tiling, impute_series, sample_series, series_totals
 
@@ -668,41 +668,57 @@ class Engine:
                 _channel_reference(plain.validation))
             imputed = None if validate is None else ImputedHeldBack(validate, windows, denoiser.nearby_span,
                                                                     denoiser.flows, progress)
+            # the score is reported, the share of the correction fitted and the classical fillers scored on cells
+            # held back apart from those the choices are made on where those say little of the gaps (clouds:
+            # samplers.reported)
+            report, plain_report = reported(windows), reported(plain)
+            imputed_report = None if imputed is None or report is windows else ImputedHeldBack(
+                HeldBack(*report.validation, spec, device, seed, reference=None if cycle is None else
+                         _channel_reference(plain_report.validation)), report, denoiser.nearby_span, denoiser.flows,
+                progress)
             # on the values; under a time budget before training, so that the budget spends what it takes rather
             # than keeping a guess of it, and without one after, in a share of training's time
             budgeted = train_config.max_time is not None
-            compared = compare(plain) if compare is not None and budgeted and validate is not None else {}
+            compared = compare(plain_report) if compare is not None and budgeted and validate is not None else {}
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
-                training = _training_budget(train_config, started, imputed, denoiser, verbose, bool(compared))
+                training = _training_budget(train_config, started, [imputed, imputed_report], denoiser, verbose,
+                                            bool(compared))
                 ema, history = train(denoiser, windows, spec, training, device=device, validate=validate,
                                      checkpoint=checkpoint, fingerprint=fingerprint, progress=progress)
             if untrainable:
                 history.stopped = UNTRAINABLE
-            scores, estimates, weights, weighted, context = {}, {}, None, None, None
+            scores, estimates, weights, weighted, context, network = {}, {}, None, None, None, None
             if imputed is not None and history.val:
                 scores, estimates = _context_scores(ema, imputed)
                 # a tie keeps the sampled contexts, the paper's estimate
                 context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled"))
+                # the share of the network's correction is fitted on the cells the score is reported on
+                scoring, estimate = ((imputed, estimates[context]) if imputed_report is None else
+                                     (imputed_report, imputed_report.estimate(ema, context)))
+                network = scores[context] if imputed_report is None else imputed_report.score(estimate)
                 if history.step:  # an untrained network corrects nothing
-                    weights, weighted = imputed.correction_weights(ema, context, estimates[context])
+                    weights, weighted = scoring.correction_weights(ema, context, estimate)
             if compare is not None and not budgeted and history.val:
-                compared = compare(plain, history.seconds)
+                compared = compare(plain_report, history.seconds)
         finally:
             windows.close()
             if plain is not windows:
                 plain.close()
         validation = None
         if history.val:
-            final = weighted or scores[context]
+            final = weighted or network
             rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i])
                     for i, name in enumerate(config.channels)}
             validation = dict(nmse=final["nmse"], skill=1 - final["nmse"], rmse=rmse,
-                              cells=int(windows.validation[2].sum()), context=context,
+                              cells=int(report.validation[2].sum()), context=context,
                               context_nmse={name: score["nmse"] for name, score in scores.items()},
                               first_guess=guess, first_guess_nmse=guesses,
-                              **({"first_guess_folds": folds} if folds else {}), **compared)
+                              **({"first_guess_folds": folds} if folds else {}),
+                              **compared)
+            if report is not windows:  # the network's score where the choices were made
+                validation["chosen_on"] = dict(nmse=scores[context]["nmse"], cells=int(windows.validation[2].sum()))
             if weights is not None:
-                validation.update(network_nmse=scores[context]["nmse"],
+                validation.update(network_nmse=network["nmse"],
                                   correction_weight=dict(zip(config.channels, weights)))
         config = replace(config, validation=validation, correction=weights,
                          cycle=None if cycle is None else config.cycle,
@@ -1254,16 +1270,17 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     return None, plain, modes, guess, both
 
 
-def _training_budget(config: TrainConfig, started: float, held_back: ImputedHeldBack | None, net, verbose: bool,
-                     compared: bool = False) -> TrainConfig:
+def _training_budget(config: TrainConfig, started: float, held_back: list[ImputedHeldBack | None], net,
+                     verbose: bool, compared: bool = False) -> TrainConfig:
     """``config`` with its ``max_time``, the whole fit's budget from ``started``, cut to the seconds left for
     training: less those spent since (the statistics, the windows, the first guess's choice, the classical fillers'
-    comparison where ``compared``) and the scoring of the held-back cells after training (``held_back``'s estimate,
-    one stretch timed with ``net``). Counted from training alone, a 300 s fit of the shallow-water blocks took
-    374-382 s (``benchmarks/RESULTS.md``). Training keeps at least :data:`LEAST_TRAINING_SHARE` of the budget."""
+    comparison where ``compared``) and the scoring of the held-back cells after training (the estimates of each of
+    ``held_back`` that is not None, one stretch of each timed with ``net``). Counted from training alone, a 300 s
+    fit of the shallow-water blocks took 374-382 s (``benchmarks/RESULTS.md``). Training keeps at least
+    :data:`LEAST_TRAINING_SHARE` of the budget."""
     if config.max_time is None:
         return config
-    after = 0.0 if held_back is None else held_back.seconds(copy.deepcopy(net).to(held_back.device).eval())
+    after = sum(cells.seconds(copy.deepcopy(net).to(cells.device).eval()) for cells in held_back if cells is not None)
     spent = time.perf_counter() - started  # the timing above too
     left, least = config.max_time - spent - after, LEAST_TRAINING_SHARE * config.max_time
     parts = (["the statistics", "the first guess's choice"] + ["the classical fillers' comparison"] * compared

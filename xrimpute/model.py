@@ -377,6 +377,15 @@ class CtxDiffModel:
             score 5 % above the best, training goes back to the best network
             at half the learning rate (``model.history.restarts``), and the
             third time it stops: such a fit ends before its time budget.
+            Where the gaps are clouds (a :class:`~xrimpute.masks.Patches`
+            part), held-back patches among observations score the fill far
+            better than its gaps (6-27 times on the ERA5 sample): ``nmse``,
+            ``skill``, ``rmse``, ``cells``, the share of the correction and
+            the classical fillers' scores are then those of half as many
+            cells again, held back as the clouds of other runs of steps
+            (:func:`xrimpute.masks.other_clouds_keep`), and ``chosen_on``
+            holds the network's score on the patches, where the first guess,
+            the context and the network kept were chosen.
 
         Notes
         -----
@@ -664,8 +673,13 @@ class CtxDiffModel:
             ratio = ratio_text(v)
             versus = (f"; best classical filler {best} {1 - v['classical'][best]:.3f}" + (f", {ratio}" if ratio else "")
                       if best else "")
+            under = " under other steps' clouds" if "chosen_on" in v else ""
             rows.append(("validation", f"skill {v['skill']:.3f} = 1 - MSE / MSE of the mean fill, on {v['cells']} "
-                                       f"held-back cells (RMSE {rmse}){versus}"))
+                                       f"held-back cells{under} (RMSE {rmse}){versus}"))
+            if "chosen_on" in v:
+                rows.append(("chosen on", f"the first guess, contexts and network on {v['chosen_on']['cells']} "
+                                          "more held-back cells, patches among observations (the network's skill "
+                                          f"there {1 - v['chosen_on']['nmse']:.3f}, which says less of the gaps)"))
             if v.get("first_guess") in v.get("first_guess_nmse", {}):
                 alone = 1 - v["first_guess_nmse"][v["first_guess"]]
                 folds = v.get("first_guess_folds")

@@ -6,7 +6,8 @@ batch ``(x, observed, inputs)``, ``read(jobs)`` cuts given windows,
 ``validation`` holds the windows and held-back cells to score on (or None),
 ``validation_jobs`` where those windows lie, ``validation_context(pad)`` the
 series around them as training saw it (to score other fillers on the same
-cells), and ``close()`` stops any background work. :func:`training_windows` builds
+cells), :func:`reported` the sampler a fit's score is reported on, and
+``close()`` stops any background work. :func:`training_windows` builds
 the right one for a cube, holding back validation cells the same way for
 both. :func:`statistics` gives the normalisation of either kind from all or
 a sample of its time chunks. No xarray here.
@@ -23,6 +24,7 @@ network does without) is not 0.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import queue
 import threading
@@ -203,6 +205,7 @@ class ArrayWindows:
     held_cells = None  # the held-back cells, a bit each, where more windows hold some than validation scores
     validation_seed = 0  # where the validation windows' tiles lie
     guess_validation = None  # validation as imputation fills it (_overlapping_runs), to choose the first guess on
+    reported_validation = None  # (validation, validation_jobs) of the cells a fit's score is reported on (reported)
 
     def __init__(self, values: np.ndarray, observed: np.ndarray, window: int,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -360,6 +363,7 @@ class ChunkedWindows:
     reserved_stretches = ()  # each validation window's Stretch, as read for it and its imputation; by training_windows
     validation_hidden = None  # per validation window, (C, 1, h, w) cells hidden at every step around it, or None
     wide_validation = guess_validation = None  # none: an archive's reserved windows are its validation
+    reported_validation = None  # ... and the cells its score is reported on
 
     def __init__(self, values, window: int, mean: np.ndarray, std: np.ndarray, *,
                  tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
@@ -591,6 +595,28 @@ def context_spans(jobs, window: int, length: int, pad: int, apart: bool) -> list
 
 HOLDOUT_DRAWS = 8
 """Draws of the held-back cells a fit makes at most until one holds back an observed cell."""
+CLOUDS_REACH = 24
+"""Steps beyond a window's own in the runs whose clouds the held-back cells a fit in memory reports its score on
+take (:func:`xrimpute.masks.other_clouds_keep`): as far as a first guess looks for a cell's own observations
+(``xrimpute.nets.prior.NEARBY_SPAN``), so that round a held-back cell in time lie the clouds round a gap."""
+
+CLOUDS_SHARE = 0.5
+"""The clouds' cells held back for the reported score, as a share of ``val_fraction``: every one is lost to training,
+in runs where the coverage falls to its square."""
+
+
+def reported(windows):
+    """The sampler whose validation cells a fit reports its score on, fits the share of its network's correction
+    on and scores the classical fillers on: ``windows`` itself, or where it holds clouds' cells back apart for
+    that (``reported_validation``), a view of it with those as its validation (the choices of the first guess,
+    the context and the network's step stay on ``windows.validation``)."""
+    if windows.reported_validation is None:
+        return windows
+    view = copy.copy(windows)
+    view.validation, view.validation_jobs = windows.reported_validation
+    view.reported_validation = view.guess_validation = view.held_cells = None
+    vars(view).pop("wide_validation", None)
+    return view
 
 
 def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -616,34 +642,45 @@ def _columns(first: int, count: int, width: int):
     return np.arange(first, first + count) % width
 
 
-def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = False,
-                        max_windows: int = VALIDATION_WINDOWS, lattice: Tiling | None = None):
-    """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
-    inputs)``, the ``(sample, start, row, col)`` of each, whether windows with held-back cells were left out, and
-    with ``still`` (as for :func:`training_windows`) the cells hidden round each (``(B, C, 1, h, w)``, else None).
-    ``lattice`` (an imputation's :class:`~xrimpute.windows.Tiling`): every one of its tiles in each window rather
-    than one tile at random (the last over a global grid's seam, as imputation's), and in ``heldout``'s place each
-    held-back cell's share of the blend that imputation weighs the tiles with."""
-    n, c, t, h, w = windows.values.shape
-    (th, tw) = lattice.size if lattice is not None else windows.tile or (h, w)
-    window = windows.window
+def _placements(heldout, window: int, size: tuple[int, int], seed, max_windows: int = VALIDATION_WINDOWS,
+                lattice: Tiling | None = None) -> tuple[list[tuple[int, int, int, int]], bool]:
+    """The ``(sample, start, row, col)`` of up to ``max_windows`` windows (tiles of ``size``) holding cells of
+    ``heldout`` ``(N, C, T, H, W)``, spread evenly over them, and whether windows holding some were left out; as
+    :func:`_validation_windows` places them."""
+    n, _, t, h, w = heldout.shape
+    th, tw = size
     jobs = [(i, s) for i in range(n) for s in window_starts(t, window, window)]
     jobs = [j for j in jobs if heldout[j[0], :, j[1] : j[1] + window].any()]
     if lattice is None:
-        left_out = len(jobs) > max_windows
         rng = np.random.default_rng(seed)
         placed = [(i, s, int(rng.integers(h - th + 1)), int(rng.integers(w - tw + 1)))
                   for i, s in (jobs[k] for k in evenly_spaced(len(jobs), max_windows))]
-    else:
-        rows, cols = lattice.origins(h, w)
+        return placed, len(jobs) > max_windows
+    rows, cols = lattice.origins(h, w)
+    placed = [(i, s, r, q) for i, s in jobs for r in rows for q in cols]
+    return [placed[k] for k in evenly_spaced(len(placed), max_windows)], len(placed) > max_windows
+
+
+def _validation_windows(windows: ArrayWindows, heldout, seed, still: bool = False,
+                        max_windows: int = VALIDATION_WINDOWS, lattice: Tiling | None = None):
+    """Up to ``max_windows`` windows (tiles) of ``windows`` with held-back cells: ``(x, observed, heldout,
+    inputs)``, the ``(sample, start, row, col)`` of each (:func:`_placements`), whether windows with held-back
+    cells were left out, and with ``still`` (as for :func:`training_windows`) the cells hidden round each
+    (``(B, C, 1, h, w)``, else None). ``lattice`` (an imputation's :class:`~xrimpute.windows.Tiling`): every one
+    of its tiles in each window rather than one tile at random (the last over a global grid's seam, as
+    imputation's), and in ``heldout``'s place each held-back cell's share of the blend that imputation weighs the
+    tiles with."""
+    n, c, t, h, w = windows.values.shape
+    (th, tw) = lattice.size if lattice is not None else windows.tile or (h, w)
+    window = windows.window
+    placed, left_out = _placements(heldout, window, (th, tw), seed, max_windows, lattice)
+    if lattice is not None:
         blend = torch.as_tensor(lattice.weight(), dtype=torch.float32)
         cover = torch.zeros(h, w)  # every cell's total weight over the tiles covering it
+        rows, cols = lattice.origins(h, w)
         for r in rows:
             for q in cols:
                 cover[r : r + th, _columns(q, tw, w)] += blend
-        placed = [(i, s, r, q) for i, s in jobs for r in rows for q in cols]
-        left_out = len(placed) > max_windows
-        placed = [placed[k] for k in evenly_spaced(len(placed), max_windows)]
     xs, ms, inputs = windows.read(placed, size=(th, tw))
     hs = torch.as_tensor(np.stack([heldout[i, :, s : s + window, r : r + th][..., _columns(q, tw, w)]
                                    for i, s, r, q in placed]))
@@ -734,6 +771,20 @@ def withheld_stations(observed: np.ndarray, fraction: float, seed: int = 0) -> n
     return out.reshape(observed.shape[-2:])
 
 
+def _lattice_windows(tile: tuple[int, int], lattice: Tiling) -> int:
+    """Windows of imputation's tiles that the first guess is chosen on: as many cells as the validation windows."""
+    return max(1, VALIDATION_WINDOWS * int(np.prod(tile)) // int(np.prod(lattice.size)))
+
+
+def _scored_placements(heldout, window: int, tile: tuple[int, int] | None, lattice: Tiling | None, seed):
+    """Where the windows a fit in memory scores its choices on lie (:func:`training_windows`): its validation
+    windows, and with ``lattice`` those of imputation's tiles."""
+    placed = _placements(heldout, window, tile or heldout.shape[-2:], seed)[0]
+    if lattice is not None:
+        placed += _placements(heldout, window, lattice.size, seed, _lattice_windows(tile, lattice), lattice)[0]
+    return placed
+
+
 def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.ndarray, *, window: int,
                      tile: tuple[int, int] | None = None, static: np.ndarray | None = None,
                      val_fraction: float = 0.05, seed: int = 0, pin_memory: bool = False,
@@ -775,6 +826,13 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     In memory, but for stations, ``guess_validation`` holds the held-back cells as imputation fills them, for
     choosing the first guess (:func:`_overlapping_runs`): with ``lattice``, the tiling imputation cuts the grid
     into (for windows of tiles), on its tiles rather than at random, as many cells as ``validation``'s.
+    In memory, where the spec hides clouds (:func:`xrimpute.masks.clouded`), :data:`CLOUDS_SHARE` as many cells
+    again are held back as the clouds of other runs of the window's and :data:`CLOUDS_REACH` more steps
+    (:func:`xrimpute.masks.other_clouds_keep`) for the score a fit reports (``reported_validation``,
+    :func:`reported`): choosing the first guess on them, where a held-back step keeps the square of its coverage,
+    chose guesses that suit sparser data and filled some clouds worse, so the choices stay on the patches. The runs
+    keep clear of the windows those choices are scored on and of the windows overlapping them, which so see what
+    they saw without them, and the patches at the steps of the runs go back to training.
     For a station network's spec (:func:`xrimpute.masks.of_stations`, whole missing steps or not) the held-back
     cells are whole stations (:func:`withheld_stations`), in every step, that never enter
     training; in an archive they are drawn from ``valid`` (``(C, H, W)``, the
@@ -784,6 +842,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
     stations = masks.of_stations(spec)
     if not is_dask_collection(values):
         observed = np.isfinite(values)
+        honest = None  # the held-back cells a fit reports its score on, where not those it chooses on
+        spread = None  # the held-back cells of every window (held_cells), where not all of heldout
         if stations:
             heldout = observed & withheld_stations(observed, val_fraction, seed)
             train_observed = observed & ~heldout
@@ -797,6 +857,19 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                 heldout = observed > keep
                 if heldout.any():
                     break
+            if masks.clouded(spec) and not still:
+                # the clouds' runs of steps keep clear of the windows the choices are scored on (there a held-back
+                # step keeps the square of its coverage, and the choices made on such windows suited sparser data
+                # than the gaps'), and the patches among those steps go back to training
+                busy = np.zeros(observed.shape[:1] + observed.shape[2:3], bool)
+                for i, s, *_ in _scored_placements(heldout, window, tile, lattice, seed):
+                    busy[i, max(0, s - window + 1) : s + 2 * window - 1] = True  # with the windows overlapping it
+                others = masks.other_clouds_keep(observed & keep, CLOUDS_SHARE * val_fraction, generator,
+                                                 window + CLOUDS_REACH, allowed=~busy, shortest=window)
+                if others is not None:  # the windows keep their places: the patches given back lie apart
+                    others = others.numpy()
+                    lost = ~others.all(axis=(1, 3, 4))[:, None, :, None, None]
+                    honest, spread, keep = observed & ~others, heldout & ~lost, (keep | lost) & others
             train_observed = observed & keep
             del keep  # before the normalised copy
         totals = training_totals if training_totals is not None or not history else \
@@ -815,13 +888,16 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
             if not stations:  # between stations the guess is the whole fill, frame by frame
                 scored, placed = windows.validation, windows.validation_jobs
                 if lattice is not None:  # imputation's tiles, as many cells as the validation windows
-                    most = max(1, VALIDATION_WINDOWS * int(np.prod(tile)) // int(np.prod(lattice.size)))
-                    scored, placed, _, hidden = _validation_windows(windows, heldout, seed, still, most, lattice)
+                    scored, placed, _, hidden = _validation_windows(windows, heldout, seed, still,
+                                                                    _lattice_windows(tile, lattice), lattice)
                 windows.guess_validation = _overlapping_runs(windows, scored, placed, hidden)
             # those scored may be fewer than the windows holding held-back cells; gaps that stay put lean on no
             # series-wide baseline with a margin
             if left_out and not still:
-                windows.held_cells, windows.validation_seed = np.packbits(heldout, axis=None), seed
+                windows.held_cells = np.packbits(heldout if spread is None else spread, axis=None)
+                windows.validation_seed = seed
+            if honest is not None and honest.any():
+                windows.reported_validation = _validation_windows(windows, honest, seed)[:2]
         return windows
     n, _, t, h, w = values.shape
     reserved = reserved_windows(n, t, window, val_fraction, (h, w), tile, seed)

@@ -49,16 +49,19 @@ from .specs import (
     Station,
     Swath,
     TimeGap,
+    clouded,
     holdout_keep,
     lasting,
     of_stations,
+    other_clouds_keep,
 )
 
 __all__ = [
     "ALIASES", "NOT_SAVED", "SPECS", "ZERO_COVERAGE", "Block", "Clouds", "Combined", "Inference", "Learnability",
     "MaskSpec", "MaskSpecError", "Patches", "Pixel", "QueryDraws", "Station", "Swath", "TimeGap", "block_index",
-    "find_block_grid", "holdout_keep", "infer", "infer_pixel_or_block", "lasting", "learnability", "of_stations",
+    "clouded", "find_block_grid", "holdout_keep", "infer", "infer_pixel_or_block", "lasting", "learnability",
+    "of_stations",
     "query_coverage", "query_probability", "resolve", "warn_if_unlearnable",
     "Reach", "gaps_in_reach", "gaps_near_in_time", "gaps_only_where_never_observed", "observations_persist",
-    "observed_run", "reach", "unreachable",
+    "observed_run", "other_clouds_keep", "reach", "unreachable",
 ]
