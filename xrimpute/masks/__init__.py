@@ -60,8 +60,7 @@ __all__ = [
     "ALIASES", "NOT_SAVED", "SPECS", "ZERO_COVERAGE", "Block", "Clouds", "Combined", "Inference", "Learnability",
     "MaskSpec", "MaskSpecError", "Patches", "Pixel", "QueryDraws", "Station", "Swath", "TimeGap", "block_index",
     "clouded", "find_block_grid", "holdout_keep", "infer", "infer_pixel_or_block", "lasting", "learnability",
-    "of_stations",
-    "query_coverage", "query_probability", "resolve", "warn_if_unlearnable",
+    "of_stations", "query_coverage", "query_probability", "resolve", "warn_if_unlearnable",
     "Reach", "gaps_in_reach", "gaps_near_in_time", "gaps_only_where_never_observed", "observations_persist",
     "observed_run", "other_clouds_keep", "reach", "unreachable",
 ]
