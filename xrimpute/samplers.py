@@ -864,8 +864,8 @@ def training_windows(values, spec: masks.MaskSpec, mean: np.ndarray, std: np.nda
                 busy = np.zeros(observed.shape[:1] + observed.shape[2:3], bool)
                 for i, s, *_ in _scored_placements(heldout, window, tile, lattice, seed):
                     busy[i, max(0, s - window + 1) : s + 2 * window - 1] = True  # with the windows overlapping it
-                others = masks.other_clouds_keep(observed & keep, CLOUDS_SHARE * val_fraction, generator,
-                                                 window + CLOUDS_REACH, allowed=~busy, shortest=window)
+                others = masks.other_clouds_keep(observed.any(1, keepdims=True) & keep, CLOUDS_SHARE * val_fraction,
+                                                 generator, window + CLOUDS_REACH, allowed=~busy, shortest=window)
                 if others is not None:  # the windows keep their places: the patches given back lie apart
                     others = others.numpy()
                     lost = ~others.all(axis=(1, 3, 4))[:, None, :, None, None]
