@@ -124,3 +124,13 @@ def test_a_fit_reports_the_clouds_score_and_where_it_chose_in_its_validation_and
         text = repr(shown)
         assert f"on {v['cells']} held-back cells under other steps' clouds" in text
         assert f"chosen on:  the first guess, contexts and network on {v['chosen_on']['cells']} more" in text
+
+
+def test_a_fit_that_reports_on_patches_under_clouds_says_they_flatter_the_gaps():
+    """An archive, or a series too short for a run beside the scored windows, keeps the patches' score."""
+    archive = clouded().chunk({"time": 40})
+    model = archive.ctxdiff.fit(steps=3, batch_size=2, progress=False, seed=0, verbose=False)
+    assert "chosen_on" not in model.validation
+    assert "held-back cells, patches among observations, which flatter clouds' gaps" in repr(model)
+    pixels = xrimpute.observe(blobs(n=2, t=STEPS, size=24, seed=1), "pixel", rate=0.4, seed=0)
+    assert "flatter" not in repr(pixels.ctxdiff.fit(steps=3, batch_size=2, progress=False, seed=0, verbose=False))
