@@ -707,7 +707,7 @@ def other_clouds_keep(observed, fraction: float, generator: torch.Generator | No
     each lose the cells that another run (of any series) does not observe, as DINEOF's cross-validation holds back
     the clouds of other images (Beckers et al. 2006), runs of steps so that round a held-back cell in time lie
     clouds as round a gap. Patches drawn among observations scored the ERA5 sample's clouds 6 to 27 times better
-    than their gaps; these scored them 1 to 2.3 times better (``benchmarks/RESULTS.md``). ``allowed`` ``(N, T)``: the
+    than their gaps; these scored them 0.94 to 2.4 times better (``benchmarks/RESULTS.md``). ``allowed`` ``(N, T)``: the
     steps a run that loses clouds may cover (default all), the runs cut to the longest stretch of them but not
     below ``shortest`` steps. None where no run of them is left, or no other run to take the clouds of."""
     seen = torch.as_tensor(np.asarray(observed)).any(1)  # (N, T, H, W)
