@@ -32,8 +32,9 @@ from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
 from .cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
-from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, candidate_label, choose_guess,
-                         costly, field_covariances, spatial_modes, widest_reach, wrapping)
+from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, FirstGuess, candidate_label,
+                         choose_guess, costly, field_covariances, spatial_modes, station_correlation, widest_reach,
+                         wrapping)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import ArrayWindows, Statistics, Stretch, reported, statistics, training_windows
@@ -601,9 +602,12 @@ class Engine:
                            if offers_covariance else None)
             wrap = dict(periodic=net["periodic"], row_period=net.get("row_period", 0))  # as the guess wraps
             folds = _station_folds(spec, init, config.nearby, windows.validation)
+            # a station network's own correlation over time, fitted anew for each share of stations scored
+            correlations = (_station_correlations(windows, folds, seed, config.periodic)
+                            if folds and tile is None and isinstance(windows, ArrayWindows) else None)
             guess, guesses = _first_guess(windows.validation if folds else _guess_validation(windows),
                                           wrap, init, config.nearby, modes,
-                                          covariances, folds, seed, lambda: windows.wide_validation)
+                                          covariances, folds, seed, lambda: windows.wide_validation, correlations)
             if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
                 if verbose and is_dask_collection(values):
@@ -651,11 +655,20 @@ class Engine:
                     log.info("the first guess is the best linear estimate under the series' own space-time covariance"
                              + (", tapered where few pairs of cells share an offset" if CANDIDATES[name].get("tapered")
                                 else "") + " (optimal interpolation)")
+            if init is not None:
+                correlation = init.denoiser.station_correlation
+            elif name is None or not CANDIDATES[name].get("correlation"):
+                correlation = None
+            else:
+                correlation = correlations[0]
+                if verbose:
+                    log.info("the first guess kriges each frame's departures from each cell's mean under the "
+                             "correlation the stations measure over the series")
             with seeded(seed):  # the initial weights
                 denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), torch.as_tensor(static),
                                     guess=init.denoiser.config.get("guess") if init is not None else
                                     None if name is None else CANDIDATES[name], modes=modes,
-                                    covariance=covariance, **net)
+                                    covariance=covariance, station_correlation=correlation, **net)
             if init is not None:
                 denoiser.load_state_dict(init.denoiser.state_dict())
             fingerprint = dict(channels=config.channels, window=config.window, net=denoiser.config,
@@ -997,8 +1010,10 @@ class Engine:
             modes = payload["state"]["modes"] if net.pop("modes", None) else None
             covariance = payload["state"]["first_guess.covariance"] \
                 if net.get("guess", {}).get("covariance_steps") else None
+            correlation = tuple(payload["state"][f"first_guess.station_{part}"] for part in ("fields", "parameters")) \
+                if net.get("guess", {}).get("correlation") else None
             denoiser = Denoiser(net.pop("n_channels"), net.pop("window"), payload["state"]["static"], modes=modes,
-                                covariance=covariance, **net)
+                                covariance=covariance, station_correlation=correlation, **net)
             denoiser.load_state_dict(payload["state"])
             spec = masks.MaskSpec.from_dict(config["spec"])
             history, schedule = History(**config["history"]), VPSchedule(**config["schedule"])
@@ -1086,7 +1101,7 @@ spline (``benchmarks/RESULTS.md``). Between stations the guess is the whole fill
 
 def _first_guess(validation, wrap: dict, init: Engine | None,
                  nearby: bool | None = None, modes=None, covariances=None, station_folds: int = 0,
-                 seed: int = 0, wide=None) -> tuple[str | None, dict]:
+                 seed: int = 0, wide=None, correlations=None) -> tuple[str | None, dict]:
     """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES`, with or without the nearby steps the validation
     inputs carry (``nearby`` True: with), or leaning on ``modes`` (the series' spatial modes, or None), or under
     ``covariances`` (the series' own, by the name of the candidate that takes each, or None), that best
@@ -1097,7 +1112,10 @@ def _first_guess(validation, wrap: dict, init: Engine | None,
     nearby steps, modes or covariance. ``wide``: a callable giving the validation windows' ``wide_validation`` (or
     None), on which a guess leaning on the modes must also win by its margin (:func:`_on_every_window`); called only
     then, since the windows make them when asked. ``wrap``: how the guess wraps round
-    (:class:`~xrimpute.nets.prior.FirstGuess`'s ``periodic`` and ``row_period``)."""
+    (:class:`~xrimpute.nets.prior.FirstGuess`'s ``periodic`` and ``row_period``). ``correlations``
+    (:func:`_station_correlations`, with ``station_folds``): the stations' correlation of the training series and of
+    each share's, under which the guess ``kriging over time`` scores too, chosen only where it beats the best of
+    the others by :data:`~xrimpute.nets.prior.BASELINE_MARGIN`, as a guess leaning on the series must."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs, *runs = validation
@@ -1110,6 +1128,11 @@ def _first_guess(validation, wrap: dict, init: Engine | None,
     label, errors = choose_guess(xs, ms, hs, **wrap, history=inputs.get("history"),
                                  nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes,
                                  covariances=covariances, runs=runs)
+    if correlations is not None:
+        kriged = _correlation_errors(xs, ms, hs, correlations, wrap["periodic"])
+        errors.update(kriged)
+        best = min(kriged, key=kriged.get)
+        label = best if kriged[best] < BASELINE_MARGIN * errors[label] else label
     if nearby:  # the best of those with nearby steps
         label = min((name for name in errors if candidate_label(name)[1]), key=lambda name: errors[name])
     elif wide is not None and label.endswith(MODES_LABEL) and (windows := wide()) is not None:
@@ -1156,21 +1179,60 @@ def _station_folds(spec, init: Engine | None, nearby: bool | None, validation) -
     return STATION_FOLDS
 
 
-def _with_station_folds(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, folds: int,
-                        seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validation windows ``(values, context, held back)`` ``(B, C, T, H, W)`` of station data, followed by ``folds``
-    copies of them, each holding back a random share of the context's stations (every station in one share) and
-    seeing the rest, so that every station scores a guess rather than the few held back from training."""
+def _station_shares(ms: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
+    """``folds`` random shares ``(C, H, W)`` of the stations of validation windows' contexts ``ms``
+    ``(B, C, T, H, W)``, every station in one share (drawn with ``seed``)."""
     stations = torch.nonzero(ms.any(dim=(0, 2)).flatten()).squeeze(1)
     stations = stations[torch.randperm(len(stations), generator=torch.Generator().manual_seed(seed))]
-    contexts, held = [ms], [hs]
+    shares = []
     for share in stations.chunk(folds):
         fold = torch.zeros(ms[0, :, 0].numel(), dtype=torch.bool)
         fold[share] = True
-        fold = fold.view(1, ms.shape[1], 1, *ms.shape[3:])
-        contexts.append(ms & ~fold)
-        held.append(ms & fold)
+        shares.append(fold.view(ms.shape[1], *ms.shape[3:]))
+    return shares
+
+
+def _with_station_folds(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, folds: int,
+                        seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validation windows ``(values, context, held back)`` ``(B, C, T, H, W)`` of station data, followed by ``folds``
+    copies of them, each holding back a share of the context's stations (:func:`_station_shares`) and seeing the
+    rest, so that every station scores a guess rather than the few held back from training."""
+    contexts, held = [ms], [hs]
+    for share in _station_shares(ms, folds, seed):
+        contexts.append(ms & ~share[None, :, None])
+        held.append(ms & share[None, :, None])
     return xs.repeat(len(contexts), 1, 1, 1, 1), torch.cat(contexts), torch.cat(held)
+
+
+def _station_correlations(windows, folds: int, seed: int, periodic: bool) -> list[tuple] | None:
+    """The stations' correlation (:func:`~xrimpute.nets.prior.station_correlation`) of the training series of
+    ``windows`` and then of that series without each share of stations of :func:`_station_shares` (the shares
+    :func:`_with_station_folds` scores), so that a station scored never informs its own guess; None where a series
+    has too few or too many stations."""
+    values, observed = windows.training_series()
+    shares = _station_shares(windows.validation[1], folds, seed)
+    fitted = [station_correlation(values, observed, periodic)]
+    fitted += [station_correlation(values, observed & ~share[None, :, None], periodic) for share in shares]
+    return None if any(model is None for model in fitted) else fitted
+
+
+def _correlation_errors(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, correlations: list[tuple],
+                        periodic: bool) -> dict[str, float]:
+    """The error of the guess ``kriging over time`` on the held-back cells of station folds ``(xs, ms, hs)``
+    (:func:`_with_station_folds`) relative to the mean fill, as :func:`~xrimpute.nets.prior.choose_guess` gives
+    the others': each copy of the windows kriged under its own share's correlation (``correlations``)."""
+    copies = len(correlations)
+    reference = float((xs**2 * hs).sum().clamp(min=1e-12))
+    errors = {}
+    for name, options in CANDIDATES.items():
+        if not options.get("correlation"):
+            continue
+        missed = 0.0
+        for x, m, held, model in zip(xs.chunk(copies), ms.chunk(copies), hs.chunk(copies), correlations):
+            guess, _ = FirstGuess(**options, periodic=periodic, station_correlation=model)(x * m, m)
+            missed += float(((guess - x) ** 2 * held).sum())
+        errors[name] = missed / reference
+    return errors
 
 
 def _cycle_label(kind: str, width: float) -> str:

@@ -52,7 +52,8 @@ class Denoiser(nn.Module):
     guess interpolates each frame's departures from the modes that best fit its context
     (:func:`~xrimpute.nets.prior.modes_baseline`), on the grid the modes cover. ``covariance``
     (:func:`~xrimpute.nets.prior.field_covariance` of the training series) goes with a ``guess`` whose
-    ``covariance_steps`` ask for it (the candidate "optimal interpolation").
+    ``covariance_steps`` ask for it (the candidate "optimal interpolation"), and ``station_correlation``
+    (:func:`~xrimpute.nets.prior.station_correlation`) with one whose ``correlation`` does ("kriging over time").
     """
 
     def __init__(self, n_channels: int, window: int, static: torch.Tensor | None = None,
@@ -60,7 +61,8 @@ class Denoiser(nn.Module):
                  first_guess: bool = False,
                  guess: dict | None = None, history: bool = False, nearby: int = 0, flow: bool = False,
                  curve: bool = False, modes: torch.Tensor | None = None,
-                 covariance: torch.Tensor | None = None, **overrides):
+                 covariance: torch.Tensor | None = None,
+                 station_correlation: tuple[torch.Tensor, torch.Tensor] | None = None, **overrides):
         super().__init__()
         if preset not in PRESETS:
             raise ArgumentError(f"unknown network preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -97,7 +99,8 @@ class Denoiser(nn.Module):
         self.register_buffer("static", static)
         cw = n_channels * window
         self.first_guess = FirstGuess(**(guess or {}), periodic=periodic, row_period=row_period,
-                                      covariance=covariance) if first_guess else None
+                                      covariance=covariance,
+                                      station_correlation=station_correlation) if first_guess else None
         inputs = (4 if first_guess else 2) * cw + (cw if flow else 0) + static.shape[0]
         self.unet = UNet(inputs, cw, periodic=periodic, row_period=row_period if network_wraps_rows else 0,
                          zero_head=first_guess,
@@ -117,6 +120,12 @@ class Denoiser(nn.Module):
     def nearby_span(self) -> int:
         """Steps either side of a window whose observations every call passes as ``nearby`` (0: none)."""
         return self.config.get("nearby", 0)
+
+    @property
+    def station_correlation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stations' correlation its first guess kriges under (fields and parameters), or None."""
+        guess = self.first_guess
+        return None if guess is None or not guess.correlation else (guess.station_fields, guess.station_parameters)
 
     @property
     def flows(self) -> bool:

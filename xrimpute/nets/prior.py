@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError, ArgumentTypeError
+from .correlation import PARAMETERS, correlation_guess, station_statistics
 
 
 Levels = tuple[tuple[float, float], ...]
@@ -91,6 +92,9 @@ CANDIDATES: dict[str, dict] = {
     # the same under the tapered estimate of that covariance (field_covariance), which offsets few pairs share
     # weigh less
     "optimal interpolation, tapered": dict(levels=DEFAULT_LEVELS, covariance_steps=COVARIANCE_STEPS, tapered=True),
+    # the departures from each cell's mean kriged under the correlation a station network measures over its series
+    # (station_correlation; only with it given)
+    "kriging over time": dict(levels=DEFAULT_LEVELS, correlation=True),
 }
 """The first guesses a fit chooses among (:func:`choose_guess`, in this order on a tie): :class:`FirstGuess` options."""
 SPLINE_RIDGES = {torch.float64: 1e-9, torch.float32: 1e-6}
@@ -165,12 +169,17 @@ class FirstGuess(nn.Module):
     (:func:`covariance_guess`), at least :data:`SETTLED_COVARIANCE_STEPS`
     outside it (``eval()``); ``tapered`` says which estimate ``covariance``
     is (:func:`field_covariance`), a fact of the model that changes no sum.
+    ``correlation``: instead each frame's departures from each cell's mean
+    kriged under ``station_correlation`` (:func:`station_correlation` of a
+    station network's series, :func:`~xrimpute.nets.correlation.correlation_guess`),
+    frames of fewer context cells as under the splines.
     """
 
     def __init__(self, levels: Levels = DEFAULT_LEVELS, threshold: float = 0.01, periodic: bool = False,
                  row_period: int = 0, thin_plate: bool = False, bending: int = 0, across: float = 0.0,
                  kriging: bool = False, covariance_steps: int = 0, covariance: torch.Tensor | None = None,
-                 tapered: bool = False):
+                 tapered: bool = False, correlation: bool = False,
+                 station_correlation: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         if thin_plate and kriging:
             raise ArgumentError("a first guess draws one spline through the context: pass thin_plate=True or "
@@ -183,6 +192,12 @@ class FirstGuess(nn.Module):
         self.row_period = row_period
         self.across, self.kriging, self.covariance_steps = across, kriging, covariance_steps
         self.tapered = tapered
+        if correlation != (station_correlation is not None):
+            raise ArgumentError("correlation= and station_correlation= come together: kriging under a station "
+                                "network's correlation needs it (xrimpute.nets.prior.station_correlation gives it)")
+        self.correlation = correlation
+        for name, buffer in zip(("station_fields", "station_parameters"), station_correlation or (None, None)):
+            self.register_buffer(name, None if buffer is None else torch.as_tensor(buffer, dtype=torch.float32))
         if covariance is not None:
             self.register_buffer("covariance", torch.as_tensor(covariance, dtype=torch.float32))
         else:
@@ -236,6 +251,11 @@ class FirstGuess(nn.Module):
         if self.covariance is not None:
             steps = self.covariance_steps if self.training else max(self.covariance_steps, SETTLED_COVARIANCE_STEPS)
             guess = covariance_guess(values, mask, self.covariance, steps, self.wraps(h))
+        if self.correlation:
+            kriged = correlation_guess(values, mask, self.station_fields, self.station_parameters,
+                                       FEWEST_SPLINE_CELLS, self.periodic)
+            guess = across_unsplined_frames(torch.where(torch.isnan(kriged), guess, kriged.to(guess.dtype)), mask)
+            guess = torch.where(mask, values, guess)
         if baseline is not None:
             guess = guess + baseline
         return guess, certainty.reshape(b, c, t, h, w)
@@ -866,6 +886,31 @@ def field_covariances(values: torch.Tensor, observed: torch.Tensor, periodic: Wr
             if options.get("covariance_steps")}
 
 
+def station_correlation(values: torch.Tensor, observed: torch.Tensor,
+                        periodic: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(fields, parameters)`` of a station network's series ``(N, C, T, H, W)`` (normalised, any value where not
+    ``observed``) for the guess ``kriging over time``: ``fields`` ``(C, 2, H, W)``, each cell's mean and the
+    logarithm of its spread over time, the stations' own and the thin plate between them, and ``parameters``
+    ``(C, 3)``, each variable's correlation (:func:`~xrimpute.nets.correlation.station_statistics`). None where a
+    variable has fewer than :data:`~xrimpute.nets.correlation.FEWEST_STATIONS` stations or more than
+    :data:`MAX_SPLINE_POINTS`. ``periodic``: the columns wrap round."""
+    values, observed = torch.as_tensor(values), torch.as_tensor(observed)
+    n, c, t, h, w = values.shape
+    fields, parameters = torch.zeros(c, 2, h, w), torch.zeros(c, PARAMETERS)
+    for channel in range(c):
+        found = station_statistics(values[:, channel].reshape(n * t, h, w), observed[:, channel].reshape(n * t, h, w),
+                                   periodic, MAX_SPLINE_POINTS)
+        if found is None:
+            return None
+        cells, statistics, parameters[channel] = found
+        at_stations = torch.zeros(2, h * w, dtype=torch.bool)
+        at_stations[:, cells] = True
+        drawn = torch.zeros(2, h * w)
+        drawn[:, cells] = statistics
+        fields[channel] = spline(drawn.view(2, h, w), at_stations.view(2, h, w), torch.zeros(2, h, w))
+    return fields, parameters
+
+
 def _covariance_estimates(values, observed, lags: int, radius: int, periodic: Wrap) -> tuple[torch.Tensor, ...]:
     """:func:`field_covariance`'s mean and tapered estimates, in that order."""
     n, c, t, h, w = values.shape
@@ -1088,8 +1133,8 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
             solved = options.get("thin_plate") or options.get("kriging")
             frame_by_frame = options.get("bending") and not options.get("across")  # the spline's stand-in
             under_covariance = bool(options.get("covariance_steps"))
-            if finalists is not None and name + label not in finalists:
-                continue
+            if (finalists is not None and name + label not in finalists) or options.get("correlation"):
+                continue  # the stations' correlation is scored by the fit, fitted anew without the stations scored
             if (solved and dense) or (frame_by_frame and not dense) or (
                     options.get("bending") and history is not None) or (
                     under_covariance and (name not in (covariances or {}) or label or history is not None)):
