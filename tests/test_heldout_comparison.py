@@ -143,6 +143,10 @@ def test_a_fit_that_trained_no_step_names_the_better_filler_without_telling_to_t
         (message,) = [str(w.message) for w in record if issubclass(w.category, SkillWarning)]
         assert 'method="rbf"' in message and ("train longer" in message) == advice
         assert "ctxdiff's MSE 2 times its" in message  # near a skill of 1 the skills alone hide how far apart
+    with warnings.catch_warnings(record=True) as record:  # the same fill to the printed ratio: a tie
+        warnings.simplefilter("always")
+        warn_if_beaten(dict(validation, nmse=0.10002), trained=False)
+    assert not [w for w in record if issubclass(w.category, SkillWarning)]
 
 
 def test_the_error_ratio_is_left_out_where_the_classical_filler_is_exact():

@@ -1,11 +1,14 @@
-"""Kriging over time: the correlation a station network measures over its series, fitted, solved, chosen, kept."""
+"""Kriging over time: the correlation a station network measures over its series, fitted, solved, chosen, kept; a
+station fit scored on every station."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 
 import xrimpute
-from xrimpute.errors import ArgumentError
+from xrimpute.errors import ArgumentError, SkillWarning
 from test_lazy import imputed_alike_on_every_path
 from xrimpute.engine import Engine, ImputeConfig, _station_correlations
 from xrimpute.nets.correlation import NUGGETS, RANGES, correlation_guess, station_statistics
@@ -93,22 +96,23 @@ def test_the_guess_kriges_each_frames_departures_from_the_context_alone():
 
 def test_each_share_of_stations_scored_is_left_out_of_the_correlation_it_is_scored_under():
     _, values = station_cube()
-    observed = np.isfinite(values)
-    normalised = torch.as_tensor(np.where(observed, (values - np.nanmean(values)) / np.nanstd(values), 0.0))
+    seen = np.isfinite(values)
+    normalised = torch.as_tensor(np.where(seen, (values - np.nanmean(values)) / np.nanstd(values), 0.0))
 
     class Training:  # the series and validation windows a fit scores the guesses on
-        validation = (None, torch.as_tensor(observed[:, :, :5]))
+        values, observed = normalised, torch.as_tensor(seen)
+        validation = (normalised[:, :, :5], torch.as_tensor(seen[:, :, :5]), None, {})
 
         def training_series(self):
-            return normalised, torch.as_tensor(observed)
+            return self.values, self.observed
 
     whole, *folds = _station_correlations(Training(), 5, seed=0, periodic=False)
-    stations = observed[0, 0].any(0)
+    stations = seen[0, 0].any(0)
     for fields, _ in folds:
         # a station of the share scored: its mean drawn from the others', not its own
         own = np.isclose(fields[0, 0].numpy(), whole[0][0, 0].numpy(), atol=1e-5) & stations
         assert 0 < (~own & stations).sum() <= 7
-    torch.testing.assert_close(whole[0], station_correlation(normalised, torch.as_tensor(observed))[0])
+    torch.testing.assert_close(whole[0], station_correlation(normalised, torch.as_tensor(seen))[0])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -149,3 +153,26 @@ def test_a_kriging_over_time_model_imputes_lazily_and_on_a_cluster_as_in_memory(
     gaps = np.isnan(values[0, 0])
     filled = reference["t2m"].values
     assert float(((filled - truth[0, 0])[gaps] ** 2).mean() / truth[0, 0][gaps].var()) < 0.5
+
+
+def test_a_station_fit_reports_on_every_station_and_scores_the_classical_fillers_there():
+    truth, values = station_cube(steps=48, seed=2)
+    times = np.datetime64("2020-01-01") + np.arange(48) * np.timedelta64(1, "D")
+    coords = {"time": times, "latitude": ("latitude", np.linspace(40, 59, 20), {"units": "degrees_north"}),
+              "longitude": ("longitude", np.linspace(0, 19, 20), {"units": "degrees_east"})}
+    data = xr.Dataset({"t2m": (("time", "latitude", "longitude"), values[0, 0])}, coords=coords)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = xrimpute.fit(data, mask="station", progress=False, verbose=False, seed=0)
+    validation = model.validation
+    assert not model.engine.history.step  # complete station series: the guess is the fill
+    # the stations held back from training, then five shares of the others in turn: all 30 score the fill, at each
+    # step of the 10 validation windows of 5 steps
+    assert validation["first_guess_folds"] == 5 and validation["cells"] == 30 * 10 * 5
+    chosen = validation["first_guess"]
+    assert validation["nmse"] == pytest.approx(validation["first_guess_nmse"][chosen], rel=1e-5)
+    # on those same cells the RBF filler is the thin plate through the stations
+    assert validation["classical"]["rbf"] == pytest.approx(validation["first_guess_nmse"]["thin plate"], rel=1e-3)
+    assert "shares" in validation["classical_context"]
+    assert validation["nmse"] < validation["classical"]["rbf"]  # so no filler is recommended over it
+    assert not [w for w in record if issubclass(w.category, SkillWarning)]

@@ -37,7 +37,8 @@ from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, 
                          wrapping)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
-from .samplers import ArrayWindows, Statistics, Stretch, reported, statistics, training_windows
+from .samplers import (ArrayWindows, Statistics, Stretch, reported, station_folds, station_shares, statistics,
+                       training_windows)
 from .training import History, TrainConfig, resolve_device, seeded, train, with_budget
 from .windows import Piece, Tiling, impute_series, sample_series, series_totals
 
@@ -608,6 +609,12 @@ class Engine:
             guess, guesses = _first_guess(windows.validation if folds else _guess_validation(windows),
                                           wrap, init, config.nearby, modes,
                                           covariances, folds, seed, lambda: windows.wide_validation, correlations)
+            folded = None  # station data on the whole grid: the fill between stations is the guess, on every station
+            if folds and guess in CANDIDATES and tile is None and isinstance(windows, ArrayWindows):
+                xs, ms, hs = _with_station_folds(*windows.validation[:3], folds, seed)
+                folded = dict(HeldBack(xs, ms, hs, {}, spec, device, seed).score(
+                    _folded_guess(xs, ms, guess, correlations, wrap)), cells=int(hs.sum()))
+                del xs, ms, hs
             if (gaps_near and guess is not None and config.cycle and phase is not None
                     and offers_cycle(stats.valid, permanent)):
                 if verbose and is_dask_collection(values):
@@ -692,7 +699,9 @@ class Engine:
             # on the values; under a time budget before training, so that the budget spends what it takes rather
             # than keeping a guess of it, and without one after, in a share of training's time
             budgeted = train_config.max_time is not None
-            compared = compare(plain_report) if compare is not None and budgeted and validate is not None else {}
+            # station data: on every station in turn, as the fill between stations is scored
+            compared_on = plain_report if folded is None else station_folds(plain_report, folds, seed)
+            compared = compare(compared_on) if compare is not None and budgeted and validate is not None else {}
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
                 training = _training_budget(train_config, started, [imputed, imputed_report], denoiser, verbose,
                                             bool(compared))
@@ -712,18 +721,19 @@ class Engine:
                 if history.step:  # an untrained network corrects nothing
                     weights, weighted = scoring.correction_weights(ema, context, estimate)
             if compare is not None and not budgeted and history.val:
-                compared = compare(plain_report, history.seconds)
+                compared = compare(compared_on, history.seconds)
         finally:
             windows.close()
             if plain is not windows:
                 plain.close()
         validation = None
         if history.val:
-            final = weighted or network
+            final = folded or weighted or network
             rmse = {name: float(np.sqrt(final["mse_per_channel"][i]) * std[i])
                     for i, name in enumerate(config.channels)}
             validation = dict(nmse=final["nmse"], skill=1 - final["nmse"], rmse=rmse,
-                              cells=int(report.validation[2].sum()), context=context,
+                              cells=int(report.validation[2].sum()) if folded is None else folded["cells"],
+                              context=context,
                               context_nmse={name: score["nmse"] for name, score in scores.items()},
                               first_guess=guess, first_guess_nmse=guesses,
                               **({"first_guess_folds": folds} if folds else {}),
@@ -1129,7 +1139,7 @@ def _first_guess(validation, wrap: dict, init: Engine | None,
                                  nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes,
                                  covariances=covariances, runs=runs)
     if correlations is not None:
-        kriged = _correlation_errors(xs, ms, hs, correlations, wrap["periodic"])
+        kriged = _correlation_errors(xs, ms, hs, correlations, wrap)
         errors.update(kriged)
         best = min(kriged, key=kriged.get)
         label = best if kriged[best] < BASELINE_MARGIN * errors[label] else label
@@ -1179,26 +1189,14 @@ def _station_folds(spec, init: Engine | None, nearby: bool | None, validation) -
     return STATION_FOLDS
 
 
-def _station_shares(ms: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
-    """``folds`` random shares ``(C, H, W)`` of the stations of validation windows' contexts ``ms``
-    ``(B, C, T, H, W)``, every station in one share (drawn with ``seed``)."""
-    stations = torch.nonzero(ms.any(dim=(0, 2)).flatten()).squeeze(1)
-    stations = stations[torch.randperm(len(stations), generator=torch.Generator().manual_seed(seed))]
-    shares = []
-    for share in stations.chunk(folds):
-        fold = torch.zeros(ms[0, :, 0].numel(), dtype=torch.bool)
-        fold[share] = True
-        shares.append(fold.view(ms.shape[1], *ms.shape[3:]))
-    return shares
-
-
 def _with_station_folds(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, folds: int,
                         seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validation windows ``(values, context, held back)`` ``(B, C, T, H, W)`` of station data, followed by ``folds``
-    copies of them, each holding back a share of the context's stations (:func:`_station_shares`) and seeing the
-    rest, so that every station scores a guess rather than the few held back from training."""
+    copies of them, each holding back a share of the context's stations (:func:`~xrimpute.samplers.station_shares`,
+    as :func:`~xrimpute.samplers.station_folds` does) and seeing the rest, so that every station scores a guess
+    rather than the few held back from training."""
     contexts, held = [ms], [hs]
-    for share in _station_shares(ms, folds, seed):
+    for share in station_shares(ms, folds, seed):
         contexts.append(ms & ~share[None, :, None])
         held.append(ms & share[None, :, None])
     return xs.repeat(len(contexts), 1, 1, 1, 1), torch.cat(contexts), torch.cat(held)
@@ -1206,33 +1204,34 @@ def _with_station_folds(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, fo
 
 def _station_correlations(windows, folds: int, seed: int, periodic: bool) -> list[tuple] | None:
     """The stations' correlation (:func:`~xrimpute.nets.prior.station_correlation`) of the training series of
-    ``windows`` and then of that series without each share of stations of :func:`_station_shares` (the shares
+    ``windows`` and of each of its views :func:`~xrimpute.samplers.station_folds` gives (the shares
     :func:`_with_station_folds` scores), so that a station scored never informs its own guess; None where a series
     has too few or too many stations."""
-    values, observed = windows.training_series()
-    shares = _station_shares(windows.validation[1], folds, seed)
-    fitted = [station_correlation(values, observed, periodic)]
-    fitted += [station_correlation(values, observed & ~share[None, :, None], periodic) for share in shares]
+    fitted = [station_correlation(*view.training_series(), periodic) for view in station_folds(windows, folds, seed)]
     return None if any(model is None for model in fitted) else fitted
 
 
-def _correlation_errors(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, correlations: list[tuple],
-                        periodic: bool) -> dict[str, float]:
-    """The error of the guess ``kriging over time`` on the held-back cells of station folds ``(xs, ms, hs)``
-    (:func:`_with_station_folds`) relative to the mean fill, as :func:`~xrimpute.nets.prior.choose_guess` gives
-    the others': each copy of the windows kriged under its own share's correlation (``correlations``)."""
+def _folded_guess(xs: torch.Tensor, ms: torch.Tensor, name: str, correlations: list[tuple] | None,
+                  wrap: dict) -> torch.Tensor:
+    """The guess ``name`` (of :data:`~xrimpute.nets.prior.CANDIDATES`) of station folds ``(xs, ms)``
+    (:func:`_with_station_folds`), each copy of the windows kriged over time under its own share's correlation
+    (``correlations``, :func:`_station_correlations`) where the guess does."""
+    options = CANDIDATES[name]
+    if not options.get("correlation"):
+        return FirstGuess(**options, **wrap)(xs * ms, ms)[0]
     copies = len(correlations)
+    return torch.cat([FirstGuess(**options, **wrap, station_correlation=model)(x * m, m)[0]
+                      for x, m, model in zip(xs.chunk(copies), ms.chunk(copies), correlations)])
+
+
+def _correlation_errors(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, correlations: list[tuple],
+                        wrap: dict) -> dict[str, float]:
+    """The error of each guess kriging over time on the held-back cells of station folds ``(xs, ms, hs)``
+    (:func:`_with_station_folds`) relative to the mean fill, as :func:`~xrimpute.nets.prior.choose_guess` gives
+    the others' (:func:`_folded_guess`)."""
     reference = float((xs**2 * hs).sum().clamp(min=1e-12))
-    errors = {}
-    for name, options in CANDIDATES.items():
-        if not options.get("correlation"):
-            continue
-        missed = 0.0
-        for x, m, held, model in zip(xs.chunk(copies), ms.chunk(copies), hs.chunk(copies), correlations):
-            guess, _ = FirstGuess(**options, periodic=periodic, station_correlation=model)(x * m, m)
-            missed += float(((guess - x) ** 2 * held).sum())
-        errors[name] = missed / reference
-    return errors
+    return {name: float(((_folded_guess(xs, ms, name, correlations, wrap) - xs) ** 2 * hs).sum()) / reference
+            for name, options in CANDIDATES.items() if options.get("correlation")}
 
 
 def _cycle_label(kind: str, width: float) -> str:

@@ -619,6 +619,36 @@ def reported(windows):
     return view
 
 
+def station_shares(context: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
+    """``folds`` random shares ``(C, H, W)`` of the stations of validation windows' ``context`` ``(B, C, T, H, W)``,
+    every station in one share (drawn with ``seed``)."""
+    stations = torch.nonzero(context.any(dim=(0, 2)).flatten()).squeeze(1)
+    stations = stations[torch.randperm(len(stations), generator=torch.Generator().manual_seed(seed))]
+    shares = []
+    for share in stations.chunk(folds):
+        fold = torch.zeros(context[0, :, 0].numel(), dtype=torch.bool)
+        fold[share] = True
+        shares.append(fold.view(context.shape[1], *context.shape[3:]))
+    return shares
+
+
+def station_folds(windows: ArrayWindows, folds: int, seed: int) -> list[ArrayWindows]:
+    """``windows`` (station data in memory) and ``folds`` views of it, each holding back a share of its validation
+    windows' context stations (:func:`station_shares`) at every step of the series and seeing the rest: scored on
+    each in turn, every station says how a cell between stations is filled, rather than the few held back from
+    training."""
+    xs, ms, _, inputs = windows.validation
+    views = [windows]
+    for share in station_shares(ms, folds, seed):
+        view = copy.copy(windows)
+        view.observed = windows.observed & ~share[None, :, None]
+        view.validation = (xs, ms & ~share[None, :, None], ms & share[None, :, None], inputs)
+        view.reported_validation = view.guess_validation = view.held_cells = None
+        vars(view).pop("wide_validation", None)
+        views.append(view)
+    return views
+
+
 def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validation windows' ``(training sees, held back, held anywhere)`` where the gaps stay put: held-back cells
     drawn anew every step (an archive's reserved windows) or for runs that a window straddles are observed a step
