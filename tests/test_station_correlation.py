@@ -13,6 +13,7 @@ from test_lazy import imputed_alike_on_every_path
 from xrimpute.engine import Engine, ImputeConfig, _station_correlations
 from xrimpute.nets.correlation import NUGGETS, RANGES, correlation_guess, station_statistics
 from xrimpute.nets.prior import FirstGuess, station_correlation
+from xrimpute.samplers import station_shares
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -176,3 +177,17 @@ def test_a_station_fit_reports_on_every_station_and_scores_the_classical_fillers
     assert "shares" in validation["classical_context"]
     assert validation["nmse"] < validation["classical"]["rbf"]  # so no filler is recommended over it
     assert not [w for w in record if issubclass(w.category, SkillWarning)]
+
+
+def test_the_shares_of_stations_scored_split_every_cluster():
+    context = torch.zeros(1, 2, 3, 30, 40, dtype=torch.bool)
+    for row, col in [(2, 3), (2, 4), (3, 3), (3, 4), (20, 30), (21, 31), (22, 30), (10, 10), (25, 5), (5, 35)]:
+        context[0, :, :, row, col] = True  # two variables, each its own stations
+    shares = station_shares(context, 5, seed=3)
+    counts = torch.stack(shares).sum(0)
+    torch.testing.assert_close(counts, context[0, :, 0].long())  # every station in one share
+    for share in shares:
+        for cluster in (share[:, 2:4, 3:5], share[:, 20:23, 30:32]):  # no share holds two of a cluster's stations
+            assert int(cluster.sum(dim=(1, 2)).max()) <= 1
+        assert int(share.sum()) == 4  # 20 stations dealt in turn
+    assert all(torch.equal(a, b) for a, b in zip(shares, station_shares(context, 5, seed=3)))

@@ -620,15 +620,25 @@ def reported(windows):
 
 
 def station_shares(context: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
-    """``folds`` random shares ``(C, H, W)`` of the stations of validation windows' ``context`` ``(B, C, T, H, W)``,
-    every station in one share (drawn with ``seed``)."""
+    """``folds`` shares ``(C, H, W)`` of the stations of validation windows' ``context`` ``(B, C, T, H, W)``, every
+    station in one share: dealt in turn along a Z-order curve through the grid from a point drawn with ``seed``, so
+    that neighbouring stations mostly fall in different shares. Drawn at random, a share could hold every station of
+    a cluster far from the others, and score the guesses on reaching across the distance no gap spans (OSTIA's three
+    easternmost stations: the thin plate's skill -2.7 there, ``benchmarks/RESULTS.md``)."""
+    channels, h, w = context.shape[1], *context.shape[3:]
     stations = torch.nonzero(context.any(dim=(0, 2)).flatten()).squeeze(1)
-    stations = stations[torch.randperm(len(stations), generator=torch.Generator().manual_seed(seed))]
+    rows, cols = (stations % (h * w)) // w, stations % w
+    order = torch.zeros_like(stations)
+    for bit in range(max(h, w).bit_length()):  # interleave the bits of row and column
+        order |= ((rows >> bit) & 1) << (2 * bit + 1) | ((cols >> bit) & 1) << (2 * bit)
+    order = order * channels + stations // (h * w)
+    start = int(torch.randint(len(stations), (1,), generator=torch.Generator().manual_seed(seed)))
+    stations = stations[order.argsort()].roll(-start)
     shares = []
-    for share in stations.chunk(folds):
-        fold = torch.zeros(context[0, :, 0].numel(), dtype=torch.bool)
-        fold[share] = True
-        shares.append(fold.view(context.shape[1], *context.shape[3:]))
+    for k in range(folds):
+        fold = torch.zeros(channels * h * w, dtype=torch.bool)
+        fold[stations[k::folds]] = True
+        shares.append(fold.view(channels, h, w))
     return shares
 
 
