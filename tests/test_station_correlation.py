@@ -174,7 +174,8 @@ def test_a_station_fit_reports_on_every_station_and_scores_the_classical_fillers
     assert validation["nmse"] == pytest.approx(validation["first_guess_nmse"][chosen], rel=1e-5)
     # on those same cells the RBF filler is the thin plate through the stations
     assert validation["classical"]["rbf"] == pytest.approx(validation["first_guess_nmse"]["thin plate"], rel=1e-3)
-    assert "shares" in validation["classical_context"]
+    assert "shares" in validation["classical_context"] and validation["every_station"]
+    assert "1500 held-back cells, every station's, each share of them held back in turn" in repr(model)
     assert validation["nmse"] < validation["classical"]["rbf"]  # so no filler is recommended over it
     assert not [w for w in record if issubclass(w.category, SkillWarning)]
 

@@ -737,6 +737,7 @@ class Engine:
                               context_nmse={name: score["nmse"] for name, score in scores.items()},
                               first_guess=guess, first_guess_nmse=guesses,
                               **({"first_guess_folds": folds} if folds else {}),
+                              **({"every_station": True} if folded is not None else {}),
                               **compared)
             if report is not windows:  # the network's score where the choices were made
                 validation["chosen_on"] = dict(nmse=scores[context]["nmse"], cells=int(windows.validation[2].sum()))

@@ -674,7 +674,8 @@ class CtxDiffModel:
             versus = (f"; best classical filler {best} {1 - v['classical'][best]:.3f}" + (f", {ratio}" if ratio else "")
                       if best else "")
             under = (" under other steps' clouds" if "chosen_on" in v else
-                     ", patches among observations, which flatter clouds' gaps" if masks.clouded(self.spec) else "")
+                     ", patches among observations, which flatter clouds' gaps" if masks.clouded(self.spec) else
+                     ", every station's, each share of them held back in turn" if v.get("every_station") else "")
             rows.append(("validation", f"skill {v['skill']:.3f} = 1 - MSE / MSE of the mean fill, on {v['cells']} "
                                        f"held-back cells{under} (RMSE {rmse}){versus}"))
             if "chosen_on" in v:
