@@ -91,6 +91,13 @@ def test_the_guess_kriges_each_frames_departures_from_the_context_alone():
     torch.testing.assert_close(net_guess[mask], values[mask])
     torch.testing.assert_close(net_guess[0, 0, 1][~mask[0, 0, 1]],
                                (0.5 * (guess[0, 0, 0] + guess[0, 0, 2]))[~mask[0, 0, 1]].float())
+    # several variables: each kriged under its own correlation, as alone
+    other = torch.tensor([[0.2, 2.0, 0.01]])
+    both = correlation_guess(torch.cat([values, 2 * values], 1), torch.cat([mask, mask], 1),
+                             torch.cat([fields, fields.flip(1)]), torch.cat([parameters, other]), fewest=3)
+    torch.testing.assert_close(both[:, :1], guess, equal_nan=True)
+    torch.testing.assert_close(both[:, 1:], correlation_guess(2 * values * mask, mask, fields.flip(1), other, fewest=3),
+                               equal_nan=True)
     with pytest.raises(ArgumentError, match="whole-grid windows"):
         correlation_guess(values[..., :5], mask[..., :5], fields, parameters, fewest=3)
 

@@ -127,7 +127,7 @@ def correlation_guess(values: torch.Tensor, mask: torch.Tensor, fields: torch.Te
         seen = mask[:, channel].reshape(b * t, h * w)
         mean, spread = fields[channel, 0].flatten().to(precise), fields[channel, 1].flatten().exp().to(precise)
         correlation = parameters[channel].to(precise)
-        guess = out[:, channel].view(b * t, h * w)
+        guess = torch.full((b * t, h * w), float("nan"), device=values.device, dtype=precise)
         # every frame's weights on the cells any frame holds, then one product with their correlation to every cell
         reporting = torch.nonzero(seen.any(0))[:, 0]
         position = torch.zeros(h * w, dtype=torch.long, device=values.device)
@@ -153,4 +153,5 @@ def correlation_guess(values: torch.Tensor, mask: torch.Tensor, fields: torch.Te
             departures[:, part] = frames_kriged @ _correlation(_distances(reporting, part, (h, w), periodic, precise),
                                                                correlation)
         guess[kriged] = mean + spread * departures
+        out[:, channel] = guess.view(b, t, h * w)
     return out.view(b, c, t, h, w)
