@@ -189,8 +189,9 @@ def ratio_text(validation: dict) -> str:
 
 def warn_if_beaten(validation: dict, trained: bool = True) -> None:
     """One :class:`~xrimpute.errors.SkillWarning` when a classical filler scored better than the network on the
-    held-back cells of ``validation`` (a model's), by more than a :data:`TIE`, naming it, both scores and the call that runs it; ``trained``
-    False: the fit trained no step, since training could not change its fill, so longer training is no remedy."""
+    held-back cells of ``validation`` (a model's), by more than a :data:`TIE`, naming it, both scores and the call
+    that runs it; ``trained`` False: the fit trained no step, since training could not change its fill, so longer
+    training is no remedy."""
     best = validation.get("best_classical")
     if best is None or validation["nmse"] <= (1 + TIE) * validation["classical"][best]:
         return
