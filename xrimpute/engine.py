@@ -37,7 +37,7 @@ from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, 
                          wrapping)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
-from .samplers import (ArrayWindows, Statistics, Stretch, reported, station_folds, station_shares, statistics,
+from .samplers import (ArrayWindows, Statistics, StationFolds, Stretch, reported, station_shares, statistics,
                        training_windows)
 from .training import History, TrainConfig, resolve_device, seeded, train, with_budget
 from .windows import Piece, Tiling, impute_series, sample_series, series_totals
@@ -700,7 +700,7 @@ class Engine:
             # than keeping a guess of it, and without one after, in a share of training's time
             budgeted = train_config.max_time is not None
             # station data: on every station in turn, as the fill between stations is scored
-            compared_on = plain_report if folded is None else station_folds(plain_report, folds, seed)
+            compared_on = plain_report if folded is None else StationFolds(plain_report, folds, seed)
             compared = compare(compared_on) if compare is not None and budgeted and validate is not None else {}
             with torch_threads():  # not all cores when dask workers share them (xrimpute.options.cpu_threads)
                 training = _training_budget(train_config, started, [imputed, imputed_report], denoiser, verbose,
@@ -1194,7 +1194,7 @@ def _with_station_folds(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, fo
                         seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validation windows ``(values, context, held back)`` ``(B, C, T, H, W)`` of station data, followed by ``folds``
     copies of them, each holding back a share of the context's stations (:func:`~xrimpute.samplers.station_shares`,
-    as :func:`~xrimpute.samplers.station_folds` does) and seeing the rest, so that every station scores a guess
+    as :class:`~xrimpute.samplers.StationFolds` does) and seeing the rest, so that every station scores a guess
     rather than the few held back from training."""
     contexts, held = [ms], [hs]
     for share in station_shares(ms, folds, seed):
@@ -1205,10 +1205,10 @@ def _with_station_folds(xs: torch.Tensor, ms: torch.Tensor, hs: torch.Tensor, fo
 
 def _station_correlations(windows, folds: int, seed: int, periodic: bool) -> list[tuple] | None:
     """The stations' correlation (:func:`~xrimpute.nets.prior.station_correlation`) of the training series of
-    ``windows`` and of each of its views :func:`~xrimpute.samplers.station_folds` gives (the shares
+    ``windows`` and of each of its views :class:`~xrimpute.samplers.StationFolds` gives (the shares
     :func:`_with_station_folds` scores), so that a station scored never informs its own guess; None where a series
     has too few or too many stations."""
-    fitted = [station_correlation(*view.training_series(), periodic) for view in station_folds(windows, folds, seed)]
+    fitted = [station_correlation(*view.training_series(), periodic) for view in StationFolds(windows, folds, seed)]
     return None if any(model is None for model in fitted) else fitted
 
 

@@ -642,21 +642,29 @@ def station_shares(context: torch.Tensor, folds: int, seed: int) -> list[torch.T
     return shares
 
 
-def station_folds(windows: ArrayWindows, folds: int, seed: int) -> list[ArrayWindows]:
+class StationFolds:
     """``windows`` (station data in memory) and ``folds`` views of it, each holding back a share of its validation
     windows' context stations (:func:`station_shares`) at every step of the series and seeing the rest: scored on
     each in turn, every station says how a cell between stations is filled, rather than the few held back from
-    training."""
-    xs, ms, _, inputs = windows.validation
-    views = [windows]
-    for share in station_shares(ms, folds, seed):
-        view = copy.copy(windows)
-        view.observed = windows.observed & ~share[None, :, None]
-        view.validation = (xs, ms & ~share[None, :, None], ms & share[None, :, None], inputs)
-        view.reported_validation = view.guess_validation = view.held_cells = None
-        vars(view).pop("wide_validation", None)
-        views.append(view)
-    return views
+    training. A view holds its own copy of the observed cells, so each is made as the iteration reaches it."""
+
+    def __init__(self, windows: ArrayWindows, folds: int, seed: int):
+        self.windows = windows
+        self.shares = station_shares(windows.validation[1], folds, seed)
+
+    def __len__(self) -> int:
+        return 1 + len(self.shares)
+
+    def __iter__(self):
+        yield self.windows
+        xs, ms, _, inputs = self.windows.validation
+        for share in self.shares:
+            view = copy.copy(self.windows)
+            view.observed = self.windows.observed & ~share[None, :, None]
+            view.validation = (xs, ms & ~share[None, :, None], ms & share[None, :, None], inputs)
+            view.reported_validation = view.guess_validation = view.held_cells = None
+            vars(view).pop("wide_validation", None)
+            yield view
 
 
 def _held_still(observed: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

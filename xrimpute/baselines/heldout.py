@@ -28,7 +28,7 @@ from xrimpute.baselines.classical import (DENSE_RBF, akima_array, dineof_array, 
                                           normalised_convolution_array, ns_inpaint_array, rbf_array, telea_array,
                                           temporal_array)
 from xrimpute.errors import SkillWarning
-from xrimpute.samplers import ArrayWindows
+from xrimpute.samplers import ArrayWindows, StationFolds
 
 MIN_BUDGET = 10.0  # seconds the comparison may always take (all it takes under a fit's time budget) ...
 BUDGET_SHARE = 0.1  # ... or this share of the training time, if more, after a fit of a number of steps
@@ -100,20 +100,22 @@ def scorer(times: np.ndarray | None = None, fillers: dict[str, Filler] | None = 
 
     def compare(windows, training_seconds: float | None = None) -> dict:
         budget = MIN_BUDGET if training_seconds is None else max(MIN_BUDGET, BUDGET_SHARE * training_seconds)
-        if isinstance(windows, list):
+        if isinstance(windows, StationFolds):
             return score_folds(windows, budget, times, fillers or FILLERS)
         return score(windows, budget, times, fillers or FILLERS)
 
     return compare
 
 
-def score_folds(folds: list, budget: float, times: np.ndarray | None = None,
+def score_folds(folds: StationFolds, budget: float, times: np.ndarray | None = None,
                 fillers: dict[str, Filler] | None = None) -> dict:
-    """:func:`score` over the held-back cells of every sampler of ``folds`` (the views of station data that
-    :func:`xrimpute.samplers.station_folds` gives, each holding back a share of the stations through the series),
+    """:func:`score` over the held-back cells of every view of station data in ``folds``
+    (:class:`~xrimpute.samplers.StationFolds`, each holding back a share of the stations through the series),
     ``budget`` shared among them: each filler's normalised MSE over all of them, where it ran on every one."""
-    scored = [score(windows, budget / len(folds), times, fillers) for windows in folds]
-    references = [float((windows.validation[0].double() ** 2 * windows.validation[2]).sum()) for windows in folds]
+    scored, references = [], []
+    for windows in folds:  # one view at a time
+        scored.append(score(windows, budget / len(folds), times, fillers))
+        references.append(float((windows.validation[0].double() ** 2 * windows.validation[2]).sum()))
     names = [name for name in scored[0]["classical"] if all(name in each["classical"] for each in scored)]
     scores = {name: sum(each["classical"][name] * reference for each, reference in zip(scored, references))
               / max(sum(references), 1e-12) for name in names}
