@@ -58,6 +58,10 @@ def test_the_correlation_fitted_over_time_is_the_one_the_stations_share():
     few = torch.zeros_like(observed)
     few[:, :1, :3] = True
     assert station_statistics(frames, few) is None
+    apart = torch.zeros_like(observed)  # six stations, never more than three reporting at once
+    apart[0::2, 0, :3] = True
+    apart[1::2, 5, :3] = True
+    assert station_statistics(frames, apart) is None
 
 
 def test_the_guess_kriges_each_frames_departures_from_the_context_alone():

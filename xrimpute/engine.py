@@ -603,14 +603,15 @@ class Engine:
                            if offers_covariance else None)
             wrap = dict(periodic=net["periodic"], row_period=net.get("row_period", 0))  # as the guess wraps
             folds = _station_folds(spec, init, config.nearby, windows.validation)
-            # a station network's own correlation over time, fitted anew for each share of stations scored
-            correlations = (_station_correlations(windows, folds, seed, config.periodic)
-                            if folds and tile is None and isinstance(windows, ArrayWindows) else None)
+            # station data in memory on the whole grid: its own correlation over time, fitted anew for each share of
+            # stations scored, and the fill between stations (the guess) scored on every station
+            whole_stations = bool(folds) and tile is None and isinstance(windows, ArrayWindows)
+            correlations = _station_correlations(windows, folds, seed, config.periodic) if whole_stations else None
             guess, guesses = _first_guess(windows.validation if folds else _guess_validation(windows),
                                           wrap, init, config.nearby, modes,
                                           covariances, folds, seed, lambda: windows.wide_validation, correlations)
-            folded = None  # station data on the whole grid: the fill between stations is the guess, on every station
-            if folds and guess in CANDIDATES and tile is None and isinstance(windows, ArrayWindows):
+            folded = None
+            if whole_stations and guess in CANDIDATES:
                 xs, ms, hs = _with_station_folds(*windows.validation[:3], folds, seed)
                 folded = dict(HeldBack(xs, ms, hs, {}, spec, device, seed).score(
                     _folded_guess(xs, ms, guess, correlations, wrap)), cells=int(hs.sum()))

@@ -115,7 +115,7 @@ def score_folds(folds: StationFolds, budget: float, times: np.ndarray | None = N
     scored, references = [], []
     for windows in folds:  # one view at a time
         scored.append(score(windows, budget / len(folds), times, fillers))
-        references.append(float((windows.validation[0].double() ** 2 * windows.validation[2]).sum()))
+        references.append(_reference(windows))
     names = [name for name in scored[0]["classical"] if all(name in each["classical"] for each in scored)]
     scores = {name: sum(each["classical"][name] * reference for each, reference in zip(scored, references))
               / max(sum(references), 1e-12) for name in names}
@@ -137,7 +137,7 @@ def score(windows, budget: float, times: np.ndarray | None = None, fillers: dict
     """
     xs, ms, hs, _ = windows.validation
     xs, hs = xs.numpy().astype(np.float64), hs.numpy()
-    reference = float((xs**2 * hs).sum())  # the mean fill is 0 in normalised units
+    reference = _reference(windows)
     in_memory = isinstance(windows, ArrayWindows)
     started = time.perf_counter()
     if in_memory:
@@ -204,6 +204,12 @@ def warn_if_beaten(validation: dict, trained: bool = True) -> None:
         f"on the {validation['cells']} held-back cells the classical filler {best!r} scores skill "
         f"{1 - validation['classical'][best]:.3f} and ctxdiff {validation['skill']:.3f} (1 - MSE / MSE of the mean "
         f"fill{'; ' + ratio if ratio else ''}): fill with {fill_call(best)} {remedy}", SkillWarning, stacklevel=3)
+
+
+def _reference(windows) -> float:
+    """The squared error of the mean fill on the held-back cells of ``windows`` (0 in normalised units)."""
+    xs, _, hs, _ = windows.validation
+    return float((xs.double() ** 2 * hs).sum())
 
 
 def _narrowed(item, pad: int):

@@ -55,48 +55,49 @@ def _distances(first: torch.Tensor, second: torch.Tensor, shape: tuple[int, int]
     return torch.sqrt(rows**2 + cols**2) / max(h, w)
 
 
-def _correlation(distance: torch.Tensor, parameters: torch.Tensor) -> torch.Tensor:
-    """The correlation at ``distance`` under ``parameters`` (:data:`PARAMETERS`), without the nugget."""
-    length, shape, _ = parameters.tolist()
+def _correlation(distance: torch.Tensor, length, shape) -> torch.Tensor:
+    """The correlation at ``distance`` of the range ``length`` and ``shape`` (:data:`PARAMETERS`; numbers, or
+    tensors that broadcast against it), without the nugget."""
     return torch.exp(-((distance / length) ** shape))
 
 
 def station_statistics(values: torch.Tensor, observed: torch.Tensor, periodic: bool = False,
                        most: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``(cells, statistics, parameters)`` of one variable of a station network's series ``(F, H, W)`` of frames
+    """``(cells, statistics, parameters)`` of one variable of a station network's series ``(..., H, W)`` of frames
     (normalised, any value where not ``observed``): the flat indices of its stations (cells observed at
     :data:`FEWEST_REPORTS` steps), their mean and the logarithm of their spread over time ``(2, n)``, and the
     correlation ``(3,)`` (:data:`PARAMETERS`) whose simple kriging best predicts each station's standardised
     departures from the others', frame by frame (leaving one out, over the :data:`FITTED_MASKS` most frequent sets of
-    reporting stations). None where there are fewer than :data:`FEWEST_STATIONS` stations, or more than ``most``.
-    ``periodic``: the columns wrap round."""
-    f, h, w = values.shape
-    seen = torch.as_tensor(observed).reshape(f, h * w)
-    cells = torch.nonzero(seen.sum(0) >= FEWEST_REPORTS)[:, 0]
+    reporting stations). None where there are fewer than :data:`FEWEST_STATIONS` stations, or more than ``most``,
+    or no frame reports from as many. Only the stations' series are copied. ``periodic``: the columns wrap round."""
+    values, observed = torch.as_tensor(values), torch.as_tensor(observed)
+    h, w = values.shape[-2:]
+    cells = torch.nonzero(observed.flatten(0, -3).sum(0).flatten() >= FEWEST_REPORTS)[:, 0]
     if len(cells) < FEWEST_STATIONS or (most is not None and len(cells) > most):
         return None
-    reports = seen[:, cells]
-    series = torch.where(reports, torch.as_tensor(values).reshape(f, h * w)[:, cells].double(), 0.0)
+    rows, cols = cells // w, cells % w
+    reports = observed[..., rows, cols].reshape(-1, len(cells))
+    series = torch.where(reports, values[..., rows, cols].reshape(-1, len(cells)).double(), 0.0)
     count = reports.sum(0).double()
     mean = series.sum(0) / count
     spread = torch.sqrt((((series - mean) ** 2) * reports).sum(0) / count).clamp(min=1e-6)
     standardised = torch.where(reports, (series - mean) / spread, 0.0)
     parameters = _fitted(standardised, reports, _distances(cells, cells, (h, w), periodic))
-    return cells, torch.stack([mean, spread.log()]).float(), parameters
+    return None if parameters is None else (cells, torch.stack([mean, spread.log()]).float(), parameters)
 
 
-def _fitted(standardised: torch.Tensor, reports: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+def _fitted(standardised: torch.Tensor, reports: torch.Tensor, distance: torch.Tensor) -> torch.Tensor | None:
     """``(3,)``: the range, shape and nugget among :data:`RANGES`, :data:`SHAPES` and :data:`NUGGETS` whose simple
-    kriging of each reporting station from the others' ``standardised`` departures ``(F, n)`` misses least."""
+    kriging of each reporting station from the others' ``standardised`` departures ``(F, n)`` misses least; None
+    where no frame reports from :data:`FEWEST_STATIONS` stations."""
     sets, inverse, counts = torch.unique(reports, dim=0, return_inverse=True, return_counts=True)
     grid = torch.tensor(list(itertools.product(RANGES, SHAPES, NUGGETS)), dtype=torch.float64)
-    misses = torch.zeros(len(grid), dtype=torch.float64)
+    misses, fitted = torch.zeros(len(grid), dtype=torch.float64), False
     for k in counts.argsort(descending=True)[:FITTED_MASKS].tolist():
         present = torch.nonzero(sets[k])[:, 0]
         if len(present) < FEWEST_STATIONS:
             continue
-        near = distance[present][:, present]
-        system = torch.exp(-((near / grid[:, 0, None, None]) ** grid[:, 1, None, None]))
+        system = _correlation(distance[present][:, present], grid[:, 0, None, None], grid[:, 1, None, None])
         system = system + grid[:, 2, None, None] * torch.eye(len(present), dtype=torch.float64)
         inverse_system = torch.linalg.inv(system)  # (P, m, m)
         z = standardised[inverse == k][:, present]  # (f, m)
@@ -104,7 +105,8 @@ def _fitted(standardised: torch.Tensor, reports: torch.Tensor, distance: torch.T
         left_out = torch.einsum("fm,pmk->pfk", z, inverse_system) / torch.diagonal(inverse_system, dim1=1, dim2=2)[
             :, None]
         misses += (left_out**2).sum(dim=(1, 2))
-    return grid[int(misses.argmin())].float()
+        fitted = True
+    return grid[int(misses.argmin())].float() if fitted else None
 
 
 def correlation_guess(values: torch.Tensor, mask: torch.Tensor, fields: torch.Tensor, parameters: torch.Tensor,
@@ -139,7 +141,7 @@ def correlation_guess(values: torch.Tensor, mask: torch.Tensor, fields: torch.Te
             cells = torch.nonzero(sets[k])[:, 0]
             if len(cells) < fewest:
                 continue
-            system = _correlation(_distances(cells, cells, (h, w), periodic, precise), correlation)
+            system = _correlation(_distances(cells, cells, (h, w), periodic, precise), *correlation[:2])
             system = system + correlation[2] * torch.eye(len(cells), device=values.device, dtype=precise)
             which = torch.nonzero(inverse == k)[:, 0]
             standardised = (frames[which][:, cells] - mean[cells]) / spread[cells]
@@ -151,7 +153,7 @@ def correlation_guess(values: torch.Tensor, mask: torch.Tensor, fields: torch.Te
         departures = torch.empty(len(frames_kriged), h * w, device=values.device, dtype=precise)
         for part in every.split(max(1, CHUNK_ENTRIES // len(reporting))):
             departures[:, part] = frames_kriged @ _correlation(_distances(reporting, part, (h, w), periodic, precise),
-                                                               correlation)
+                                                               *correlation[:2])
         guess[kriged] = mean + spread * departures
         out[:, channel] = guess.view(b, t, h * w)
     return out.view(b, c, t, h, w)

@@ -892,14 +892,13 @@ def station_correlation(values: torch.Tensor, observed: torch.Tensor,
     ``observed``) for the guess ``kriging over time``: ``fields`` ``(C, 2, H, W)``, each cell's mean and the
     logarithm of its spread over time, the stations' own and the thin plate between them, and ``parameters``
     ``(C, 3)``, each variable's correlation (:func:`~xrimpute.nets.correlation.station_statistics`). None where a
-    variable has fewer than :data:`~xrimpute.nets.correlation.FEWEST_STATIONS` stations or more than
-    :data:`MAX_SPLINE_POINTS`. ``periodic``: the columns wrap round."""
+    variable has fewer than :data:`~xrimpute.nets.correlation.FEWEST_STATIONS` stations reporting together or more
+    than :data:`MAX_SPLINE_POINTS`. ``periodic``: the columns wrap round."""
     values, observed = torch.as_tensor(values), torch.as_tensor(observed)
-    n, c, t, h, w = values.shape
+    _, c, _, h, w = values.shape
     fields, parameters = torch.zeros(c, 2, h, w), torch.zeros(c, PARAMETERS)
     for channel in range(c):
-        found = station_statistics(values[:, channel].reshape(n * t, h, w), observed[:, channel].reshape(n * t, h, w),
-                                   periodic, MAX_SPLINE_POINTS)
+        found = station_statistics(values[:, channel], observed[:, channel], periodic, MAX_SPLINE_POINTS)
         if found is None:
             return None
         cells, statistics, parameters[channel] = found
