@@ -282,6 +282,26 @@ def test_a_default_fit_of_complete_station_series_trains_nothing_and_fills_as_a_
     assert "not spent" not in caplog.text and model.history.step
 
 
+def test_imputation_runs_no_network_where_every_gap_lies_where_the_guess_fills_alone(monkeypatch):
+    from xrimpute.nets import UNet
+
+    observed = station_cube()
+    options = dict(mask="station", batch_size=2, window=3, progress=False, device="cpu", seed=0, verbose=False)
+    model = xrimpute.fit(observed, steps=2, **options)  # trained, yet its correction never reaches a gap
+    passes = []
+    forward = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, *args: passes.append(1) or forward(self, *args))
+    filled, spread = model.impute(observed, K=3, progress=False, return_std=True, context="sampled")
+    assert not passes  # the guess alone: a station network's fill in a fraction of the time
+    seen = observed.notnull()
+    assert filled.notnull().all() and filled.where(seen).equals(observed) and (spread.where(seen) == 0).sum() == seen.sum()
+    assert float(spread.where(~seen).mean()) > 0  # the sampled contexts' spread of the guess
+    outage = observed.copy()
+    outage[0, 0] = np.nan  # gaps in observed cells, which the network corrects
+    model.impute(outage, K=1, progress=False)
+    assert passes
+
+
 def test_every_context_station_scores_the_first_guesses_once_and_none_leans_on_what_knows_its_values():
     from xrimpute.engine import _first_guess, _with_station_folds
     from xrimpute.nets.prior import spatial_modes

@@ -366,7 +366,9 @@ class ImputeConfig:
     ``context`` None is the one the model's fit scored best on its held-back
     cells (:attr:`Engine.context`). ``spread`` False says the spread is not
     wanted: with ``"observed"`` contexts, whose estimate is one pass, the other
-    ``K - 1`` passes are then skipped (the filled values are the same).
+    ``K - 1`` passes are then skipped, and so are the sampled contexts' passes
+    of the first guess alone where it fills cells never observed (the filled
+    values are the same).
     """
 
     K: int = 10
@@ -933,22 +935,25 @@ class Engine:
                                 static=static, piece=piece, context=context, totals=totals,
                                 nearby_span=self.denoiser.nearby_span, flow=self.denoiser.flows)
         guess = _first_guess_only(net) if getattr(net, "first_guess", None) is not None else None
-        if guess is not None and self.config.correction is not None:
+        (ya, yb), (xa, xb) = piece.box[1:]
+        nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
+        untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~nan
+        seen = piece.inside(observed)
+        if guess is not None and not (~seen & ~nan & ~untrained).any():
+            # every gap lies where the guess fills alone (a station network's complete series): no network pass
+            mean = std = np.zeros(seen.shape, np.float32)
+        elif guess is not None and self.config.correction is not None:
             # the share of the network's correction that its held-back cells trust, on the guess it corrected
             mean, std = run(functools.partial(net, share=torch.tensor(self.config.correction, device=device)))
         else:
             mean, std = run(net)
-        (ya, yb), (xa, xb) = piece.box[1:]
-        nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
-        untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~nan
         if guess is not None and untrained.any():
             # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess,
             # made from every observation (a sampled context only leaves some out), with the sampled contexts' spread
             guess_mean, guess_std = run(guess, context="observed", K=1)
-            if context != "observed":
+            if context != "observed" and options.spread:
                 guess_std = run(guess)[1]
             mean, std = np.where(untrained, guess_mean, mean), np.where(untrained, guess_std, std)
-        seen = piece.inside(observed)
         scale, offset = self.std[None, :, None, None, None], self.mean[None, :, None, None, None]
         filled = np.where(seen, piece.inside(values), mean * scale + offset)
         spread = std * scale
