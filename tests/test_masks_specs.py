@@ -117,6 +117,22 @@ def test_infer_finds_the_block_grid(rows, cols, data, static, seed):
     assert found.kind == "block" and found.spec.grid == (rows, cols) and found.spec.static == static
 
 
+def test_blocks_are_blocks_though_a_few_cells_drop_out_and_cells_that_flicker_make_no_block():
+    grid = dict(lat=np.linspace(30.0, 60.0, 90), lon=np.linspace(0.0, 30.0, 90))  # blocks of 900 cells
+    observed = observe(cube(samples=2, steps=12, **grid), "block", grid=(3, 3), observed=5, seed=0)
+    h, w = observed.shape[-2:]
+    dropped = np.zeros(observed.shape, bool)
+    rng = np.random.default_rng(0)
+    dropped[..., rng.integers(0, h, 3), rng.integers(0, w, 3)] = rng.random(observed.shape[:-2] + (3,)) < 0.5
+    found = infer(observed.where(~dropped))  # three cells missing on half the steps, as coastal cells of an archive
+    assert found.spec == Block(grid=(3, 3), static=False), found.explanation
+    fixed = observe(cube(samples=2, steps=12, **grid), "block", grid=(3, 3), observed=5, static=True, seed=0)
+    found = infer(fixed.where(~dropped))  # the dropped cells move no block
+    assert found.spec == Block(grid=(3, 3), static=True), found.explanation
+    found = infer(fixed[:1].where(~dropped[:1]))  # one series: the hidden blocks are land, as far as the data say
+    assert found.kind != "block", found.explanation
+
+
 def test_blocks_that_never_move_stay_fixed_over_time_through_whole_missing_steps():
     observed = observe(cube(samples=8, steps=12), "block", grid=(3, 3), observed=5, static=True, seed=0)
     missing = xr.DataArray(np.isin(np.arange(12), [2, 7]), dims="time")
