@@ -294,7 +294,8 @@ def test_imputation_runs_no_network_where_every_gap_lies_where_the_guess_fills_a
     filled, spread = model.impute(observed, K=3, progress=False, return_std=True, context="sampled")
     assert not passes  # the guess alone: a station network's fill in a fraction of the time
     seen = observed.notnull()
-    assert filled.notnull().all() and filled.where(seen).equals(observed) and (spread.where(seen) == 0).sum() == seen.sum()
+    assert filled.notnull().all() and filled.where(seen).equals(observed)
+    assert (spread.where(seen) == 0).sum() == seen.sum()  # observations keep their values, with no spread
     assert float(spread.where(~seen).mean()) > 0  # the sampled contexts' spread of the guess
     outage = observed.copy()
     outage[0, 0] = np.nan  # gaps in observed cells, which the network corrects
