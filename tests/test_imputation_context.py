@@ -6,6 +6,7 @@ import torch
 import xrimpute
 from synthetic import blobs
 from xrimpute.diffusion import impute_ensemble
+from xrimpute.engine import CONTEXT_MARGIN, choose_context
 from xrimpute.errors import ArgumentError
 from xrimpute.masks import Pixel
 
@@ -45,7 +46,7 @@ def test_the_fit_scores_both_contexts_on_its_held_back_cells_and_imputes_with_th
     observed, model = fitted
     v = model.validation
     assert set(v["context_nmse"]) == {"sampled", "observed"}
-    assert v["context"] == min(v["context_nmse"], key=v["context_nmse"].get)
+    assert v["context"] == choose_context(v["context_nmse"])
     assert v.get("network_nmse", v["nmse"]) == v["context_nmse"][v["context"]]  # before any share of the correction
     other = ({"sampled", "observed"} - {v["context"]}).pop()
     default = model.impute(observed, K=3, progress=False)
@@ -54,6 +55,14 @@ def test_the_fit_scores_both_contexts_on_its_held_back_cells_and_imputes_with_th
     np.testing.assert_array_equal(default.values, chosen.values)
     assert not np.allclose(default.values, overridden.values)
     assert f"with {v['context']} contexts by default" in repr(model)
+
+
+def test_sampled_contexts_which_cost_k_passes_are_the_default_only_where_they_clearly_fill_better():
+    assert choose_context({"sampled": 0.01, "observed": 0.05}) == "sampled"
+    assert choose_context({"sampled": 0.99 * CONTEXT_MARGIN, "observed": 1.0}) == "sampled"
+    assert choose_context({"sampled": 1.01 * CONTEXT_MARGIN, "observed": 1.0}) == "observed"  # better, not clearly
+    assert choose_context({"sampled": 0.3, "observed": 0.3}) == "observed"  # a tie leaves no observation out
+    assert choose_context({"sampled": 0.3, "observed": 0.2}) == "observed"
 
 
 def test_an_unknown_context_is_refused_before_any_work(fitted):

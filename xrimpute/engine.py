@@ -243,6 +243,13 @@ along the flow (:func:`offers_flow`)."""
 LEAST_TRAINING_SHARE = 0.25
 """Share of a time budget that training keeps however long the rest of the fit takes (:func:`_training_budget`)."""
 
+CONTEXT_MARGIN = 0.8
+"""Share of the observed context's held-back error that the sampled contexts must score below to be a model's
+default (:func:`choose_context`): they cost ``K`` passes a window to its one. Chosen by 0.4 to 22 % on the held-back
+cells of five fits (the ERA5 1 % pixels, the Mediterranean's moving blocks, the SST anomalies' 10 % pixels), they
+filled the gaps 0.7 to 5 % worse than the observed context and took 4.5 to 6 times as long; by 2 to 6 times
+(the advected pixels) 3 to 8 times better (``benchmarks/RESULTS.md``)."""
+
 
 def offers_flow(observed: np.ndarray) -> bool:
     """Whether a fit on a series observed as ``observed`` scores first guesses from the nearby steps along the flow
@@ -715,8 +722,7 @@ class Engine:
             scores, estimates, weights, weighted, context, network = {}, {}, None, None, None, None
             if imputed is not None and history.val:
                 scores, estimates = _context_scores(ema, imputed)
-                # a tie keeps the sampled contexts, the paper's estimate
-                context = min(scores, key=lambda name: (scores[name]["nmse"], name != "sampled"))
+                context = choose_context({name: score["nmse"] for name, score in scores.items()})
                 # the share of the network's correction is fitted on the cells the score is reported on
                 scoring, estimate = ((imputed, estimates[context]) if imputed_report is None else
                                      (imputed_report, imputed_report.estimate(ema, context)))
@@ -1364,6 +1370,13 @@ def _training_budget(config: TrainConfig, started: float, held_back: list[Impute
     return replace(config, max_time=max(left, least))
 
 
+def choose_context(errors: dict[str, float]) -> str:
+    """The context a model imputes with by default, from each context's error on the held-back cells: the sampled
+    ones only where they beat the observed one by :data:`CONTEXT_MARGIN`, since they cost ``K`` passes to its
+    one and imputation then leaves no observation out."""
+    return "sampled" if errors["sampled"] < CONTEXT_MARGIN * errors["observed"] else "observed"
+
+
 def _context_scores(net, held_back: HeldBack) -> tuple[dict, dict]:
     """The final network's scores on the held-back cells with each context of imputation, and the estimates
     behind them, for :meth:`HeldBack.correction_weights` to reuse."""
@@ -1490,8 +1503,8 @@ class ImputedHeldBack(HeldBack):
         return mean[0]
 
 
-__all__ = ["BATCH", "CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE", "REACH_MARGIN", "TILE",
-           "WINDOWS", "choose_window", "imputation_tiling", "needs_history", "offers_cycle", "offers_flow",
-           "offers_nearby", "training_batch", "training_tile", "Engine",
+__all__ = ["BATCH", "CONTEXT_MARGIN", "CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE",
+           "REACH_MARGIN", "TILE", "WINDOWS", "choose_context", "choose_window", "imputation_tiling", "needs_history",
+           "offers_cycle", "offers_flow", "offers_nearby", "training_batch", "training_tile", "Engine",
            "HeldBack", "ImputeConfig", "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields",
            "wraps_round", "train_config"]

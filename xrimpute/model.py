@@ -512,8 +512,10 @@ class CtxDiffModel:
             in one pass (the spread is how far ``K - 1`` sampled contexts land
             from it);
             ``"sampled"``: the mean over ``K`` contexts sampled as in training
-            (the paper's estimate). Default: the one the fit scored better on its
-            held-back cells (``model.validation["context"]``).
+            (the paper's estimate), ``K`` times the cost. Default: the one the
+            fit chose on its held-back cells (``model.validation["context"]``):
+            the sampled contexts where they filled those cells clearly better,
+            by :data:`xrimpute.engine.CONTEXT_MARGIN`.
         return_flags : bool, default False
             Also return CF flag variables ``<variable>_flag`` (int8, ``flag_values``
             / ``flag_meanings``): ``observed``, ``imputed``,
