@@ -297,6 +297,10 @@ def test_imputation_runs_no_network_where_every_gap_lies_where_the_guess_fills_a
     assert filled.notnull().all() and filled.where(seen).equals(observed)
     assert (spread.where(seen) == 0).sum() == seen.sum()  # observations keep their values, with no spread
     assert float(spread.where(~seen).mean()) > 0  # the sampled contexts' spread of the guess
+    alone, around = model.impute(observed, K=3, progress=False, return_std=True, context="observed")
+    assert float(around.where(~seen).min()) > 0  # how far sampled contexts land from it: no cell claims certainty
+    xr.testing.assert_equal(alone, model.impute(observed, K=3, progress=False, context="observed"))
+    assert not passes
     outage = observed.copy()
     outage[0, 0] = np.nan  # gaps in observed cells, which the network corrects
     model.impute(outage, K=1, progress=False)

@@ -457,8 +457,8 @@ class Engine:
     @property
     def context(self) -> str:
         """The contexts of imputation by default: ``"observed"`` (every observation, one pass) or ``"sampled"`` (the
-        mean over ``K`` sampled contexts), whichever scored better on the fit's held-back cells; ``"sampled"`` for
-        model files older than the choice."""
+        mean over ``K`` sampled contexts) as the fit chose on its held-back cells (:func:`choose_context`);
+        ``"sampled"`` for model files older than the choice."""
         return (self.config.validation or {}).get("context", "sampled")
 
     @property
@@ -955,8 +955,9 @@ class Engine:
             mean, std = run(net)
         if guess is not None and untrained.any():
             # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess,
-            # made from every observation (a sampled context only leaves some out), with the sampled contexts' spread
-            guess_mean, guess_std = run(guess, context="observed", K=1)
+            # made from every observation (a sampled context only leaves some out), with the spread the contexts give
+            # it, as the network's own cells have theirs (with the observed context, how far sampled ones land from it)
+            guess_mean, guess_std = run(guess, context="observed", K=passes if context == "observed" else 1)
             if context != "observed" and options.spread:
                 guess_std = run(guess)[1]
             mean, std = np.where(untrained, guess_mean, mean), np.where(untrained, guess_std, std)
