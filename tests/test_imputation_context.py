@@ -110,7 +110,20 @@ def test_cells_no_loss_ever_reached_take_the_guess_from_every_observation_whiche
     engine = Engine.fit_array(values, mask="station", steps=3, batch_size=2, progress=False, verbose=False)
     options = dict(K=3, fill_never_observed=True, progress=False)
     sampled, sampled_spread = engine.fill(values, ImputeConfig(context="sampled", **options))
-    observed, _ = engine.fill(values, ImputeConfig(context="observed", **options))
+    calls = {"network": 0, "open": 0, "guess alone": 0}
+
+    def guessed(*_):  # a guess made outside a network pass
+        calls["guess alone"] += calls["open"] == 0
+
+    hooks = [engine.denoiser.register_forward_pre_hook(lambda *_: calls.update(network=calls["network"] + 1,
+                                                                                 open=calls["open"] + 1)),
+             engine.denoiser.register_forward_hook(lambda *_: calls.update(open=calls["open"] - 1)),
+             engine.denoiser.first_guess.register_forward_hook(guessed)]
+    try:
+        observed, observed_spread = engine.fill(values, ImputeConfig(context="observed", **options))
+    finally:
+        for hook in hooks:
+            hook.remove()
     untrained = ~engine.valid[None, :, None] & np.ones_like(values, bool)
     outage = np.isnan(values) & engine.valid[None, :, None]
     assert untrained.any() and outage.any()
@@ -118,6 +131,9 @@ def test_cells_no_loss_ever_reached_take_the_guess_from_every_observation_whiche
     np.testing.assert_allclose(sampled[untrained], observed[untrained], rtol=1e-5, atol=1e-5)
     assert not np.allclose(sampled[outage], observed[outage], rtol=1e-3, atol=1e-3)  # the network's cells differ
     assert sampled_spread[untrained].min() > 0  # their spread is still the sampled contexts'
+    assert observed_spread[untrained].min() > 0  # and how far those land from it under the observed context
+    # with the observed context the network's own pass gives them the guess: no pass of the guess alone
+    assert calls["network"] and not calls["guess alone"]
 
 
 def test_observed_contexts_without_the_spread_run_one_pass_per_window_and_fill_the_same(fitted):

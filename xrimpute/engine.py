@@ -945,15 +945,24 @@ class Engine:
         nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
         untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~nan
         seen = piece.inside(observed)
-        if guess is not None and not (~seen & ~nan & ~untrained).any():
+        # the share of the network's correction that its held-back cells trust, on the guess it corrected
+        share = None if guess is None or self.config.correction is None else np.asarray(self.config.correction)
+        everywhere = guess is not None and not (~seen & ~nan & ~untrained).any()
+        alone = guess is not None and untrained.any() and context == "observed" and not everywhere
+        if everywhere:
             # every gap lies where the guess fills alone (a station network's complete series): no network pass
             mean = std = np.zeros(seen.shape, np.float32)
-        elif guess is not None and self.config.correction is not None:
-            # the share of the network's correction that its held-back cells trust, on the guess it corrected
-            mean, std = run(functools.partial(net, share=torch.tensor(self.config.correction, device=device)))
+        elif alone:
+            # where no loss ever reached, the guess alone, in the same pass: the observed context's is the guess from
+            # every observation, and its sampled ones the guess's spread
+            kept = np.ones(len(self.valid)) if share is None else share
+            never = ~self.valid & ~self.left_nan(options.fill_never_observed)  # untrained, over the whole grid
+            mean, std = run(net, share=np.where(never, 0.0, kept[:, None, None]).astype(np.float32))
+        elif share is not None:
+            mean, std = run(functools.partial(net, share=torch.tensor(share, device=device)))
         else:
             mean, std = run(net)
-        if guess is not None and untrained.any():
+        if guess is not None and untrained.any() and not alone:
             # no loss ever reached these cells, so the network's correction there is untrained: keep the first guess,
             # made from every observation (a sampled context only leaves some out), with the spread the contexts give
             # it, as the network's own cells have theirs (with the observed context, how far sampled ones land from it)

@@ -284,6 +284,7 @@ def impute_series(
     totals: np.ndarray | None = None,
     nearby_span: int = 0,
     flow: bool = False,
+    share: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Impute every window (and tile) of every sample and blend the overlaps.
 
@@ -310,6 +311,8 @@ def impute_series(
         many steps either side it looks (:func:`nearby_observations`); a cut then holds them, as
         :func:`plan` with that ``halo`` cuts it. ``flow``: those along the flow instead of in place
         (``nearby_observations(..., flow=True)``).
+    share : for a denoiser with a first guess, the share of its correction that each cell of the grid keeps,
+        ``(C, H, W)`` (0: the guess alone), cut for every tile as ``static``; default the denoiser's own.
 
     Returns
     -------
@@ -350,10 +353,13 @@ def impute_series(
         cuts = [places[job][0] for _, job in batch]
         x = torch.as_tensor(np.stack([values[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
         m = torch.as_tensor(np.stack([observed[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
-        tiles = history = nearby = None
+        tiles = history = nearby = kept = None
         if static is not None:
             tiles = torch.as_tensor(np.stack([static[:, r : r + th][..., (col + np.arange(tw)) % w]
                                               for _, (_, r, col) in batch])).to(generator_device)
+        if share is not None:
+            kept = torch.as_tensor(np.stack([share[:, None, r : r + th][..., (col + np.arange(tw)) % w]
+                                             for _, (_, r, col) in batch])).to(generator_device)
         if totals is not None:
             history = outside_window(np.stack([totals[sample0 + i, :, r : r + th][..., (col + np.arange(tw)) % w]
                                                for i, (_, r, col) in batch]), x, m).to(generator_device)
@@ -365,7 +371,7 @@ def impute_series(
         with torch.autocast(device_type=generator_device.type, dtype=torch.bfloat16, enabled=autocast):
             mean, std = impute_ensemble(denoiser, x.to(generator_device), m.to(generator_device), spec, K,
                                         generator=generators, context=context, static=tiles, history=history,
-                                        nearby=nearby)
+                                        nearby=nearby, share=kept)
         # float64 before the total-variance sums: in float32, sd**2 + mu**2 loses a spread far below the mean
         mean, std = mean.double().cpu().numpy(), std.double().cpu().numpy()
         for (i, job), mu, sd in zip(batch, mean, std):
