@@ -82,6 +82,20 @@ def tiled(data):
     return xrimpute.fit(data, tile=(16, 16), **FIT)
 
 
+def test_cells_never_observed_take_the_guess_of_the_networks_own_pass_alike_in_memory_and_lazily():
+    holes = np.zeros((24, 24), bool)
+    holes[5, 5] = holes[12, 17] = holes[20, 3] = True  # never observed, between observations: filled by the guess
+    data = archive(seed=3).where(~xr.DataArray(holes, dims=("latitude", "longitude")))
+    model = xrimpute.fit(data, **FIT)
+    assert (~model.engine.valid).sum() == 2 * holes.sum()
+    same = dict(K=3, seed=5, batch_size=1, context="observed", return_std=True)
+    reference = model.impute(data, progress=False, **same)
+    lazy = model.impute(data.chunk(time=5, latitude=10, longitude=7), progress=False, **same).compute()
+    xr.testing.assert_allclose(lazy, reference, rtol=1e-6, atol=1e-5)
+    spread = reference["u10_std"].isel(latitude=5, longitude=5)
+    assert float(spread.min()) > 0 and not reference["u10"].isnull().any()
+
+
 def test_impute_on_dask_input_stays_lazy_until_computed(data, model):
     chunked = data.chunk(time=8)
     with raise_if_dask_computes():

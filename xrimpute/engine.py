@@ -942,8 +942,9 @@ class Engine:
                                 nearby_span=self.denoiser.nearby_span, flow=self.denoiser.flows)
         guess = _first_guess_only(net) if getattr(net, "first_guess", None) is not None else None
         (ya, yb), (xa, xb) = piece.box[1:]
-        nan = self.left_nan(options.fill_never_observed)[None, :, None, ya:yb, xa:xb]  # none with True
-        untrained = ~self.valid[None, :, None, ya:yb, xa:xb] & ~nan
+        left_nan = self.left_nan(options.fill_never_observed)  # none with True
+        never = ~self.valid & ~left_nan  # (C, H, W): filled, though no loss ever reached them
+        nan, untrained = (cells[None, :, None, ya:yb, xa:xb] for cells in (left_nan, never))
         seen = piece.inside(observed)
         # the share of the network's correction that its held-back cells trust, on the guess it corrected
         share = None if guess is None or self.config.correction is None else np.asarray(self.config.correction)
@@ -955,8 +956,7 @@ class Engine:
         elif alone:
             # where no loss ever reached, the guess alone, in the same pass: the observed context's is the guess from
             # every observation, and its sampled ones the guess's spread
-            kept = np.ones(len(self.valid)) if share is None else share
-            never = ~self.valid & ~self.left_nan(options.fill_never_observed)  # untrained, over the whole grid
+            kept = np.ones(len(never)) if share is None else share
             mean, std = run(net, share=np.where(never, 0.0, kept[:, None, None]).astype(np.float32))
         elif share is not None:
             mean, std = run(functools.partial(net, share=torch.tensor(share, device=device)))
