@@ -40,6 +40,21 @@ def test_the_region_outside_a_station_network_is_unreachable_but_not_the_field_b
     assert found.unreachable[:, 50:].all() and not found.unreachable[:, :30].any()
 
 
+def test_a_land_mask_given_leaves_no_region_growing_out_of_the_coast_into_sea_missed_by_chance():
+    rng = np.random.default_rng(2)
+    land = np.zeros((64, 64), bool)
+    land[:, :20] = True
+    seen = ~land & (rng.random(land.shape) < 0.3)  # most of the sea never observed, as sparse pixels leave it
+    seen[:, 52:] = False  # and a region beyond every observation's reach
+    sea = ~land & ~seen
+    from_data = reach(seen)
+    assert from_data.unreachable[land].all() and from_data.unreachable[:, 20:40][sea[:, 20:40]].sum() > 20  # coastal
+    given = reach(seen, known=land)
+    assert not given.unreachable[land].any()  # the mask itself is the user's, not the rule's
+    assert not given.unreachable[:, 20:48].any() and given.unreachable[:, 56:].all()
+    assert given.threshold == from_data.threshold
+
+
 def pixel_cube(rate: float, frames: int = 40, size: int = 24, seed: int = 0) -> xr.DataArray:
     truth = blobs(n=1, t=frames, size=size, seed=seed)
     keep = np.random.default_rng(seed).random(truth.shape) < rate
@@ -89,6 +104,17 @@ def test_a_permanent_mask_given_to_fit_stays_nan_and_is_saved(tmp_path):
     filled = loaded.impute(observed, K=2, progress=False)
     gaps = observed.isnull()
     assert filled.isnull().equals(gaps & coast)  # gaps on the coast stay NaN, all others are filled
+
+
+def test_a_land_mask_given_to_fit_leaves_the_sea_beside_it_to_be_filled():
+    observed = pixel_cube(0.01, size=32)
+    land = xr.zeros_like(observed.isel(sample=0, time=0, drop=True), dtype=bool)
+    land[:, :12] = True
+    observed = observed.where(~land)
+    from_data = xrimpute.fit(observed, mask="pixel", **TINY)
+    given = xrimpute.fit(observed, mask="pixel", permanent_mask=land, **TINY)
+    assert (from_data.permanent[0] & ~land.values).any()  # the rule alone takes sea beside the coast for land
+    assert np.array_equal(given.permanent[0], land.values)
 
 
 def test_a_model_file_without_permanent_mask_loads_with_every_never_observed_cell_permanent(tmp_path):

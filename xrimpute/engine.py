@@ -484,7 +484,8 @@ class Engine:
         are the normalisation and coverage. ``init``: an engine to start from.
         ``permanent_mask`` (boolean ``(H, W)`` or ``(C, H, W)``, True = e.g. land):
         cells whose gaps stay NaN, besides the never-observed regions beyond
-        the observing system's reach (:func:`xrimpute.masks.unreachable`).
+        the observing system's reach (:func:`xrimpute.masks.unreachable`), which
+        then grow out of no cell of the mask.
         ``compare(windows, training_seconds=None)``, when given, runs on the
         sampler (its ``validation_context`` is the series around the held-back
         cells, e.g. to score other fillers on them, as
@@ -517,7 +518,7 @@ class Engine:
                          "time from a short window's observations")
         masks.warn_if_unlearnable(spec, stats.observed, config.window)  # UserWarning if gaps get no query probability
         device = resolve_device(device)
-        permanent = masks.unreachable(stats.valid)
+        permanent = masks.unreachable(stats.valid, permanent_mask)
         if permanent_mask is not None:
             permanent = permanent | np.broadcast_to(np.asarray(permanent_mask, bool), permanent.shape)
         untrainable = (init is None and train_config.steps is None and train_config.max_time is None

@@ -29,6 +29,11 @@ The rule, per variable, on the ``(H, W)`` map of cells observed at least once:
    (the morphological opening of the never-observed region by that disk).
    The region so found never reaches between observations closer than
    ``2 * threshold`` apart.
+6. Cells known to be outside the domain (a land mask the user gave) are no
+   core: the region grows out of holes in the observations, not out of a
+   coast, so sea cells beside land that sparse observations missed by chance
+   are filled (the Mediterranean's altimetry at 1 % pixels: 170-230 sea cells
+   NaN from the data alone, none with its land mask).
 
 Scattered pixels (1 % a frame over 40 frames: a third of the cells observed
 once) give a threshold of about 3.4 cells, and chance holes that wide are
@@ -65,9 +70,12 @@ class Reach:
                     unreachable_cells=int(self.unreachable.sum()))
 
 
-def reach(observed_once: np.ndarray) -> Reach:
-    """The unreachable never-observed cells of an ``(H, W)`` map of cells observed at least once."""
+def reach(observed_once: np.ndarray, known: np.ndarray | None = None) -> Reach:
+    """The unreachable never-observed cells of an ``(H, W)`` map of cells observed at least once. ``known``
+    ``(H, W)``: cells known to lie outside the domain (a land mask the user gave); no unreachable region grows out
+    of them, so the never-observed cells beside them are judged as any others (left out of the result)."""
     ever = np.asarray(observed_once, dtype=bool)
+    known = np.zeros_like(ever) if known is None else np.asarray(known, dtype=bool)
     never = ~ever
     if not ever.any() or not never.any():  # nothing observed: nothing to reach from; nothing missing: nothing to judge
         return Reach(never.copy(), math.nan, float(ever.mean()), 0.0)
@@ -81,9 +89,10 @@ def reach(observed_once: np.ndarray) -> Reach:
     density = float(min(1.0, np.median(k / (math.pi * distances[:, k] ** 2))))
     chance = 0.0 if density >= 1 else math.sqrt(math.log(ever.size) / (math.pi * -math.log1p(-density)))
     threshold = max(MIN_RADIUS, SAFETY * chance)
-    core = ndimage.distance_transform_edt(never) > threshold  # farther than threshold from every observation
+    # farther than threshold from every observation, and not known land: a coast is no hole in the observations
+    core = (ndimage.distance_transform_edt(never) > threshold) & ~known
     unreachable = never & (ndimage.distance_transform_edt(~core) <= threshold) if core.any() else np.zeros_like(never)
-    return Reach(unreachable, spacing, density, threshold)
+    return Reach(unreachable & ~known, spacing, density, threshold)
 
 
 def gaps_in_reach(observed: np.ndarray, steps: int, cells: int) -> float:
@@ -165,9 +174,12 @@ def gaps_only_where_never_observed(values: np.ndarray, permanent: np.ndarray, st
     return bool((~ever & ~np.asarray(permanent, bool)).any())
 
 
-def unreachable(valid: np.ndarray) -> np.ndarray:
-    """``(C, H, W)``: per variable, the never-observed cells beyond the observing system's reach (:func:`reach`)."""
-    return np.stack([reach(channel).unreachable for channel in np.asarray(valid, dtype=bool)])
+def unreachable(valid: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """``(C, H, W)``: per variable, the never-observed cells beyond the observing system's reach (:func:`reach`),
+    outside the cells ``known`` (``(H, W)`` or ``(C, H, W)``) to lie outside the domain."""
+    valid = np.asarray(valid, dtype=bool)
+    known = np.zeros_like(valid) if known is None else np.broadcast_to(np.asarray(known, dtype=bool), valid.shape)
+    return np.stack([reach(channel, land).unreachable for channel, land in zip(valid, known)])
 
 
 __all__ = ["MIN_RADIUS", "NEIGHBOURS", "Reach", "SAFETY", "gaps_in_reach", "gaps_near_in_time",
