@@ -348,6 +348,10 @@ def impute_series(
     total_sq = np.zeros_like(total)
     items = [(i, job) for i in range(n) for job in jobs]
     generator_device = torch.device(device)
+
+    def tiled(field, r, col):  # the tile at (r, col) of a field over the grid's last two axes
+        return field[..., r : r + th, :][..., (col + np.arange(tw)) % w]
+
     for first in tqdm(range(0, len(items), batch_size), desc="imputing", disable=not progress, leave=False):
         batch = items[first : first + batch_size]
         cuts = [places[job][0] for _, job in batch]
@@ -355,14 +359,13 @@ def impute_series(
         m = torch.as_tensor(np.stack([observed[i][:, rt, rr][..., rc] for (i, _), (rt, rr, rc) in zip(batch, cuts)]))
         tiles = history = nearby = kept = None
         if static is not None:
-            tiles = torch.as_tensor(np.stack([static[:, r : r + th][..., (col + np.arange(tw)) % w]
-                                              for _, (_, r, col) in batch])).to(generator_device)
+            tiles = torch.as_tensor(np.stack([tiled(static, r, col) for _, (_, r, col) in batch])).to(generator_device)
         if share is not None:
-            kept = torch.as_tensor(np.stack([share[:, None, r : r + th][..., (col + np.arange(tw)) % w]
+            kept = torch.as_tensor(np.stack([tiled(share[:, None], r, col)
                                              for _, (_, r, col) in batch])).to(generator_device)
         if totals is not None:
-            history = outside_window(np.stack([totals[sample0 + i, :, r : r + th][..., (col + np.arange(tw)) % w]
-                                               for i, (_, r, col) in batch]), x, m).to(generator_device)
+            history = outside_window(np.stack([tiled(totals[sample0 + i], r, col) for i, (_, r, col) in batch]),
+                                     x, m).to(generator_device)
         if nearby_span:
             nearby = torch.as_tensor(np.stack([_nearby(values[i], observed[i], rt, rr, rc, window, nearby_span, flow)
                                                for (i, _), (rt, rr, rc) in zip(batch, cuts)])).to(generator_device)

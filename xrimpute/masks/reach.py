@@ -78,7 +78,7 @@ def reach(observed_once: np.ndarray, known: np.ndarray | None = None) -> Reach:
     known = np.zeros_like(ever) if known is None else np.asarray(known, dtype=bool)
     never = ~ever
     if not ever.any() or not never.any():  # nothing observed: nothing to reach from; nothing missing: nothing to judge
-        return Reach(never.copy(), math.nan, float(ever.mean()), 0.0)
+        return Reach(never & ~known, math.nan, float(ever.mean()), 0.0)
     points = np.argwhere(ever)
     k = min(NEIGHBOURS, len(points) - 1)
     if k == 0:  # a single observed cell: no spacing, no density to judge chance by
