@@ -948,20 +948,18 @@ class Engine:
         never = ~self.valid & ~left_nan  # (C, H, W): filled, though no loss ever reached them
         nan, untrained = (cells[None, :, None, ya:yb, xa:xb] for cells in (left_nan, never))
         seen = piece.inside(observed)
-        # the share of the network's correction that its held-back cells trust, on the guess it corrected
         share = None if guess is None or self.config.correction is None else np.asarray(self.config.correction)
         everywhere = guess is not None and not (~seen & ~nan & ~untrained).any()
         alone = guess is not None and untrained.any() and context == "observed" and not everywhere
         if everywhere:
             # every gap lies where the guess fills alone (a station network's complete series): no network pass
             mean = std = np.zeros(seen.shape, np.float32)
-        elif alone:
-            # where no loss ever reached, the guess alone, in the same pass: the observed context's is the guess from
-            # every observation, and its sampled ones the guess's spread
-            kept = np.ones(len(never)) if share is None else share
-            mean, std = run(net, share=np.where(never, 0.0, kept[:, None, None]).astype(np.float32))
-        elif share is not None:
-            mean, std = run(functools.partial(net, share=torch.tensor(share, device=device)))
+        elif share is not None or alone:
+            # the share of the network's correction that its held-back cells trust, on the guess it corrected; none
+            # where no loss ever reached, under the observed context, whose pass makes the guess from every
+            # observation there (its sampled ones the guess's spread): no second pass of the guess alone
+            kept = np.broadcast_to((np.ones(len(never)) if share is None else share)[:, None, None], never.shape)
+            mean, std = run(net, share=np.where(never & alone, 0.0, kept).astype(np.float32))
         else:
             mean, std = run(net)
         if guess is not None and untrained.any() and not alone:

@@ -162,9 +162,9 @@ class Denoiser(nn.Module):
                 nearby: torch.Tensor | None = None, share: torch.Tensor | None = None) -> torch.Tensor:
         """``static`` ``(B, S, H, W)``: per-sample static fields (for tiles of a larger grid);
         by default the full-grid fields given at construction, which must match the grid. ``history``, ``nearby``:
-        see the class. ``share`` ``(C,)``: per variable, the share of the U-Net's correction to the first guess
-        that the output keeps (default all of it), so that a kept share costs no second pass of the guess; or per
-        cell, ``(B, C, 1, H, W)`` (0 where the output is the guess alone)."""
+        see the class. ``share`` ``(B, C, 1, H, W)``: per cell, the share of the U-Net's correction to the first
+        guess that the output keeps (default all of it; 0: the guess alone), so that a kept share costs no second
+        pass of the guess."""
         b, c, w, h, wd = values.shape
         m = self.unet.multiple
         pad = (0, -wd % m, 0, -h % m)
@@ -190,9 +190,7 @@ class Denoiser(nn.Module):
         if self.first_guess is None:
             return out.reshape(b, c, w, h, wd)
         if share is not None:
-            share = share.to(out.dtype)
-            share = share.view(1, c, 1, 1, 1) if share.dim() == 1 else share
-            out = (out.reshape(b, c, w, h, wd) * share).reshape(b, c * w, h, wd)
+            out = (out.reshape(b, c, w, h, wd) * share.to(out.dtype)).reshape(b, c * w, h, wd)
         return (out + guess).reshape(b, c, w, h, wd)
 
 
