@@ -10,9 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, FirstGuess, across_unsplined_frames,
-                                 choose_guess, gaussian_kernel, _BendingGradient, bend, nearby_guess, smoothing_matrix,
-                                 spline)
+from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, OWN_CURVE_LABEL, FirstGuess,
+                                 across_unsplined_frames, choose_guess, gaussian_kernel, _BendingGradient, bend,
+                                 nearby_guess, smoothing_matrix, spline)
 from xrimpute.windows import nearby_observations
 from xrimpute.training import TrainConfig, learning_rate_factor
 
@@ -295,7 +295,8 @@ def test_the_chosen_guess_levels_survive_saving_and_an_untrained_network_returns
     values[rng.random(values.shape) < 0.5] = np.nan
     engine = Engine.fit_array(values, mask="pixel", steps=1, lr=1e-12, batch_size=2, progress=False, verbose=False)
     # still in time, a cell's own observations beyond the window are exact too
-    assert engine.config.validation["first_guess"] == "time first" + NEARBY_LABEL
+    # with each cell's own curve, as exact: kept on the tie
+    assert engine.config.validation["first_guess"] == "time first" + NEARBY_LABEL + OWN_CURVE_LABEL
     assert engine.denoiser.config["guess"]["levels"] == [list(level) for level in CANDIDATES["time first"]["levels"]]
     again = Engine.load(engine.save(tmp_path / "m.xri"))
     assert again.denoiser.first_guess.levels == engine.denoiser.first_guess.levels

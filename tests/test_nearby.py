@@ -11,9 +11,10 @@ from xrimpute.engine import Engine, ImputeConfig, ModelMismatch, offers_nearby
 from xrimpute.masks import gaps_near_in_time
 from xrimpute.errors import ArgumentError
 from xrimpute.masks import Pixel
+from xrimpute.model import CtxDiffModel
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import (NEARBY_LABEL, NEARBY_SPAN, FirstGuess, candidate_label, choose_guess, nearby_baseline,
-                                 nearby_guess)
+from xrimpute.nets.prior import (BASELINE_MARGIN, NEARBY_LABEL, NEARBY_SPAN, OWN_CURVE_LABEL, OWN_CURVE_SHARE,
+                                 FirstGuess, candidate_label, choose_guess, nearby_baseline, nearby_guess, own_curve)
 from xrimpute.samplers import training_windows
 from xrimpute.windows import nearby_observations, plan, Tiling
 
@@ -120,6 +121,81 @@ def test_the_curved_baseline_is_the_akima_spline_through_three_observations_eith
     assert (known & ~torch.isclose(curve, line)).any()  # the curve bends where three observations either side say so
     nearest = torch.as_tensor(nearby_observations(values, observed, start, window, NEARBY_SPAN, depth=1))[None]
     np.testing.assert_array_equal(line, nearby_baseline(nearest, window, NEARBY_SPAN)[0])  # the nearest alone
+
+
+def test_each_cells_own_curve_runs_through_its_context_in_the_window_and_beyond_and_no_query_cell_reaches_it():
+    from scipy.interpolate import Akima1DInterpolator
+
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((2, 60, 6, 7)).cumsum(1).astype(np.float32)
+    observed = rng.random(values.shape) < 0.25
+    start, window = 26, 7
+    nearby = torch.as_tensor(nearby_observations(values, observed, start, window, NEARBY_SPAN))[None]
+    inside, mask = (torch.as_tensor(a[:, start : start + window])[None] for a in (values, observed))
+    curve, known = own_curve(inside * mask, mask, nearby, NEARBY_SPAN, depth=3)
+    bent = 0
+    for c, k, y, x in np.ndindex(2, window, 6, 7):
+        s, seen = start + k, observed[c, :, y, x]
+        if seen[s]:
+            assert known[0, c, k, y, x] and curve[0, c, k, y, x] == values[c, s, y, x]
+            continue
+        before = [j for j in range(s - 1, max(start - NEARBY_SPAN, 0) - 1, -1) if seen[j]][:3]
+        after = [j for j in range(s + 1, min(start + window + NEARBY_SPAN, 60)) if seen[j]][:3]
+        if before and after and after[0] - before[0] <= NEARBY_SPAN:
+            knots = sorted(before) + after
+            expected = (np.interp(s, knots, values[c, knots, y, x]) if len(knots) == 2 else
+                        Akima1DInterpolator(np.array(knots, float), values[c, knots, y, x].astype(float))(s))
+            bent += len(knots) > 2
+        elif before and s - before[0] <= NEARBY_SPAN / 2 and not (after and after[0] - s < s - before[0]):
+            expected = values[c, before[0], y, x]
+        elif after and after[0] - s <= NEARBY_SPAN / 2:
+            expected = values[c, after[0], y, x]
+        else:
+            assert not known[0, c, k, y, x]
+            continue
+        assert known[0, c, k, y, x]
+        np.testing.assert_allclose(curve[0, c, k, y, x], expected, rtol=1e-4, atol=1e-4)
+    assert bent > 100
+    query = inside + 100.0 * ~mask  # the window's cells outside the context never reach it
+    for got, expected in zip(own_curve(query, mask, nearby, NEARBY_SPAN, depth=3), (curve, known)):
+        assert torch.equal(got, expected)
+
+
+def test_the_own_curve_takes_its_share_of_the_baseline_where_the_nearby_steps_reach():
+    rng = np.random.default_rng(6)
+    values = rng.standard_normal((1, 40, 8, 9)).cumsum(1).astype(np.float32)
+    observed = rng.random(values.shape) < 0.3
+    start, window = 15, 5
+    nearby = torch.as_tensor(nearby_observations(values, observed, start, window, NEARBY_SPAN))[None]
+    inside, mask = (torch.as_tensor(a[:, start : start + window])[None] for a in (values, observed))
+    first_guess = FirstGuess(levels=((1.0, 1.0),))
+    line, known = nearby_baseline(nearby, window, NEARBY_SPAN, depth=3, curve=True)
+    curve, _ = own_curve(inside * mask, mask, nearby, NEARBY_SPAN, depth=3)
+    mixed, _ = nearby_guess(first_guess, inside * mask, mask, nearby, NEARBY_SPAN, curve=True, own=OWN_CURVE_SHARE)
+    plain, _ = nearby_guess(first_guess, inside * mask, mask, nearby, NEARBY_SPAN, curve=True)
+    # the guess is linear in its baseline: the mix of the guesses from each baseline
+    from_curve, _ = first_guess(inside * mask, mask, torch.where(known, curve, line))
+    np.testing.assert_allclose(mixed, torch.lerp(plain, torch.where(known, from_curve, plain), OWN_CURVE_SHARE),
+                               rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(mixed[known], plain[known])
+
+
+def test_a_fit_keeps_the_own_curve_unless_the_held_back_cells_clearly_say_otherwise_and_old_files_do_without(tmp_path):
+    values = blocks_anew(slow_waves(t=30))
+    engine = Engine.fit_array(values, mask="block", nearby=True, steps=1, batch_size=2, progress=False,
+                              verbose=False)
+    label, errors = engine.config.validation["first_guess"], engine.config.validation["first_guess_nmse"]
+    without = label.removesuffix(OWN_CURVE_LABEL)
+    assert label.endswith(NEARBY_LABEL + OWN_CURVE_LABEL) and errors[without] >= BASELINE_MARGIN * errors[label], errors
+    assert Engine.load(engine.save(tmp_path / "own.xri")).denoiser.config["own_curve"] == OWN_CURVE_SHARE
+    assert "25% of it each cell's own curve through the window" in repr(CtxDiffModel(engine))
+    options = ImputeConfig(K=1, context="observed", progress=False)
+    gaps = np.isnan(values)
+    own, _ = engine.fill(values, options)
+    del engine.denoiser.config["own_curve"]  # as a file written before the own curve reads
+    older = Engine.load(engine.save(tmp_path / "older.xri"))
+    assert "own_curve" not in older.denoiser.config
+    assert not np.allclose(older.fill(values, options)[0][gaps], own[gaps])
 
 
 def test_a_new_fit_curves_the_baseline_and_a_model_file_without_the_curve_keeps_its_straight_line(tmp_path):

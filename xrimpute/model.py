@@ -649,6 +649,8 @@ class CtxDiffModel:
                         + (f", first guess leaning on each cell's observations up to {self.denoiser.nearby_span} "
                            f"steps before and after the window{' along the flow' if self.denoiser.flows else ''}"
                            + (" (a curve through three on either side)" if self.denoiser.config.get("curve") else "")
+                           + (f", {self.denoiser.config['own_curve']:.0%} of it each cell's own curve through the "
+                              "window" if self.denoiser.config.get("own_curve") else "")
                            if self.denoiser.nearby_span else "")
                         + (f", first guess leaning on the series' {self.denoiser.config['modes']} leading spatial modes"
                            if self.denoiser.modes is not None else "")

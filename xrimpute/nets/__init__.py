@@ -43,7 +43,8 @@ class Denoiser(nn.Module):
     (:func:`~xrimpute.nets.prior.nearby_guess`), which every call then
     passes as ``nearby`` ``(B, 4 depth C, H, W)``
     (:func:`xrimpute.windows.nearby_observations`), with ``curve`` through the
-    ``depth`` nearest either side, else the nearest; with ``flow`` too, the
+    ``depth`` nearest either side, else the nearest, and ``own_curve`` of
+    each cell's own curve through the window (:func:`~xrimpute.nets.prior.own_curve`); with ``flow`` too, the
     nearest observations along the flow instead of in place, ``(B, 4C, T, H, W)``
     (``nearby_observations(..., flow=True)``), and how far the flow carried
     each cell's (:func:`~xrimpute.nets.prior.flow_closeness`) is one more
@@ -60,7 +61,7 @@ class Denoiser(nn.Module):
                  preset: str = "tiny", periodic: bool = False, row_period: int = 0, network_wraps_rows: bool = False,
                  first_guess: bool = False,
                  guess: dict | None = None, history: bool = False, nearby: int = 0, flow: bool = False,
-                 curve: bool = False, modes: torch.Tensor | None = None,
+                 curve: bool = False, own_curve: float = 0.0, modes: torch.Tensor | None = None,
                  covariance: torch.Tensor | None = None,
                  station_correlation: tuple[torch.Tensor, torch.Tensor] | None = None, **overrides):
         super().__init__()
@@ -90,6 +91,8 @@ class Denoiser(nn.Module):
             self.config["flow"] = True
         if curve:
             self.config["curve"] = True
+        if own_curve:
+            self.config["own_curve"] = float(own_curve)
         if modes is not None:
             self.config["modes"] = len(modes) - 1
             self.register_buffer("modes", torch.as_tensor(modes, dtype=torch.float32))
@@ -149,7 +152,7 @@ class Denoiser(nn.Module):
                                 f"nearby=windows.nearby_observations(..., flow={self.flows})")
         if self.nearby_span:
             return nearby_guess(self.first_guess, values, mask, nearby, self.nearby_span, baseline,
-                                self.config.get("curve", False))
+                                self.config.get("curve", False), self.config.get("own_curve", 0.0))
         if self.modes is not None:
             if tuple(self.modes.shape[-2:]) != tuple(values.shape[-2:]):
                 raise ArgumentError(f"this network's first guess leans on modes of a {tuple(self.modes.shape[-2:])} "
