@@ -33,9 +33,8 @@ from .atomic import atomic_write
 from .cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
 from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, OWN_CURVE_LABEL, OWN_CURVE_SHARE,
-                         FirstGuess, candidate_label,
-                         choose_guess, costly, field_covariances, spatial_modes, station_correlation, widest_reach,
-                         wrapping)
+                         FirstGuess, candidate_label, choose_guess, costly, field_covariances, spatial_modes,
+                         station_correlation, widest_reach, wrapping)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import (ArrayWindows, Statistics, StationFolds, Stretch, reported, station_shares, statistics,
@@ -1191,8 +1190,9 @@ def _with_own_curve(validation, wrap: dict, guess: str, kind: str | None, guesse
     (:data:`~xrimpute.nets.prior.OWN_CURVE_LABEL` after the nearby steps), its NMSE on the held-back cells of
     ``validation`` added to ``guesses`` on their scale, unless the guess without it beats it there by
     :data:`~xrimpute.nets.prior.BASELINE_MARGIN`. Kept on a near tie: of six fits of four cubes' moving blocks
-    that lean on the nearby steps, five filled the gaps 0.6-9 % better with it and one 1.7 % worse, where the
-    held-back cells ranked the two within 0.3 % on four (``benchmarks/RESULTS.md``). Chosen last, after the cycle:
+    that lean on the nearby steps, five filled the gaps 0.6-9 % better with it and one 1.7 % worse (trained, five of
+    six too), where the held-back cells ranked the two within 1.4 % on four, three of them the wrong way
+    (``benchmarks/RESULTS.md``). Chosen last, after the cycle:
     scored among the candidates, the own curve's few per cent kept the ERA5 sample's moving blocks from the cycle
     that filled them better."""
     base, cycled, cycle_name = guess.partition(f" + {kind} cycle") if kind else (guess, "", "")
@@ -1204,9 +1204,9 @@ def _with_own_curve(validation, wrap: dict, guess: str, kind: str | None, guesse
                              nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, own=OWN_CURVE_SHARE,
                              runs=runs[0] if runs else None)
     without, with_own = errors[base], errors[base + OWN_CURVE_LABEL]
-    own = base + OWN_CURVE_LABEL + cycled + cycle_name
-    guesses[own] = guesses[guess] * with_own / max(without, 1e-12)
-    return guess if without < BASELINE_MARGIN * with_own else own
+    own_label = base + OWN_CURVE_LABEL + cycled + cycle_name
+    guesses[own_label] = guesses[guess] * with_own / max(without, 1e-12)
+    return guess if without < BASELINE_MARGIN * with_own else own_label
 
 
 def _on_every_window(wide, wrap: dict, modes, label: str, others: list[str], wide_others=None,
