@@ -123,15 +123,22 @@ def test_the_curved_baseline_is_the_akima_spline_through_three_observations_eith
     np.testing.assert_array_equal(line, nearby_baseline(nearest, window, NEARBY_SPAN)[0])  # the nearest alone
 
 
+def random_walk_window(seed: int, shape: tuple, rate: float, start: int, window: int):
+    """A series ``(C, T, H, W)`` of random walks observed at ``rate``, and the window of ``window`` steps at ``start``:
+    ``(values, observed, nearby, inside, mask)``, the last three as a network's guess takes them."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(shape).cumsum(1).astype(np.float32)
+    observed = rng.random(values.shape) < rate
+    nearby = torch.as_tensor(nearby_observations(values, observed, start, window, NEARBY_SPAN))[None]
+    inside, mask = (torch.as_tensor(a[:, start : start + window])[None] for a in (values, observed))
+    return values, observed, nearby, inside, mask
+
+
 def test_each_cells_own_curve_runs_through_its_context_in_the_window_and_beyond_and_no_query_cell_reaches_it():
     from scipy.interpolate import Akima1DInterpolator
 
-    rng = np.random.default_rng(5)
-    values = rng.standard_normal((2, 60, 6, 7)).cumsum(1).astype(np.float32)
-    observed = rng.random(values.shape) < 0.25
     start, window = 26, 7
-    nearby = torch.as_tensor(nearby_observations(values, observed, start, window, NEARBY_SPAN))[None]
-    inside, mask = (torch.as_tensor(a[:, start : start + window])[None] for a in (values, observed))
+    values, observed, nearby, inside, mask = random_walk_window(5, (2, 60, 6, 7), 0.25, start, window)
     curve, known = own_curve(inside * mask, mask, nearby, NEARBY_SPAN, depth=3)
     bent = 0
     for c, k, y, x in np.ndindex(2, window, 6, 7):
@@ -162,12 +169,8 @@ def test_each_cells_own_curve_runs_through_its_context_in_the_window_and_beyond_
 
 
 def test_the_own_curve_takes_its_share_of_the_baseline_where_the_nearby_steps_reach():
-    rng = np.random.default_rng(6)
-    values = rng.standard_normal((1, 40, 8, 9)).cumsum(1).astype(np.float32)
-    observed = rng.random(values.shape) < 0.3
-    start, window = 15, 5
-    nearby = torch.as_tensor(nearby_observations(values, observed, start, window, NEARBY_SPAN))[None]
-    inside, mask = (torch.as_tensor(a[:, start : start + window])[None] for a in (values, observed))
+    window = 5
+    _, _, nearby, inside, mask = random_walk_window(6, (1, 40, 8, 9), 0.3, 15, window)
     first_guess = FirstGuess(levels=((1.0, 1.0),))
     line, known = nearby_baseline(nearby, window, NEARBY_SPAN, depth=3, curve=True)
     curve, _ = own_curve(inside * mask, mask, nearby, NEARBY_SPAN, depth=3)
