@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
+from xrimpute.errors import ArgumentError
 from xrimpute.masks import Pixel
 from xrimpute.nets import Denoiser
-from xrimpute.nets.prior import (CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, OWN_CURVE_LABEL, FirstGuess,
+from xrimpute.nets.prior import (AVERAGED_MARGIN, CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, OWN_CURVE_LABEL, FirstGuess,
                                  across_unsplined_frames, choose_guess, gaussian_kernel, _BendingGradient, bend,
                                  nearby_guess, smoothing_matrix, spline)
 from xrimpute.windows import nearby_observations
@@ -282,7 +283,8 @@ def test_a_fit_chooses_time_first_for_a_field_still_in_time_and_bending_for_one_
         chosen, errors = choose_guess(field, observed & ~held, held)
         assert chosen == expected, errors
         # dense: no solve per frame; no covariance; no stations' correlation (a fit scores it on station data)
-        unscored = {"thin plate", "kriging", "optimal interpolation", "optimal interpolation, tapered",
+        unscored = {"thin plate", "kriging", "thin plate & bending across steps 0.5",
+                    "kriging & bending across steps 0.5", "optimal interpolation", "optimal interpolation, tapered",
                     "kriging over time"}
         assert set(errors) == set(CANDIDATES) - unscored and errors[chosen] == min(errors.values())
 
@@ -570,6 +572,38 @@ def test_a_fit_chooses_a_guess_bent_across_steps_for_a_smooth_slow_field_seen_in
     chosen, errors = choose_guess(field, observed & ~held, held)
     assert chosen.startswith("bending across steps"), errors
     assert errors[chosen] < 0.7 * errors["thin plate"], errors  # the frame-by-frame surface, exactly
+
+
+@pytest.mark.parametrize("spline", ["thin plate", "kriging"])
+def test_the_averaged_guess_is_the_mean_of_the_spline_and_the_bending_across_steps(spline):
+    field = smooth_field(5, 20, 28)
+    observed = torch.rand(field.shape, generator=torch.Generator().manual_seed(5)) < 0.08
+    averaged, certainty = FirstGuess(**CANDIDATES[f"{spline} & bending across steps 0.5"])(field * observed, observed)
+    splined, _ = FirstGuess(**CANDIDATES[spline])(field * observed, observed)
+    bent, bent_certainty = FirstGuess(**CANDIDATES["bending across steps 0.5"])(field * observed, observed)
+    torch.testing.assert_close(averaged, 0.5 * (splined + bent))
+    assert torch.equal(certainty, bent_certainty) and not torch.allclose(splined, bent)
+    with pytest.raises(ArgumentError, match="mean of a spline and a bending"):
+        FirstGuess(thin_plate=True, averaged=True)
+
+
+def test_a_fit_that_trains_no_step_takes_the_averaged_guess_where_it_clearly_fills_better_and_not_elsewhere():
+    # a field smooth in space that changes its pattern from step to step, seen in a tenth of its cells: the spline
+    # through a frame's few cells and the bending across the window's steps miss in different ways
+    fields = [smooth_field(1, 24, 32, seed=s)[0, 0, 0] for s in range(3)]
+    mixed = torch.stack([fields[0] * np.cos(0.5 * k) + fields[1] * np.sin(0.5 * k) + 0.3 * fields[2] * (k % 2)
+                         for k in range(6)])[None, None]
+    rng = torch.Generator().manual_seed(6)
+    observed = torch.rand(mixed.shape, generator=rng) < 0.1
+    held = observed & (torch.rand(mixed.shape, generator=rng) < 0.3)
+    assert not any("&" in label for label in choose_guess(mixed, observed & ~held, held)[1])  # a fit that trains
+    chosen, errors = choose_guess(mixed, observed & ~held, held, with_averaged=True)
+    assert "&" in chosen, errors
+    name = chosen.partition(" &")[0]
+    assert errors[chosen] < AVERAGED_MARGIN * min(errors[name], errors["bending across steps 0.5"]), errors
+    drifting = smooth_field(6, 24, 32)  # a pattern drifting slowly: the bending across steps alone wins
+    chosen, errors = choose_guess(drifting, observed & ~held, held, with_averaged=True)
+    assert "&" not in chosen, errors
 
 
 def test_periodic_bending_reads_across_the_seam():

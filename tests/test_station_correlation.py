@@ -160,6 +160,7 @@ def test_a_kriging_over_time_model_imputes_lazily_and_on_a_cluster_as_in_memory(
     data.chunk(time=5).to_zarr(tmp_path / "source.zarr", consolidated=False)
     model = xrimpute.fit(data, mask="station", steps=1, batch_size=2, progress=False, verbose=False, seed=0)
     assert model.validation["first_guess"] == "kriging over time", model.validation["first_guess_nmse"]
+    assert not any("&" in label for label in model.validation["first_guess_nmse"])  # it trains: no averaged guess
     model.save(tmp_path / "model.xri")
     reference, _ = imputed_alike_on_every_path(tmp_path, data, model, cluster)
     gaps = np.isnan(values[0, 0])
@@ -181,6 +182,7 @@ def test_a_station_fit_reports_on_every_station_and_scores_the_classical_fillers
     # the stations held back from training, then five shares of the others in turn: all 30 score the fill, at each
     # step of the 10 validation windows of 5 steps
     assert validation["first_guess_folds"] == 5 and validation["cells"] == 30 * 10 * 5
+    assert "thin plate & bending across steps 0.5" in validation["first_guess_nmse"]  # no step: the averaged too
     chosen = validation["first_guess"]
     assert validation["nmse"] == pytest.approx(validation["first_guess_nmse"][chosen], rel=1e-5)
     # on those same cells the RBF filler is the thin plate through the stations

@@ -622,7 +622,8 @@ class Engine:
             correlations = _station_correlations(windows, folds, seed, config.periodic) if whole_stations else None
             guess, guesses = _first_guess(windows.validation if folds else _guess_validation(windows),
                                           wrap, init, config.nearby, modes,
-                                          covariances, folds, seed, lambda: windows.wide_validation, correlations)
+                                          covariances, folds, seed, lambda: windows.wide_validation, correlations,
+                                          averaged=train_config.steps == 0)
             folded = None
             if whole_stations and guess in CANDIDATES:
                 xs, ms, hs = _with_station_folds(*windows.validation[:3], folds, seed)
@@ -1141,7 +1142,7 @@ spline (``benchmarks/RESULTS.md``). Between stations the guess is the whole fill
 
 def _first_guess(validation, wrap: dict, init: Engine | None,
                  nearby: bool | None = None, modes=None, covariances=None, station_folds: int = 0,
-                 seed: int = 0, wide=None, correlations=None) -> tuple[str | None, dict]:
+                 seed: int = 0, wide=None, correlations=None, averaged: bool = False) -> tuple[str | None, dict]:
     """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES`, with or without the nearby steps the validation
     inputs carry (``nearby`` True: with), or leaning on ``modes`` (the series' spatial modes, or None), or under
     ``covariances`` (the series' own, by the name of the candidate that takes each, or None), that best
@@ -1155,7 +1156,8 @@ def _first_guess(validation, wrap: dict, init: Engine | None,
     (:class:`~xrimpute.nets.prior.FirstGuess`'s ``periodic`` and ``row_period``). ``correlations``
     (:func:`_station_correlations`, with ``station_folds``): the stations' correlation of the training series and of
     each share's, under which the guess ``kriging over time`` scores too, chosen only where it beats the best of
-    the others by :data:`~xrimpute.nets.prior.BASELINE_MARGIN`, as a guess leaning on the series must."""
+    the others by :data:`~xrimpute.nets.prior.BASELINE_MARGIN`, as a guess leaning on the series must. ``averaged``:
+    the averaged candidates too (``choose_guess(with_averaged=True)``), for a fit that trains no step."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs, *runs = validation
@@ -1167,7 +1169,7 @@ def _first_guess(validation, wrap: dict, init: Engine | None,
         inputs, modes, covariances = {}, None, None
     label, errors = choose_guess(xs, ms, hs, **wrap, history=inputs.get("history"),
                                  nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes,
-                                 covariances=covariances, runs=runs)
+                                 covariances=covariances, runs=runs, with_averaged=averaged)
     if correlations is not None:
         kriged = _correlation_errors(xs, ms, hs, correlations, wrap)
         errors.update(kriged)
