@@ -1187,10 +1187,10 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     thin-plate and kriging ones run only where no frame holds more than :data:`MAX_SPLINE_POINTS` context cells,
     and the bending frame by frame, the spline's stand-in, only where one does: stopped early from a smooth start, it
     won the held-back cells of sparse frames and then filled their gaps worse than the spline
-    (``benchmarks/RESULTS.md``). The bending ones run only without ``history``: frames left empty for hours hold a strip
-    of context, which a surface bent through it overshoots far from it, where the held-back cells beside the strip
-    cannot tell (the swath). ``history``: the
-    windows' history (:func:`history_baseline`), for a network that leans on it. ``nearby``: the windows' nearest
+    (``benchmarks/RESULTS.md``). The bending ones run only without ``history``: frames left empty for hours hold a
+    strip of context, which a surface bent through it overshoots far from it, where the held-back cells beside the
+    strip cannot tell (the swath). ``history``: the windows' history (:func:`history_baseline`), for a network that
+    leans on it. ``nearby``: the windows' nearest
     observations outside them; then every candidate is also scored through :func:`nearby_guess` (labelled with
     :data:`NEARBY_LABEL`, or :data:`FLOW_LABEL` for those along the flow, ``(B, 4C, T, H, W)``;
     :func:`candidate_label`), in place with the curved baseline where ``curve``, and with ``own`` those in place
