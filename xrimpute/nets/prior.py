@@ -737,14 +737,23 @@ def nearby_baseline(nearby: torch.Tensor, window: int, span: int = NEARBY_SPAN, 
             curved = _akima_piece((-gap_before, before, gap_before > 0),
                                   (window - 1 + gap_after, after, gap_after > 0), k)
         before, gap_before, after, gap_after = before[:, 0], gap_before[:, 0], after[:, 0], gap_after[:, 0]
-    has_before, has_after = gap_before > 0, gap_after > 0
     line = before + (after - before) * to_before / (to_before + to_after).clamp(min=1) if curved is None else curved
-    bridged = has_before & has_after & (to_before + to_after <= span)
-    near_before = has_before & (to_before <= reach)
-    near_after = has_after & (to_after <= reach)
-    nearest = torch.where(near_before & (~near_after | (to_before <= to_after)), before, after)
-    known = bridged | near_before | near_after
-    return torch.where(bridged, line, torch.where(known, nearest, torch.zeros_like(line))), known
+    baseline, known = _within_reach(line, before, after, (gap_before > 0).to(torch.float32),
+                                    (gap_after > 0).to(torch.float32), to_before, to_after, span, reach)
+    return baseline, known > 0
+
+
+def _within_reach(line, before, after, has_before, has_after, to_before, to_after, span: float,
+                  reach: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(baseline, known)``, ``known`` 0 or 1: ``line`` where a cell's observations ``before`` and ``after`` a step
+    (``has_before``, ``has_after``: 0 or 1; ``to_before``, ``to_after`` steps away) lie at most ``span`` steps
+    apart, else the nearer one within ``reach`` steps, else 0: the rule :func:`nearby_baseline` and
+    :func:`own_curve` share."""
+    bridged = has_before * has_after * (to_before + to_after <= span)
+    near_before, near_after = has_before * (to_before <= reach), has_after * (to_after <= reach)
+    nearer = _pick(near_before * ((1 - near_after) + (to_before <= to_after)).clamp(max=1), before, after)
+    known = (bridged + near_before + near_after).clamp(max=1)
+    return _pick(bridged, line, nearer * known), known
 
 
 OWN_CURVE_SHARE = 0.25
@@ -793,15 +802,10 @@ def own_curve(values: torch.Tensor, mask: torch.Tensor, nearby: torch.Tensor, sp
     (x_before, y_before, has_before), (x_after, y_after, has_after) = (
         (xs[:, 0], ys[:, 0], ss[:, 0]) for xs, ys, ss in sides)
     k = torch.arange(steps, device=values.device, dtype=torch.float32)[:, None, None]
-    curve = _akima_piece(*sides, k)
-    to_before, to_after = k - x_before, x_after - k
-    bridged = has_before * has_after * (to_before + to_after <= span)
-    near_before, near_after = has_before * (to_before <= span / 2), has_after * (to_after <= span / 2)
-    nearer = _pick(near_before * ((1 - near_after) + (to_before <= to_after)).clamp(max=1), y_before, y_after)
+    curve, known = _within_reach(_akima_piece(*sides, k), y_before, y_after, has_before, has_after, k - x_before,
+                                 x_after - k, span, span / 2)
     own = mask.to(torch.float32)
-    known = (own + bridged + near_before + near_after).clamp(max=1)
-    curve = _pick(own, values, _pick(bridged, curve, nearer * known))
-    return curve, known > 0
+    return _pick(own, values, curve), (own + known) > 0
 
 
 def _pick(flag: torch.Tensor, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
