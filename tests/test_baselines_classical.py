@@ -338,3 +338,35 @@ def test_dineof_wrapper_reports_rank_per_sample_and_channel():
     assert list(info["channel"].values) == ["h"]
     truth = xr.DataArray(fields, dims=("trajectory", "time", "lat", "lon"))
     assert float(np.sqrt(((filled - truth) ** 2).mean())) < 1e-3 * fields.std()
+
+
+def test_rbf_fills_frames_whose_observations_lie_on_one_line():
+    from xrimpute.baselines.classical import rbf_array
+
+    values = np.full((3, 8, 9), np.nan)
+    values[0, 3] = np.arange(9.0)  # a row: a swath's edge, a transect of stations
+    values[1, np.arange(8), np.arange(8)] = 2.0 * np.arange(8)  # a diagonal
+    values[2, 2:5, 2:6] = 1.0  # an area, as before
+    values[2, 2, 2] = 3.0
+    filled = rbf_array(values)
+    assert np.isfinite(filled).all()
+    np.testing.assert_allclose(filled[0, 3], np.arange(9.0))  # the observations kept
+    assert np.all(np.diff(filled[0, 2]) > 0)  # beside the row, the fill follows it
+    np.testing.assert_allclose(np.diagonal(filled[1]), 2.0 * np.arange(8))
+
+
+def test_a_fit_on_a_transect_of_stations_scores_every_filler_and_fills_between_them():
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    t, h, w = 40, 12, 16
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    truth = np.stack([np.sin(0.4 * xx + 0.2 * k) + 0.1 * yy for k in range(t)]) + 0.05 * rng.standard_normal((t, h, w))
+    values = np.full_like(truth, np.nan)
+    values[:, 6, ::2] = truth[:, 6, ::2]  # eight stations along one row, every step
+    da = xr.DataArray(values, dims=("time", "lat", "lon"),
+                      coords={"time": np.arange(t), "lat": np.linspace(40, 51, h), "lon": np.linspace(0, 15, w)})
+    model = da.ctxdiff.fit(mask="station", progress=False, seed=0)
+    assert np.isfinite(model.validation["classical"]["rbf"])
+    filled = da.ctxdiff.impute(progress=False)
+    assert np.isfinite(filled.values[:, 5:8]).all()

@@ -529,9 +529,15 @@ def _rbf_field(field, smoothing, neighbors):
     def frame_core(points, known, queries):
         local = neighbors if neighbors is not None else (None if len(known) <= DENSE_RBF else 64)
         scale = known.std() or 1.0  # the smoothing acts on standardised values
-        rbf = RBFInterpolator(points, (known - known.mean()) / scale, kernel="thin_plate_spline",
-                              smoothing=smoothing, neighbors=local)
-        return rbf(queries) * scale + known.mean()
+
+        def interpolated(kernel, degree=None):
+            return RBFInterpolator(points, (known - known.mean()) / scale, kernel=kernel, degree=degree,
+                                   smoothing=smoothing, neighbors=local)(queries) * scale + known.mean()
+
+        try:
+            return interpolated("thin_plate_spline")
+        except np.linalg.LinAlgError:  # observations on one line (a swath's edge) fix no plane for the spline's trend
+            return interpolated("linear", degree=0)
 
     return _per_frame(field, frame_core, least=3)
 
@@ -540,9 +546,10 @@ def rbf_array(values: np.ndarray, smoothing: float = 0.0, neighbors: int | None 
     """Thin-plate spline radial basis function interpolation of each frame from its observations.
 
     :class:`scipy.interpolate.RBFInterpolator` with ``kernel="thin_plate_spline"``
-    (and a linear trend), on the grid index space. Frames with fewer than 3
-    observations take their mean; frames without any, the nearest filled frame
-    in time.
+    (and a linear trend), on the grid index space; where a frame's observations
+    lie on one line, which fixes no trend plane, the linear kernel and a
+    constant. Frames with fewer than 3 observations take their mean; frames
+    without any, the nearest filled frame in time.
 
     Parameters
     ----------
