@@ -277,7 +277,8 @@ def test_a_fit_chooses_time_first_for_a_field_still_in_time_and_bending_for_one_
     white = torch.stack([smooth_field(5, 24, 32, seed=s)[0] for s in range(4)])
     white = white[:, :, torch.randperm(5, generator=torch.Generator().manual_seed(1))] * torch.randn(4, 1, 5, 1, 1)
     rng = torch.Generator().manual_seed(2)
-    for field, expected in ((still, "time first"), (white, "bending")):
+    # half the cells observed: the wide level reaches no cell the narrower ones miss, and a tie takes it (wide_twin)
+    for field, expected in ((still, "time first, wide"), (white, "bending")):
         observed = torch.rand(field.shape, generator=rng) < 0.5
         held = observed & (torch.rand(field.shape, generator=rng) < 0.2)
         chosen, errors = choose_guess(field, observed & ~held, held)
@@ -289,6 +290,29 @@ def test_a_fit_chooses_time_first_for_a_field_still_in_time_and_bending_for_one_
         assert set(errors) == set(CANDIDATES) - unscored and errors[chosen] == min(errors.values())
 
 
+def test_a_guess_keeps_its_wide_twin_unless_it_fills_the_held_back_cells_clearly_better_without_it():
+    from xrimpute.nets.prior import WIDE_MARGIN, wide_twin
+
+    assert wide_twin("space + nearby steps + own curve") == "space, wide + nearby steps + own curve"
+    assert wide_twin("time first + modes") == "time first, wide + modes"
+    assert wide_twin("bending") is None and wide_twin("space, wide") is None
+    candidates = {name: CANDIDATES[name] for name in ("space", "space, wide")}
+    field = torch.zeros(1, 1, 5, 40, 40)
+    field[..., :8, :8] = 1.0  # a corner apart from the rest
+    observed = torch.zeros(field.shape, dtype=torch.bool)
+    observed[..., :8, :8] = True
+    # far from the corner's context, where the field is the opposite: the wide level carries the corner's values
+    # there, the narrower levels leave the mean
+    far = torch.zeros_like(observed)
+    far[..., 20:, 20:] = True
+    chosen, errors = choose_guess(field - far.float(), observed, far, candidates=candidates)
+    assert errors["space, wide"] > errors["space"] / WIDE_MARGIN and chosen == "space"
+    # near the context the two are one guess: the wide one, which reaches gaps the held-back cells do not
+    near = observed & (torch.rand(field.shape, generator=torch.Generator().manual_seed(0)) < 0.2)
+    chosen, errors = choose_guess(field, observed & ~near, near, candidates=candidates)
+    assert errors["space"] == errors["space, wide"] and chosen == "space, wide"
+
+
 def test_the_chosen_guess_levels_survive_saving_and_an_untrained_network_returns_that_guess(tmp_path):
     from xrimpute.engine import Engine
 
@@ -297,9 +321,11 @@ def test_the_chosen_guess_levels_survive_saving_and_an_untrained_network_returns
     values[rng.random(values.shape) < 0.5] = np.nan
     engine = Engine.fit_array(values, mask="pixel", steps=1, lr=1e-12, batch_size=2, progress=False, verbose=False)
     # still in time, a cell's own observations beyond the window are exact too
-    # with each cell's own curve, as exact: kept on the tie
-    assert engine.config.validation["first_guess"] == "time first" + NEARBY_LABEL + OWN_CURVE_LABEL
-    assert engine.denoiser.config["guess"]["levels"] == [list(level) for level in CANDIDATES["time first"]["levels"]]
+    # with each cell's own curve, as exact: kept on the tie; and half the cells observed, the wide level reaches no
+    # cell the narrower ones miss: its twin on the tie (wide_twin)
+    assert engine.config.validation["first_guess"] == "time first, wide" + NEARBY_LABEL + OWN_CURVE_LABEL
+    assert engine.denoiser.config["guess"]["levels"] == [list(level)
+                                                         for level in CANDIDATES["time first, wide"]["levels"]]
     again = Engine.load(engine.save(tmp_path / "m.xri"))
     assert again.denoiser.first_guess.levels == engine.denoiser.first_guess.levels
     assert again.denoiser.nearby_span == NEARBY_SPAN
@@ -309,7 +335,7 @@ def test_the_chosen_guess_levels_survive_saving_and_an_untrained_network_returns
                                        for v in values]))
     with torch.no_grad():
         out = again.denoiser(x, mask, torch.full((2,), 1e-3), nearby=nearby)
-    expected = nearby_guess(FirstGuess(**CANDIDATES["time first"]), x, mask, nearby, NEARBY_SPAN)[0]
+    expected = nearby_guess(FirstGuess(**CANDIDATES["time first, wide"]), x, mask, nearby, NEARBY_SPAN)[0]
     assert torch.allclose(out, expected, atol=1e-5)
 
 

@@ -1139,6 +1139,22 @@ def candidate_label(label: str) -> tuple[str, bool, bool]:
     return label.removesuffix(MODES_LABEL), False, False
 
 
+WIDE_MARGIN = 0.95
+"""The share of its wide twin's held-back error (:func:`wide_twin`) that a guess without the wide level must score
+below for :func:`choose_guess` to keep it. The wide level changes a guess only beyond the narrower levels' reach of
+the context, where held-back cells, observed among observations, seldom lie and the gaps of a swath mostly do: on
+the ERA5 sample's swath the held-back cells of four draws ranked "time first" and "time first, wide" within 0.1-3 %
+where the gaps ranked them 38-63 % apart, the wide one ahead (``benchmarks/RESULTS.md``)."""
+
+
+def wide_twin(label: str, candidates: dict[str, dict] = CANDIDATES) -> str | None:
+    """The label of :func:`choose_guess` whose candidate is ``label``'s with the wide level (:data:`WIDE_LEVEL`)
+    added, ``"time first, wide + nearby steps"`` for ``"time first + nearby steps"``; None where there is none."""
+    name = candidate_label(label)[0]
+    twin = f"{name}, wide"
+    return twin + label[len(name):] if twin in candidates else None
+
+
 def costly(label: str, candidates: dict[str, dict] = CANDIDATES) -> bool:
     """Whether the guess ``label`` (of :func:`choose_guess`) leans on a series-wide baseline or solves under the
     series' covariance: chosen only where it beats the best guess without either by :data:`BASELINE_MARGIN`."""
@@ -1261,6 +1277,9 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
         return min(labels, key=lambda label: (errors[label], order.index(label)))
 
     chosen = best(pool)
+    wide = wide_twin(chosen, candidates)
+    if wide in pool and not errors[chosen] < WIDE_MARGIN * errors[wide]:  # the held-back cells cannot tell the two
+        chosen = wide
 
     def averaged(label):
         return candidates.get(candidate_label(label)[0], {}).get("averaged", False)
