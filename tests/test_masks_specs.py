@@ -101,6 +101,21 @@ def test_infer_calls_independent_pixels_pixel(rate, size, steps, seed):
     assert found.kind == "pixel" and not found.spec.static, found.explanation
 
 
+@pytest.mark.parametrize("rows, cols", [(1, 16), (12, 1)])
+def test_a_section_of_one_row_or_column_is_inferred_fitted_and_filled(rows, cols):
+    rng = np.random.default_rng(0)
+    steps = 40
+    truth = np.sin(0.4 * np.arange(cols)[None, None, :] + 0.3 * np.arange(rows)[None, :, None]
+                   + 0.2 * np.arange(steps)[:, None, None])
+    values = np.where(rng.random(truth.shape) < 0.5, truth, np.nan)
+    section = xr.DataArray(values, dims=("time", "lat", "lon"), coords={
+        "time": np.arange(steps), "lat": np.linspace(40, 51, rows), "lon": np.linspace(0, 15, cols)})
+    assert infer(section).kind == "pixel"  # a transect along one latitude or longitude
+    section.ctxdiff.fit(steps=2, progress=False, seed=0)
+    filled = section.ctxdiff.impute(progress=False).values
+    assert np.isfinite(filled).all() and np.array_equal(filled[np.isfinite(values)], values[np.isfinite(values)])
+
+
 @settings(max_examples=12, deadline=None)
 @given(rows=st.integers(2, 4), cols=st.integers(2, 4), data=st.data(), static=st.booleans(),
        seed=st.integers(0, 2**16))

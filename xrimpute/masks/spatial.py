@@ -22,9 +22,10 @@ def label_segments(frames: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _autocorrelation(frames: np.ndarray, valid: np.ndarray, max_lag: int) -> np.ndarray:
-    """Autocorrelation ``(2L + 1, 2L + 1)`` over lags of the observed indicator, over valid cells only."""
+    """Autocorrelation ``(2L + 1, 2L + 1)`` over lags of the observed indicator, over valid cells only; 0 at lags
+    that no two valid cells lie apart by (beyond a grid of one row or column, say)."""
     h, w = valid.shape
-    shape = (2 * h, 2 * w)  # zero padding: no wrap-around
+    shape = (2 * max(h, max_lag + 1), 2 * max(w, max_lag + 1))  # zero padding: no wrap-around
     v = valid.astype(float)
     pairs = np.fft.irfft2(np.abs(np.fft.rfft2(v, s=shape)) ** 2, s=shape)
     numerator, variance = np.zeros(shape), 0.0
@@ -34,7 +35,8 @@ def _autocorrelation(frames: np.ndarray, valid: np.ndarray, max_lag: int) -> np.
         variance += (z * z).sum() / v.sum()
     rho = np.where(pairs > 0.5, numerator / np.maximum(variance * pairs, 1e-12), 0.0)
     rho = np.fft.fftshift(rho)
-    return rho[h - max_lag : h + max_lag + 1, w - max_lag : w + max_lag + 1]
+    rows, cols = shape[0] // 2, shape[1] // 2  # lag 0
+    return rho[rows - max_lag : rows + max_lag + 1, cols - max_lag : cols + max_lag + 1]
 
 
 def spatial_statistics(frames: np.ndarray, valid: np.ndarray, most: int = 48) -> dict:
@@ -55,8 +57,9 @@ def spatial_statistics(frames: np.ndarray, valid: np.ndarray, most: int = 48) ->
     max_lag = max(1, min(min(h, w) // 2, 64))
     rho = _autocorrelation(frames, valid, max_lag)
     centre = max_lag
-    neighbours = [rho[centre, centre + 1], rho[centre + 1, centre], rho[centre + 1, centre + 1],
-                  rho[centre + 1, centre - 1]]
+    # the neighbours the grid has: a grid of one row or column has none across it
+    neighbours = ([rho[centre, centre + 1]] * (w > 1) + [rho[centre + 1, centre]] * (h > 1)
+                  + [rho[centre + 1, centre + 1], rho[centre + 1, centre - 1]] * (h > 1 and w > 1))
     lobe, _ = ndimage.label(rho >= 0.5)
     dy, dx = np.nonzero(lobe == lobe[centre, centre])
     dy, dx = dy - centre, dx - centre
