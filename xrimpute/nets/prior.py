@@ -1143,8 +1143,8 @@ WIDE_MARGIN = 0.95
 """The share of its wide twin's held-back error (:func:`wide_twin`) that a guess without the wide level must score
 below for :func:`choose_guess` to keep it. The wide level changes a guess only beyond the narrower levels' reach of
 the context, where held-back cells, observed among observations, seldom lie and the gaps of a swath mostly do: on
-the ERA5 sample's swath the held-back cells of four draws ranked "time first" and "time first, wide" within 0.1-3 %
-where the gaps ranked them 38-63 % apart, the wide one ahead (``benchmarks/RESULTS.md``)."""
+the ERA5 sample's swath the held-back cells of four draws put a guess and its wide twin within 0-3 % where the gaps
+put "time first" 38-63 % behind "time first, wide" (``benchmarks/RESULTS.md``)."""
 
 
 def wide_twin(label: str, candidates: dict[str, dict] = CANDIDATES) -> str | None:
