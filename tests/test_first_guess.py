@@ -695,6 +695,33 @@ def test_a_large_grid_trains_on_tiles_by_default_and_a_small_one_or_a_torus_whol
     assert training_tile((16, 16), 64, 64, wraps=both, init=tiled) == (16, 16)
 
 
+def test_the_best_guess_leaning_on_neither_nearby_steps_nor_the_series_is_scored_as_imputation_blends_it(monkeypatch):
+    from xrimpute.nets import prior
+
+    window, steps, scored = 3, 40, 18
+    rng = torch.Generator().manual_seed(5)
+    series = torch.randn(1, 1, steps, 10, 12, generator=rng).cumsum(2) / 3  # each cell a random walk: its own
+    observed = torch.rand(series.shape, generator=rng) < 0.3               # steps around fill it best
+    held = observed[:, :, scored : scored + window] & (torch.rand((1, 1, window, 10, 12), generator=rng) < 0.3)
+    context = observed.clone()
+    context[:, :, scored : scored + window] &= ~held
+    starts = range(scored - window + 1, scored + window)
+    xs = torch.cat([series[:, :, s : s + window] for s in starts])
+    ms = torch.cat([context[:, :, s : s + window] for s in starts])
+    nearby = torch.as_tensor(np.stack([nearby_observations(series[0].numpy(), context[0].numpy(), s, window,
+                                                           NEARBY_SPAN) for s in starts]))
+    runs = (torch.zeros(len(starts), dtype=torch.long), torch.tensor([s - scored for s in starts]))
+    alone = xs[runs[1] == 0]
+    _, first = choose_guess(alone, ms[runs[1] == 0], held, nearby=nearby[runs[1] == 0])
+    ranked = sorted(first, key=first.get)
+    assert ranked[0].endswith(NEARBY_LABEL)  # the windows alone put a guess leaning on the nearby steps first
+    plain = next(label for label in ranked if not label.endswith(NEARBY_LABEL))
+    monkeypatch.setattr(prior, "FINALISTS", 1)
+    _, errors = choose_guess(xs, ms, held, nearby=nearby, runs=runs)
+    _, blended = choose_guess(xs, ms, held, candidates={plain: CANDIDATES[plain]}, runs=runs)
+    assert errors[plain] == pytest.approx(blended[plain]) and errors[plain] != pytest.approx(first[plain])
+
+
 def test_the_guesses_score_as_imputation_blends_the_overlapping_windows():
     from xrimpute.nets.prior import blend_runs
 

@@ -1169,9 +1169,10 @@ worse and one 42 % worse (the annual cube's 1 % pixels, under 20 context cells a
 misjudge the thin plate) (``benchmarks/RESULTS.md``)."""
 FINALISTS = 4
 """The candidates best on the scored windows alone that :func:`choose_guess` scores again as imputation blends them
-(with the best without a series-wide baseline or covariance, and the best leaning on nearby steps): on the six
-cases measured the choice came out as with every candidate re-scored, at a fraction of its cost
-(``benchmarks/RESULTS.md``)."""
+(with the best without a series-wide baseline or covariance, the best leaning on nearby steps and the best leaning
+on neither): on the six cases measured the choice came out as with every candidate re-scored, at a fraction of its
+cost; the guesses leaning on nearby steps can win the windows alone and lose blended, where without the best of the
+others among them a swath of the ERA5 sample took one that filled its gaps 39 % worse (``benchmarks/RESULTS.md``)."""
 
 
 def blend_runs(guess: torch.Tensor, runs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -1237,6 +1238,8 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
         finalists.add(next(label for label in ranked if not costly(label, candidates)))
         leaning_labels = [label for label in ranked if label.endswith((NEARBY_LABEL, FLOW_LABEL))]
         finalists.update(leaning_labels[:1])
+        finalists.update([label for label in ranked
+                          if not candidate_label(label)[1] and not costly(label, candidates)][:1])
     scored = values if runs is None else values[alone]
     errors, reference = {}, float((scored**2 * held).sum().clamp(min=1e-12))
     dense = int(mask.flatten(-2).sum(-1).max()) > MAX_SPLINE_POINTS
