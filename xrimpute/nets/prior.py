@@ -1172,7 +1172,7 @@ FINALISTS = 4
 (with the best without a series-wide baseline or covariance, the best leaning on nearby steps and the best leaning
 on neither): on the six cases measured the choice came out as with every candidate re-scored, at a fraction of its
 cost; the guesses leaning on nearby steps can win the windows alone and lose blended, where without the best of the
-others among them a swath of the ERA5 sample took one that filled its gaps 39 % worse (``benchmarks/RESULTS.md``)."""
+others among them a swath of the ERA5 sample took one that filled its gaps 38 % worse (``benchmarks/RESULTS.md``)."""
 
 
 def blend_runs(guess: torch.Tensor, runs: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
