@@ -1236,8 +1236,8 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
         ranked = sorted(first, key=first.get)
         finalists = set(ranked[:FINALISTS])
         finalists.add(next(label for label in ranked if not costly(label, candidates)))
-        leaning_labels = [label for label in ranked if label.endswith((NEARBY_LABEL, FLOW_LABEL))]
-        finalists.update(leaning_labels[:1])
+        # the best leaning on nearby steps, and the best leaning on neither them nor the series
+        finalists.update([label for label in ranked if candidate_label(label)[1]][:1])
         finalists.update([label for label in ranked
                           if not candidate_label(label)[1] and not costly(label, candidates)][:1])
     scored = values if runs is None else values[alone]
