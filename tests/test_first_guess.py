@@ -1,5 +1,6 @@
 """The classical first guess inside the network, the half-resolution preset and budget-aware training."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from xrimpute.diffusion import LOW_NOISE_T, VPSchedule, context_query_loss
 from xrimpute.errors import ArgumentError
-from xrimpute.masks import Pixel
+from xrimpute.masks import Pixel, gaps_in_reach
 from xrimpute.nets import Denoiser
 from xrimpute.nets.prior import (AVERAGED_MARGIN, CANDIDATES, NEARBY_LABEL, NEARBY_SPAN, OWN_CURVE_LABEL, FirstGuess,
                                  across_unsplined_frames, choose_guess, gaussian_kernel, _BendingGradient, bend,
@@ -307,6 +308,8 @@ def test_a_guess_keeps_its_wide_twin_unless_it_fills_the_held_back_cells_clearly
     far[..., 20:, 20:] = True
     chosen, errors = choose_guess(field - far.float(), observed, far, candidates=candidates)
     assert errors["space, wide"] > errors["space"] / WIDE_MARGIN and chosen == "space"
+    # where many gaps lie beyond the narrower levels' reach, whatever the held-back cells say
+    assert choose_guess(field - far.float(), observed, far, candidates=candidates, far=True)[0] == "space, wide"
     # near the context the two are one guess: the wide one, which reaches gaps the held-back cells do not
     near = observed & (torch.rand(field.shape, generator=torch.Generator().manual_seed(0)) < 0.2)
     chosen, errors = choose_guess(field, observed & ~near, near, candidates=candidates)
@@ -806,3 +809,36 @@ def test_a_fit_scores_its_first_guesses_on_the_held_back_cells_as_imputation_fil
     # the lattice is imputation's: whole where the tiles' network wraps as the grid does, else the training tile
     assert imputation_tiling((64, 64), (32, 64), True, True) == Tiling((64, 64))
     assert imputation_tiling((73, 144), (32, 64), False, True) == Tiling((32, 64), (8, 16), periodic=True)
+
+
+def test_the_narrower_levels_reach_is_their_widest_kernel_and_a_fit_with_gaps_beyond_it_takes_the_wide_twin(
+        monkeypatch):
+    import xrimpute.engine as engine_module
+    from xrimpute.engine import Engine
+    from xrimpute.nets.prior import DEFAULT_LEVELS, FAR_GAPS, gaussian_kernel, narrow_reach
+
+    widest_space, widest_time = max(DEFAULT_LEVELS)
+    assert narrow_reach() == (gaussian_kernel(widest_time).numel(), gaussian_kernel(widest_space).numel() // 2)
+    assert narrow_reach(((1.0, 0.0),)) == (1, 3)
+    rng = np.random.default_rng(0)
+    field = np.cumsum(rng.normal(size=(1, 1, 48, 16, 16)), axis=2).astype(np.float32)  # persists in time
+    swath = np.zeros(field.shape, bool)
+    swath[:, :, ::12] = True  # a pass every 12 steps: most gaps beyond 3 steps of one
+    pixels = rng.random(field.shape) < 0.3
+    assert gaps_in_reach(swath, *narrow_reach()) < 1 - FAR_GAPS < gaps_in_reach(pixels, *narrow_reach())
+    asked = []
+    real = engine_module.choose_guess
+
+    def recording(*args, **options):
+        asked.append(options.get("far", False))
+        return real(*args, **options)
+
+    monkeypatch.setattr(engine_module, "choose_guess", recording)
+    fit = dict(steps=1, batch_size=2, progress=False, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # whole frames or none: the pixel mask learns no gap of the swath
+        passes = Engine.fit_array(np.where(swath, field, np.nan), "pixel", **fit)
+    assert asked[0] and ", wide" in passes.config.validation["first_guess"]  # the choice among every candidate
+    asked.clear()
+    Engine.fit_array(np.where(pixels, field, np.nan), "pixel", **fit)
+    assert asked and not asked[0]

@@ -32,9 +32,9 @@ from .errors import ArgumentError, ModelFileError, XrimputeError
 from .atomic import atomic_write
 from .cycle import NEIGHBOURHOODS, cycle_at, departures_totals, fit_cycle, without_cycle
 from .nets import PRESETS, Denoiser
-from .nets.prior import (BASELINE_MARGIN, CANDIDATES, MODES_LABEL, NEARBY_SPAN, OWN_CURVE_LABEL, OWN_CURVE_SHARE,
-                         FirstGuess, candidate_label, choose_guess, costly, field_covariances, spatial_modes,
-                         station_correlation, widest_reach, wrapping)
+from .nets.prior import (BASELINE_MARGIN, CANDIDATES, FAR_GAPS, MODES_LABEL, NEARBY_SPAN, OWN_CURVE_LABEL,
+                         OWN_CURVE_SHARE, FirstGuess, candidate_label, choose_guess, costly, field_covariances,
+                         narrow_reach, spatial_modes, station_correlation, widest_reach, wrapping)
 from .options import OPTIONS, mixed_precision, or_option, torch_threads
 from .payload import read as read_payload
 from .samplers import (ArrayWindows, Statistics, StationFolds, Stretch, reported, station_shares, statistics,
@@ -620,10 +620,12 @@ class Engine:
             # stations scored, and the fill between stations (the guess) scored on every station
             whole_stations = bool(folds) and tile is None and isinstance(windows, ArrayWindows)
             correlations = _station_correlations(windows, folds, seed, config.periodic) if whole_stations else None
+            # where many gaps lie beyond the narrower levels' reach, the held-back cells cannot judge the wide level
+            far = init is None and masks.gaps_in_reach(stats.observed, *narrow_reach()) < 1 - FAR_GAPS
             guess, guesses = _first_guess(windows.validation if folds else _guess_validation(windows),
                                           wrap, init, config.nearby, modes,
                                           covariances, folds, seed, lambda: windows.wide_validation, correlations,
-                                          averaged=train_config.steps == 0)
+                                          averaged=train_config.steps == 0, far=far)
             folded = None
             if whole_stations and guess in CANDIDATES:
                 xs, ms, hs = _with_station_folds(*windows.validation[:3], folds, seed)
@@ -637,7 +639,7 @@ class Engine:
                 cycle, windows, modes, guess, guesses = _try_cycle(values, plain, build, phase, config.cycle, std,
                                                                    wrap, config.nearby, modes, guess, guesses,
                                                                    wraps=(config.periodic_rows, config.periodic),
-                                                                   progress=progress)
+                                                                   progress=progress, far=far)
                 if verbose and cycle is not None:
                     log.info(f"the first guess fills the departures from the {config.cycle} cycle"
                              + guess.partition(f" + {config.cycle} cycle")[2])
@@ -1142,7 +1144,8 @@ spline (``benchmarks/RESULTS.md``). Between stations the guess is the whole fill
 
 def _first_guess(validation, wrap: dict, init: Engine | None,
                  nearby: bool | None = None, modes=None, covariances=None, station_folds: int = 0,
-                 seed: int = 0, wide=None, correlations=None, averaged: bool = False) -> tuple[str | None, dict]:
+                 seed: int = 0, wide=None, correlations=None, averaged: bool = False,
+                 far: bool = False) -> tuple[str | None, dict]:
     """The first guess of :data:`~xrimpute.nets.prior.CANDIDATES`, with or without the nearby steps the validation
     inputs carry (``nearby`` True: with), or leaning on ``modes`` (the series' spatial modes, or None), or under
     ``covariances`` (the series' own, by the name of the candidate that takes each, or None), that best
@@ -1157,7 +1160,9 @@ def _first_guess(validation, wrap: dict, init: Engine | None,
     (:func:`_station_correlations`, with ``station_folds``): the stations' correlation of the training series and of
     each share's, under which the guess ``kriging over time`` scores too, chosen only where it beats the best of
     the others by :data:`~xrimpute.nets.prior.BASELINE_MARGIN`, as a guess leaning on the series must. ``averaged``:
-    the averaged candidates too (``choose_guess(with_averaged=True)``), for a fit that trains no step."""
+    the averaged candidates too (``choose_guess(with_averaged=True)``), for a fit that trains no step. ``far``: more
+    than :data:`~xrimpute.nets.prior.FAR_GAPS` of the gaps lie beyond the narrower levels' reach, so the chosen
+    guess gives way to its wide twin (``choose_guess(far=True)``)."""
     if init is not None or validation is None:
         return None, {}
     xs, ms, hs, inputs, *runs = validation
@@ -1169,7 +1174,7 @@ def _first_guess(validation, wrap: dict, init: Engine | None,
         inputs, modes, covariances = {}, None, None
     label, errors = choose_guess(xs, ms, hs, **wrap, history=inputs.get("history"),
                                  nearby=inputs.get("nearby"), span=NEARBY_SPAN, curve=True, modes=modes,
-                                 covariances=covariances, runs=runs, with_averaged=averaged)
+                                 covariances=covariances, runs=runs, with_averaged=averaged, far=far)
     if correlations is not None:
         kriged = _correlation_errors(xs, ms, hs, correlations, wrap)
         errors.update(kriged)
@@ -1321,7 +1326,7 @@ def _channel_reference(validation) -> torch.Tensor:
 
 def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, std: np.ndarray, wrap: dict,
                nearby: bool | None, modes, guess: str, guesses: dict, wraps: tuple[bool, bool],
-               progress: bool = False):
+               progress: bool = False, far: bool = False):
     """``(cycle, windows, modes, guess, guesses)`` of a fit whose first guess fills the departures from each cell's
     ``kind`` cycle (:func:`~xrimpute.cycle.fit_cycle` of the training series of ``plain``, the held-back
     cells hidden; in an archive, one pass over it, which also gives the history of the departures), its own or
@@ -1333,7 +1338,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
     held-back cells for the departures. Every guess's NMSE is against the mean fill of the values.
     ``wrap``: how the guess wraps round (:class:`~xrimpute.nets.prior.FirstGuess`'s ``periodic`` and ``row_period``;
     a tile's columns do not); ``wraps``: whether the grid's rows and columns do.
-    ``progress``: a bar over an archive's pass."""
+    ``progress``: a bar over an archive's pass; ``far``: as :func:`_first_guess` takes it."""
     best, scored = None, {}  # (error, cycle, windows or None, modes, label), and every candidate's guesses
     # the history of the departures comes from that of the values and the same pass as the cycles
     history = plain.totals is not None
@@ -1359,7 +1364,7 @@ def _try_cycle(values: np.ndarray, plain, build, phase: np.ndarray, kind: str, s
         suffix = _cycle_label(kind, width)
         cycled, cycled_modes = windows_of(cycle)
         label, errors = _first_guess(_guess_validation(cycled), wrap, None, nearby, cycled_modes,
-                                     wide=lambda: cycled.wide_validation)
+                                     wide=lambda: cycled.wide_validation, far=far)
         scale = float(_channel_reference(_guess_validation(cycled)).sum()
                       / _channel_reference(_guess_validation(plain)).sum())
         errors = {name + suffix: error * scale for name, error in errors.items()}

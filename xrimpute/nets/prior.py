@@ -1147,6 +1147,22 @@ the ERA5 sample's swath the held-back cells of four draws put a guess and its wi
 put "time first" 38-63 % behind "time first, wide" (``benchmarks/RESULTS.md``)."""
 
 
+FAR_GAPS = 0.2
+"""The share of the gaps beyond the narrower levels' reach (:func:`narrow_reach`) above which :func:`choose_guess`
+takes the wide twin of the guess it chose whatever the held-back cells say: there the wide level fills most of what
+it changes, and the held-back cells, observed among observations, lie within that reach. Half the ERA5 sample's
+swath gaps lie beyond it, at most 3.4 % of any other case of the benchmark's cubes; on the swath two fits of
+sixteen took a guess the held-back cells put 20 % ahead of its wide twin and the gaps 58 % behind it
+(``benchmarks/RESULTS.md``)."""
+
+
+def narrow_reach(levels: Levels = DEFAULT_LEVELS) -> tuple[int, int]:
+    """``(steps, cells)``: how far the levels without the wide one reach from an observation, as
+    :func:`xrimpute.masks.gaps_in_reach` takes it (steps centred on a cell, cells either way in space)."""
+    return (max(gaussian_kernel(time).numel() for _, time in levels),
+            max(gaussian_kernel(space).numel() // 2 for space, _ in levels))
+
+
 def wide_twin(label: str, candidates: dict[str, dict] = CANDIDATES) -> str | None:
     """The label of :func:`choose_guess` whose candidate is ``label``'s with the wide level (:data:`WIDE_LEVEL`)
     added, ``"time first, wide + nearby steps"`` for ``"time first + nearby steps"``; None where there is none."""
@@ -1199,7 +1215,7 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
                  span: int = NEARBY_SPAN, curve: bool = False, own: float = 0.0,
                  modes: torch.Tensor | None = None, covariances: dict[str, torch.Tensor] | None = None,
                  runs: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 with_averaged: bool = False) -> tuple[str, dict[str, float]]:
+                 with_averaged: bool = False, far: bool = False) -> tuple[str, dict[str, float]]:
     """The candidate whose guess from ``(values, mask)`` best fills the held-back cells ``held``, and every
     candidate's error there relative to the mean fill (``(B, C, T, H, W)``; ``values`` normalised, so that the
     mean fill is 0). A tie keeps the first candidate; the averaged ones (:class:`FirstGuess`'s ``averaged``) run only
@@ -1226,7 +1242,9 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
     and on whole-grid windows the two scored within 1 % where the tapered filled the gaps better). ``runs``: ``values``,
     ``mask`` and the inputs are windows at stride 1 round the scored ones, ``(scored window, start less its start)``
     each, and a guess scores as imputation blends it (:func:`blend_runs`) on the scored windows' ``held``.
-    ``periodic``, ``row_period``: the axes that wrap round, as :class:`FirstGuess` has them."""
+    ``periodic``, ``row_period``: the axes that wrap round, as :class:`FirstGuess` has them. The chosen guess gives
+    way to its wide twin (:func:`wide_twin`) unless it beats it by :data:`WIDE_MARGIN`, and whatever it scores where
+    ``far`` (more than :data:`FAR_GAPS` of the gaps beyond the narrower levels' reach)."""
     finalists = None
     if runs is not None:  # every candidate on the scored windows alone, the best few again as imputation blends them
         alone = runs[1] == 0
@@ -1281,8 +1299,8 @@ def choose_guess(values: torch.Tensor, mask: torch.Tensor, held: torch.Tensor,
 
     chosen = best(pool)
     wide = wide_twin(chosen, candidates)
-    if wide in pool and not errors[chosen] < WIDE_MARGIN * errors[wide]:  # the held-back cells cannot tell the two
-        chosen = wide
+    if wide in (errors if far else pool) and (far or not errors[chosen] < WIDE_MARGIN * errors[wide]):
+        chosen = wide  # the held-back cells cannot tell the two
 
     def averaged(label):
         return candidates.get(candidate_label(label)[0], {}).get("averaged", False)
