@@ -4,8 +4,8 @@ import pytest
 
 from synthetic import blobs
 from xrimpute.check import check
-from xrimpute.engine import Engine, choose_window
-from xrimpute.masks import gaps_in_reach
+from xrimpute.engine import LONG_WINDOW, Engine, choose_window, persistence
+from xrimpute.masks import context_near_gaps, gaps_in_reach
 
 
 def every_eighth_frame(t: int = 32, size: int = 6) -> np.ndarray:
@@ -65,3 +65,60 @@ def test_check_looks_at_the_window_a_fit_would_choose():
     cube = blobs(n=1, t=24, size=12, seed=0)
     passes = cube.where(every_eighth_frame(t=24, size=12)[0, 0])
     assert check(passes, mask="pixel", n_draws=4).attrs["window"] == 13
+
+
+def test_context_near_gaps_counts_the_observations_in_each_gap_cells_box():
+    observed = np.zeros((1, 1, 5, 1, 5), bool)
+    observed[0, 0, 2, 0, 2] = True  # one observation in the middle
+    # every other cell of row 0 is no gap: never observed; the column 2 gaps each see it within 3 steps
+    assert context_near_gaps(observed, 5, 0) == pytest.approx(1.0)
+    assert context_near_gaps(observed, 3, 0) == pytest.approx(2 / 4)  # steps 1 and 3 see it, 0 and 4 do not
+    observed[0, 0, :, 0, 4] = [True, True, False, True, True]
+    # within two cells and two steps: column 2's gaps see its own observation and two or three of column 4's,
+    # column 4's gap (step 2) its own four and column 2's one
+    assert context_near_gaps(observed, 5, 2) == pytest.approx((3 + 4 + 4 + 3 + 5) / 5)
+    assert context_near_gaps(np.ones((1, 1, 3, 2, 2), bool), 3, 1) == np.inf
+
+
+def ar1_cube(lag_one: float, t: int = 400, size: int = 20, seed: int = 0) -> np.ndarray:
+    """``(1, 1, t, size, size)``: each cell an autoregression of order one, correlation ``lag_one`` a step apart."""
+    rng = np.random.default_rng(seed)
+    series = np.zeros((t, size, size))
+    series[0] = rng.normal(size=(size, size))
+    for k in range(1, t):
+        series[k] = lag_one * series[k - 1] + np.sqrt(1 - lag_one**2) * rng.normal(size=(size, size))
+    return series[None, None].astype(np.float32)
+
+
+def test_persistence_is_the_correlation_a_lag_on_from_a_cells_sparse_observations():
+    rng = np.random.default_rng(1)
+    sparse = rng.random((1, 1, 400, 20, 20)) < 0.04
+    slow, white = ar1_cube(0.98), ar1_cube(0.0)
+    assert persistence(np.where(sparse, slow, np.nan), 6) == pytest.approx(0.98**6, abs=0.08)
+    assert persistence(np.where(sparse, white, np.nan), 6) == pytest.approx(0.0, abs=0.15)
+    # two variables: the one that persists less
+    both = np.concatenate([np.where(sparse, slow, np.nan), np.where(sparse, white, np.nan)], axis=1)
+    assert persistence(both, 6) == pytest.approx(persistence(np.where(sparse, white, np.nan), 6))
+    assert persistence(np.where(sparse, slow, np.nan)[:, :, :7], 6) is None  # no lag beyond 6
+    assert persistence(np.where(rng.random(sparse.shape) < 0.002, slow, np.nan), 6) is None  # too few pairs
+
+
+@pytest.mark.filterwarnings("ignore:mask Pixel")  # 1 % pixels: some observed cells are never queried
+def test_a_long_window_where_the_gaps_have_little_context_and_the_field_persists():
+    rng = np.random.default_rng(2)
+    sparse, dense = (rng.random((1, 1, 400, 40, 40)) < rate for rate in (0.01, 0.2))
+    slow, quick = ar1_cube(0.98, size=40), ar1_cube(0.8, size=40)
+    assert choose_window(sparse, 400, np.where(sparse, slow, np.nan))[0] == LONG_WINDOW == 13
+    assert choose_window(sparse, 400)[0] == 5  # without the values: by reach alone
+    assert choose_window(sparse, 400, np.where(sparse, quick, np.nan))[0] == 5
+    assert choose_window(dense, 400, np.where(dense, slow, np.nan))[0] == 5
+    assert choose_window(sparse[:, :, :12], 12, np.where(sparse, slow, np.nan)[:, :, :12])[0] == 5  # too short
+    fit = dict(steps=1, batch_size=2, progress=False, verbose=False)
+    small = rng.random((1, 1, 400, 16, 16)) < 0.02  # 26 observations near a gap in 5 steps, as 1 % on a large grid
+    assert Engine.fit_array(np.where(small, ar1_cube(0.98, size=16), np.nan), "pixel", **fit).window == 13
+    # a station network's fill is its guess, frame by frame: the window by reach, however sparse and persistent
+    # (a complete network has no gaps to look at; one with outages does)
+    stations = np.zeros(sparse.shape, bool)
+    stations[..., ::20, ::20] = rng.random((1, 1, 400, 2, 2)) < 0.9
+    assert choose_window(stations, 400, np.where(stations, slow, np.nan))[0] == 13
+    assert Engine.fit_array(np.where(stations, slow, np.nan), "station", **fit).window == 5

@@ -17,6 +17,7 @@ import textwrap
 
 import numpy as np
 import xarray as xr
+from dask import is_dask_collection
 
 from . import cube, masks
 from .engine import choose_window
@@ -133,7 +134,8 @@ def check(obj, mask="infer", *, window: int | None = None, observing=None, low: 
     spec = masks.resolve(mask, observed, verbose=False)
     found = masks.infer(observed) if observing is None else None
     observing = observing if observing is not None else found.spec
-    window = choose_window(observed, observed.shape[2])[0] if window is None else window  # as fit chooses
+    whole = None if masks.of_stations(spec) or is_dask_collection(values) else values  # as fit chooses
+    window = choose_window(observed, observed.shape[2], whole)[0] if window is None else window
     report = masks.learnability(spec, observed, window, observing=observing, low=low, max_windows=max_windows,
                                 n_draws=n_draws, seed=seed)
     dims = (layout.axes.lat, layout.axes.lon)

@@ -33,8 +33,8 @@ from ..geometry import block_index
 from .coverage import (ZERO_COVERAGE, Learnability, QueryDraws, learnability, query_coverage, query_probability,
                        warn_if_unlearnable)
 from .infer import Inference, find_block_grid, infer, infer_pixel_or_block, resolve
-from .reach import (Reach, gaps_in_reach, gaps_near_in_time, gaps_only_where_never_observed, observations_persist,
-                    observed_run, reach, unreachable)
+from .reach import (Reach, context_near_gaps, gaps_in_reach, gaps_near_in_time, gaps_only_where_never_observed,
+                    observations_persist, observed_run, reach, unreachable)
 from .specs import (
     ALIASES,
     NOT_SAVED,
@@ -61,6 +61,6 @@ __all__ = [
     "MaskSpec", "MaskSpecError", "Patches", "Pixel", "QueryDraws", "Station", "Swath", "TimeGap", "block_index",
     "clouded", "find_block_grid", "holdout_keep", "infer", "infer_pixel_or_block", "lasting", "learnability",
     "of_stations", "query_coverage", "query_probability", "resolve", "warn_if_unlearnable",
-    "Reach", "gaps_in_reach", "gaps_near_in_time", "gaps_only_where_never_observed", "observations_persist",
-    "observed_run", "other_clouds_keep", "reach", "unreachable",
+    "Reach", "context_near_gaps", "gaps_in_reach", "gaps_near_in_time", "gaps_only_where_never_observed",
+    "observations_persist", "observed_run", "other_clouds_keep", "reach", "unreachable",
 ]

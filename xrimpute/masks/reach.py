@@ -111,6 +111,22 @@ def gaps_in_reach(observed: np.ndarray, steps: int, cells: int) -> float:
     return reached / gaps if gaps else 1.0
 
 
+def context_near_gaps(observed: np.ndarray, steps: int, cells: int) -> float:
+    """The mean number of observations of ``observed`` ``(N, C, T, H, W)`` within a window of ``steps`` centred on
+    a gap cell and ``cells`` either way in space (the box :func:`gaps_in_reach` looks in), over the gap cells: how
+    much context a first guess of that reach has to go on. Cells never observed in their series are no gaps here;
+    inf when there are none."""
+    total = gaps = 0.0
+    box = steps * (2 * cells + 1) ** 2
+    for series in np.asarray(observed, dtype=bool).reshape(-1, *np.shape(observed)[2:]):  # memory of one series
+        near = ndimage.uniform_filter(series.astype(np.float32), size=(steps, 2 * cells + 1, 2 * cells + 1),
+                                      mode="constant") * box
+        gap = ~series & series.any(axis=0)
+        gaps += float(gap.sum())
+        total += float(near[gap].sum())
+    return total / gaps if gaps else math.inf
+
+
 def gaps_near_in_time(observed: np.ndarray, steps: int) -> float:
     """Share of the gap cells of ``observed`` ``(N, C, T, H, W)`` whose own cell is observed within ``steps`` steps
     before or after them: the gaps a baseline from each cell's nearby steps reaches.
