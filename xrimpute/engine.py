@@ -191,13 +191,14 @@ LONG_WINDOW = 13
 """The window of a fit whose gaps have little context near them in a field that persists (:func:`choose_window`)."""
 SPARSE_CONTEXT = 30.0
 """Observations within the narrower levels' reach of a gap cell, in the shortest window (:data:`WINDOWS`), below
-which a fit looks at how the field persists (:func:`sparse_and_persistent`): about 22 at 1 % pixels, 55 for the
-ERA5 sample's 40 stations, 220 at 10 % pixels."""
+which a fit looks at how the field persists (:func:`sparse_and_persistent`): 15-18 at the benchmark's 1 % pixels,
+80 on the ERA5 sample's swath, 120-180 at 10 % pixels; a complete station network has no gaps to count."""
 PERSISTENT = 0.7
 """The share of a cell's departure that must persist half :data:`LONG_WINDOW` on (:func:`persistence`) for a sparse
-fit to take that window: the Mediterranean's daily sea level at 1 % pixels reads 0.78-0.83, and a default fit filled
-its gaps 37 % better so (0.1244 -> 0.0780, 0.1192 -> 0.0750); the ERA5 sample's hourly temperature 0.56-0.63, whose
-gaps it filled 7-11 % worse (0.0683 -> 0.0756, 0.0639 -> 0.0687), its steps halved (``benchmarks/RESULTS.md``)."""
+fit to take that window: the Mediterranean's daily sea level at 1 % pixels reads 0.78-0.83, and 300 s fits in
+13-step windows filled its gaps 37 % better (0.1244 -> 0.0780, 0.1192 -> 0.0750); the ERA5 sample's hourly
+temperature 0.56-0.63, whose gaps they filled 7-11 % worse (0.0683 -> 0.0756, 0.0639 -> 0.0687), their steps halved
+(``benchmarks/RESULTS.md``)."""
 PERSISTENCE_PAIRS = 30
 """Pairs of a cell's observations at a lag below which :func:`persistence` says nothing."""
 
