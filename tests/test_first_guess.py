@@ -826,6 +826,7 @@ def test_the_narrower_levels_reach_is_their_widest_kernel_and_a_fit_with_gaps_be
     swath[:, :, ::12] = True  # a pass every 12 steps: most gaps beyond 3 steps of one
     pixels = rng.random(field.shape) < 0.3
     assert gaps_in_reach(swath, *narrow_reach()) < 1 - FAR_GAPS < gaps_in_reach(pixels, *narrow_reach())
+    assert engine_module.gaps_beyond_narrow_reach(swath) and not engine_module.gaps_beyond_narrow_reach(pixels)
     asked = []
     real = engine_module.choose_guess
 

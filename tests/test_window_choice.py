@@ -4,7 +4,7 @@ import pytest
 
 from synthetic import blobs
 from xrimpute.check import check
-from xrimpute.engine import LONG_WINDOW, Engine, choose_window, persistence
+from xrimpute.engine import LONG_WINDOW, Engine, choose_window, field_persistence
 from xrimpute.masks import context_near_gaps, gaps_in_reach
 
 
@@ -90,17 +90,17 @@ def ar1_cube(lag_one: float, t: int = 400, size: int = 20, seed: int = 0) -> np.
     return series[None, None].astype(np.float32)
 
 
-def test_persistence_is_the_correlation_a_lag_on_from_a_cells_sparse_observations():
+def test_field_persistence_is_the_correlation_a_lag_on_from_a_cells_sparse_observations():
     rng = np.random.default_rng(1)
     sparse = rng.random((1, 1, 400, 20, 20)) < 0.04
     slow, white = ar1_cube(0.98), ar1_cube(0.0)
-    assert persistence(np.where(sparse, slow, np.nan), 6) == pytest.approx(0.98**6, abs=0.08)
-    assert persistence(np.where(sparse, white, np.nan), 6) == pytest.approx(0.0, abs=0.15)
+    assert field_persistence(np.where(sparse, slow, np.nan), 6) == pytest.approx(0.98**6, abs=0.08)
+    assert field_persistence(np.where(sparse, white, np.nan), 6) == pytest.approx(0.0, abs=0.15)
     # two variables: the one that persists less
     both = np.concatenate([np.where(sparse, slow, np.nan), np.where(sparse, white, np.nan)], axis=1)
-    assert persistence(both, 6) == pytest.approx(persistence(np.where(sparse, white, np.nan), 6))
-    assert persistence(np.where(sparse, slow, np.nan)[:, :, :7], 6) is None  # no lag beyond 6
-    assert persistence(np.where(rng.random(sparse.shape) < 0.002, slow, np.nan), 6) is None  # too few pairs
+    assert field_persistence(both, 6) == pytest.approx(field_persistence(np.where(sparse, white, np.nan), 6))
+    assert field_persistence(np.where(sparse, slow, np.nan)[:, :, :7], 6) is None  # no lag beyond 6
+    assert field_persistence(np.where(rng.random(sparse.shape) < 0.002, slow, np.nan), 6) is None  # too few pairs
 
 
 @pytest.mark.filterwarnings("ignore:mask Pixel")  # 1 % pixels: some observed cells are never queried

@@ -17,10 +17,9 @@ import textwrap
 
 import numpy as np
 import xarray as xr
-from dask import is_dask_collection
 
 from . import cube, masks
-from .engine import choose_window
+from .engine import choose_window, window_series
 from .errors import ArgumentError
 
 
@@ -134,8 +133,8 @@ def check(obj, mask="infer", *, window: int | None = None, observing=None, low: 
     spec = masks.resolve(mask, observed, verbose=False)
     found = masks.infer(observed) if observing is None else None
     observing = observing if observing is not None else found.spec
-    whole = None if masks.of_stations(spec) or is_dask_collection(values) else values  # as fit chooses
-    window = choose_window(observed, observed.shape[2], whole)[0] if window is None else window
+    if window is None:  # as fit chooses
+        window = choose_window(observed, observed.shape[2], window_series(values, spec))[0]
     report = masks.learnability(spec, observed, window, observing=observing, low=low, max_windows=max_windows,
                                 n_draws=n_draws, seed=seed)
     dims = (layout.axes.lat, layout.axes.lon)

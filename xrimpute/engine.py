@@ -193,34 +193,49 @@ SPARSE_CONTEXT = 30.0
 """Observations within the narrower levels' reach of a gap cell, in the shortest window (:data:`WINDOWS`), below
 which a fit looks at how the field persists (:func:`sparse_and_persistent`): 15-18 at the benchmark's 1 % pixels,
 80 on the ERA5 sample's swath, 120-180 at 10 % pixels; a complete station network has no gaps to count."""
-PERSISTENT = 0.7
-"""The share of a cell's departure that must persist half :data:`LONG_WINDOW` on (:func:`persistence`) for a sparse
-fit to take that window: the Mediterranean's daily sea level at 1 % pixels reads 0.78-0.83, and 300 s fits in
-13-step windows filled its gaps 37 % better (0.1244 -> 0.0780, 0.1192 -> 0.0750); the ERA5 sample's hourly
+PERSISTING_FIELD = 0.7
+"""The share of a cell's departure that must persist half :data:`LONG_WINDOW` on (:func:`field_persistence`) for a
+sparse fit to take that window: the Mediterranean's daily sea level at 1 % pixels reads 0.78-0.83, and 300 s fits
+in 13-step windows filled its gaps 37 % better (0.1244 -> 0.0780, 0.1192 -> 0.0750); the ERA5 sample's hourly
 temperature 0.56-0.63, whose gaps they filled 7-11 % worse (0.0683 -> 0.0756, 0.0639 -> 0.0687), their steps halved
 (``benchmarks/RESULTS.md``)."""
-PERSISTENCE_PAIRS = 30
+FIELD_PERSISTENCE_PAIRS = 30
 """Pairs of a cell's observations at a lag below which :func:`persistence` says nothing."""
+
+
+def window_series(values, spec: masks.MaskSpec) -> np.ndarray | None:
+    """``values`` where :func:`choose_window` may read them whole to see how the field persists: a series in memory,
+    not a station network's (its fill is its guess, frame by frame); None for an archive, whose series are not read
+    whole before the window is chosen."""
+    return None if is_dask_collection(values) or masks.of_stations(spec) else values
+
+
+def gaps_beyond_narrow_reach(observed: np.ndarray) -> bool:
+    """Whether more than :data:`~xrimpute.nets.prior.FAR_GAPS` of the gaps of ``observed`` lie beyond the narrower
+    levels' reach (:func:`~xrimpute.nets.prior.narrow_reach`), where the held-back cells, observed among
+    observations, cannot judge the wide level: the chosen guess then gives way to its wide twin
+    (``choose_guess(far=True)``)."""
+    return masks.gaps_in_reach(observed, *narrow_reach()) < 1 - FAR_GAPS
 
 
 def sparse_and_persistent(observed: np.ndarray, values: np.ndarray) -> bool:
     """Whether the gaps of ``values`` have fewer than :data:`SPARSE_CONTEXT` observations of ``observed`` (a sample of
     steps will do) near them in the shortest window (:func:`xrimpute.masks.context_near_gaps` over the narrower
-    levels' reach) and at least :data:`PERSISTENT` of a cell's departure lasts half :data:`LONG_WINDOW` on: there
+    levels' reach) and at least :data:`PERSISTING_FIELD` of a cell's departure lasts half :data:`LONG_WINDOW` on: there
     a longer window gives the first guess and the network the context that a short one lacks."""
     near = masks.context_near_gaps(observed, WINDOWS[0], narrow_reach()[1])
     if near >= SPARSE_CONTEXT:
         return False
-    lasting = persistence(values, (LONG_WINDOW - 1) // 2)
-    return lasting is not None and lasting >= PERSISTENT
+    lasting = field_persistence(values, (LONG_WINDOW - 1) // 2)
+    return lasting is not None and lasting >= PERSISTING_FIELD
 
 
-def persistence(values: np.ndarray, lag: int, far_lags: int = 16) -> float | None:
+def field_persistence(values: np.ndarray, lag: int, far_lags: int = 16) -> float | None:
     """``1 - D(lag) / D(far)``, the least over the variables of ``values`` ``(N, C, T, H, W)`` (NaN where unobserved):
     ``D`` the mean squared difference of a cell's observations ``lag`` steps apart, ``D(far)`` that at ``far_lags``
     longer lags spread up to the series' length, pooled over cells and series (a variogram, which needs no cell's
     mean: sparse cells have too few observations for one). None where a variable has fewer than
-    :data:`PERSISTENCE_PAIRS` pairs at either, or the series is too short."""
+    :data:`FIELD_PERSISTENCE_PAIRS` pairs at either, or the series is too short."""
     _, channels, steps = values.shape[:3]
     if steps <= lag + 1:
         return None
@@ -237,7 +252,7 @@ def persistence(values: np.ndarray, lag: int, far_lags: int = 16) -> float | Non
             return seen[at[paired]] - seen[paired]
 
         near, away = differences(lag), np.concatenate([differences(offset) for offset in far])
-        if min(near.size, away.size) < PERSISTENCE_PAIRS or not (away**2).mean() > 0:
+        if min(near.size, away.size) < FIELD_PERSISTENCE_PAIRS or not (away**2).mean() > 0:
             return None
         lasting = 1.0 - float((near**2).mean() / (away**2).mean())
         least = lasting if least is None else min(least, lasting)
@@ -577,9 +592,8 @@ class Engine:
         stats = stats or statistics(values, seed=seed)
         spec = masks.resolve(mask, stats.observed, verbose=verbose)
         if config.window is None:  # chosen for the observations (an init's window is kept)
-            # the series' persistence from the series in memory; a station network's fill is its guess, frame by frame
-            whole = None if is_dask_collection(values) or masks.of_stations(spec) else values
-            config = _with_window(config, stats.observed, values.shape[2], init, verbose, whole)
+            config = _with_window(config, stats.observed, values.shape[2], init, verbose,
+                                  window_series(values, spec))
         if config.history is None:  # likewise
             history = init.denoiser.uses_history if init is not None else needs_history(stats.observed, values.shape[2])
             config = replace(config, history=history)
@@ -690,8 +704,7 @@ class Engine:
             # stations scored, and the fill between stations (the guess) scored on every station
             whole_stations = bool(folds) and tile is None and isinstance(windows, ArrayWindows)
             correlations = _station_correlations(windows, folds, seed, config.periodic) if whole_stations else None
-            # where many gaps lie beyond the narrower levels' reach, the held-back cells cannot judge the wide level
-            far = init is None and masks.gaps_in_reach(stats.observed, *narrow_reach()) < 1 - FAR_GAPS
+            far = init is None and gaps_beyond_narrow_reach(stats.observed)
             guess, guesses = _first_guess(windows.validation if folds else _guess_validation(windows),
                                           wrap, init, config.nearby, modes,
                                           covariances, folds, seed, lambda: windows.wide_validation, correlations,
@@ -1625,8 +1638,10 @@ class ImputedHeldBack(HeldBack):
         return mean[0]
 
 
-__all__ = ["BATCH", "CONTEXT_MARGIN", "CPU_TILE", "FLAGS", "NEARBY_REACH", "NEVER_OBSERVED", "PERSISTENCE",
-           "REACH_MARGIN", "TILE", "WINDOWS", "choose_context", "choose_window", "imputation_tiling", "needs_history",
+__all__ = ["BATCH", "CONTEXT_MARGIN", "CPU_TILE", "FIELD_PERSISTENCE_PAIRS", "FLAGS", "LONG_WINDOW", "NEARBY_REACH",
+           "NEVER_OBSERVED", "PERSISTENCE", "PERSISTING_FIELD", "REACH_MARGIN", "SPARSE_CONTEXT", "TILE", "WINDOWS",
+           "choose_context", "choose_window", "field_persistence", "gaps_beyond_narrow_reach", "imputation_tiling",
+           "needs_history", "sparse_and_persistent", "window_series",
            "offers_cycle", "offers_flow", "offers_nearby", "training_batch", "training_tile", "Engine",
            "HeldBack", "ImputeConfig", "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields",
            "wraps_round", "train_config"]
