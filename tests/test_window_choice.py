@@ -4,7 +4,7 @@ import pytest
 
 from synthetic import blobs
 from xrimpute.check import check
-from xrimpute.engine import LONG_WINDOW, Engine, choose_window, field_persistence
+from xrimpute.engine import LONG_WINDOW, Engine, choose_window, field_persistence, one_step_share
 from xrimpute.masks import context_near_gaps, gaps_in_reach
 
 
@@ -103,18 +103,42 @@ def test_field_persistence_is_the_correlation_a_lag_on_from_a_cells_sparse_obser
     assert field_persistence(np.where(rng.random(sparse.shape) < 0.002, slow, np.nan), 6) is None  # too few pairs
 
 
+def noise_about_a_trend(t: int = 400, size: int = 20, seed: int = 0) -> np.ndarray:
+    """``(1, 1, t, size, size)``: white noise about a trend that rises eight noise deviations over the series."""
+    rng = np.random.default_rng(seed)
+    return (np.linspace(0, 8, t)[:, None, None] + rng.normal(size=(t, size, size)))[None, None].astype(np.float32)
+
+
+def test_one_step_share_tells_a_field_that_evolves_from_noise_about_a_trend():
+    sparse = np.random.default_rng(3).random((1, 1, 400, 20, 20)) < 0.04
+    slow, trend = np.where(sparse, ar1_cube(0.98), np.nan), np.where(sparse, noise_about_a_trend(), np.nan)
+    assert one_step_share(slow, 6) == pytest.approx((1 - 0.98) / (1 - 0.98**6), abs=0.08)
+    assert one_step_share(trend, 6) == pytest.approx(1.0, abs=0.15)
+    assert field_persistence(trend, 6) > 0.7  # the trend alone makes it look persistent
+    assert one_step_share(np.concatenate([slow, trend], axis=1), 6) == pytest.approx(one_step_share(trend, 6))
+    assert one_step_share(slow[:, :, :6], 6) is None  # no lag of 6
+    assert one_step_share(np.where(sparse & (np.random.default_rng(4).random(sparse.shape) < 0.05), slow,
+                                   np.nan), 6) is None  # too few pairs a step apart
+
+
 @pytest.mark.filterwarnings("ignore:mask Pixel")  # 1 % pixels: some observed cells are never queried
 def test_a_long_window_where_the_gaps_have_little_context_and_the_field_persists():
     rng = np.random.default_rng(2)
-    sparse, dense = (rng.random((1, 1, 400, 40, 40)) < rate for rate in (0.01, 0.2))
+    sparse, dense = (rng.random((1, 1, 400, 40, 40)) < rate for rate in (0.01, 0.6))
+    assert context_near_gaps(sparse, 5, 10) < 30 and context_near_gaps(dense, 5, 10) > 450
     slow, quick = ar1_cube(0.98, size=40), ar1_cube(0.8, size=40)
     assert choose_window(sparse, 400, np.where(sparse, slow, np.nan))[0] == LONG_WINDOW == 13
     assert choose_window(sparse, 400)[0] == 5  # without the values: by reach alone
     assert choose_window(sparse, 400, np.where(sparse, quick, np.nan))[0] == 5
+    assert choose_window(sparse, 400, np.where(sparse, noise_about_a_trend(size=40), np.nan))[0] == 5
     assert choose_window(dense, 400, np.where(dense, slow, np.nan))[0] == 5
     assert choose_window(sparse[:, :, :12], 12, np.where(sparse, slow, np.nan)[:, :, :12])[0] == 5  # too short
+    # moving blocks: their gaps lie beside much context
+    blocks = np.repeat(np.repeat(rng.random((1, 1, 400, 4, 4)) < 5 / 9, 10, axis=3), 10, axis=4)
+    assert context_near_gaps(blocks, 5, 10) > 450
+    assert choose_window(blocks, 400, np.where(blocks, slow, np.nan))[0] == 5
     fit = dict(steps=1, batch_size=2, progress=False, verbose=False)
-    small = rng.random((1, 1, 400, 16, 16)) < 0.02  # 26 observations near a gap in 5 steps, as 1 % on a large grid
+    small = rng.random((1, 1, 400, 16, 16)) < 0.2  # a fifth of the cells: some 200 observations near a gap
     assert Engine.fit_array(np.where(small, ar1_cube(0.98, size=16), np.nan), "pixel", **fit).window == 13
     # a station network's fill is its guess, frame by frame: the window by reach, however sparse and persistent
     # (a complete network has no gaps to look at; one with outages does)

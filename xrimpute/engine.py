@@ -169,13 +169,13 @@ def choose_window(observed: np.ndarray, steps: int, values: np.ndarray | None = 
     see an observation gains little from more steps (on pixels it did worse), while swaths that leave frames empty
     for hours need the reach (the measurements are in ``benchmarks/RESULTS.md``). Given ``values`` (the whole series,
     ``(N, C, T, H, W)``, NaN where unobserved), :data:`LONG_WINDOW` where the gaps have little context near them and
-    the field persists (:func:`sparse_and_persistent`).
+    the field persists (:func:`long_window_pays`).
     """
     lengths = sorted({min(length, steps) for length in WINDOWS})
     cells = widest_reach()
     reached = {length: masks.gaps_in_reach(observed, length, cells) for length in lengths}
     window = _within_reach(reached)
-    if values is not None and window < LONG_WINDOW <= steps and sparse_and_persistent(observed, values):
+    if values is not None and window < LONG_WINDOW <= steps and long_window_pays(observed, values):
         window = LONG_WINDOW
     return window, reached
 
@@ -189,18 +189,24 @@ def _within_reach(reached: dict[int, float]) -> int:
 
 LONG_WINDOW = 13
 """The window of a fit whose gaps have little context near them in a field that persists (:func:`choose_window`)."""
-SPARSE_CONTEXT = 30.0
+SPARSE_CONTEXT = 450.0
 """Observations within the narrower levels' reach of a gap cell, in the shortest window (:data:`WINDOWS`), below
-which a fit looks at how the field persists (:func:`sparse_and_persistent`): 15-18 at the benchmark's 1 % pixels,
-80 on the ERA5 sample's swath, 120-180 at 10 % pixels; a complete station network has no gaps to count."""
+which a fit looks at how the field persists (:func:`long_window_pays`). On the Mediterranean's daily sea level
+(``benchmarks/RESULTS.md``; 300 s fits, windows of 13 steps against 5; 62 % land) pixels at 1 % (18 observations
+near a gap), 10 % (179) and 20 % (349) and clouds over a fifth of it (267) filled 12-38 % better; clouds over half
+of it (576) 2.0 times worse and moving blocks (820-830) 2.4 to 3.9 times worse; pixels at 50 % (873) 4 % better."""
 PERSISTING_FIELD = 0.7
 """The share of a cell's departure that must persist half :data:`LONG_WINDOW` on (:func:`field_persistence`) for a
-sparse fit to take that window: the Mediterranean's daily sea level at 1 % pixels reads 0.78-0.83, and 300 s fits
-in 13-step windows filled its gaps 37 % better (0.1244 -> 0.0780, 0.1192 -> 0.0750); the ERA5 sample's hourly
-temperature 0.56-0.63, whose gaps they filled 7-11 % worse (0.0683 -> 0.0756, 0.0639 -> 0.0687), their steps halved
-(``benchmarks/RESULTS.md``)."""
+fit to take that window: the Mediterranean's daily sea level reads 0.78-0.83, the ERA5 sample's hourly temperature
+0.51-0.63, whose 1 % pixels 13-step windows filled 7-11 % worse (0.0683 -> 0.0756, 0.0639 -> 0.0687), their steps
+halved (``benchmarks/RESULTS.md``)."""
+STEP_SHARE = 0.5
+"""The most of a cell's change over half :data:`LONG_WINDOW` that one step may make (:func:`one_step_share`) for a
+fit to take that window: the Mediterranean's daily sea level reads 0.04; a century of annual means 0.69-0.82, whose
+persistence (0.82-0.86) is its warming trend's, and whose 10 % pixels 13-step windows filled 16 % worse."""
 FIELD_PERSISTENCE_PAIRS = 30
-"""Pairs of a cell's observations at a lag below which :func:`persistence` says nothing."""
+"""Pairs of a cell's observations at a lag below which :func:`field_persistence` and :func:`one_step_share` say
+nothing."""
 
 
 def window_series(values, spec: masks.MaskSpec) -> np.ndarray | None:
@@ -218,16 +224,21 @@ def gaps_beyond_narrow_reach(observed: np.ndarray) -> bool:
     return masks.gaps_in_reach(observed, *narrow_reach()) < 1 - FAR_GAPS
 
 
-def sparse_and_persistent(observed: np.ndarray, values: np.ndarray) -> bool:
-    """Whether the gaps of ``values`` have fewer than :data:`SPARSE_CONTEXT` observations of ``observed`` (a sample of
-    steps will do) near them in the shortest window (:func:`xrimpute.masks.context_near_gaps` over the narrower
-    levels' reach) and at least :data:`PERSISTING_FIELD` of a cell's departure lasts half :data:`LONG_WINDOW` on: there
-    a longer window gives the first guess and the network the context that a short one lacks."""
-    near = masks.context_near_gaps(observed, WINDOWS[0], narrow_reach()[1])
-    if near >= SPARSE_CONTEXT:
+def long_window_pays(observed: np.ndarray, values: np.ndarray) -> bool:
+    """Whether the gaps of ``observed`` have fewer than :data:`SPARSE_CONTEXT` observations near them (a sample of
+    steps will do) in the shortest window (:func:`xrimpute.masks.context_near_gaps` over the narrower levels' reach),
+    at least :data:`PERSISTING_FIELD` of a cell's departure in ``values`` lasts half :data:`LONG_WINDOW` on
+    (:func:`field_persistence`), and one step makes at most :data:`STEP_SHARE` of that lag's change
+    (:func:`one_step_share`: a field that evolves, not noise about a trend): there the steps beyond a short window
+    hold what the gaps lack."""
+    if masks.context_near_gaps(observed, WINDOWS[0], narrow_reach()[1]) >= SPARSE_CONTEXT:
         return False
-    lasting = field_persistence(values, (LONG_WINDOW - 1) // 2)
-    return lasting is not None and lasting >= PERSISTING_FIELD
+    lag = (LONG_WINDOW - 1) // 2
+    lasting = field_persistence(values, lag)
+    if lasting is None or lasting < PERSISTING_FIELD:
+        return False
+    share = one_step_share(values, lag)
+    return share is not None and share <= STEP_SHARE
 
 
 def field_persistence(values: np.ndarray, lag: int, far_lags: int = 16) -> float | None:
@@ -236,27 +247,48 @@ def field_persistence(values: np.ndarray, lag: int, far_lags: int = 16) -> float
     longer lags spread up to the series' length, pooled over cells and series (a variogram, which needs no cell's
     mean: sparse cells have too few observations for one). None where a variable has fewer than
     :data:`FIELD_PERSISTENCE_PAIRS` pairs at either, or the series is too short."""
-    _, channels, steps = values.shape[:3]
+    steps = values.shape[2]
     if steps <= lag + 1:
         return None
-    far = np.unique(np.linspace(lag + 1, steps - 1, far_lags).astype(np.int64))
-    least = None
-    for channel in range(channels):
-        series = np.moveaxis(values[:, channel], 1, -1).reshape(-1, steps)  # (cells, T), each cell's series
-        cell, step = np.nonzero(np.isfinite(series))
-        key, seen = cell * steps + step, series[cell, step].astype(np.float64)  # keys in increasing order
+    far = tuple(np.unique(np.linspace(lag + 1, steps - 1, far_lags).astype(np.int64)))
+    shares = [_variogram(values, channel, (lag,), far) for channel in range(values.shape[1])]
+    if any(share is None for share in shares):
+        return None
+    return min(1.0 - share for share in shares)
 
-        def differences(offset):  # each observation's against the same cell's ``offset`` steps on, where observed
+
+def one_step_share(values: np.ndarray, lag: int) -> float | None:
+    """``D(1) / D(lag)``, the most over the variables of ``values`` (as :func:`field_persistence`): the share of a
+    cell's change over ``lag`` steps that one step already makes. Small where the field evolves from step to step
+    (0.04 for the Mediterranean's daily sea level); near 1 where each step is noise about a slow trend (0.7-0.8 for
+    a century of annual means), whose persistence at ``lag`` is the trend's. None as :func:`field_persistence`."""
+    if values.shape[2] <= lag:
+        return None
+    shares = [_variogram(values, channel, (1,), (lag,)) for channel in range(values.shape[1])]
+    return None if any(share is None for share in shares) else max(shares)
+
+
+def _variogram(values: np.ndarray, channel: int, lags: tuple, against: tuple) -> float | None:
+    """The mean squared difference of a cell's observations of ``channel`` at ``lags`` steps apart over that at
+    ``against``, pooled over cells and series; None with fewer than :data:`FIELD_PERSISTENCE_PAIRS` pairs either
+    way or no difference at ``against``."""
+    steps = values.shape[2]
+    series = np.moveaxis(values[:, channel], 1, -1).reshape(-1, steps)  # (cells, T), each cell's series
+    cell, step = np.nonzero(np.isfinite(series))
+    key, seen = cell * steps + step, series[cell, step].astype(np.float64)  # keys in increasing order
+
+    def differences(offsets):  # each observation's against the same cell's ``offset`` steps on, where observed
+        found = []
+        for offset in offsets:
             at = np.minimum(np.searchsorted(key, key + offset), len(key) - 1)
             paired = (key[at] == key + offset) & (step + offset < steps)
-            return seen[at[paired]] - seen[paired]
+            found.append(seen[at[paired]] - seen[paired])
+        return np.concatenate(found)
 
-        near, away = differences(lag), np.concatenate([differences(offset) for offset in far])
-        if min(near.size, away.size) < FIELD_PERSISTENCE_PAIRS or not (away**2).mean() > 0:
-            return None
-        lasting = 1.0 - float((near**2).mean() / (away**2).mean())
-        least = lasting if least is None else min(least, lasting)
-    return least
+    near, away = differences(lags), differences(against)
+    if min(near.size, away.size) < FIELD_PERSISTENCE_PAIRS or not (away**2).mean() > 0:
+        return None
+    return float((near**2).mean() / (away**2).mean())
 
 
 def needs_history(observed: np.ndarray, steps: int) -> bool:
@@ -1639,9 +1671,10 @@ class ImputedHeldBack(HeldBack):
 
 
 __all__ = ["BATCH", "CONTEXT_MARGIN", "CPU_TILE", "FIELD_PERSISTENCE_PAIRS", "FLAGS", "LONG_WINDOW", "NEARBY_REACH",
-           "NEVER_OBSERVED", "PERSISTENCE", "PERSISTING_FIELD", "REACH_MARGIN", "SPARSE_CONTEXT", "TILE", "WINDOWS",
+           "NEVER_OBSERVED", "PERSISTENCE", "PERSISTING_FIELD", "REACH_MARGIN", "SPARSE_CONTEXT", "STEP_SHARE", "TILE",
+           "WINDOWS",
            "choose_context", "choose_window", "field_persistence", "gaps_beyond_narrow_reach", "imputation_tiling",
-           "needs_history", "sparse_and_persistent", "window_series",
+           "long_window_pays", "needs_history", "one_step_share", "window_series",
            "offers_cycle", "offers_flow", "offers_nearby", "training_batch", "training_tile", "Engine",
            "HeldBack", "ImputeConfig", "ImputedHeldBack", "ModelConfig", "ModelMismatch", "position_fields",
            "wraps_round", "train_config"]
