@@ -194,7 +194,7 @@ SPARSE_CONTEXT = 450.0
 which a fit looks at how the field persists (:func:`long_window_pays`). On the Mediterranean's daily sea level
 (``benchmarks/RESULTS.md``; 300 s fits, windows of 13 steps against 5; 62 % land) pixels at 1 % (18 observations
 near a gap), 10 % (179) and 20 % (349) and clouds over a fifth of it (267) filled 12-38 % better; clouds over half
-of it (576) 2.0 times worse and moving blocks (820-830) 2.4 to 3.9 times worse; pixels at 50 % (873) 4 % better."""
+of it (576) 2.0 times worse and moving blocks (819-827) 2.4 to 3.9 times worse; pixels at 50 % (873) 4 % better."""
 PERSISTING_FIELD = 0.7
 """The share of a cell's departure that must persist half :data:`LONG_WINDOW` on (:func:`field_persistence`) for a
 fit to take that window: the Mediterranean's daily sea level reads 0.78-0.83, the ERA5 sample's hourly temperature
@@ -202,7 +202,7 @@ fit to take that window: the Mediterranean's daily sea level reads 0.78-0.83, th
 halved (``benchmarks/RESULTS.md``)."""
 STEP_SHARE = 0.5
 """The most of a cell's change over half :data:`LONG_WINDOW` that one step may make (:func:`one_step_share`) for a
-fit to take that window: the Mediterranean's daily sea level reads 0.04; a century of annual means 0.69-0.82, whose
+fit to take that window: the Mediterranean's daily sea level reads 0.04; 240 years of annual means 0.69-0.82, whose
 persistence (0.82-0.86) is its warming trend's, and whose 10 % pixels 13-step windows filled 16 % worse."""
 FIELD_PERSISTENCE_PAIRS = 30
 """Pairs of a cell's observations at a lag below which :func:`field_persistence` and :func:`one_step_share` say
@@ -251,7 +251,7 @@ def field_persistence(values: np.ndarray, lag: int, far_lags: int = 16) -> float
     if steps <= lag + 1:
         return None
     far = tuple(np.unique(np.linspace(lag + 1, steps - 1, far_lags).astype(np.int64)))
-    shares = [_variogram(values, channel, (lag,), far) for channel in range(values.shape[1])]
+    shares = [_variogram_ratio(values, channel, (lag,), far) for channel in range(values.shape[1])]
     if any(share is None for share in shares):
         return None
     return min(1.0 - share for share in shares)
@@ -261,14 +261,14 @@ def one_step_share(values: np.ndarray, lag: int) -> float | None:
     """``D(1) / D(lag)``, the most over the variables of ``values`` (as :func:`field_persistence`): the share of a
     cell's change over ``lag`` steps that one step already makes. Small where the field evolves from step to step
     (0.04 for the Mediterranean's daily sea level); near 1 where each step is noise about a slow trend (0.7-0.8 for
-    a century of annual means), whose persistence at ``lag`` is the trend's. None as :func:`field_persistence`."""
+    240 years of annual means), whose persistence at ``lag`` is the trend's. None as :func:`field_persistence`."""
     if values.shape[2] <= lag:
         return None
-    shares = [_variogram(values, channel, (1,), (lag,)) for channel in range(values.shape[1])]
+    shares = [_variogram_ratio(values, channel, (1,), (lag,)) for channel in range(values.shape[1])]
     return None if any(share is None for share in shares) else max(shares)
 
 
-def _variogram(values: np.ndarray, channel: int, lags: tuple, against: tuple) -> float | None:
+def _variogram_ratio(values: np.ndarray, channel: int, lags: tuple, against: tuple) -> float | None:
     """The mean squared difference of a cell's observations of ``channel`` at ``lags`` steps apart over that at
     ``against``, pooled over cells and series; None with fewer than :data:`FIELD_PERSISTENCE_PAIRS` pairs either
     way or no difference at ``against``."""
