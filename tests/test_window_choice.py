@@ -125,17 +125,20 @@ def test_one_step_share_tells_a_field_that_evolves_from_noise_about_a_trend():
 def test_a_long_window_where_the_gaps_have_little_context_and_the_field_persists():
     rng = np.random.default_rng(2)
     sparse, dense = (rng.random((1, 1, 400, 40, 40)) < rate for rate in (0.01, 0.6))
-    assert context_near_gaps(sparse, 5, 10) < 30 and context_near_gaps(dense, 5, 10) > 450
+    assert context_near_gaps(sparse, 5, 10) < 30 and context_near_gaps(dense, 5, 10) > 300
     slow, quick = ar1_cube(0.98, size=40), ar1_cube(0.8, size=40)
     assert choose_window(sparse, 400, np.where(sparse, slow, np.nan))[0] == LONG_WINDOW == 13
     assert choose_window(sparse, 400)[0] == 5  # without the values: by reach alone
     assert choose_window(sparse, 400, np.where(sparse, quick, np.nan))[0] == 5
     assert choose_window(sparse, 400, np.where(sparse, noise_about_a_trend(size=40), np.nan))[0] == 5
     assert choose_window(dense, 400, np.where(dense, slow, np.nan))[0] == 5
+    quarter = np.random.default_rng(5).random(sparse.shape) < 0.25  # near 20 % pixels on a larger grid
+    assert 300 < context_near_gaps(quarter, 5, 10) < 450
+    assert choose_window(quarter, 400, np.where(quarter, slow, np.nan))[0] == 5
     assert choose_window(sparse[:, :, :12], 12, np.where(sparse, slow, np.nan)[:, :, :12])[0] == 5  # too short
     # moving blocks: their gaps lie beside much context
     blocks = np.repeat(np.repeat(rng.random((1, 1, 400, 4, 4)) < 5 / 9, 10, axis=3), 10, axis=4)
-    assert context_near_gaps(blocks, 5, 10) > 450
+    assert context_near_gaps(blocks, 5, 10) > 300
     assert choose_window(blocks, 400, np.where(blocks, slow, np.nan))[0] == 5
     fit = dict(steps=1, batch_size=2, progress=False, verbose=False)
     small = rng.random((1, 1, 400, 16, 16)) < 0.2  # a fifth of the cells: some 200 observations near a gap

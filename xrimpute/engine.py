@@ -189,12 +189,13 @@ def _within_reach(reached: dict[int, float]) -> int:
 
 LONG_WINDOW = 13
 """The window of a fit whose gaps have little context near them in a field that persists (:func:`choose_window`)."""
-SPARSE_CONTEXT = 450.0
+SPARSE_CONTEXT = 300.0
 """Observations within the narrower levels' reach of a gap cell, in the shortest window (:data:`WINDOWS`), below
 which a fit looks at how the field persists (:func:`long_window_pays`). On the Mediterranean's daily sea level
-(``benchmarks/RESULTS.md``; 300 s fits, windows of 13 steps against 5; 62 % land) pixels at 1 % (18 observations
-near a gap), 10 % (179) and 20 % (349) and clouds over a fifth of it (267) filled 12-38 % better; clouds over half
-of it (576) 2.0 times worse and moving blocks (819-827) 2.4 to 3.9 times worse; pixels at 50 % (873) 4 % better."""
+(``benchmarks/RESULTS.md``; 300 s fits, windows of 13 steps against 5) pixels at 1 % (18 observations near a gap)
+and 10 % (179) and clouds leaving a fifth of it clear (267) filled 17-38 % better; clouds leaving 30 % clear (369)
+1.5 times worse, half (576) 2.0 times, moving blocks (819-827) 2.4 to 3.9 times; pixels at 20 % (349) and 50 % (873)
+12-14 % and 4 % better."""
 PERSISTING_FIELD = 0.7
 """The share of a cell's departure that must persist half :data:`LONG_WINDOW` on (:func:`field_persistence`) for a
 fit to take that window: the Mediterranean's daily sea level reads 0.78-0.83, the ERA5 sample's hourly temperature
