@@ -261,8 +261,8 @@ def field_persistence(values: np.ndarray, lag: int, far_lags: int = 16) -> float
 def one_step_share(values: np.ndarray, lag: int) -> float | None:
     """``D(1) / D(lag)``, the most over the variables of ``values`` (as :func:`field_persistence`): the share of a
     cell's change over ``lag`` steps that one step already makes. Small where the field evolves from step to step
-    (0.04 for the Mediterranean's daily sea level); near 1 where each step is noise about a slow trend (0.7-0.8 for
-    240 years of annual means), whose persistence at ``lag`` is the trend's. None as :func:`field_persistence`."""
+    (0.04 for the Mediterranean's daily sea level); near 1 where each step is noise about a slow trend (0.69-0.82
+    for 240 years of annual means), whose persistence at ``lag`` is the trend's. None as :func:`field_persistence`."""
     if values.shape[2] <= lag:
         return None
     shares = [_variogram_ratio(values, channel, (1,), (lag,)) for channel in range(values.shape[1])]
@@ -1234,7 +1234,7 @@ def _with_window(config: ModelConfig, observed: np.ndarray, steps: int, init: En
         return replace(config, window=init.window)
     window, reached = choose_window(observed, steps, values)
     if verbose:
-        longer = ("; longer, as the gaps have little context near them and the field persists"
+        longer = ("; longer, as the gaps have little context near them in a field that persists and changes gradually"
                   if window > _within_reach(reached) else "")
         log.info("windows of %d steps (gaps with an observation within the first guess's reach: %s%s)", window,
                  ", ".join(f"{share:.0%} at {length} steps" for length, share in reached.items()), longer)
